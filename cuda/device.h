@@ -1,0 +1,15 @@
+// CUDA device discovery. Built from device.cu with CUDA, from stub.cpp without it; the stub's
+// calls that need a GPU throw NotCompiled("built without CUDA").
+#pragma once
+
+#include <string>
+
+namespace kvsim::cuda {
+
+bool built_with_cuda();
+int device_count();          // 0 without CUDA or without a device
+std::string device_error();  // why device_count() is 0 ("" otherwise)
+std::string device_name(int device = 0);  // "cuda:<name>"; throws NotCompiled/CudaError
+void require_device();       // throws NotCompiled without CUDA, CudaError without a device
+
+}  // namespace kvsim::cuda

@@ -1,0 +1,15 @@
+// Subcommand registration: each tools/cmd_*.cpp adds one subcommand to the app. A subcommand's
+// callback stores its exit status in exit_status(); errors are thrown as kvsim::Error and turned
+// into one line on stderr by main().
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace kvsim::tools {
+
+int& exit_status();
+
+void add_info(CLI::App& app);
+void add_synth(CLI::App& app);
+
+}  // namespace kvsim::tools

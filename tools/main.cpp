@@ -1,0 +1,47 @@
+// kvsim: record attention traces once, replay them through many KV-cache strategies offline.
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include "sim/error.h"
+#include "tools/commands.h"
+#include "tools/version.h"
+
+namespace kvsim::tools {
+int& exit_status() {
+  static int status = 0;
+  return status;
+}
+}  // namespace kvsim::tools
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvsim " KVSIM_VERSION ": a simulator for KV-cache compression in LLM inference.\n"
+               "Record attention traces once, then replay them through many cache strategies offline."};
+  app.set_version_flag("--version", "kvsim " KVSIM_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough();
+  kvsim::tools::add_info(app);
+  kvsim::tools::add_synth(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "kvsim: error: %s (see --help)\n", e.what());
+    return 2;
+  } catch (const kvsim::Error& e) {
+    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "kvsim: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
+    return 1;
+  }
+  return kvsim::tools::exit_status();
+}

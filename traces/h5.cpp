@@ -1,0 +1,202 @@
+#include "traces/h5.h"
+
+#include <mutex>
+
+#include "sim/error.h"
+
+namespace kvsim::traces::h5 {
+
+void quiet() {
+  static std::once_flag once;
+  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+}
+
+void Handle::reset() {
+  if (id_ < 0) return;
+  switch (H5Iget_type(id_)) {
+    case H5I_FILE: H5Fclose(id_); break;
+    case H5I_GROUP: H5Gclose(id_); break;
+    case H5I_DATASET: H5Dclose(id_); break;
+    case H5I_DATASPACE: H5Sclose(id_); break;
+    case H5I_DATATYPE: H5Tclose(id_); break;
+    case H5I_ATTR: H5Aclose(id_); break;
+    case H5I_GENPROP_LST: H5Pclose(id_); break;
+    default: break;
+  }
+  id_ = H5I_INVALID_HID;
+}
+
+bool has_attr(hid_t obj, const char* name) { return H5Aexists(obj, name) > 0; }
+
+bool has_link(hid_t loc, const std::string& path) {
+  // Check each component so that a missing intermediate group is not an HDF5 error.
+  std::string prefix;
+  size_t pos = 0;
+  while (pos <= path.size()) {
+    size_t next = path.find('/', pos);
+    if (next == std::string::npos) next = path.size();
+    prefix = path.substr(0, next);
+    if (!prefix.empty() && prefix != "/" && H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    pos = next + 1;
+  }
+  return true;
+}
+
+namespace {
+
+Handle open_attr(hid_t obj, const char* name, const std::string& where) {
+  if (!has_attr(obj, name)) throw FormatError(where + ": missing attribute '" + name + "'");
+  Handle a(H5Aopen(obj, name, H5P_DEFAULT));
+  if (!a.valid()) throw FormatError(where + ": cannot open attribute '" + name + "'");
+  Handle space(H5Aget_space(a));
+  if (H5Sget_simple_extent_npoints(space) != 1)
+    throw FormatError(where + ": attribute '" + std::string(name) + "' has " +
+                      std::to_string(H5Sget_simple_extent_npoints(space)) + " elements, expected a scalar");
+  return a;
+}
+
+H5T_class_t attr_class(hid_t a) {
+  Handle t(H5Aget_type(a));
+  return H5Tget_class(t);
+}
+
+}  // namespace
+
+std::string class_name(H5T_class_t c) {
+  switch (c) {
+    case H5T_INTEGER: return "integer";
+    case H5T_FLOAT: return "float";
+    case H5T_STRING: return "string";
+    case H5T_COMPOUND: return "compound";
+    case H5T_ENUM: return "enum";
+    case H5T_ARRAY: return "array";
+    case H5T_OPAQUE: return "opaque";
+    case H5T_BITFIELD: return "bitfield";
+    case H5T_REFERENCE: return "reference";
+    case H5T_VLEN: return "vlen";
+    default: return "unknown";
+  }
+}
+
+std::string read_str_attr(hid_t obj, const char* name, const std::string& where) {
+  Handle a = open_attr(obj, name, where);
+  Handle ftype(H5Aget_type(a));
+  if (H5Tget_class(ftype) != H5T_STRING)
+    throw FormatError(where + ": attribute '" + name + "' is " + class_name(H5Tget_class(ftype)) +
+                      ", expected string");
+  if (H5Tis_variable_str(ftype) > 0) {
+    Handle mtype(H5Tcopy(H5T_C_S1));
+    H5Tset_size(mtype, H5T_VARIABLE);
+    H5Tset_cset(mtype, H5Tget_cset(ftype));
+    char* p = nullptr;
+    if (H5Aread(a, mtype, &p) < 0) throw FormatError(where + ": cannot read attribute '" + name + "'");
+    std::string s = p ? p : "";
+    Handle space(H5Aget_space(a));
+    H5Dvlen_reclaim(mtype, space, H5P_DEFAULT, &p);
+    return s;
+  }
+  size_t n = H5Tget_size(ftype);
+  std::string s(n, '\0');
+  Handle mtype(H5Tcopy(ftype));
+  if (H5Aread(a, mtype, s.data()) < 0) throw FormatError(where + ": cannot read attribute '" + name + "'");
+  s.resize(s.find('\0') == std::string::npos ? s.size() : s.find('\0'));
+  return s;
+}
+
+int64_t read_int_attr(hid_t obj, const char* name, const std::string& where) {
+  Handle a = open_attr(obj, name, where);
+  H5T_class_t c = attr_class(a);
+  if (c != H5T_INTEGER && c != H5T_ENUM)  // h5py writes Python bools as an enum of int8
+    throw FormatError(where + ": attribute '" + name + "' is " + class_name(c) + ", expected integer");
+  int64_t v = 0;
+  if (c == H5T_ENUM) {
+    Handle t(H5Aget_type(a));
+    Handle base(H5Tget_super(t));
+    if (H5Aread(a, base, &v) < 0 || H5Tget_size(base) > 8)
+      throw FormatError(where + ": cannot read attribute '" + name + "'");
+    if (H5Tget_size(base) == 1) v = static_cast<int8_t>(v & 0xff);
+    return v;
+  }
+  if (H5Aread(a, H5T_NATIVE_INT64, &v) < 0) throw FormatError(where + ": cannot read attribute '" + name + "'");
+  return v;
+}
+
+double read_float_attr(hid_t obj, const char* name, const std::string& where) {
+  Handle a = open_attr(obj, name, where);
+  H5T_class_t c = attr_class(a);
+  if (c != H5T_FLOAT && c != H5T_INTEGER)
+    throw FormatError(where + ": attribute '" + name + "' is " + class_name(c) + ", expected a number");
+  double v = 0;
+  if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0) throw FormatError(where + ": cannot read attribute '" + name + "'");
+  return v;
+}
+
+namespace {
+void replace_attr(hid_t obj, const char* name, hid_t type, const void* value) {
+  if (has_attr(obj, name)) H5Adelete(obj, name);
+  Handle space(H5Screate(H5S_SCALAR));
+  Handle a(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
+  if (!a.valid() || H5Awrite(a, type, value) < 0)
+    throw IoError(std::string("cannot write attribute '") + name + "'");
+}
+}  // namespace
+
+void write_str_attr(hid_t obj, const char* name, const std::string& value) {
+  Handle t(H5Tcopy(H5T_C_S1));
+  H5Tset_size(t, H5T_VARIABLE);
+  H5Tset_cset(t, H5T_CSET_UTF8);
+  const char* p = value.c_str();
+  replace_attr(obj, name, t, &p);
+}
+
+void write_int_attr(hid_t obj, const char* name, int64_t value) {
+  replace_attr(obj, name, H5T_STD_I64LE, &value);
+}
+
+void write_float_attr(hid_t obj, const char* name, double value) {
+  replace_attr(obj, name, H5T_IEEE_F64LE, &value);
+}
+
+hid_t make_f16_type() {
+  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+  H5Tset_fields(t, 15, 10, 5, 0, 10);
+  H5Tset_precision(t, 16);
+  H5Tset_size(t, 2);
+  H5Tset_ebias(t, 15);
+  return t;
+}
+
+hid_t make_bf16_type() {
+  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+  H5Tset_fields(t, 15, 7, 8, 0, 7);
+  H5Tset_precision(t, 16);
+  H5Tset_size(t, 2);
+  H5Tset_ebias(t, 127);
+  return t;
+}
+
+FloatLayout float_layout(hid_t type) {
+  if (H5Tget_class(type) != H5T_FLOAT || H5Tget_order(type) != H5T_ORDER_LE) return FloatLayout::other;
+  size_t spos, epos, esize, mpos, msize;
+  if (H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize) < 0) return FloatLayout::other;
+  size_t size = H5Tget_size(type);
+  size_t ebias = H5Tget_ebias(type);
+  if (size == 4 && spos == 31 && epos == 23 && esize == 8 && mpos == 0 && msize == 23 && ebias == 127)
+    return FloatLayout::f32;
+  if (size == 2 && spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 && ebias == 15)
+    return FloatLayout::f16;
+  if (size == 2 && spos == 15 && epos == 7 && esize == 8 && mpos == 0 && msize == 7 && ebias == 127)
+    return FloatLayout::bf16;
+  return FloatLayout::other;
+}
+
+std::vector<hsize_t> dataset_dims(hid_t dset) {
+  Handle space(H5Dget_space(dset));
+  int nd = H5Sget_simple_extent_ndims(space);
+  if (nd < 0) return {};
+  std::vector<hsize_t> dims(static_cast<size_t>(nd));
+  if (nd > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  return dims;
+}
+
+}  // namespace kvsim::traces::h5

@@ -1,0 +1,65 @@
+// Thin RAII and attribute helpers over the HDF5 C API, private to traces/.
+// Every failure becomes a kvsim error naming the file and the object.
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kvsim::traces::h5 {
+
+// Turns off HDF5's automatic error printing once per process (we report errors ourselves).
+void quiet();
+
+// Owns one hid_t and closes it with the right H5*close.
+class Handle {
+ public:
+  Handle() = default;
+  explicit Handle(hid_t id) : id_(id) {}
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  Handle(Handle&& o) noexcept : id_(std::exchange(o.id_, H5I_INVALID_HID)) {}
+  Handle& operator=(Handle&& o) noexcept {
+    if (this != &o) {
+      reset();
+      id_ = std::exchange(o.id_, H5I_INVALID_HID);
+    }
+    return *this;
+  }
+  ~Handle() { reset(); }
+  void reset();
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  operator hid_t() const { return id_; }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+};
+
+bool has_attr(hid_t obj, const char* name);
+bool has_link(hid_t loc, const std::string& path);
+
+// Readers: `where` is "file.h5: /path" for messages. Missing attribute or wrong class throws FormatError.
+std::string read_str_attr(hid_t obj, const char* name, const std::string& where);
+int64_t read_int_attr(hid_t obj, const char* name, const std::string& where);
+double read_float_attr(hid_t obj, const char* name, const std::string& where);
+
+void write_str_attr(hid_t obj, const char* name, const std::string& value);
+void write_int_attr(hid_t obj, const char* name, int64_t value);
+void write_float_attr(hid_t obj, const char* name, double value);
+
+// HDF5 custom 16-bit float types (IEEE half and bfloat16 layouts); caller closes.
+hid_t make_f16_type();
+hid_t make_bf16_type();
+
+// How a float dataset's on-disk type maps to what we can read without HDF5's slow soft conversion.
+enum class FloatLayout { f32, f16, bf16, other };
+FloatLayout float_layout(hid_t type);
+
+std::vector<hsize_t> dataset_dims(hid_t dset);
+std::string class_name(H5T_class_t c);
+
+}  // namespace kvsim::traces::h5

@@ -1,0 +1,327 @@
+#include "traces/reader.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "sim/error.h"
+#include "sim/half.h"
+#include "traces/h5.h"
+
+namespace kvsim::traces {
+
+namespace fs = std::filesystem;
+
+struct TraceReader::Impl {
+  h5::Handle file;
+};
+
+namespace {
+
+const Kind kAllKinds[] = {Kind::q, Kind::k, Kind::v, Kind::q_pre, Kind::k_pre, Kind::o};
+
+std::vector<std::string> child_names(hid_t group) {
+  std::vector<std::string> names;
+  H5G_info_t info;
+  if (H5Gget_info(group, &info) < 0) return names;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    ssize_t n = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    if (n < 0) continue;
+    std::string s(static_cast<size_t>(n), '\0');
+    H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, s.data(), static_cast<size_t>(n) + 1, H5P_DEFAULT);
+    names.push_back(s);
+  }
+  return names;
+}
+
+std::string dataset_path(const std::string& seq, int64_t layer, Kind kind) {
+  return "/sequences/" + seq + "/layers/" + std::to_string(layer) + "/" + kind_name(kind);
+}
+
+}  // namespace
+
+TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make_unique<Impl>()) {
+  h5::quiet();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw UsageError(path + ": no such file");
+  if (fs::is_directory(path, ec)) throw UsageError(path + ": is a directory, expected a trace file");
+  file_bytes_ = fs::file_size(path, ec);
+  if (H5Fis_hdf5(path.c_str()) <= 0)
+    throw FormatError(path + ": not an HDF5 file (" + std::to_string(file_bytes_) + " bytes, no HDF5 signature)");
+  impl_->file = h5::Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  if (!impl_->file.valid())
+    throw FormatError(path + ": HDF5 signature present but the file cannot be opened (truncated or corrupt, " +
+                      std::to_string(file_bytes_) + " bytes)");
+  hid_t f = impl_->file;
+  const std::string root = path + ": /";
+
+  std::string format = h5::read_str_attr(f, "format", root);
+  if (format != kFormatName)
+    throw FormatError(root + ": format = '" + format + "', expected '" + kFormatName + "'");
+  int64_t version = h5::read_int_attr(f, "format_version", root);
+  if (version != kFormatVersion)
+    throw FormatError(root + ": format_version = " + std::to_string(version) + " but this kvsim reads version " +
+                      std::to_string(kFormatVersion) + (version > kFormatVersion ? " (newer file: upgrade kvsim)" : ""));
+  int64_t complete = h5::read_int_attr(f, "complete", root);
+  if (complete != 1)
+    throw FormatError(root + ": complete = " + std::to_string(complete) +
+                      ": the trace was not finished (writer interrupted?)");
+
+  TraceHeader& h = header_;
+  h.model = h5::read_str_attr(f, "model", root);
+  h.architecture = h5::read_str_attr(f, "architecture", root);
+  h.n_layers = h5::read_int_attr(f, "n_layers", root);
+  h.n_heads = h5::read_int_attr(f, "n_heads", root);
+  h.n_kv_heads = h5::read_int_attr(f, "n_kv_heads", root);
+  h.head_dim = h5::read_int_attr(f, "head_dim", root);
+  h.vocab_size = h5::read_int_attr(f, "vocab_size", root);
+  h.rope_theta = h5::read_float_attr(f, "rope_theta", root);
+  h.rope_style = h5::read_str_attr(f, "rope_style", root);
+  std::string dt = h5::read_str_attr(f, "stored_dtype", root);
+  if (dt != "float32" && dt != "float16" && dt != "bfloat16")
+    throw FormatError(root + ": stored_dtype = '" + dt + "' (expected float32, float16 or bfloat16)");
+  h.stored_dtype = parse_dtype(dt);
+  h.recorder = h5::read_str_attr(f, "recorder", root);
+  h.device = h5::read_str_attr(f, "device", root);
+  h.synthetic = h5::read_int_attr(f, "synthetic", root) != 0;
+  h.created = h5::read_str_attr(f, "created", root);
+  h.complete = true;
+  h.validate(root);
+
+  if (!h5::has_link(f, "/sequences")) throw FormatError(path + ": /sequences: group missing");
+  h5::Handle seqs(H5Gopen2(f, "/sequences", H5P_DEFAULT));
+  if (!seqs.valid()) throw FormatError(path + ": /sequences: not a group");
+  const std::vector<std::string> names = child_names(seqs);
+  if (names.empty()) throw FormatError(path + ": /sequences: the trace holds no sequences");
+
+  for (const std::string& name : names) {
+    const std::string gpath = "/sequences/" + name;
+    const std::string where = path + ": " + gpath;
+    h5::Handle g(H5Gopen2(f, gpath.c_str(), H5P_DEFAULT));
+    if (!g.valid()) throw FormatError(where + ": not a group");
+    SequenceInfo s;
+    s.name = name;
+    s.n_tokens = h5::read_int_attr(g, "n_tokens", where);
+    s.prefill_len = h5::read_int_attr(g, "prefill_len", where);
+    s.source = h5::has_attr(g, "source") ? h5::read_str_attr(g, "source", where) : "";
+    const int64_t T = s.n_tokens, D = h.head_dim;
+    if (T < 1) throw FormatError(where + ": n_tokens = " + std::to_string(T) + ": the sequence is empty");
+    if (T > kMaxTokens)
+      throw FormatError(where + ": n_tokens = " + std::to_string(T) + " exceeds the limit " + std::to_string(kMaxTokens));
+    if (T * D > kMaxHeadElements)
+      throw FormatError(where + ": one head would hold n_tokens x head_dim = " + std::to_string(T) + " x " +
+                        std::to_string(D) + " elements, over the limit " + std::to_string(kMaxHeadElements));
+    if (s.prefill_len < 0 || s.prefill_len > T)
+      throw FormatError(where + ": prefill_len = " + std::to_string(s.prefill_len) + " is outside [0, n_tokens = " +
+                        std::to_string(T) + "]");
+    if (!h5::has_link(g, "tokens")) throw FormatError(where + "/tokens: dataset missing");
+    {
+      h5::Handle d(H5Dopen2(g, "tokens", H5P_DEFAULT));
+      auto dims = h5::dataset_dims(d);
+      if (dims.size() != 1 || static_cast<int64_t>(dims[0]) != T)
+        throw ShapeMismatch(where + "/tokens: shape " + shape_str(dims) + " but n_tokens = " + std::to_string(T));
+      h5::Handle t(H5Dget_type(d));
+      if (H5Tget_class(t) != H5T_INTEGER)
+        throw FormatError(where + "/tokens: dtype class " + h5::class_name(H5Tget_class(t)) + ", expected integer");
+    }
+    s.has_text = h5::has_link(g, "text");
+
+    if (!h5::has_link(g, "layers")) throw FormatError(where + "/layers: group missing");
+    h5::Handle lg(H5Gopen2(g, "layers", H5P_DEFAULT));
+    for (const std::string& ln : child_names(lg)) {
+      char* end = nullptr;
+      long idx = std::strtol(ln.c_str(), &end, 10);
+      if (end == ln.c_str() || *end != '\0' || idx < 0 || idx >= h.n_layers || std::to_string(idx) != ln)
+        throw ShapeMismatch(where + "/layers/" + ln + ": unexpected layer group (n_layers = " +
+                            std::to_string(h.n_layers) + ")");
+    }
+    for (Kind kind : kAllKinds) {
+      bool in_all = true, in_any = false;
+      for (int64_t l = 0; l < h.n_layers; ++l) {
+        if (!h5::has_link(lg, std::to_string(l)))
+          throw FormatError(where + "/layers/" + std::to_string(l) + ": layer missing (n_layers = " +
+                            std::to_string(h.n_layers) + ")");
+        const std::string dp = dataset_path(name, l, kind);
+        bool present = h5::has_link(f, dp);
+        in_all = in_all && present;
+        in_any = in_any || present;
+        if (!present) continue;
+        h5::Handle d(H5Dopen2(f, dp.c_str(), H5P_DEFAULT));
+        if (!d.valid()) throw FormatError(path + ": " + dp + ": not a dataset");
+        auto dims = h5::dataset_dims(d);
+        const int64_t heads = h.heads_of(kind);
+        const std::vector<hsize_t> want = {static_cast<hsize_t>(heads), static_cast<hsize_t>(T),
+                                           static_cast<hsize_t>(D)};
+        if (dims != want)
+          throw ShapeMismatch(path + ": " + dp + ": shape " + shape_str(dims) + " but expected " + shape_str(want) +
+                              " from " + (kind_is_query_shaped(kind) ? "n_heads" : "n_kv_heads") + " = " +
+                              std::to_string(heads) + ", n_tokens = " + std::to_string(T) +
+                              ", head_dim = " + std::to_string(D));
+        h5::Handle t(H5Dget_type(d));
+        H5T_class_t c = H5Tget_class(t);
+        if (c != H5T_FLOAT)
+          throw FormatError(path + ": " + dp + ": dtype class " + h5::class_name(c) + ", expected float");
+        size_t bytes = H5Tget_size(t);
+        if (static_cast<int>(bytes) != dtype_bytes(h.stored_dtype))
+          throw FormatError(path + ": " + dp + ": " + std::to_string(bytes) + "-byte floats but stored_dtype = " +
+                            dtype_name(h.stored_dtype));
+      }
+      if (kind == Kind::q || kind == Kind::k || kind == Kind::v) {
+        if (!in_all) {
+          for (int64_t l = 0; l < h.n_layers; ++l)
+            if (!h5::has_link(f, dataset_path(name, l, kind)))
+              throw FormatError(path + ": " + dataset_path(name, l, kind) + ": dataset missing");
+        }
+      } else if (in_any && !in_all) {
+        throw FormatError(where + ": optional tensor '" + kind_name(kind) + "' is present in some layers only");
+      }
+      if (in_all) s.kinds.push_back(kind);
+    }
+    sequences_.push_back(std::move(s));
+  }
+}
+
+TraceReader::~TraceReader() = default;
+TraceReader::TraceReader(TraceReader&&) noexcept = default;
+TraceReader& TraceReader::operator=(TraceReader&&) noexcept = default;
+
+const SequenceInfo& TraceReader::sequence(int64_t index) const {
+  if (index < 0 || index >= static_cast<int64_t>(sequences_.size()))
+    throw UsageError(path_ + ": sequence index " + std::to_string(index) + " out of range [0, " +
+                     std::to_string(sequences_.size()) + ")");
+  return sequences_[static_cast<size_t>(index)];
+}
+
+int64_t TraceReader::find_sequence(const std::string& name) const {
+  for (size_t i = 0; i < sequences_.size(); ++i)
+    if (sequences_[i].name == name) return static_cast<int64_t>(i);
+  throw UsageError(path_ + ": no sequence named '" + name + "'");
+}
+
+bool TraceReader::has(int64_t seq, Kind kind) const {
+  const auto& k = sequence(seq).kinds;
+  return std::find(k.begin(), k.end(), kind) != k.end();
+}
+
+std::vector<int32_t> TraceReader::tokens(int64_t seq) const {
+  const SequenceInfo& s = sequence(seq);
+  std::vector<int32_t> out(static_cast<size_t>(s.n_tokens));
+  const std::string dp = "/sequences/" + s.name + "/tokens";
+  h5::Handle d(H5Dopen2(impl_->file, dp.c_str(), H5P_DEFAULT));
+  if (!d.valid() || H5Dread(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
+    throw FormatError(path_ + ": " + dp + ": read failed");
+  return out;
+}
+
+std::string TraceReader::text(int64_t seq) const {
+  const SequenceInfo& s = sequence(seq);
+  if (!s.has_text) return "";
+  const std::string dp = "/sequences/" + s.name + "/text";
+  h5::Handle d(H5Dopen2(impl_->file, dp.c_str(), H5P_DEFAULT));
+  h5::Handle ft(H5Dget_type(d));
+  if (H5Tget_class(ft) != H5T_STRING) throw FormatError(path_ + ": " + dp + ": not a string");
+  h5::Handle space(H5Dget_space(d));
+  if (H5Sget_simple_extent_npoints(space) != 1) throw FormatError(path_ + ": " + dp + ": not a scalar string");
+  if (H5Tis_variable_str(ft) > 0) {
+    h5::Handle mt(H5Tcopy(H5T_C_S1));
+    H5Tset_size(mt, H5T_VARIABLE);
+    H5Tset_cset(mt, H5Tget_cset(ft));
+    char* p = nullptr;
+    if (H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, &p) < 0) throw FormatError(path_ + ": " + dp + ": read failed");
+    std::string out = p ? p : "";
+    H5Dvlen_reclaim(mt, space, H5P_DEFAULT, &p);
+    return out;
+  }
+  std::string out(H5Tget_size(ft), '\0');
+  h5::Handle mt(H5Tcopy(ft));
+  if (H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
+    throw FormatError(path_ + ": " + dp + ": read failed");
+  out.resize(std::min(out.size(), out.find('\0')));
+  return out;
+}
+
+void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0,
+                             int64_t n_tok, float* out) const {
+  const SequenceInfo& s = sequence(seq);
+  const int64_t heads = header_.heads_of(kind), T = s.n_tokens, D = header_.head_dim;
+  if (!has(seq, kind))
+    throw UsageError(path_ + ": sequence " + s.name + " has no '" + kind_name(kind) + "' tensors");
+  if (layer < 0 || layer >= header_.n_layers || head0 < 0 || n_heads < 1 || head0 + n_heads > heads || t0 < 0 ||
+      n_tok < 1 || t0 + n_tok > T)
+    throw UsageError(path_ + ": read of layer " + std::to_string(layer) + ", heads [" + std::to_string(head0) + ", " +
+                     std::to_string(head0 + n_heads) + "), tokens [" + std::to_string(t0) + ", " +
+                     std::to_string(t0 + n_tok) + ") is outside " + shape_str(std::vector<int64_t>{heads, T, D}));
+  const std::string dp = dataset_path(s.name, layer, kind);
+  h5::Handle d(H5Dopen2(impl_->file, dp.c_str(), H5P_DEFAULT));
+  if (!d.valid()) throw FormatError(path_ + ": " + dp + ": cannot open");
+  hsize_t start[3] = {static_cast<hsize_t>(head0), static_cast<hsize_t>(t0), 0};
+  hsize_t count[3] = {static_cast<hsize_t>(n_heads), static_cast<hsize_t>(n_tok), static_cast<hsize_t>(D)};
+  h5::Handle fspace(H5Dget_space(d));
+  H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr);
+  h5::Handle mspace(H5Screate_simple(3, count, nullptr));
+  h5::Handle ft(H5Dget_type(d));
+  const size_t n = static_cast<size_t>(n_heads * n_tok * D);
+  herr_t rc;
+  switch (h5::float_layout(ft)) {
+    case h5::FloatLayout::f16:
+    case h5::FloatLayout::bf16: {
+      // Read the raw 16-bit words (no library conversion) and widen them ourselves, in place
+      // from the back of the float buffer.
+      uint16_t* raw = reinterpret_cast<uint16_t*>(out) + n;
+      h5::Handle mt(H5Tcopy(ft));
+      rc = H5Dread(d, mt, mspace, fspace, H5P_DEFAULT, raw);
+      if (rc >= 0) {
+        const bool f16 = h5::float_layout(ft) == h5::FloatLayout::f16;
+        for (size_t i = 0; i < n; ++i) out[i] = f16 ? f16_to_f32(raw[i]) : bf16_to_f32(raw[i]);
+      }
+      break;
+    }
+    default: rc = H5Dread(d, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, out);
+  }
+  if (rc < 0) throw FormatError(path_ + ": " + dp + ": read failed (truncated or corrupt data?)");
+}
+
+xt::xtensor<float, 2> TraceReader::read_head(int64_t seq, int64_t layer, Kind kind, int64_t head) const {
+  const int64_t T = sequence(seq).n_tokens, D = header_.head_dim;
+  xt::xtensor<float, 2> out({static_cast<size_t>(T), static_cast<size_t>(D)});
+  read_block(seq, layer, kind, head, 1, 0, T, out.data());
+  return out;
+}
+
+xt::xtensor<float, 3> TraceReader::read_layer(int64_t seq, int64_t layer, Kind kind) const {
+  const int64_t T = sequence(seq).n_tokens, D = header_.head_dim, heads = header_.heads_of(kind);
+  xt::xtensor<float, 3> out({static_cast<size_t>(heads), static_cast<size_t>(T), static_cast<size_t>(D)});
+  read_block(seq, layer, kind, 0, heads, 0, T, out.data());
+  return out;
+}
+
+std::vector<NonFinite> TraceReader::check_finite() const {
+  std::vector<NonFinite> found;
+  for (int64_t s = 0; s < static_cast<int64_t>(sequences_.size()); ++s) {
+    const SequenceInfo& si = sequences_[static_cast<size_t>(s)];
+    const int64_t T = si.n_tokens, D = header_.head_dim;
+    std::vector<float> buf(static_cast<size_t>(T * D));
+    for (int64_t l = 0; l < header_.n_layers; ++l) {
+      for (Kind kind : si.kinds) {
+        NonFinite nf;
+        for (int64_t h = 0; h < header_.heads_of(kind); ++h) {
+          read_block(s, l, kind, h, 1, 0, T, buf.data());
+          for (int64_t i = 0; i < T * D; ++i) {
+            if (std::isfinite(buf[static_cast<size_t>(i)])) continue;
+            if (nf.count++ == 0) {
+              nf.dataset = dataset_path(si.name, l, kind);
+              nf.head = h;
+              nf.token = i / D;
+              nf.dim = i % D;
+              nf.value = buf[static_cast<size_t>(i)];
+            }
+          }
+        }
+        if (nf.count > 0) found.push_back(nf);
+      }
+    }
+  }
+  return found;
+}
+
+}  // namespace kvsim::traces

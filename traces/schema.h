@@ -1,0 +1,66 @@
+// Trace format v1 (design.md §2, traces/FORMAT.md): the in-memory view of a trace's root and
+// sequence attributes, shared by the reader, the writer, the synthetic generator and the recorder.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvsim::traces {
+
+inline constexpr const char* kFormatName = "kvtrace";
+inline constexpr int kFormatVersion = 1;
+inline constexpr int kChunkTokens = 256;  // chunk = [1 head, up to 256 tokens, D]
+
+// Upper bounds a reader accepts before allocating anything; a file declaring more is rejected.
+inline constexpr int64_t kMaxLayers = 4096;
+inline constexpr int64_t kMaxHeads = 4096;
+inline constexpr int64_t kMaxHeadDim = 4096;
+inline constexpr int64_t kMaxTokens = int64_t{1} << 24;
+inline constexpr int64_t kMaxHeadElements = int64_t{1} << 31;  // one [T, D] head slice
+
+enum class DType { f32, f16, bf16 };
+const char* dtype_name(DType d);
+DType parse_dtype(const std::string& s);  // throws UsageError listing the choices
+int dtype_bytes(DType d);
+
+// Tensor kinds stored per layer.
+enum class Kind { q, k, v, q_pre, k_pre, o };
+const char* kind_name(Kind k);
+inline bool kind_is_query_shaped(Kind k) { return k == Kind::q || k == Kind::q_pre || k == Kind::o; }
+
+struct TraceHeader {
+  std::string model = "unknown";
+  std::string architecture = "synthetic";  // llama | gpt2 | synthetic
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;     // H
+  int64_t n_kv_heads = 0;  // Hkv
+  int64_t head_dim = 0;    // D
+  int64_t vocab_size = 0;
+  double rope_theta = 10000.0;
+  std::string rope_style = "none";  // interleaved | half | none
+  DType stored_dtype = DType::f32;
+  std::string recorder = "kvsim";
+  std::string device = "cpu";
+  bool synthetic = false;
+  std::string created;  // ISO 8601, filled by the writer when empty
+  bool complete = false;
+
+  int64_t heads_of(Kind k) const { return kind_is_query_shaped(k) ? n_heads : n_kv_heads; }
+  // Throws UsageError/FormatError naming `where` if dimensions are inconsistent or out of range.
+  void validate(const std::string& where) const;
+};
+
+struct SequenceInfo {
+  std::string name;
+  int64_t n_tokens = 0;     // T
+  int64_t prefill_len = 0;  // P
+  std::string source;
+  bool has_text = false;
+  std::vector<Kind> kinds;  // tensors present in every layer (q, k, v always)
+};
+
+std::string iso8601_now();
+std::string sequence_name(int64_t index);  // zero-padded: "0000"
+
+}  // namespace kvsim::traces

@@ -1,0 +1,202 @@
+#include "traces/synth.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "sim/error.h"
+#include "sim/rope.h"
+
+namespace kvsim::traces {
+
+const std::vector<SynthShape>& synth_shapes() {
+  static const std::vector<SynthShape> shapes = {
+      {"tiny", 2, 4, 2, 16, 256, 10000.0, "half"},
+      {"stories260k", 5, 8, 4, 8, 512, 10000.0, "interleaved"},
+      {"llama2-7b", 32, 32, 32, 128, 32000, 10000.0, "half"},
+      {"llama3-8b", 32, 32, 8, 128, 128256, 500000.0, "half"},
+      {"mistral-7b", 32, 32, 8, 128, 32000, 10000.0, "half"},
+      {"qwen2.5-7b", 28, 28, 4, 128, 152064, 1000000.0, "half"},
+  };
+  return shapes;
+}
+
+const SynthShape& find_synth_shape(const std::string& name) {
+  std::string names;
+  for (const auto& s : synth_shapes()) {
+    if (s.name == name) return s;
+    names += (names.empty() ? "" : ", ") + s.name;
+  }
+  throw UsageError("unknown shape '" + name + "' (choose " + names + ")");
+}
+
+namespace {
+
+// splitmix64: a counter-based stream, so every (layer, head, purpose) draws the same numbers
+// whatever the thread schedule.
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed) {}
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+  double normal() {  // Box-Muller
+    double u1 = uniform(), u2 = uniform();
+    if (u1 < 1e-300) u1 = 1e-300;
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  }
+};
+
+uint64_t mix(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
+  Rng r(seed ^ (a * 0x100000001b3ull) ^ (b << 20) ^ (c << 40));
+  r.next();
+  return r.next();
+}
+
+enum Purpose : uint64_t { kDirs = 1, kKeys, kValues, kQueries, kHeavy, kStrength, kTokens, kOutliers };
+
+std::vector<float> unit_vector(Rng& r, int64_t D) {
+  std::vector<float> v(static_cast<size_t>(D));
+  double n = 0;
+  for (auto& x : v) {
+    x = static_cast<float>(r.normal());
+    n += static_cast<double>(x) * x;
+  }
+  for (auto& x : v) x = static_cast<float>(x / std::sqrt(n));
+  return v;
+}
+
+}  // namespace
+
+void write_synthetic_trace(const std::string& path, const SynthShape& shape, const SynthOptions& opt,
+                           const WriterOptions& wopt) {
+  if (opt.tokens < 1) throw UsageError("synth: --tokens = " + std::to_string(opt.tokens) + " must be >= 1");
+  const int64_t P = opt.prefill < 0 ? opt.tokens / 2 : opt.prefill;
+  if (P > opt.tokens)
+    throw UsageError("synth: --prefill = " + std::to_string(P) + " exceeds --tokens = " + std::to_string(opt.tokens));
+  if (opt.sequences < 1) throw UsageError("synth: --sequences must be >= 1");
+  if (opt.layers == 0 || opt.layers > shape.n_layers)
+    throw UsageError("synth: --layers = " + std::to_string(opt.layers) + " for shape " + shape.name + " with L = " +
+                     std::to_string(shape.n_layers));
+  if (opt.heavy_frac < 0 || opt.heavy_frac > 1)
+    throw UsageError("synth: heavy_frac = " + std::to_string(opt.heavy_frac) + " must be in [0, 1]");
+  if (opt.outlier_channels < 0 || opt.outlier_channels > shape.head_dim)
+    throw UsageError("synth: outlier_channels = " + std::to_string(opt.outlier_channels) + " must be in [0, D = " +
+                     std::to_string(shape.head_dim) + "]");
+
+  TraceHeader h;
+  h.model = "synthetic:" + shape.name;
+  h.architecture = "synthetic";
+  h.n_layers = opt.layers > 0 ? opt.layers : shape.n_layers;
+  h.n_heads = shape.n_heads;
+  h.n_kv_heads = shape.n_kv_heads;
+  h.head_dim = shape.head_dim;
+  h.vocab_size = shape.vocab_size;
+  h.rope_theta = shape.rope_theta;
+  h.rope_style = shape.rope_style;
+  h.stored_dtype = opt.dtype;
+  h.recorder = "kvsim synth";
+  h.device = "synthetic";
+  h.synthetic = true;
+  TraceWriter w(path, h, wopt);
+
+  const int64_t T = opt.tokens, D = h.head_dim, H = h.n_heads, Hkv = h.n_kv_heads, G = H / Hkv;
+  const RopeStyle style = parse_rope_style(h.rope_style);
+  const double sqrtD = std::sqrt(static_cast<double>(D));
+  const size_t TD = static_cast<size_t>(T * D);
+
+  for (int64_t s = 0; s < opt.sequences; ++s) {
+    const uint64_t sseed = mix(opt.seed, static_cast<uint64_t>(s), kTokens, 0);
+    SequenceSpec spec;
+    spec.n_tokens = T;
+    spec.prefill_len = P;
+    spec.source = "synthetic:" + shape.name + ":seed=" + std::to_string(opt.seed);
+    spec.tokens.resize(static_cast<size_t>(T));
+    Rng tr(sseed);
+    for (auto& t : spec.tokens) t = static_cast<int32_t>(tr.next() % static_cast<uint64_t>(std::max<int64_t>(h.vocab_size, 1)));
+    if (opt.write_pre) spec.kinds = {Kind::q, Kind::k, Kind::v, Kind::q_pre, Kind::k_pre};
+    w.begin_sequence(spec);
+
+    // Heavy hitters are properties of tokens, shared by every layer and head of the sequence.
+    std::vector<char> heavy(static_cast<size_t>(T), 0);
+    Rng hr(mix(sseed, 0, kHeavy, 0));
+    for (int64_t t = opt.sinks; t < T; ++t) heavy[static_cast<size_t>(t)] = hr.uniform() < opt.heavy_frac;
+
+    std::vector<float> q(static_cast<size_t>(H) * TD), k(static_cast<size_t>(Hkv) * TD), v(k.size());
+    std::vector<float> q_pre, k_pre;
+    if (opt.write_pre) {
+      q_pre.resize(q.size());
+      k_pre.resize(k.size());
+    }
+    for (int64_t l = 0; l < h.n_layers; ++l) {
+#pragma omp parallel for schedule(dynamic)
+      for (int64_t g = 0; g < Hkv; ++g) {
+        Rng dr(mix(sseed, static_cast<uint64_t>(l), kDirs, static_cast<uint64_t>(g)));
+        const std::vector<float> c = unit_vector(dr, D);  // locality direction (pre-RoPE)
+        const std::vector<float> u = unit_vector(dr, D);  // sink direction (post-RoPE)
+        const std::vector<float> hw = unit_vector(dr, D); // heavy-hitter direction (post-RoPE)
+        std::vector<int64_t> outl(static_cast<size_t>(D));
+        std::iota(outl.begin(), outl.end(), 0);
+        Rng orng(mix(sseed, static_cast<uint64_t>(l), kOutliers, static_cast<uint64_t>(g)));
+        for (int64_t i = D - 1; i > 0; --i) std::swap(outl[static_cast<size_t>(i)], outl[orng.next() % static_cast<uint64_t>(i + 1)]);
+        outl.resize(static_cast<size_t>(opt.outlier_channels));
+
+        // Split each logit target evenly between the query and key magnitudes: a*b/sqrt(D) = target.
+        const double kc = std::sqrt(opt.local_logit * sqrtD), ks = std::sqrt(opt.sink_logit * sqrtD),
+                     kh = std::sqrt(opt.heavy_logit * sqrtD);
+        float* K = k.data() + static_cast<size_t>(g) * TD;
+        float* V = v.data() + static_cast<size_t>(g) * TD;
+        Rng kr(mix(sseed, static_cast<uint64_t>(l), kKeys, static_cast<uint64_t>(g)));
+        Rng vr(mix(sseed, static_cast<uint64_t>(l), kValues, static_cast<uint64_t>(g)));
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t d = 0; d < D; ++d) {
+            K[t * D + d] = static_cast<float>(kr.normal() + kc * c[static_cast<size_t>(d)]);
+            V[t * D + d] = static_cast<float>(vr.normal() * (t < opt.sinks ? opt.sink_value_scale : 1.0));
+          }
+          for (int64_t ch : outl) K[t * D + ch] += static_cast<float>(opt.outlier_scale);
+        }
+        if (opt.write_pre) std::copy(K, K + TD, k_pre.data() + static_cast<size_t>(g) * TD);
+        apply_rope(K, T, D, 0, h.rope_theta, style);
+        for (int64_t t = 0; t < T; ++t) {
+          const bool sink = t < opt.sinks, hv = heavy[static_cast<size_t>(t)];
+          if (!sink && !hv) continue;
+          for (int64_t d = 0; d < D; ++d)
+            K[t * D + d] += static_cast<float>((sink ? ks * u[static_cast<size_t>(d)] : 0.0) +
+                                               (hv ? kh * hw[static_cast<size_t>(d)] : 0.0));
+        }
+
+        for (int64_t j = 0; j < G; ++j) {
+          const int64_t qh = g * G + j;
+          Rng sr(mix(sseed, static_cast<uint64_t>(l), kStrength, static_cast<uint64_t>(qh)));
+          const double a_loc = kc * (0.6 + 0.8 * sr.uniform()), a_sink = ks * (0.6 + 0.8 * sr.uniform()),
+                       a_heavy = kh * (0.6 + 0.8 * sr.uniform());
+          float* Q = q.data() + static_cast<size_t>(qh) * TD;
+          Rng qr(mix(sseed, static_cast<uint64_t>(l), kQueries, static_cast<uint64_t>(qh)));
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t d = 0; d < D; ++d)
+              Q[t * D + d] = static_cast<float>(qr.normal() + a_loc * c[static_cast<size_t>(d)]);
+          if (opt.write_pre) std::copy(Q, Q + TD, q_pre.data() + static_cast<size_t>(qh) * TD);
+          apply_rope(Q, T, D, 0, h.rope_theta, style);
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t d = 0; d < D; ++d)
+              Q[t * D + d] += static_cast<float>(a_sink * u[static_cast<size_t>(d)] + a_heavy * hw[static_cast<size_t>(d)]);
+        }
+      }
+      w.write(Kind::q, l, 0, H, 0, T, q.data());
+      w.write(Kind::k, l, 0, Hkv, 0, T, k.data());
+      w.write(Kind::v, l, 0, Hkv, 0, T, v.data());
+      if (opt.write_pre) {
+        w.write(Kind::q_pre, l, 0, H, 0, T, q_pre.data());
+        w.write(Kind::k_pre, l, 0, Hkv, 0, T, k_pre.data());
+      }
+    }
+    w.end_sequence();
+  }
+  w.finish();
+}
+
+}  // namespace kvsim::traces
