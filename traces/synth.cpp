@@ -135,15 +135,45 @@ void write_synthetic_trace(const std::string& path, const SynthShape& shape, con
     for (int64_t l = 0; l < h.n_layers; ++l) {
 #pragma omp parallel for schedule(dynamic)
       for (int64_t g = 0; g < Hkv; ++g) {
-        Rng dr(mix(sseed, static_cast<uint64_t>(l), kDirs, static_cast<uint64_t>(g)));
-        const std::vector<float> c = unit_vector(dr, D);  // locality direction (pre-RoPE)
-        const std::vector<float> u = unit_vector(dr, D);  // sink direction (post-RoPE)
-        const std::vector<float> hw = unit_vector(dr, D); // heavy-hitter direction (post-RoPE)
-        std::vector<int64_t> outl(static_cast<size_t>(D));
-        std::iota(outl.begin(), outl.end(), 0);
+        // Outlier channels: chosen per (layer, KV head), together with their RoPE partners. As in
+        // real models, queries are near zero there, so the large key offsets barely move logits.
+        std::vector<int64_t> perm(static_cast<size_t>(D));
+        std::iota(perm.begin(), perm.end(), 0);
         Rng orng(mix(sseed, static_cast<uint64_t>(l), kOutliers, static_cast<uint64_t>(g)));
-        for (int64_t i = D - 1; i > 0; --i) std::swap(outl[static_cast<size_t>(i)], outl[orng.next() % static_cast<uint64_t>(i + 1)]);
-        outl.resize(static_cast<size_t>(opt.outlier_channels));
+        for (int64_t i = D - 1; i > 0; --i)
+          std::swap(perm[static_cast<size_t>(i)], perm[orng.next() % static_cast<uint64_t>(i + 1)]);
+        std::vector<int64_t> outl(perm.begin(), perm.begin() + opt.outlier_channels);
+        std::vector<char> quiet(static_cast<size_t>(D), 0);  // channels where queries are ~0
+        for (int64_t ch : outl) {
+          const int64_t partner = style == RopeStyle::interleaved ? (ch ^ 1) : (ch < D / 2 ? ch + D / 2 : ch - D / 2);
+          quiet[static_cast<size_t>(ch)] = 1;
+          if (style != RopeStyle::none && partner < D) quiet[static_cast<size_t>(partner)] = 1;
+        }
+        Rng dr(mix(sseed, static_cast<uint64_t>(l), kDirs, static_cast<uint64_t>(g)));
+        auto direction = [&] {
+          std::vector<float> v = unit_vector(dr, D);
+          double n = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            if (quiet[static_cast<size_t>(d)]) v[static_cast<size_t>(d)] = 0;
+            n += static_cast<double>(v[static_cast<size_t>(d)]) * v[static_cast<size_t>(d)];
+          }
+          for (auto& x : v) x = n > 0 ? static_cast<float>(x / std::sqrt(n)) : 0.0f;
+          return v;
+        };
+        // Locality direction (pre-RoPE), on the high-frequency half of the RoPE pairs only: those
+        // dephase within a few tokens, so q.k peaks at distance 0 and decays with distance.
+        std::vector<float> c = direction();
+        {
+          double n = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const int64_t pair = style == RopeStyle::interleaved ? d / 2 : d % (D / 2);
+            if (style != RopeStyle::none && pair >= D / 4) c[static_cast<size_t>(d)] = 0;
+            n += static_cast<double>(c[static_cast<size_t>(d)]) * c[static_cast<size_t>(d)];
+          }
+          for (auto& x : c) x = n > 0 ? static_cast<float>(x / std::sqrt(n)) : 0.0f;
+        }
+        const std::vector<float> u = direction();   // sink direction (post-RoPE)
+        const std::vector<float> hw = direction();  // heavy-hitter direction (post-RoPE)
 
         // Split each logit target evenly between the query and key magnitudes: a*b/sqrt(D) = target.
         const double kc = std::sqrt(opt.local_logit * sqrtD), ks = std::sqrt(opt.sink_logit * sqrtD),
@@ -178,7 +208,8 @@ void write_synthetic_trace(const std::string& path, const SynthShape& shape, con
           Rng qr(mix(sseed, static_cast<uint64_t>(l), kQueries, static_cast<uint64_t>(qh)));
           for (int64_t t = 0; t < T; ++t)
             for (int64_t d = 0; d < D; ++d)
-              Q[t * D + d] = static_cast<float>(qr.normal() + a_loc * c[static_cast<size_t>(d)]);
+              Q[t * D + d] = static_cast<float>(qr.normal() * (quiet[static_cast<size_t>(d)] ? 0.05 : 1.0) +
+                                                a_loc * c[static_cast<size_t>(d)]);
           if (opt.write_pre) std::copy(Q, Q + TD, q_pre.data() + static_cast<size_t>(qh) * TD);
           apply_rope(Q, T, D, 0, h.rope_theta, style);
           for (int64_t t = 0; t < T; ++t)

@@ -3,9 +3,10 @@
 //
 //   sinks / sink_logit       the first `sinks` tokens carry a key component that every query
 //                            matches: an attention-sink logit advantage of about sink_logit.
-//   local_logit              queries and keys share a per-KV-head direction before RoPE, so after
-//                            RoPE their dot product is largest at distance 0 and decays with
-//                            distance (the locality RoPE produces); about local_logit at distance 0.
+//   local_logit              queries and keys share a per-KV-head direction before RoPE, on the
+//                            high-frequency RoPE pairs, so after RoPE their dot product is largest
+//                            at distance 0 and decays within a few tokens (the locality RoPE
+//                            produces); about local_logit at distance 0.
 //   heavy_frac / heavy_logit a random fraction of tokens are heavy hitters: a key component that
 //                            all queries match, for a logit advantage of about heavy_logit.
 //   outlier_channels /       that many pre-RoPE key channels per KV head carry a large constant
@@ -43,7 +44,7 @@ struct SynthOptions {
   int64_t layers = -1;  // -1: the shape's; fewer layers make a slice of a big model
   int64_t sinks = 4;
   double sink_logit = 6.0;
-  double local_logit = 3.0;
+  double local_logit = 4.0;
   double heavy_frac = 0.03;
   double heavy_logit = 4.0;
   int64_t outlier_channels = 2;

@@ -1,0 +1,42 @@
+"""Shared helpers for kvsim's Python tests (run with Debian's /usr/bin/python3)."""
+import argparse
+import subprocess
+import sys
+import tempfile
+import traceback
+
+
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kvsim", required=True, help="path to the kvsim executable")
+    return ap.parse_args()
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+class Suite:
+    """A tiny runner: each check is a function; prints 'N passed, N failed' at the end."""
+
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, fn):
+        try:
+            fn()
+            self.passed += 1
+            print(f"ok    {name}")
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            self.failed += 1
+            print(f"FAIL  {name}: {e}")
+            traceback.print_exc(file=sys.stdout)
+
+    def finish(self):
+        print(f"{self.passed} passed, {self.failed} failed")
+        sys.exit(1 if self.failed else 0)
+
+
+def tempdir():
+    return tempfile.TemporaryDirectory(prefix="kvsim-py-")
