@@ -7,13 +7,6 @@
 #include "tools/commands.h"
 #include "tools/version.h"
 
-namespace kvsim::tools {
-int& exit_status() {
-  static int status = 0;
-  return status;
-}
-}  // namespace kvsim::tools
-
 int main(int argc, char** argv) {
   CLI::App app{"kvsim " KVSIM_VERSION ": a simulator for KV-cache compression in LLM inference.\n"
                "Record attention traces once, then replay them through many cache strategies offline."};

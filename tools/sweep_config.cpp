@@ -1,0 +1,262 @@
+#include "tools/sweep_config.h"
+
+#include <glob.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "sim/error.h"
+
+namespace kvsim::tools {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Ctx {
+  std::string path;
+  [[noreturn]] void fail(const YAML::Node& n, const std::string& msg) const {
+    const YAML::Mark m = n.Mark();
+    throw UsageError(path + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1) + ": " + msg);
+  }
+  void only_keys(const YAML::Node& map, std::initializer_list<const char*> keys, const std::string& what) const {
+    for (const auto& kv : map) {
+      const std::string k = kv.first.as<std::string>();
+      if (std::none_of(keys.begin(), keys.end(), [&](const char* s) { return k == s; })) {
+        std::string valid;
+        for (const char* s : keys) valid += (valid.empty() ? "" : ", ") + std::string(s);
+        fail(kv.first, "unknown key '" + k + "' in " + what + " (valid: " + valid + ")");
+      }
+    }
+  }
+  std::string scalar(const YAML::Node& n, const std::string& what) const {
+    if (!n.IsScalar()) fail(n, what + " must be a scalar");
+    return n.Scalar();
+  }
+  int64_t integer(const YAML::Node& n, const std::string& what) const {
+    const std::string s = scalar(n, what);
+    try {
+      size_t used = 0;
+      int64_t v = std::stoll(s, &used);
+      if (used == s.size()) return v;
+    } catch (...) {
+    }
+    fail(n, what + " = '" + s + "' is not an integer");
+  }
+  double number(const YAML::Node& n, const std::string& what) const {
+    const std::string s = scalar(n, what);
+    try {
+      size_t used = 0;
+      double v = std::stod(s, &used);
+      if (used == s.size()) return v;
+    } catch (...) {
+    }
+    fail(n, what + " = '" + s + "' is not a number");
+  }
+};
+
+bool is_int_text(const std::string& s) {
+  return !s.empty() && s.find_first_not_of("-0123456789") == std::string::npos;
+}
+
+std::string format_number(double v, bool as_int) {
+  if (as_int) return std::to_string(static_cast<int64_t>(std::llround(v)));
+  std::ostringstream o;
+  o.precision(10);
+  o << v;
+  return o.str();
+}
+
+// A grid parameter's values: a scalar, a list of scalars, or a range mapping.
+std::vector<std::string> param_values(const Ctx& c, const YAML::Node& n, const std::string& name) {
+  std::vector<std::string> out;
+  if (n.IsScalar()) return {n.Scalar()};
+  if (n.IsSequence()) {
+    if (n.size() == 0) c.fail(n, "parameter '" + name + "' has an empty list");
+    for (const auto& x : n) out.push_back(c.scalar(x, "a value of '" + name + "'"));
+    return out;
+  }
+  if (!n.IsMap()) c.fail(n, "parameter '" + name + "' must be a value, a list or a range");
+  c.only_keys(n, {"from", "to", "step", "num", "pow2"}, "the range of '" + name + "'");
+  if (n["pow2"]) {
+    const YAML::Node p = n["pow2"];
+    if (!p.IsSequence() || p.size() != 2) c.fail(p, "pow2 of '" + name + "' must be [lo, hi]");
+    const int64_t lo = c.integer(p[0], "pow2 lo"), hi = c.integer(p[1], "pow2 hi");
+    if (lo < 0 || hi < lo || hi > 40) c.fail(p, "pow2 of '" + name + "' = [" + std::to_string(lo) + ", " + std::to_string(hi) + "] must have 0 <= lo <= hi <= 40");
+    for (int64_t e = lo; e <= hi; ++e) out.push_back(std::to_string(int64_t{1} << e));
+    return out;
+  }
+  if (!n["from"] || !n["to"]) c.fail(n, "the range of '" + name + "' needs from and to (with step or num), or pow2");
+  const double from = c.number(n["from"], "from"), to = c.number(n["to"], "to");
+  const bool ints = is_int_text(n["from"].Scalar()) && is_int_text(n["to"].Scalar()) &&
+                    (!n["step"] || is_int_text(n["step"].Scalar()));
+  if (n["step"] && n["num"]) c.fail(n, "the range of '" + name + "' has both step and num");
+  if (n["step"]) {
+    const double step = c.number(n["step"], "step");
+    if (!(step > 0)) c.fail(n["step"], "step of '" + name + "' = " + n["step"].Scalar() + " must be > 0");
+    if (to < from) c.fail(n, "the range of '" + name + "' has to < from");
+    const int64_t count = static_cast<int64_t>(std::floor((to - from) / step + 1e-9)) + 1;
+    if (count > 100000) c.fail(n, "the range of '" + name + "' has " + std::to_string(count) + " values (limit 100000)");
+    for (int64_t i = 0; i < count; ++i) out.push_back(format_number(from + static_cast<double>(i) * step, ints));
+    return out;
+  }
+  if (n["num"]) {
+    const int64_t num = c.integer(n["num"], "num");
+    if (num < 1 || num > 100000) c.fail(n["num"], "num of '" + name + "' = " + std::to_string(num) + " must be in [1, 100000]");
+    for (int64_t i = 0; i < num; ++i)
+      out.push_back(format_number(num == 1 ? from : from + (to - from) * static_cast<double>(i) / static_cast<double>(num - 1), false));
+    return out;
+  }
+  c.fail(n, "the range of '" + name + "' needs step or num");
+}
+
+// Expands name + grid into specs "name:k=v,...", cartesian product in the grid's key order.
+std::vector<std::string> expand(const Ctx& c, const std::string& name, const YAML::Node& grid) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> axes;
+  if (grid) {
+    if (!grid.IsMap()) c.fail(grid, "grid of '" + name + "' must be a mapping of parameter: values");
+    for (const auto& kv : grid) {
+      const std::string k = kv.first.as<std::string>();
+      axes.push_back({k, param_values(c, kv.second, k)});
+    }
+  }
+  std::vector<std::string> out = {""};
+  for (const auto& [k, values] : axes) {
+    std::vector<std::string> next;
+    for (const auto& prefix : out)
+      for (const auto& v : values) next.push_back(prefix + (prefix.empty() ? "" : ",") + k + "=" + v);
+    out.swap(next);
+    if (out.size() > 1000000) c.fail(grid, "grid of '" + name + "' expands to over 1,000,000 configurations");
+  }
+  for (auto& s : out) s = s.empty() ? name : name + ":" + s;
+  return out;
+}
+
+std::vector<std::string> resolve_traces(const Ctx& c, const YAML::Node& n, const fs::path& base) {
+  std::vector<std::string> out;
+  std::vector<YAML::Node> items;
+  if (n.IsScalar()) items.push_back(n);
+  else if (n.IsSequence()) for (const auto& x : n) items.push_back(x);
+  else c.fail(n, "traces must be a path or a list of paths/globs");
+  for (const auto& it : items) {
+    std::string p = c.scalar(it, "a trace path");
+    if (fs::path(p).is_relative()) p = (base / p).lexically_normal().string();
+    if (p.find_first_of("*?[") != std::string::npos) {
+      glob_t g{};
+      int rc = ::glob(p.c_str(), 0, nullptr, &g);
+      std::vector<std::string> found;
+      if (rc == 0)
+        for (size_t i = 0; i < g.gl_pathc; ++i) found.push_back(g.gl_pathv[i]);
+      globfree(&g);
+      if (found.empty()) c.fail(it, "glob '" + p + "' matches no file");
+      std::sort(found.begin(), found.end());
+      out.insert(out.end(), found.begin(), found.end());
+    } else {
+      out.push_back(p);  // existence is checked per trace at run time: a bad trace fails its runs only
+    }
+  }
+  if (out.empty()) c.fail(n, "no traces");
+  return out;
+}
+
+}  // namespace
+
+SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
+  Ctx c{path};
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw UsageError(path + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
+                     ": YAML error: " + e.msg);
+  }
+  if (!root.IsMap()) throw UsageError(path + ":1:1: a sweep config must be a mapping (name, traces, strategies, ...)");
+  c.only_keys(root, {"name", "traces", "sequences", "prefill", "stride", "backend", "strategies"}, "the sweep config");
+  SweepPlan plan;
+  plan.path = path;
+  plan.name = root["name"] ? c.scalar(root["name"], "name") : fs::path(path).stem().string();
+  if (!root["traces"]) c.fail(root, "missing key 'traces'");
+  fs::path base = fs::path(path).parent_path();
+  plan.traces = resolve_traces(c, root["traces"], base.empty() ? fs::path(".") : base);
+  if (const YAML::Node s = root["sequences"]) {
+    if (s.IsScalar() && s.Scalar() == "all") {
+    } else if (s.IsSequence()) {
+      for (const auto& x : s) plan.sequences.push_back(c.scalar(x, "a sequence name"));
+    } else {
+      c.fail(s, "sequences must be 'all' or a list of sequence names");
+    }
+  }
+  if (const YAML::Node p = root["prefill"]) {
+    std::vector<YAML::Node> items;
+    if (p.IsSequence()) for (const auto& x : p) items.push_back(x);
+    else items.push_back(p);
+    for (const auto& x : items) {
+      if (x.IsScalar() && x.Scalar() == "trace") {
+        plan.prefills.push_back(-1);
+      } else {
+        const int64_t v = c.integer(x, "prefill");
+        if (v < 0) c.fail(x, "prefill = " + std::to_string(v) + " must be >= 0");
+        plan.prefills.push_back(v);
+      }
+    }
+  } else {
+    plan.prefills.push_back(-1);
+  }
+  if (root["stride"]) {
+    plan.stride = c.integer(root["stride"], "stride");
+    if (plan.stride < 1) c.fail(root["stride"], "stride = " + std::to_string(plan.stride) + " must be >= 1");
+  }
+  if (root["backend"]) plan.backend = c.scalar(root["backend"], "backend");
+
+  const YAML::Node strategies = root["strategies"];
+  if (!strategies) c.fail(root, "missing key 'strategies'");
+  if (!strategies.IsSequence() || strategies.size() == 0) c.fail(strategies, "strategies must be a non-empty list");
+  std::set<std::string> seen;
+  for (const auto& e : strategies) {
+    if (!e.IsMap()) c.fail(e, "each strategy must be a mapping with name and grid");
+    c.only_keys(e, {"name", "grid", "codecs"}, "a strategy entry");
+    if (!e["name"]) c.fail(e, "a strategy entry needs a name");
+    const std::string name = c.scalar(e["name"], "strategy name");
+    std::vector<std::string> base_specs = expand(c, name, e["grid"]);
+    std::vector<std::string> codec_specs = {""};
+    if (const YAML::Node cs = e["codecs"]) {
+      codec_specs.clear();
+      std::vector<YAML::Node> items;
+      if (cs.IsSequence()) for (const auto& x : cs) items.push_back(x);
+      else items.push_back(cs);
+      for (const auto& x : items) {
+        if (x.IsScalar()) {
+          codec_specs.push_back(x.Scalar() == "none" ? "" : x.Scalar());
+        } else if (x.IsMap()) {
+          c.only_keys(x, {"name", "grid"}, "a codec entry");
+          if (!x["name"]) c.fail(x, "a codec entry needs a name");
+          for (auto& s : expand(c, c.scalar(x["name"], "codec name"), x["grid"])) codec_specs.push_back(s);
+        } else {
+          c.fail(x, "a codec must be a name, 'none', or {name, grid}");
+        }
+      }
+    }
+    const int line = e.Mark().line + 1;
+    for (const auto& b : base_specs)
+      for (const auto& cdc : codec_specs) {
+        std::string spec = cdc.empty() ? b : b + "+" + cdc;
+        if (seen.insert(spec).second) plan.specs.push_back({spec, line});
+      }
+  }
+  return plan;
+}
+
+SweepPlan load_sweep_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw UsageError(path + ": cannot read the sweep config (no such file?)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_sweep_config(ss.str(), path);
+}
+
+}  // namespace kvsim::tools

@@ -1,0 +1,46 @@
+// Sweep configurations (YAML): which traces, which prefill/stride, and per strategy a grid of
+// parameters (lists and ranges), optionally composed with storage codecs. Parsing expands the
+// grid into a flat list of strategy specs `name:key=value,...[+codec:key=value,...]`; errors
+// name the file, line and column.
+//
+//   name: quick
+//   traces: [traces/samples/*.h5]        # paths or globs, relative to the config file or absolute
+//   sequences: all                        # or a list of sequence names
+//   prefill: [128]                        # a number or a list; `trace` = the trace's own prefill_len
+//   stride: 4
+//   strategies:
+//     - name: h2o
+//       grid:
+//         budget: [32, 64, 128]           # a list ...
+//         recent: {from: 8, to: 32, step: 8}   # ... or a range: from/to (inclusive) with step or num,
+//         norm: sum                        #     or {pow2: [5, 8]} for 32, 64, 128, 256
+//       codecs: [none, {name: kivi, grid: {bits: [2, 4]}}]
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvsim::tools {
+
+struct SweepSpec {
+  std::string spec;
+  int line = 0;  // line of the strategy entry in the config, for messages
+};
+
+struct SweepPlan {
+  std::string path, name;
+  std::vector<std::string> traces;     // resolved paths, in config order, globs sorted
+  std::vector<std::string> sequences;  // empty: all
+  std::vector<int64_t> prefills;       // -1: the trace's own prefill_len
+  int64_t stride = 1;
+  std::string backend = "auto";
+  std::vector<SweepSpec> specs;        // deduplicated, in grid order
+};
+
+// Throws UsageError "CONFIG:LINE:COL: message" for YAML and schema errors.
+SweepPlan load_sweep_config(const std::string& path);
+// Parses YAML text (path only names the source in messages and anchors relative trace paths).
+SweepPlan parse_sweep_config(const std::string& text, const std::string& path);
+
+}  // namespace kvsim::tools
