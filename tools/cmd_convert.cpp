@@ -1,0 +1,4 @@
+#include "tools/commands.h"
+namespace kvsim::tools {
+void add_convert(CLI::App&) {}
+}
