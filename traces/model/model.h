@@ -65,6 +65,11 @@ Model load_model(const std::string& path);
 Model load_llama2c(const std::string& path);
 Model load_hf(const std::string& dir);
 
+// Writes `model` as a Hugging Face directory: config.json (Llama, or Qwen2 when it has q/k/v
+// biases) and model.safetensors in dtype float32 | float16 | bfloat16. Interleaved-RoPE weights are
+// permuted to the rotate-half convention (hf_writer.cpp).
+void save_hf(const Model& model, const std::string& dir, const std::string& dtype = "float32");
+
 // Random weights (normal, std 0.02, norms 1), seeded: for benchmarks and loader tests.
 Model random_model(const ModelConfig& config, uint64_t seed);
 
