@@ -32,11 +32,26 @@ std::string SentencePieceTokenizer::piece(int32_t prev, int32_t token) const {
   if (token < 0 || token >= vocab_size())
     throw UsageError(impl_->path + ": token id " + std::to_string(token) + " is outside the vocabulary [0, " +
                      std::to_string(vocab_size()) + ")");
-  // Decoding one piece alone drops its leading space; decode the pair and strip the first part.
-  if (prev < 0 || prev == bos_id()) return impl_->sp.DecodeIds({token});
-  const std::string a = impl_->sp.DecodeIds({prev});
-  const std::string ab = impl_->sp.DecodeIds({prev, token});
-  return ab.size() >= a.size() ? ab.substr(a.size()) : ab;
+  // As the llama2.c format does: byte pieces give their byte, U+2581 becomes a space, and the
+  // space after BOS (the dummy prefix) is dropped. Whole-sequence DecodeIds would merge the bytes
+  // of a character split by byte fallback; piece by piece they must stay raw bytes.
+  if (impl_->sp.IsByte(token)) {
+    const std::string p = impl_->sp.IdToPiece(token);  // "<0xAB>"
+    return std::string(1, static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
+  }
+  if (impl_->sp.IsControl(token)) return "";
+  std::string p = impl_->sp.IdToPiece(token), out;
+  static const std::string kSpace = "\xe2\x96\x81";  // U+2581
+  for (size_t i = 0; i < p.size();) {
+    if (p.compare(i, 3, kSpace) == 0) {
+      out += ' ';
+      i += 3;
+    } else {
+      out += p[i++];
+    }
+  }
+  if ((prev == bos_id() || prev < 0) && !out.empty() && out[0] == ' ') out.erase(0, 1);
+  return out;
 }
 
 int64_t SentencePieceTokenizer::vocab_size() const { return impl_->sp.GetPieceSize(); }
