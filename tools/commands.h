@@ -11,5 +11,8 @@ int& exit_status();
 
 void add_info(CLI::App& app);
 void add_synth(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_record(CLI::App& app);
+void add_convert(CLI::App& app);
 
 }  // namespace kvsim::tools

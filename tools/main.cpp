@@ -15,6 +15,9 @@ int main(int argc, char** argv) {
   app.fallthrough();
   kvsim::tools::add_info(app);
   kvsim::tools::add_synth(app);
+  kvsim::tools::add_generate(app);
+  kvsim::tools::add_record(app);
+  kvsim::tools::add_convert(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,82 @@
+#include "sim/omp/forward_ops.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "sim/ref/forward_ops.h"
+
+namespace kvsim::omp {
+
+void matmul(const float* x, const float* w, const float* b, float* y, int64_t T, int64_t K, int64_t N) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(T), static_cast<blasint>(N),
+              static_cast<blasint>(K), 1.0f, x, static_cast<blasint>(K), w, static_cast<blasint>(K), 0.0f, y,
+              static_cast<blasint>(N));
+  if (!b) return;
+#pragma omp parallel for if (T * N > 65536)
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) y[t * N + n] += b[n];
+}
+
+void rmsnorm(const float* x, const float* g, float* y, int64_t T, int64_t n, float eps) {
+#pragma omp parallel for if (T > 1)
+  for (int64_t t = 0; t < T; ++t) ref::rmsnorm(x + t * n, g, y + t * n, 1, n, eps);
+}
+
+void rope(float* x, int64_t T, int64_t n_heads, int64_t D, int64_t pos0, double theta, RopeStyle style,
+          const float* inv_freq) {
+#pragma omp parallel for if (T > 1)
+  for (int64_t t = 0; t < T; ++t) ref::rope(x + t * n_heads * D, 1, n_heads, D, pos0 + t, theta, style, inv_freq);
+}
+
+void softmax(float* x, int64_t n) { ref::softmax(x, n); }
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+#pragma omp parallel for if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void attention(const float* q, const KvView* kv, float* o, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+               int64_t pos0) {
+  const int64_t G = H / Hkv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  int64_t max_n = 0;
+  for (int64_t g = 0; g < Hkv; ++g) max_n = std::max(max_n, kv[g].n);
+  const int64_t work = T * H * max_n * D;
+#pragma omp parallel if (work > 32768)
+  {
+    std::vector<float> w(static_cast<size_t>(max_n));
+#pragma omp for collapse(2) schedule(dynamic, 4)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const KvView& c = kv[h / G];
+        const float* qr = q + (t * H + h) * D;
+        float* orow = o + (t * H + h) * D;
+        const int64_t p = pos0 + t;
+        for (int64_t s = 0; s < c.n; ++s) {
+          if (c.pos[s] > p) {
+            w[static_cast<size_t>(s)] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
+          const float* kr = c.k + s * D;
+          float dot = 0.0f;
+          for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+          w[static_cast<size_t>(s)] = dot * scale + (c.bias ? c.bias[s] : 0.0f);
+        }
+        ref::softmax(w.data(), c.n);
+        for (int64_t d = 0; d < D; ++d) orow[d] = 0.0f;
+        for (int64_t s = 0; s < c.n; ++s) {
+          const float ps = w[static_cast<size_t>(s)];
+          if (ps == 0.0f) continue;
+          const float* vr = c.v + s * D;
+          for (int64_t d = 0; d < D; ++d) orow[d] += ps * vr[d];
+        }
+      }
+  }
+}
+
+int64_t argmax(const float* x, int64_t n) { return ref::argmax(x, n); }
+
+}  // namespace kvsim::omp

@@ -1,0 +1,144 @@
+// kvsim record --model M (--prompt TEXT | --prompts FILE.jsonl) [--generate N] --out F: runs the
+// native model and streams its per-layer q, k, v (optionally q_pre, k_pre, o) into a trace.
+//
+// --prompts FILE.jsonl: one JSON object per line, {"prompt": TEXT} or {"ids": [1, 410, ...]}, with
+// optional "name" (sequence name), "source" (provenance), "generate" (overrides --generate) and
+// "with_o" (true/false, overrides --with-o).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "sim/error.h"
+#include "tools/commands.h"
+#include "tools/version.h"
+#include "traces/model/recorder.h"
+
+namespace kvsim::tools {
+
+namespace {
+
+struct RecordArgs {
+  std::string model, tokenizer, prompt, prompts, out, backend = "cpu", dtype = "float32";
+  bool ids = false, compress = false, force = false, quiet = false;
+  model::RecordOptions opt;
+};
+
+std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::Tokenizer* tok) {
+  auto encode = [&](const std::string& text, const std::string& where) {
+    if (!tok) throw UsageError(where + ": a text prompt needs a tokenizer (--tokenizer)");
+    return tok->encode(text, true);
+  };
+  std::vector<model::PromptSpec> out;
+  if (!a.prompt.empty() || a.prompts.empty()) {
+    if (!a.prompts.empty()) throw UsageError("give --prompt or --prompts, not both");
+    model::PromptSpec p;
+    p.source = "--prompt";
+    p.ids = a.ids ? model::parse_ids(a.prompt) : encode(a.prompt, "--prompt");
+    out.push_back(std::move(p));
+    return out;
+  }
+  std::ifstream in(a.prompts);
+  if (!in) throw UsageError("--prompts " + a.prompts + ": cannot open");
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = a.prompts + ":" + std::to_string(n);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(where + ": not JSON (" + e.what() + ")");
+    }
+    if (!j.is_object()) throw FormatError(where + ": expected a JSON object");
+    model::PromptSpec p;
+    try {
+      if (j.contains("ids")) {
+        for (const auto& v : j.at("ids")) p.ids.push_back(v.get<int32_t>());
+      } else if (j.contains("prompt")) {
+        p.ids = encode(j.at("prompt").get<std::string>(), where);
+      } else {
+        throw FormatError(where + ": needs \"prompt\" (text) or \"ids\" (token ids)");
+      }
+      p.name = j.value("name", std::string());
+      p.source = j.value("source", where);
+      if (j.contains("generate")) p.generate = j.at("generate").get<int64_t>();
+      if (j.contains("with_o")) p.output = j.at("with_o").get<bool>() ? 1 : 0;
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(where + ": " + e.what());
+    }
+    out.push_back(std::move(p));
+  }
+  if (out.empty()) throw UsageError("--prompts " + a.prompts + ": no prompts");
+  return out;
+}
+
+void run_record(const RecordArgs& a) {
+  const Backend backend = model::parse_runner_backend(a.backend);
+  const traces::DType dtype = traces::parse_dtype(a.dtype);
+  model::Sampler check(a.opt.sampling);  // validates the sampling options before loading anything
+  const model::Model m = model::load_model(a.model);
+  std::unique_ptr<model::Tokenizer> tok;
+  if (!a.ids || !a.tokenizer.empty()) tok = model::tokenizer_for_model(a.model, a.tokenizer);
+  const std::vector<model::PromptSpec> prompts = read_prompts(a, tok.get());
+
+  traces::WriterOptions w;
+  w.compress = a.compress;
+  w.overwrite = a.force;
+  traces::TraceWriter writer(a.out, model::trace_header_for(m, dtype, "kvsim " KVSIM_VERSION, "cpu"), w);
+  model::Runner runner(m, backend);
+  model::RecordStats total;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const model::RecordStats s = model::record_sequence(runner, tok.get(), prompts[i], a.opt, writer);
+    total.tokens += s.tokens;
+    total.generate_s += s.generate_s;
+    total.record_s += s.record_s;
+    total.write_s += s.write_s;
+    if (!a.quiet)
+      std::fprintf(stderr, "kvsim record: sequence %zu/%zu: P = %lld, T = %lld (generate %.2f s, record %.2f s)\n",
+                   i + 1, prompts.size(), (long long)s.prompt_tokens, (long long)s.tokens, s.generate_s, s.record_s);
+  }
+  const auto f0 = std::chrono::steady_clock::now();
+  writer.finish();
+  const double finish_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+  const double all_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!a.quiet)
+    std::fprintf(stderr,
+                 "kvsim record: wrote %s: %zu sequences, %lld tokens in %.2f s (backend %s); "
+                 "trace writing %.2f s = %.0f%% of the recording pass\n",
+                 a.out.c_str(), prompts.size(), (long long)total.tokens, all_s, backend_name(backend),
+                 total.write_s + finish_s, 100.0 * (total.write_s + finish_s) / std::max(total.record_s + finish_s, 1e-9));
+}
+
+}  // namespace
+
+void add_record(CLI::App& app) {
+  auto a = std::make_shared<RecordArgs>();
+  CLI::App* c = app.add_subcommand("record", "Record a model's attention tensors (q, k, v) into a trace");
+  c->add_option("--model", a->model, "llama2.c checkpoint (.bin) or Hugging Face directory")->required();
+  c->add_option("--tokenizer", a->tokenizer, "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
+  c->add_option("--prompt", a->prompt, "one prompt (text; with --ids: token ids)");
+  c->add_option("--prompts", a->prompts, "JSON lines: {\"prompt\": TEXT} or {\"ids\": [...]}, optional name, source, generate, with_o");
+  c->add_flag("--ids", a->ids, "--prompt is token ids");
+  c->add_option("--generate", a->opt.generate, "continue each prompt by N generated tokens (-1: fill the context)")
+      ->capture_default_str();
+  c->add_option("--out", a->out, "output trace (.h5)")->required();
+  c->add_option("--backend", a->backend, "cpu (omp when built, else ref), ref, omp, cuda")->capture_default_str();
+  c->add_option("--dtype", a->dtype, "stored dtype: float32, float16, bfloat16")->capture_default_str();
+  c->add_flag("--compress", a->compress, "gzip + shuffle compression");
+  c->add_flag("--pre", a->opt.pre, "also record q_pre and k_pre (before RoPE)");
+  c->add_flag("--with-o", a->opt.output, "also record o, the model's attention output (for self-checks)");
+  c->add_option("--temperature", a->opt.sampling.temperature, "0: greedy")->capture_default_str();
+  c->add_option("--top-p", a->opt.sampling.top_p, "nucleus sampling mass")->capture_default_str();
+  c->add_option("--seed", a->opt.sampling.seed, "sampling seed")->capture_default_str();
+  c->add_option("--block", a->opt.block, "tokens per recording forward call")->capture_default_str();
+  c->add_flag("--force", a->force, "replace an existing output file");
+  c->add_flag("--quiet", a->quiet, "no progress on stderr");
+  c->callback([a] {
+    run_record(*a);
+    exit_status() = 0;
+  });
+}
+
+}  // namespace kvsim::tools

@@ -1,0 +1,127 @@
+#include "traces/model/recorder.h"
+
+#include <chrono>
+
+#include "sim/error.h"
+
+namespace kvsim::model {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+const char* rope_style_name(RopeStyle s) {
+  switch (s) {
+    case RopeStyle::interleaved: return "interleaved";
+    case RopeStyle::half: return "half";
+    case RopeStyle::none: return "none";
+  }
+  return "none";
+}
+
+}  // namespace
+
+traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, const std::string& recorder,
+                                     const std::string& device) {
+  const ModelConfig& c = model.config;
+  traces::TraceHeader h;
+  h.model = c.name;
+  h.architecture = "llama";
+  h.n_layers = c.n_layers;
+  h.n_heads = c.n_heads;
+  h.n_kv_heads = c.n_kv_heads;
+  h.head_dim = c.head_dim;
+  h.vocab_size = c.vocab_size;
+  h.rope_theta = c.rope_theta;
+  h.rope_style = rope_style_name(c.rope_style);
+  h.stored_dtype = dtype;
+  h.recorder = recorder;
+  h.device = device;
+  h.synthetic = false;
+  return h;
+}
+
+RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt, const RecordOptions& opt,
+                            traces::TraceWriter& writer) {
+  const ModelConfig& c = runner.model().config;
+  const int64_t P = static_cast<int64_t>(prompt.ids.size());
+  const std::string what = prompt.name.empty() ? prompt.source : prompt.name;
+  if (P < 1) throw UsageError(what + ": empty prompt (no tokens)");
+  if (P > c.seq_len)
+    throw UsageError(what + ": prompt of " + std::to_string(P) + " tokens exceeds the context length seq_len = " +
+                     std::to_string(c.seq_len));
+  int64_t n_gen = prompt.generate != -2 ? prompt.generate : opt.generate;
+  if (n_gen == -1) n_gen = c.seq_len - P;
+  if (n_gen < 0) throw UsageError(what + ": --generate = " + std::to_string(n_gen) + " must be >= 0 (or -1: fill)");
+  if (P + n_gen > c.seq_len)
+    throw UsageError(what + ": prompt " + std::to_string(P) + " + generate " + std::to_string(n_gen) +
+                     " tokens exceed the context length seq_len = " + std::to_string(c.seq_len));
+
+  RecordStats st;
+  st.prompt_tokens = P;
+  std::vector<int32_t> ids = prompt.ids;
+  auto t0 = std::chrono::steady_clock::now();
+  if (n_gen > 0) {  // pass 1: the continuation
+    Sampler sampler(opt.sampling);
+    runner.reset();
+    const float* logits = runner.forward(ids.data(), P);
+    for (int64_t s = 0; s < n_gen; ++s) {
+      const int32_t next = sampler.next(logits, c.vocab_size);
+      ids.push_back(next);
+      if (s + 1 < n_gen) logits = runner.forward(&next, 1);
+    }
+  }
+  st.generate_s = seconds_since(t0);
+  const int64_t T = static_cast<int64_t>(ids.size());
+  st.tokens = T;
+
+  traces::SequenceSpec spec;
+  spec.name = prompt.name;
+  spec.n_tokens = T;
+  spec.prefill_len = P;
+  spec.source = prompt.source;
+  spec.tokens = ids;
+  if (tok) spec.text = tok->decode(ids);
+  spec.kinds = {traces::Kind::q, traces::Kind::k, traces::Kind::v};
+  if (opt.pre) {
+    spec.kinds.push_back(traces::Kind::q_pre);
+    spec.kinds.push_back(traces::Kind::k_pre);
+  }
+  const bool output = prompt.output >= 0 ? prompt.output == 1 : opt.output;
+  if (output) spec.kinds.push_back(traces::Kind::o);
+
+  // pass 2: record. The tap transposes [T, heads, D] blocks to the trace's [heads, T, D].
+  t0 = std::chrono::steady_clock::now();
+  writer.begin_sequence(spec);
+  std::vector<float> buf;
+  const int64_t D = c.head_dim;
+  auto put = [&](traces::Kind kind, int64_t layer, int64_t pos0, int64_t n_tok, int64_t heads, const float* x) {
+    buf.resize(static_cast<size_t>(heads * n_tok * D));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t t = 0; t < n_tok; ++t)
+        std::copy_n(x + (t * heads + h) * D, D, buf.data() + (h * n_tok + t) * D);
+    const auto w0 = std::chrono::steady_clock::now();
+    writer.write(kind, layer, 0, heads, pos0, n_tok, buf.data());
+    st.write_s += seconds_since(w0);
+  };
+  LayerTap tap = [&](const LayerTensors& lt) {
+    put(traces::Kind::q, lt.layer, lt.pos0, lt.T, c.n_heads, lt.q);
+    put(traces::Kind::k, lt.layer, lt.pos0, lt.T, c.n_kv_heads, lt.k);
+    put(traces::Kind::v, lt.layer, lt.pos0, lt.T, c.n_kv_heads, lt.v);
+    if (opt.pre) {
+      put(traces::Kind::q_pre, lt.layer, lt.pos0, lt.T, c.n_heads, lt.q_pre);
+      put(traces::Kind::k_pre, lt.layer, lt.pos0, lt.T, c.n_kv_heads, lt.k_pre);
+    }
+    if (output) put(traces::Kind::o, lt.layer, lt.pos0, lt.T, c.n_heads, lt.o);
+  };
+  runner.reset();
+  const int64_t block = std::max<int64_t>(1, opt.block);
+  for (int64_t t = 0; t < T; t += block) runner.forward(ids.data() + t, std::min(block, T - t), false, tap);
+  writer.end_sequence();
+  st.record_s = seconds_since(t0);
+  return st;
+}
+
+}  // namespace kvsim::model

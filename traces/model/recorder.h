@@ -1,0 +1,53 @@
+// Records a model's attention tensors into a trace (design.md §2). For each sequence:
+//   1. the prompt is prefilled and, with `generate`, continued token by token through the KV cache
+//      (greedy or sampled), which fixes the token ids the sequence header needs;
+//   2. the caches are reset and the whole sequence is run again as a prefill, in blocks of
+//      `block` tokens, with a LayerTap that hands each layer's q, k, v (q_pre, k_pre, o) straight
+//      to the TraceWriter. Nothing larger than one block of one layer is ever buffered.
+// The recorded tensors are those of the pass-2 prefill; they equal the decode pass's up to the
+// float32 rounding of batched versus single-row matmuls.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "traces/model/runner.h"
+#include "traces/model/sampler.h"
+#include "traces/model/tokenizer.h"
+#include "traces/writer.h"
+
+namespace kvsim::model {
+
+struct RecordOptions {
+  int64_t generate = 0;  // tokens to generate after the prompt; -1: fill the context
+  SamplerOptions sampling;
+  bool pre = false;      // also q_pre, k_pre
+  bool output = false;   // also o, the attention output
+  int64_t block = 256;   // tokens per recording forward call
+};
+
+struct PromptSpec {
+  std::string name;            // sequence name; empty: zero-padded index
+  std::string source;          // provenance, stored as the sequence's `source`
+  std::vector<int32_t> ids;    // prompt ids, BOS included when wanted
+  int64_t generate = -2;       // per-prompt override of RecordOptions::generate (-2: none)
+  int output = -1;             // per-prompt override of RecordOptions::output (-1: none, 0/1)
+};
+
+struct RecordStats {
+  int64_t prompt_tokens = 0, tokens = 0;
+  double generate_s = 0;  // pass 1
+  double record_s = 0;    // pass 2, including writing
+  double write_s = 0;     // of which inside TraceWriter::write
+};
+
+traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, const std::string& recorder,
+                                     const std::string& device);
+
+// Records one sequence into `writer` (begin_sequence .. end_sequence). `tok` may be null (no text).
+RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt,
+                            const RecordOptions& opt, traces::TraceWriter& writer);
+
+}  // namespace kvsim::model

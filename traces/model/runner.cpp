@@ -1,0 +1,164 @@
+#include "traces/model/runner.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "cuda/device.h"
+#include "sim/error.h"
+#include "sim/omp/forward_ops.h"
+#include "sim/ref/forward_ops.h"
+
+namespace kvsim::model {
+
+namespace {
+
+// The kernels of one backend; ref and omp have the same signatures by construction.
+struct Ops {
+  decltype(&ref::matmul) matmul;
+  decltype(&ref::rmsnorm) rmsnorm;
+  decltype(&ref::rope) rope;
+  decltype(&ref::swiglu) swiglu;
+  decltype(&ref::attention) attention;
+};
+
+Ops ops_for(Backend b) {
+  if (b == Backend::omp) return {omp::matmul, omp::rmsnorm, omp::rope, omp::swiglu, omp::attention};
+  return {ref::matmul, ref::rmsnorm, ref::rope, ref::swiglu, ref::attention};
+}
+
+template <typename V>
+void grow(V& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
+}  // namespace
+
+Backend parse_runner_backend(const std::string& s) {
+  if (s == "cpu" || s == "auto" || s.empty())
+    return backend_available(Backend::omp) ? Backend::omp : Backend::ref;
+  if (s == "cuda") {
+    cuda::require_device();
+    throw NotCompiled("--backend cuda: the native runner has no CUDA path yet (use --backend cpu)");
+  }
+  if (s == "ref" || s == "omp") {
+    const Backend b = parse_backend(s);
+    require_backend(b);
+    return b;
+  }
+  throw UsageError("--backend " + s + ": unknown (choose cpu, ref, omp or cuda)");
+}
+
+Runner::Runner(const Model& model, Backend backend, KvCacheFactory caches) : model_(model), backend_(backend) {
+  if (backend == Backend::cuda)
+    throw NotCompiled("the native runner has no cuda backend yet (use --backend cpu)");
+  require_backend(backend);
+  const ModelConfig& c = model_.config;
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    for (int64_t g = 0; g < c.n_kv_heads; ++g) caches_.push_back(caches(l, g, c.head_dim, c.seq_len));
+  views_.resize(static_cast<size_t>(c.n_kv_heads));
+}
+
+void Runner::reset() {
+  for (auto& c : caches_) c->clear();
+  pos_ = 0;
+}
+
+void Runner::ensure_buffers(int64_t T) {
+  if (T <= cap_) return;
+  const ModelConfig& c = model_.config;
+  grow(x_, T * c.dim);
+  grow(xb_, T * c.dim);
+  grow(q_, T * c.q_dim());
+  grow(q_pre_, T * c.q_dim());
+  grow(att_, T * c.q_dim());
+  grow(k_, T * c.kv_dim());
+  grow(v_, T * c.kv_dim());
+  grow(k_pre_, T * c.kv_dim());
+  grow(kh_, T * c.head_dim);
+  grow(vh_, T * c.head_dim);
+  grow(hb_, T * c.hidden_dim);
+  grow(hb2_, T * c.hidden_dim);
+  cap_ = T;
+}
+
+const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, const LayerTap& tap) {
+  const ModelConfig& c = model_.config;
+  if (T < 1) throw UsageError("forward: no tokens to run");
+  if (pos_ + T > c.seq_len)
+    throw UsageError(c.name + ": " + std::to_string(pos_ + T) + " tokens exceed the context length seq_len = " +
+                     std::to_string(c.seq_len));
+  for (int64_t t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
+      throw UsageError(c.name + ": token id " + std::to_string(tokens[t]) + " at position " + std::to_string(pos_ + t) +
+                       " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  ensure_buffers(T);
+  const Ops op = ops_for(backend_);
+  const int64_t dim = c.dim, H = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim, hid = c.hidden_dim;
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  const float* inv_freq = c.inv_freq.empty() ? nullptr : c.inv_freq.data();
+  float* x = x_.data();
+  float* xb = xb_.data();
+
+  for (int64_t t = 0; t < T; ++t)
+    std::memcpy(x + t * dim, model_.embedding.data() + static_cast<int64_t>(tokens[t]) * dim,
+                static_cast<size_t>(dim) * sizeof(float));
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = model_.layers[static_cast<size_t>(l)];
+    auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
+    // attention block
+    op.rmsnorm(x, w.rms_att.data(), xb, T, dim, c.norm_eps);
+    op.matmul(xb, w.wq.data(), bias(w.bq), q_.data(), T, dim, qd);
+    op.matmul(xb, w.wk.data(), bias(w.bk), k_.data(), T, dim, kvd);
+    op.matmul(xb, w.wv.data(), bias(w.bv), v_.data(), T, dim, kvd);
+    if (tap) {
+      std::copy_n(q_.data(), T * qd, q_pre_.data());
+      std::copy_n(k_.data(), T * kvd, k_pre_.data());
+    }
+    op.rope(q_.data(), T, H, D, pos_, c.rope_theta, c.rope_style, inv_freq);
+    op.rope(k_.data(), T, Hkv, D, pos_, c.rope_theta, c.rope_style, inv_freq);
+    for (int64_t g = 0; g < Hkv; ++g) {
+      for (int64_t t = 0; t < T; ++t) {
+        std::copy_n(k_.data() + (t * Hkv + g) * D, D, kh_.data() + t * D);
+        std::copy_n(v_.data() + (t * Hkv + g) * D, D, vh_.data() + t * D);
+      }
+      KvCache& cache = *caches_[static_cast<size_t>(l * Hkv + g)];
+      cache.append(kh_.data(), vh_.data(), T, pos_);
+      views_[static_cast<size_t>(g)] = cache.view();
+    }
+    op.attention(q_.data(), views_.data(), att_.data(), T, H, Hkv, D, pos_);
+    for (int64_t g = 0; g < Hkv; ++g) caches_[static_cast<size_t>(l * Hkv + g)]->end_step();
+    if (tap) {
+      LayerTensors lt;
+      lt.layer = l;
+      lt.pos0 = pos_;
+      lt.T = T;
+      lt.q_pre = q_pre_.data();
+      lt.k_pre = k_pre_.data();
+      lt.q = q_.data();
+      lt.k = k_.data();
+      lt.v = v_.data();
+      lt.o = att_.data();
+      tap(lt);
+    }
+    op.matmul(att_.data(), w.wo.data(), nullptr, xb, T, qd, dim);
+    for (int64_t i = 0; i < T * dim; ++i) x[i] += xb[i];
+    // SwiGLU feed-forward block
+    op.rmsnorm(x, w.rms_ffn.data(), xb, T, dim, c.norm_eps);
+    op.matmul(xb, w.w1.data(), nullptr, hb_.data(), T, dim, hid);
+    op.matmul(xb, w.w3.data(), nullptr, hb2_.data(), T, dim, hid);
+    op.swiglu(hb_.data(), hb2_.data(), hb_.data(), T * hid);
+    op.matmul(hb_.data(), w.w2.data(), nullptr, xb, T, hid, dim);
+    for (int64_t i = 0; i < T * dim; ++i) x[i] += xb[i];
+  }
+
+  const int64_t n_out = all_logits ? T : 1;
+  const float* xin = x + (T - n_out) * dim;
+  op.rmsnorm(xin, model_.rms_final.data(), xb, n_out, dim, c.norm_eps);
+  grow(logits_, n_out * c.vocab_size);
+  op.matmul(xb, model_.classifier(), nullptr, logits_.data(), n_out, dim, c.vocab_size);
+  pos_ += T;
+  return logits_.data();
+}
+
+}  // namespace kvsim::model

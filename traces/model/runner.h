@@ -1,0 +1,66 @@
+// The native model runner: a Llama-family forward pass on the CPU (ref or omp kernels) with a
+// per-(layer, KV head) KvCache. forward() runs a block of tokens at the next positions: the whole
+// prompt at once (prefill) or one token at a time (decode); both go through the same code.
+// A LayerTap sees each layer's tensors while they are live, which is how the recorder streams
+// q, k, v (and q_pre, k_pre, o) to a trace without buffering it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sim/backend.h"
+#include "sim/kv_cache.h"
+#include "traces/model/model.h"
+
+namespace kvsim::model {
+
+// One layer's tensors for the T tokens of a forward call, token-major.
+struct LayerTensors {
+  int64_t layer = 0, pos0 = 0, T = 0;
+  const float* q_pre = nullptr;  // [T, H, D] before RoPE
+  const float* k_pre = nullptr;  // [T, Hkv, D]
+  const float* q = nullptr;      // [T, H, D] after RoPE, as attention uses it (unscaled)
+  const float* k = nullptr;      // [T, Hkv, D] after RoPE, as cached
+  const float* v = nullptr;      // [T, Hkv, D]
+  const float* o = nullptr;      // [T, H, D] attention output (before the output projection)
+};
+using LayerTap = std::function<void(const LayerTensors&)>;
+
+// --backend for the runner: "cpu" and "auto" pick omp when built with OpenMP, else ref; "ref" and
+// "omp" as named; "cuda" throws (NotCompiled without CUDA or device; the GPU runner is not written yet).
+Backend parse_runner_backend(const std::string& s);
+
+class Runner {
+ public:
+  // backend: ref or omp (cuda is a separate runner). The model must outlive the runner.
+  Runner(const Model& model, Backend backend, KvCacheFactory caches = full_cache_factory());
+
+  // Empties the caches; the next token is at position 0.
+  void reset();
+  // Runs tokens at positions pos() .. pos()+T-1 and appends them to the caches. Returns the logits
+  // [vocab] of the last token, or [T, vocab] when all_logits. Throws UsageError when the tokens
+  // would run past the context or an id is outside the vocabulary.
+  const float* forward(const int32_t* tokens, int64_t T, bool all_logits = false, const LayerTap& tap = {});
+  int64_t pos() const { return pos_; }
+  const Model& model() const { return model_; }
+  Backend backend() const { return backend_; }
+  KvCache& cache(int64_t layer, int64_t kv_head) {
+    return *caches_[static_cast<size_t>(layer * model_.config.n_kv_heads + kv_head)];
+  }
+
+ private:
+  void ensure_buffers(int64_t T);
+  const Model& model_;
+  Backend backend_;
+  std::vector<std::unique_ptr<KvCache>> caches_;  // [L * Hkv]
+  int64_t pos_ = 0;
+  int64_t cap_ = 0;
+  // activations for up to cap_ tokens
+  std::vector<float> x_, xb_, q_, k_, v_, q_pre_, k_pre_, att_, hb_, hb2_, logits_, kh_, vh_;
+  std::vector<KvView> views_;
+};
+
+}  // namespace kvsim::model
