@@ -54,7 +54,7 @@ CacheErrors cache_errors(const SlotCache& c, const float* k_orig, const float* v
   return {kd > 0 ? std::sqrt(kn / kd) : 0.0, vd > 0 ? std::sqrt(vn / vd) : 0.0};
 }
 
-double kl_bucket(const double* pbar, const float* q, int64_t n, double m, double eps) {
+double kl_bucket(const double* pbar, const double* q, int64_t n, double m, double eps) {
   const double u = eps / static_cast<double>(n + 1);
   double kl = 0;
   for (int64_t s = 0; s < n; ++s) {
@@ -78,12 +78,17 @@ void measure_step(const StepInputs& in, const CacheErrors& ce, MetricRow& out) {
   const int64_t n = c.size(), D = in.D;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   // Slot-level full mass P̄_s = sum of exact P_i over its members; exact logits z_i for logit_rel_err.
-  std::vector<double> pbar(n);
+  std::vector<double> pbar(n), qd(n);
   double m = 0, zz = 0, dz = 0;
+  // Compressed Q recomputed in double from the logits (the kernel's float weights feed `observe`).
+  double mx = -INFINITY, qs = 0;
+  for (int64_t s = 0; s < n; ++s) mx = std::max(mx, in.logit[s]);
+  for (int64_t s = 0; s < n; ++s) qs += (qd[s] = std::exp(in.logit[s] - mx));
+  for (int64_t s = 0; s < n; ++s) qd[s] /= qs;
   for (int64_t s = 0; s < n; ++s) {
     double ps = 0;
     if (c.exact(s)) {
-      const double z = static_cast<double>(in.logit[s]) - c.bias(s);
+      const double z = in.logit[s] - c.bias(s);
       ps = std::exp(z - in.lse_ref);
       zz += z * z;
     } else {
@@ -114,9 +119,9 @@ void measure_step(const StepInputs& in, const CacheErrors& ce, MetricRow& out) {
   out[int(Metric::out_cos)] = (nr > 0 && nh > 0) ? dot / std::sqrt(nr * nh) : (nr == nh ? 1.0 : 0.0);
   out[int(Metric::out_rel_l2)] = nr > 0 ? std::sqrt(diff / nr) : std::sqrt(diff);
   out[int(Metric::mass)] = m;
-  out[int(Metric::kl)] = kl_bucket(pbar.data(), in.w, n, m, in.eps);
+  out[int(Metric::kl)] = kl_bucket(pbar.data(), qd.data(), n, m, in.eps);
   double tv = 0;
-  for (int64_t s = 0; s < n; ++s) tv += std::fabs(pbar[s] - in.w[s]);
+  for (int64_t s = 0; s < n; ++s) tv += std::fabs(pbar[s] - qd[s]);
   out[int(Metric::tv)] = 0.5 * tv + 0.5 * std::max(0.0, 1.0 - m);
   // Recall of the exact top-k positions (k = 8, 32; fewer when t + 1 < k).
   for (int kk : {8, 32}) {

@@ -34,8 +34,8 @@ struct StepInputs {
   const float* v_orig = nullptr;      // [T, D] original values
   const float* k_norm = nullptr;      // [T] their L2 norms
   const SlotCache* cache = nullptr;
-  const float* logit = nullptr;       // [n] compressed scaled logits (with bias) of this head
-  const float* w = nullptr;           // [n] compressed attention Q
+  const double* logit = nullptr;      // [n] compressed scaled logits (with bias) of this head
+  const float* w = nullptr;           // [n] compressed attention Q (float; metrics recompute Q in double)
   const float* o_hat = nullptr;       // [D] compressed output
   const uint8_t* present = nullptr;   // [T] 1 where a position is a member of some slot
   double eps = 1e-6;
@@ -52,7 +52,7 @@ CacheErrors cache_errors(const SlotCache& cache, const float* k_orig, const floa
 void measure_step(const StepInputs& in, const CacheErrors& ce, MetricRow& out);
 
 // kl of design.md §4 from slot masses P̄ [n], compressed Q [n] and retained mass m.
-double kl_bucket(const double* pbar, const float* q, int64_t n, double m, double eps);
+double kl_bucket(const double* pbar, const double* q, int64_t n, double m, double eps);
 // Closed form for pure eviction (P̄_s = m·Q_s): KL = m log(m/(1-ε)) + (1-m) log((1-m)(n+1)/ε) - r,
 // with 0 <= r <= m·n·ε/((n+1)(1-ε)); returns the value at r = 0 (an upper bound within ε).
 double kl_pure_eviction(double m, double eps, int64_t n);

@@ -9,14 +9,14 @@ namespace kvsim {
 void RefStats::resize(int64_t H_, int64_t T_, int64_t D_, int64_t K_) {
   H = H_, T = T_, D = D_, K = K_;
   o.assign(H * T * D, 0.0f);
-  lse.assign(H * T, 0.0f);
+  lse.assign(H * T, 0.0);
   entropy.assign(H * T, 0.0f);
   top_pos.assign(H * T * K, -1);
   top_w.assign(H * T * K, 0.0f);
 }
 
 double RefStats::bytes() const {
-  return 4.0 * static_cast<double>(o.size() + lse.size() + entropy.size() + top_pos.size() + top_w.size());
+  return 8.0 * static_cast<double>(lse.size()) + 4.0 * static_cast<double>(o.size() + entropy.size() + top_pos.size() + top_w.size());
 }
 
 void compute_ref_stats(const LayerView& lv, Backend b, RefStats& rs) {

@@ -11,11 +11,13 @@
 namespace kvsim {
 
 inline constexpr int64_t kRefTopK = 32;
+// Bump when a reference kernel's numbers change: sidecar caches of older revisions are recomputed.
+inline constexpr uint32_t kRefStatsRevision = 1;
 
 struct RefStats {
   int64_t H = 0, T = 0, D = 0, K = kRefTopK;
   std::vector<float> o;          // [H, T, D]
-  std::vector<float> lse;        // [H, T]
+  std::vector<double> lse;       // [H, T]
   std::vector<float> entropy;    // [H, T] nats
   std::vector<int32_t> top_pos;  // [H, T, K]
   std::vector<float> top_w;      // [H, T, K]

@@ -19,7 +19,7 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 using AttendFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, int64_t,
-                          float*, float*, float*);
+                          double*, float*, float*);
 
 struct Job {
   int64_t config = 0, kv0 = 0, n_caches = 1;
@@ -64,7 +64,8 @@ void run_instance(const LayerView& lv, const RefStats& rs, int64_t layer, int64_
   }
   job.state->prefill(caches, lv, P);
 
-  std::vector<std::vector<float>> logit(nc), w(nc), o_hat(nc, std::vector<float>(G * D));
+  std::vector<std::vector<double>> logit(nc);
+  std::vector<std::vector<float>> w(nc), o_hat(nc, std::vector<float>(G * D));
   std::vector<const float*> wptr(nc);
   std::vector<uint8_t> present(T, 0);
   std::vector<HeadTrace> heads(nc * G);

@@ -11,11 +11,12 @@ namespace kvsim {
 
 namespace {
 constexpr char kMagic[8] = {'K', 'V', 'S', 'T', 'A', 'T', 'S', '\0'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: lse in float64
 
 struct Header {
   char magic[8];
   uint32_t version, backend;
+  uint32_t revision, pad;  // kRefStatsRevision: results of older kernels are recomputed
   uint64_t hash;
   int64_t seq, L, H, T, D, K;
 };
@@ -63,7 +64,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
   if (in_) {
     Header h{};
     hit_ = read_all(in_, &h, sizeof h) && std::memcmp(h.magic, kMagic, 8) == 0 && h.version == kVersion &&
-           h.backend == static_cast<uint32_t>(b) && h.hash == hash_ && h.seq == seq && h.L == L && h.H == H &&
+           h.backend == static_cast<uint32_t>(b) && h.revision == kRefStatsRevision && h.hash == hash_ && h.seq == seq && h.L == L && h.H == H &&
            h.T == T && h.D == D && h.K == K_;
     std::error_code ec;
     if (hit_ && static_cast<int64_t>(fs::file_size(path_, ec)) != static_cast<int64_t>(sizeof h) + L * layer_bytes())
@@ -76,6 +77,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
     Header h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kVersion, h.backend = static_cast<uint32_t>(b), h.hash = hash_;
+    h.revision = kRefStatsRevision;
     h.seq = seq, h.L = L, h.H = H, h.T = T, h.D = D, h.K = K_;
     if (out_ && !write_all(out_, &h, sizeof h)) std::fclose(out_), out_ = nullptr;
     if (!out_) {  // read-only folder: run without the cache
@@ -94,7 +96,7 @@ StatsCache::~StatsCache() {
 }
 
 int64_t StatsCache::layer_bytes() const {
-  return 4 * (H_ * T_ * D_ + 2 * H_ * T_ + 2 * H_ * T_ * K_);
+  return 4 * (H_ * T_ * D_ + H_ * T_ + 2 * H_ * T_ * K_) + 8 * H_ * T_;
 }
 
 bool StatsCache::load(int64_t layer, RefStats& rs) {
@@ -102,7 +104,7 @@ bool StatsCache::load(int64_t layer, RefStats& rs) {
   rs.resize(H_, T_, D_, K_);
   if (std::fseek(in_, static_cast<long>(sizeof(Header) + layer * layer_bytes()), SEEK_SET) != 0)
     throw IoError(path_ + ": seek failed");
-  bool ok = read_all(in_, rs.o.data(), 4 * rs.o.size()) && read_all(in_, rs.lse.data(), 4 * rs.lse.size()) &&
+  bool ok = read_all(in_, rs.o.data(), 4 * rs.o.size()) && read_all(in_, rs.lse.data(), 8 * rs.lse.size()) &&
             read_all(in_, rs.entropy.data(), 4 * rs.entropy.size()) &&
             read_all(in_, rs.top_pos.data(), 4 * rs.top_pos.size()) &&
             read_all(in_, rs.top_w.data(), 4 * rs.top_w.size());
@@ -113,7 +115,7 @@ bool StatsCache::load(int64_t layer, RefStats& rs) {
 void StatsCache::store(int64_t layer, const RefStats& rs) {
   if (!out_) return;
   KVSIM_ASSERT(layer == stored_);
-  bool ok = write_all(out_, rs.o.data(), 4 * rs.o.size()) && write_all(out_, rs.lse.data(), 4 * rs.lse.size()) &&
+  bool ok = write_all(out_, rs.o.data(), 4 * rs.o.size()) && write_all(out_, rs.lse.data(), 8 * rs.lse.size()) &&
             write_all(out_, rs.entropy.data(), 4 * rs.entropy.size()) &&
             write_all(out_, rs.top_pos.data(), 4 * rs.top_pos.size()) &&
             write_all(out_, rs.top_w.data(), 4 * rs.top_w.size());

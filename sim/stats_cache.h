@@ -1,7 +1,7 @@
 // Sidecar cache of reference statistics (design.md §3), keyed by the trace's content hash, the
 // sequence and the backend: `<dir>/<trace name>.<hash>.s<seq>.<backend>.kvstats`. Format
-// "KVSTATS" version 1: a fixed header (magic, version, backend, hash, seq, L, H, T, D, K) then one
-// block per layer (o, lse, entropy, top_pos, top_w, as in RefStats). Written to `.partial.<pid>`
+// "KVSTATS" version 2: a fixed header (magic, version, backend, kernel revision, hash, seq, L, H, T, D, K) then one
+// block per layer (o f32, lse f64, entropy f32, top_pos i32, top_w f32, as in RefStats). Written to `.partial.<pid>`
 // layer by layer and renamed only when every layer is in, so a reader never sees a torn file.
 #pragma once
 

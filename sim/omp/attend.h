@@ -1,5 +1,5 @@
 // OpenMP twin of sim/ref/attend.h. Single-threaded by design (the replay engine runs
-// instances in parallel); vectorized with omp simd, float products, double sums.
+// instances in parallel); vectorized with omp simd, double dot products.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +14,7 @@ void attend_slots(const float* q,      // [G, D], row g at q + g * q_stride
                   const float* value,  // [n, D]
                   const float* bias,   // [n]
                   int64_t n,
-                  float* logit,        // [G, n]
+                  double* logit,       // [G, n] (double: exact masses are computed from it)
                   float* w,            // [G, n]
                   float* o_hat);       // [G, D]
 

@@ -23,23 +23,26 @@ void topk_offer(float* tz, int32_t* tp, int64_t K, float zi, int32_t i) {
   tp[j] = i;
 }
 
-inline float dot_f64acc(const float* a, const float* b, int64_t D) {
+// Products and sums in double: a row dominated by one token (a sink) has lse = its logit, so
+// a float logit would put its rounding (~1e-6 at |z| = 10) straight into every mass.
+inline double dot_f64(const float* a, const float* b, int64_t D) {
   double d = 0;
 #pragma omp simd reduction(+ : d)
-  for (int64_t x = 0; x < D; ++x) d += static_cast<double>(a[x] * b[x]);
-  return static_cast<float>(d);
+  for (int64_t x = 0; x < D; ++x) d += static_cast<double>(a[x]) * static_cast<double>(b[x]);
+  return d;
 }
 }  // namespace
 
 void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D,
-                int64_t K, float* o, float* lse, float* entropy, int32_t* top_pos, float* top_w) {
+                int64_t K, float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
   const int64_t G = H / Hkv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const int64_t n_tiles = (T + kQueryTile - 1) / kQueryTile;
   // Later tiles cost more (causal): dynamic scheduling, largest first.
 #pragma omp parallel
   {
-    std::vector<float> z(kQueryTile * kKeyTile), acc(kQueryTile * D), tz(kQueryTile * K);
+    std::vector<double> z(kQueryTile * kKeyTile);
+    std::vector<float> acc(kQueryTile * D), tz(kQueryTile * K);
     std::vector<int32_t> tp(kQueryTile * K);
     std::vector<double> m(kQueryTile), l(kQueryTile), a(kQueryTile);
 #pragma omp for schedule(dynamic, 1)
@@ -62,14 +65,15 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
           if (i0 > t) continue;
           const int64_t nc = std::min(nk, t + 1 - i0);  // causal
           const float* qt = q + (h * T + t) * D;
-          float* zr = z.data() + r * kKeyTile;
-          float mx = static_cast<float>(m[r]);
+          double* zr = z.data() + r * kKeyTile;
+          double mx = m[r];
           for (int64_t c = 0; c < nc; ++c) {
-            zr[c] = static_cast<float>(static_cast<double>(dot_f64acc(qt, kh + (i0 + c) * D, D)) * scale);
+            zr[c] = dot_f64(qt, kh + (i0 + c) * D, D) * scale;
             mx = std::max(mx, zr[c]);
           }
-          for (int64_t c = 0; c < nc; ++c) topk_offer(&tz[r * K], &tp[r * K], K, zr[c], static_cast<int32_t>(i0 + c));
-          const double alpha = std::exp(m[r] - static_cast<double>(mx));
+          for (int64_t c = 0; c < nc; ++c)
+            topk_offer(&tz[r * K], &tp[r * K], K, static_cast<float>(zr[c]), static_cast<int32_t>(i0 + c));
+          const double alpha = std::exp(m[r] - mx);
           l[r] *= alpha, a[r] *= alpha;
           float* ar = acc.data() + r * D;
           const float af = static_cast<float>(alpha);
@@ -77,9 +81,10 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
           for (int64_t x = 0; x < D; ++x) ar[x] *= af;
           double ls = 0, as = 0;
           for (int64_t c = 0; c < nc; ++c) {
-            const float e = std::exp(zr[c] - mx);
-            ls += e;
-            as += static_cast<double>(e) * zr[c];
+            const double ed = std::exp(zr[c] - mx);  // double: lse must be exact to ~1e-9 (mass)
+            const float e = static_cast<float>(ed);
+            ls += ed;
+            as += ed * zr[c];
             const float* vi = vh + (i0 + c) * D;
 #pragma omp simd
             for (int64_t x = 0; x < D; ++x) ar[x] += e * vi[x];
@@ -91,7 +96,7 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t row = h * T + t0 + r;
         const double L = m[r] + std::log(l[r]);
-        lse[row] = static_cast<float>(L);
+        lse[row] = L;
         entropy[row] = static_cast<float>(std::max(0.0, L - a[r] / l[r]));
         const float inv = static_cast<float>(1.0 / l[r]);
         for (int64_t x = 0; x < D; ++x) o[row * D + x] = acc[r * D + x] * inv;
@@ -104,10 +109,10 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
   }
 }
 
-void prompt_colsums(const float* q, const float* k, const float* lse, int64_t H, int64_t Hkv, int64_t T, int64_t D,
+void prompt_colsums(const float* q, const float* k, const double* lse, int64_t H, int64_t Hkv, int64_t T, int64_t D,
                     int64_t P, float* colsum) {
   const int64_t G = H / Hkv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t h = 0; h < H; ++h) {
     const float* kh = k + (h / G) * T * D;
@@ -116,7 +121,7 @@ void prompt_colsums(const float* q, const float* k, const float* lse, int64_t H,
       const float* qj = q + (h * T + j) * D;
       const double L = lse[h * T + j];
       for (int64_t i = 0; i <= j; ++i)
-        acc[i] += std::exp(static_cast<double>(dot_f64acc(qj, kh + i * D, D)) * scale - L);
+        acc[i] += std::exp(dot_f64(qj, kh + i * D, D) * scale - L);
     }
     for (int64_t i = 0; i < P; ++i) colsum[h * P + i] = static_cast<float>(acc[i]);
   }

@@ -14,7 +14,7 @@ void attend_slots(const float* q,      // [G, D], row g at q + g * q_stride
                   const float* value,  // [n, D]
                   const float* bias,   // [n]
                   int64_t n,
-                  float* logit,        // [G, n]
+                  double* logit,       // [G, n] (double: exact masses are computed from it)
                   float* w,            // [G, n]
                   float* o_hat);       // [G, D]
 

@@ -35,7 +35,7 @@ struct TopK {
 }  // namespace
 
 void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D,
-                int64_t K, float* o, float* lse, float* entropy, int32_t* top_pos, float* top_w) {
+                int64_t K, float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
   const int64_t G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   std::vector<double> z(kQueryTile * kKeyTile);
@@ -86,7 +86,7 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t t = t0 + r, row = h * T + t;
         const double L = m[r] + std::log(l[r]);
-        lse[row] = static_cast<float>(L);
+        lse[row] = L;
         entropy[row] = static_cast<float>(std::max(0.0, L - a[r] / l[r]));
         for (int64_t x = 0; x < D; ++x) o[row * D + x] = static_cast<float>(acc[r * D + x] / l[r]);
         for (int64_t j = 0; j < K; ++j) {
@@ -98,7 +98,7 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
   }
 }
 
-void prompt_colsums(const float* q, const float* k, const float* lse, int64_t H, int64_t Hkv, int64_t T, int64_t D,
+void prompt_colsums(const float* q, const float* k, const double* lse, int64_t H, int64_t Hkv, int64_t T, int64_t D,
                     int64_t P, float* colsum) {
   const int64_t G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));

@@ -13,7 +13,7 @@ void attn_stats(const float* q,   // [H, T, D]
                 const float* v,   // [Hkv, T, D]
                 int64_t H, int64_t Hkv, int64_t T, int64_t D, int64_t K,
                 float* o,         // [H, T, D]   attention output
-                float* lse,       // [H, T]      log-sum-exp of the scaled logits
+                double* lse,      // [H, T]      log-sum-exp of the scaled logits (double: mass sums need it)
                 float* entropy,   // [H, T]      Shannon entropy of the row, nats
                 int32_t* top_pos, // [H, T, K]   top-K positions, best first (-1 past t + 1)
                 float* top_w);    // [H, T, K]   their attention weights (0 past t + 1)
@@ -22,7 +22,7 @@ void attn_stats(const float* q,   // [H, T, D]
 // summed over its queries (h2o's starting scores), using the lse of attn_stats.
 void prompt_colsums(const float* q,    // [H, T, D]
                     const float* k,    // [Hkv, T, D]
-                    const float* lse,  // [H, T]
+                    const double* lse, // [H, T]
                     int64_t H, int64_t Hkv, int64_t T, int64_t D, int64_t P,
                     float* colsum);    // [H, P]
 
