@@ -198,15 +198,16 @@ void finalize_summaries(ConfigResult& r) {
     const size_t bins = r.heads.empty() ? 0 : r.heads[0].curve[m].size();
     std::vector<double> cs(bins, 0.0), cn(bins, 0.0);
     for (const auto& h : r.heads) {
-      s.mean += h.summary[m].mean / n;
-      s.p5 += h.summary[m].p5 / n;
-      s.p50 += h.summary[m].p50 / n;
-      s.p95 += h.summary[m].p95 / n;
-      s.worst += h.summary[m].worst / n;
+      s.mean += h.summary[m].mean;
+      s.p5 += h.summary[m].p5;
+      s.p50 += h.summary[m].p50;
+      s.p95 += h.summary[m].p95;
+      s.worst += h.summary[m].worst;
       s.n += h.summary[m].n;
       for (size_t b = 0; b < bins && b < h.curve[m].size(); ++b)
         if (!std::isnan(h.curve[m][b])) cs[b] += h.curve[m][b], cn[b] += 1;
     }
+    s.mean /= n, s.p5 /= n, s.p50 /= n, s.p95 /= n, s.worst /= n;
     r.summary[m] = s;
     r.curve[m].assign(bins, NAN);
     for (size_t b = 0; b < bins; ++b)

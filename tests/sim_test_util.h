@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -118,9 +119,12 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
 }
 
 inline std::string set_str(const std::set<int32_t>& s) {
-  std::string r = "{";
-  for (int32_t p : s) r += (r.size() > 1 ? "," : "") + std::to_string(p);
-  return r + "}";
+  std::ostringstream o;
+  o << '{';
+  bool first = true;
+  for (int32_t p : s) o << (first ? "" : ",") << p, first = false;
+  o << '}';
+  return o.str();
 }
 
 }  // namespace kvsim::test
