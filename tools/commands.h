@@ -14,5 +14,6 @@ void add_synth(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_record(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_run(CLI::App& app);
 
 }  // namespace kvsim::tools

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   kvsim::tools::add_generate(app);
   kvsim::tools::add_record(app);
   kvsim::tools::add_convert(app);
+  kvsim::tools::add_run(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

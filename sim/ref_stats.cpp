@@ -1,0 +1,47 @@
+#include "sim/ref_stats.h"
+
+#include "sim/error.h"
+#include "sim/omp/attn_stats.h"
+#include "sim/ref/attn_stats.h"
+
+namespace kvsim {
+
+void RefStats::resize(int64_t H_, int64_t T_, int64_t D_, int64_t K_) {
+  H = H_, T = T_, D = D_, K = K_;
+  o.assign(H * T * D, 0.0f);
+  lse.assign(H * T, 0.0);
+  entropy.assign(H * T, 0.0f);
+  top_pos.assign(H * T * K, -1);
+  top_w.assign(H * T * K, 0.0f);
+}
+
+double RefStats::bytes() const {
+  return 8.0 * static_cast<double>(lse.size()) + 4.0 * static_cast<double>(o.size() + entropy.size() + top_pos.size() + top_w.size());
+}
+
+void compute_ref_stats(const LayerView& lv, Backend b, RefStats& rs) {
+  rs.resize(lv.H, lv.T, lv.D);
+  switch (b) {
+    case Backend::ref:
+      ref::attn_stats(lv.q, lv.k, lv.v, lv.H, lv.Hkv, lv.T, lv.D, rs.K, rs.o.data(), rs.lse.data(),
+                      rs.entropy.data(), rs.top_pos.data(), rs.top_w.data());
+      return;
+    case Backend::omp:
+      omp::attn_stats(lv.q, lv.k, lv.v, lv.H, lv.Hkv, lv.T, lv.D, rs.K, rs.o.data(), rs.lse.data(),
+                      rs.entropy.data(), rs.top_pos.data(), rs.top_w.data());
+      return;
+    case Backend::cuda:
+      break;
+  }
+  throw NotCompiled("backend cuda: the replay kernels have no CUDA implementation yet (use --backend omp or ref)");
+}
+
+void compute_prompt_colsums(const LayerView& lv, const RefStats& rs, int64_t P, Backend b, std::vector<float>& out) {
+  out.assign(lv.H * P, 0.0f);
+  if (b == Backend::omp)
+    omp::prompt_colsums(lv.q, lv.k, rs.lse.data(), lv.H, lv.Hkv, lv.T, lv.D, P, out.data());
+  else
+    ref::prompt_colsums(lv.q, lv.k, rs.lse.data(), lv.H, lv.Hkv, lv.T, lv.D, P, out.data());
+}
+
+}  // namespace kvsim

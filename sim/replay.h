@@ -1,0 +1,83 @@
+// The replay engine (design.md §3). For each layer (read one at a time) and each configuration, every
+// instance (one (layer, KV head), or one layer for layer-coupled strategies) runs
+//   prefill -> for t = P..T-1: append (via the codec) -> attend & measure -> observe -> evict
+// against reference statistics computed once per layer and shared by all configurations.
+// replay_layer takes plain data only, so a model runner can drive the same strategies.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sim/backend.h"
+#include "sim/metrics.h"
+#include "sim/ref_stats.h"
+#include "sim/strategy.h"
+
+namespace kvsim::traces {
+class TraceReader;
+}
+
+namespace kvsim {
+
+struct ReplayOptions {
+  int64_t prefill = -1;  // -1: the sequence's prefill_len
+  int64_t stride = 1;    // evaluate every stride-th decode step (observe/evict still run every step)
+  int64_t seq = 0;       // sequence index
+  Backend backend = Backend::ref;
+  int64_t bins = 16;     // per-position curve bins over [P, T)
+  double eps = 1e-6;     // kl smoothing
+  // Sidecar cache of the reference statistics: "" next to the trace, "off" none, else a folder.
+  std::string stats_cache;
+  std::function<void(const std::string&)> progress;  // one line per layer; null: silent
+};
+
+struct HeadResult {
+  int64_t layer = 0, head = 0;  // query head
+  std::array<MetricSummary, kNumMetrics> summary{};
+  std::array<std::vector<double>, kNumMetrics> curve{};  // [bins] mean per bin (NaN: no step)
+};
+
+struct ConfigResult {
+  std::string strategy, spec;
+  std::map<std::string, std::string> params;
+  std::vector<HeadResult> heads;                      // [L * H], layer-major
+  std::array<MetricSummary, kNumMetrics> summary{};   // means over heads of each statistic
+  std::array<std::vector<double>, kNumMetrics> curve{};  // means over heads
+  double seconds = 0;                                 // replay time (excl. reading, reference)
+};
+
+struct ReplayResult {
+  std::string trace, sequence;
+  int64_t T = 0, P = 0, stride = 1, L = 0, H = 0, Hkv = 0, D = 0;
+  double eps = 1e-6;
+  Backend backend = Backend::ref;
+  std::vector<int64_t> bin_edges;  // [bins + 1] positions
+  std::vector<ConfigResult> configs;
+  double read_seconds = 0, ref_seconds = 0, replay_seconds = 0;
+  bool stats_from_cache = false;
+};
+
+// Validates P and stride against T (UsageError with the numbers).
+void check_replay_args(int64_t T, int64_t P, int64_t stride);
+std::vector<int64_t> bin_edges(int64_t P, int64_t T, int64_t bins);
+
+// Runs every configuration on one layer. `results` has one entry per strategy, each with heads
+// sized L * H; this fills heads [layer * H, (layer + 1) * H). lv.k_norm must be set, and
+// lv.prompt_colsums when any strategy needs_prompt_colsums().
+void replay_layer(const LayerView& lv, const RefStats& rs, int64_t layer, int64_t L, int64_t P,
+                  std::span<const Strategy* const> strategies, const ReplayOptions& opt,
+                  std::vector<ConfigResult>& results);
+
+// Fills the means over heads (summary and curves) from results[i].heads.
+void finalize_summaries(ConfigResult& r);
+
+// Whole sequence of a trace, one layer in memory at a time.
+ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Strategy* const> strategies,
+                          const ReplayOptions& opt);
+
+}  // namespace kvsim

@@ -1,0 +1,44 @@
+// Strategy specifications on the command line: `name:key=value,key=value` (design.md §5, §6).
+// ParamReader hands out typed parameters and, at the end, rejects any key nobody asked for with a
+// message listing the parameters the strategy accepts.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace kvsim {
+
+struct StrategySpec {
+  std::string name;
+  std::map<std::string, std::string> params;  // as written, in key order
+  std::string text;                           // the spec as given
+};
+
+// Parses "name" or "name:k=v,k=v". Throws UsageError on malformed text or a repeated key.
+StrategySpec parse_spec(const std::string& text);
+
+class ParamReader {
+ public:
+  explicit ParamReader(const StrategySpec& spec) : spec_(spec) {}
+  const StrategySpec& spec() const { return spec_; }
+  bool has(const std::string& key);
+  int64_t get_int(const std::string& key, int64_t def, const std::string& doc = "");
+  double get_double(const std::string& key, double def, const std::string& doc = "");
+  // One of `choices`; the first is the default.
+  std::string get_choice(const std::string& key, const std::vector<std::string>& choices);
+  // Throws UsageError naming unknown keys and listing the known ones.
+  void finish() const;
+  // Resolved parameters (defaults filled in), for reports.
+  const std::map<std::string, std::string>& resolved() const { return resolved_; }
+  void set_resolved(const std::string& key, const std::string& value) { resolved_[key] = value; }
+
+ private:
+  const std::string* raw(const std::string& key);
+  const StrategySpec& spec_;
+  std::vector<std::string> known_;
+  std::map<std::string, std::string> resolved_;
+};
+
+}  // namespace kvsim

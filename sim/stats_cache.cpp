@@ -1,0 +1,138 @@
+#include "sim/stats_cache.h"
+
+#include <cstring>
+#include <filesystem>
+#include <unistd.h>
+#include <vector>
+
+#include "sim/error.h"
+
+namespace kvsim {
+
+namespace {
+constexpr char kMagic[8] = {'K', 'V', 'S', 'T', 'A', 'T', 'S', '\0'};
+constexpr uint32_t kVersion = 2;  // 2: lse in float64
+
+struct Header {
+  char magic[8];
+  uint32_t version, backend;
+  uint32_t revision, pad;  // kRefStatsRevision: results of older kernels are recomputed
+  uint64_t hash;
+  int64_t seq, L, H, T, D, K;
+};
+
+bool read_all(std::FILE* f, void* p, size_t n) { return std::fread(p, 1, n, f) == n; }
+bool write_all(std::FILE* f, const void* p, size_t n) { return std::fwrite(p, 1, n, f) == n; }
+}  // namespace
+
+uint64_t file_content_hash(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw IoError(path + ": cannot open for hashing: " + std::strerror(errno));
+  uint64_t h = 0xcbf29ce484222325ull;
+  std::vector<unsigned char> buf(1 << 20);
+  size_t n;
+  uint64_t total = 0;
+  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, buf.data() + i, 8);
+      h = (h ^ w) * 0x100000001b3ull;
+      h ^= h >> 29;
+    }
+    for (; i < n; ++i) h = (h ^ buf[i]) * 0x100000001b3ull;
+    total += n;
+  }
+  std::fclose(f);
+  return h ^ total;
+}
+
+StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, int64_t L, int64_t H, int64_t T,
+                       int64_t D, const std::string& dir)
+    : seq_(seq), L_(L), H_(H), T_(T), D_(D), backend_(b) {
+  if (dir == "off") return;
+  namespace fs = std::filesystem;
+  hash_ = file_content_hash(trace_path);
+  fs::path folder = dir.empty() ? fs::path(trace_path).parent_path() : fs::path(dir);
+  if (folder.empty()) folder = ".";
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash_));
+  path_ = (folder / (fs::path(trace_path).filename().string() + "." + hex + ".s" + std::to_string(seq) + "." +
+                     backend_name(b) + ".kvstats"))
+              .string();
+  in_ = std::fopen(path_.c_str(), "rb");
+  if (in_) {
+    Header h{};
+    hit_ = read_all(in_, &h, sizeof h) && std::memcmp(h.magic, kMagic, 8) == 0 && h.version == kVersion &&
+           h.backend == static_cast<uint32_t>(b) && h.revision == kRefStatsRevision && h.hash == hash_ && h.seq == seq && h.L == L && h.H == H &&
+           h.T == T && h.D == D && h.K == K_;
+    std::error_code ec;
+    if (hit_ && static_cast<int64_t>(fs::file_size(path_, ec)) != static_cast<int64_t>(sizeof h) + L * layer_bytes())
+      hit_ = false;
+    if (!hit_) std::fclose(in_), in_ = nullptr;  // stale or foreign: recompute and replace it
+  }
+  if (!hit_) {
+    partial_ = path_ + ".partial." + std::to_string(::getpid());
+    out_ = std::fopen(partial_.c_str(), "wb");
+    Header h{};
+    std::memcpy(h.magic, kMagic, 8);
+    h.version = kVersion, h.backend = static_cast<uint32_t>(b), h.hash = hash_;
+    h.revision = kRefStatsRevision;
+    h.seq = seq, h.L = L, h.H = H, h.T = T, h.D = D, h.K = K_;
+    if (out_ && !write_all(out_, &h, sizeof h)) std::fclose(out_), out_ = nullptr;
+    if (!out_) {  // read-only folder: run without the cache
+      std::remove(partial_.c_str());
+      path_.clear();
+    }
+  }
+}
+
+StatsCache::~StatsCache() {
+  if (in_) std::fclose(in_);
+  if (out_) {
+    std::fclose(out_);
+    std::remove(partial_.c_str());
+  }
+}
+
+int64_t StatsCache::layer_bytes() const {
+  return 4 * (H_ * T_ * D_ + H_ * T_ + 2 * H_ * T_ * K_) + 8 * H_ * T_;
+}
+
+bool StatsCache::load(int64_t layer, RefStats& rs) {
+  if (!hit_) return false;
+  rs.resize(H_, T_, D_, K_);
+  if (std::fseek(in_, static_cast<long>(sizeof(Header) + layer * layer_bytes()), SEEK_SET) != 0)
+    throw IoError(path_ + ": seek failed");
+  bool ok = read_all(in_, rs.o.data(), 4 * rs.o.size()) && read_all(in_, rs.lse.data(), 8 * rs.lse.size()) &&
+            read_all(in_, rs.entropy.data(), 4 * rs.entropy.size()) &&
+            read_all(in_, rs.top_pos.data(), 4 * rs.top_pos.size()) &&
+            read_all(in_, rs.top_w.data(), 4 * rs.top_w.size());
+  if (!ok) throw IoError(path_ + ": truncated reading layer " + std::to_string(layer));
+  return true;
+}
+
+void StatsCache::store(int64_t layer, const RefStats& rs) {
+  if (!out_) return;
+  KVSIM_ASSERT(layer == stored_);
+  bool ok = write_all(out_, rs.o.data(), 4 * rs.o.size()) && write_all(out_, rs.lse.data(), 8 * rs.lse.size()) &&
+            write_all(out_, rs.entropy.data(), 4 * rs.entropy.size()) &&
+            write_all(out_, rs.top_pos.data(), 4 * rs.top_pos.size()) &&
+            write_all(out_, rs.top_w.data(), 4 * rs.top_w.size());
+  if (!ok) {  // disk full: give up on caching, not on the replay
+    std::fclose(out_), out_ = nullptr;
+    std::remove(partial_.c_str());
+    return;
+  }
+  ++stored_;
+}
+
+void StatsCache::finish() {
+  if (!out_) return;
+  bool ok = stored_ == L_ && std::fflush(out_) == 0;
+  std::fclose(out_), out_ = nullptr;
+  if (ok && std::rename(partial_.c_str(), path_.c_str()) == 0) return;
+  std::remove(partial_.c_str());
+}
+
+}  // namespace kvsim

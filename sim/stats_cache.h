@@ -1,0 +1,48 @@
+// Sidecar cache of reference statistics (design.md §3), keyed by the trace's content hash, the
+// sequence and the backend: `<dir>/<trace name>.<hash>.s<seq>.<backend>.kvstats`. Format
+// "KVSTATS" version 2: a fixed header (magic, version, backend, kernel revision, hash, seq, L, H, T, D, K) then one
+// block per layer (o f32, lse f64, entropy f32, top_pos i32, top_w f32, as in RefStats). Written to `.partial.<pid>`
+// layer by layer and renamed only when every layer is in, so a reader never sees a torn file.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "sim/backend.h"
+#include "sim/ref_stats.h"
+
+namespace kvsim {
+
+// 64-bit FNV-1a over the file's bytes (8-byte words); throws IoError if unreadable.
+uint64_t file_content_hash(const std::string& path);
+
+class StatsCache {
+ public:
+  // dir: "" = next to the trace, "off" = disabled, else a folder.
+  StatsCache(const std::string& trace_path, int64_t seq, Backend b, int64_t L, int64_t H, int64_t T, int64_t D,
+             const std::string& dir);
+  ~StatsCache();
+  StatsCache(const StatsCache&) = delete;
+  StatsCache& operator=(const StatsCache&) = delete;
+
+  bool enabled() const { return !path_.empty(); }
+  bool hit() const { return hit_; }
+  const std::string& path() const { return path_; }
+  bool load(int64_t layer, RefStats& rs);        // false unless the sidecar was found valid
+  void store(int64_t layer, const RefStats& rs);  // layers in order 0..L-1; no-op on a hit
+  void finish();                                  // renames the partial file once complete
+
+ private:
+  int64_t layer_bytes() const;
+  std::string path_, partial_;
+  int64_t seq_, L_, H_, T_, D_, K_ = kRefTopK;
+  Backend backend_;
+  uint64_t hash_ = 0;
+  bool hit_ = false;
+  int64_t stored_ = 0;
+  std::FILE* in_ = nullptr;
+  std::FILE* out_ = nullptr;
+};
+
+}  // namespace kvsim

@@ -1,0 +1,23 @@
+// Factories of the built-in strategies, one file each (sim/strategy_NAME.cpp), registered in
+// sim/strategy.cpp. Each reads its parameters from the ParamReader; unknown ones are rejected there.
+#pragma once
+
+#include <memory>
+
+#include "sim/spec.h"
+#include "sim/strategy.h"
+
+namespace kvsim {
+
+std::unique_ptr<Strategy> make_full(ParamReader& p);
+std::unique_ptr<Strategy> make_window(ParamReader& p);
+std::unique_ptr<Strategy> make_streaming(ParamReader& p);
+std::unique_ptr<Strategy> make_h2o(ParamReader& p);
+std::unique_ptr<Strategy> make_tova(ParamReader& p);
+std::unique_ptr<Strategy> make_scissorhands(ParamReader& p);
+std::unique_ptr<Strategy> make_snapkv(ParamReader& p);
+std::unique_ptr<Strategy> make_pyramidkv(ParamReader& p);
+std::unique_ptr<Strategy> make_knorm(ParamReader& p);
+std::unique_ptr<Strategy> make_random(ParamReader& p);
+
+}  // namespace kvsim

@@ -1,0 +1,234 @@
+// omp vs ref (style.md): one list of cases per kernel, each run on every built backend against ref.
+// Tolerances are declared with the case: |x - ref| <= atol + rtol |ref|; kept sets compare exactly.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+
+#include "sim/backend.h"
+#include "sim/omp/attend.h"
+#include "sim/omp/attn_stats.h"
+#include "sim/ref/attend.h"
+#include "sim/ref/attn_stats.h"
+#include "sim/strategy.h"
+#include "tests/sim_test_util.h"
+
+using namespace kvsim;
+using kvsim::test::Layer;
+
+namespace {
+
+struct Tol {
+  double atol, rtol;
+};
+
+// Checks every element; on failure reports the worst one, its index and the threshold.
+template <class A, class B>
+void check_close(const char* what, const A& got, const B& want, Tol tol) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  size_t wi = 0;
+  bool ok = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = got[i], w = want[i];
+    const double excess = std::fabs(g - w) - (tol.atol + tol.rtol * std::fabs(w));
+    if (!(excess <= 0)) ok = false;
+    if (!(excess <= worst) || i == 0) worst = excess, wi = i;
+  }
+  INFO(what << ": worst element " << wi << " got " << double(got[wi]) << " ref " << double(want[wi])
+            << " threshold " << tol.atol << " + " << tol.rtol << "|ref|");
+  CHECK(ok);
+}
+
+enum class Data { random, all_equal, huge_negative, sink };
+
+struct StatsCase {
+  std::string name;
+  int64_t H, Hkv, T, D;
+  Data data;
+  uint64_t seed;
+  Tol tol;
+};
+
+void fill(Layer& L, Data d, uint64_t seed) {
+  L.fill_random(seed);
+  if (d == Data::all_equal) {
+    for (auto& x : L.k) x = 0.5f;  // every logit in a row equal: ties everywhere
+  } else if (d == Data::huge_negative) {
+    for (auto& x : L.q) x *= 300.0f;  // logits of +-1e3..1e4: exp underflows unless max-subtracted
+  } else if (d == Data::sink) {
+    for (int64_t kv = 0; kv < L.Hkv; ++kv)
+      for (int64_t x = 0; x < L.D; ++x) L.K(kv, 0, x) = 40.0f;  // token 0 takes nearly all the mass
+    for (auto& x : L.q) x = std::fabs(x);
+  }
+}
+
+const std::vector<StatsCase>& stats_cases() {
+  // Sizes off powers of two and past a warp; tolerances: o is accumulated in float on omp (1e-5);
+  // lse and entropy in double on both (1e-9 relative is the double summation-order noise, times |z|).
+  static const std::vector<StatsCase> c = {
+      {"T1_seed1", 2, 1, 1, 4, Data::random, 1, {1e-6, 1e-5}},
+      {"T31_seed2", 4, 2, 31, 8, Data::random, 2, {1e-6, 1e-5}},
+      {"T33_seed3", 4, 4, 33, 16, Data::random, 3, {1e-6, 1e-5}},
+      {"T97_seed4", 6, 2, 97, 12, Data::random, 4, {1e-6, 1e-5}},
+      {"T129_D3_seed5", 3, 1, 129, 3, Data::random, 5, {1e-6, 1e-5}},
+      {"all_equal_T97", 2, 1, 97, 8, Data::all_equal, 6, {1e-6, 1e-5}},
+      {"huge_negative_T33", 2, 2, 33, 8, Data::huge_negative, 7, {1e-5, 1e-5}},
+      {"sink_T65", 4, 2, 65, 8, Data::sink, 8, {1e-6, 1e-5}},
+  };
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("backends: attn_stats omp vs ref on the harness cases") {
+  if (!backend_available(Backend::omp)) {
+    MESSAGE("skipped: omp backend not built");
+    return;
+  }
+  for (const auto& c : stats_cases()) {
+    SUBCASE(c.name.c_str()) {
+      Layer L(c.H, c.Hkv, c.T, c.D);
+      fill(L, c.data, c.seed);
+      LayerView lv = L.view();
+      RefStats r, o;
+      compute_ref_stats(lv, Backend::ref, r);
+      compute_ref_stats(lv, Backend::omp, o);
+      check_close("o", o.o, r.o, c.tol);
+      check_close("lse", o.lse, r.lse, {1e-9, 1e-12});
+      check_close("entropy", o.entropy, r.entropy, {1e-6, 1e-6});
+      // Top-K positions compared as sets per row (and both must be sorted by the same rule).
+      int64_t bad = 0;
+      for (int64_t row = 0; row < c.H * c.T; ++row) {
+        std::set<int32_t> a(r.top_pos.begin() + row * r.K, r.top_pos.begin() + (row + 1) * r.K);
+        std::set<int32_t> b(o.top_pos.begin() + row * o.K, o.top_pos.begin() + (row + 1) * o.K);
+        if (a != b && bad++ == 0)
+          FAIL_CHECK("row " << row << ": ref " << test::set_str(a) << " omp " << test::set_str(b));
+      }
+      CHECK(bad == 0);
+      check_close("top_w", o.top_w, r.top_w, {1e-7, 1e-5});
+      if (c.data == Data::all_equal)  // ties: the lowest positions win
+        for (int64_t t = 0; t < c.T; ++t)
+          for (int64_t j = 0; j < std::min<int64_t>(r.K, t + 1); ++j) CHECK(r.top_pos[t * r.K + j] == j);
+      // Entropy of an all-equal row over t+1 tokens is ln(t+1).
+      if (c.data == Data::all_equal)
+        for (int64_t t = 0; t < c.T; ++t) CHECK(r.entropy[t] == doctest::Approx(std::log(double(t + 1))).epsilon(1e-6));
+      std::vector<float> cr, co;
+      const int64_t P = std::max<int64_t>(1, c.T / 2);
+      compute_prompt_colsums(lv, r, P, Backend::ref, cr);
+      compute_prompt_colsums(lv, r, P, Backend::omp, co);
+      check_close("prompt_colsums", co, cr, {1e-6, 1e-6});
+    }
+  }
+}
+
+TEST_CASE("backends: ref attn_stats agrees with a direct softmax (T x T, tiny)") {
+  Layer L(2, 1, 70, 5);
+  L.fill_random(11);
+  LayerView lv = L.view();
+  RefStats r;
+  compute_ref_stats(lv, Backend::ref, r);
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t t : {0, 1, 63, 64, 65, 69}) {
+      std::vector<double> z(t + 1);
+      double mx = -INFINITY, sum = 0, ent = 0;
+      for (int64_t i = 0; i <= t; ++i) {
+        double d = 0;
+        for (int64_t x = 0; x < 5; ++x) d += double(L.Q(h, t, x)) * L.K(0, i, x);
+        z[i] = d / std::sqrt(5.0);
+        mx = std::max(mx, z[i]);
+      }
+      for (double zi : z) sum += std::exp(zi - mx);
+      const double lse = mx + std::log(sum);
+      std::vector<double> o(5, 0.0);
+      for (int64_t i = 0; i <= t; ++i) {
+        const double p = std::exp(z[i] - lse);
+        ent -= p * std::log(p);
+        for (int64_t x = 0; x < 5; ++x) o[x] += p * L.V(0, i, x);
+      }
+      CHECK(r.lse[h * 70 + t] == doctest::Approx(lse).epsilon(1e-12));
+      CHECK(r.entropy[h * 70 + t] == doctest::Approx(ent).epsilon(1e-6));
+      for (int64_t x = 0; x < 5; ++x) CHECK(r.o[(h * 70 + t) * 5 + x] == doctest::Approx(o[x]).epsilon(1e-6));
+    }
+}
+
+TEST_CASE("backends: attend_slots omp vs ref") {
+  struct Case {
+    const char* name;
+    int64_t G, n, D;
+    Data data;
+    uint64_t seed;
+  };
+  const Case cases[] = {{"n1", 1, 1, 4, Data::random, 1},       {"n31", 4, 31, 8, Data::random, 2},
+                        {"n33", 2, 33, 16, Data::random, 3},    {"n97", 3, 97, 12, Data::random, 4},
+                        {"equal", 2, 33, 8, Data::all_equal, 5}, {"huge_neg", 2, 31, 8, Data::huge_negative, 6}};
+  for (const auto& c : cases) {
+    SUBCASE(c.name) {
+      Layer L(c.G, 1, c.n, c.D);
+      fill(L, c.data, c.seed);
+      std::vector<float> bias(c.n);
+      for (int64_t s = 0; s < c.n; ++s) bias[s] = (s % 3 == 0) ? std::log(float(1 + s % 5)) : 0.0f;
+      std::vector<double> lr(c.G * c.n), lo(c.G * c.n);
+      std::vector<float> wr(c.G * c.n), wo(c.G * c.n), orf(c.G * c.D), oo(c.G * c.D);
+      ref::attend_slots(L.q.data(), c.D, c.G, c.D, L.k.data(), L.v.data(), bias.data(), c.n, lr.data(), wr.data(),
+                        orf.data());
+      omp::attend_slots(L.q.data(), c.D, c.G, c.D, L.k.data(), L.v.data(), bias.data(), c.n, lo.data(), wo.data(),
+                        oo.data());
+      // Logits: double on both, summation order differs (simd): 1e-12 relative.
+      check_close("logit", lo, lr, {1e-9, 1e-12});
+      // Weights and outputs: omp exponentiates in float (1e-6 relative).
+      check_close("w", wo, wr, {1e-7, 1e-5});
+      check_close("o_hat", oo, orf, {1e-6, 1e-5});
+    }
+  }
+}
+
+TEST_CASE("backends: kept sets of every strategy agree exactly between omp and ref") {
+  if (!backend_available(Backend::omp)) {
+    MESSAGE("skipped: omp backend not built");
+    return;
+  }
+  const char* specs[] = {"window:budget=9",        "streaming:budget=9,sinks=2", "h2o:budget=9,recent=3",
+                         "h2o:budget=9,recent=2,norm=mean,gqa=max",           "tova:budget=9",
+                         "scissorhands:budget=9,recent=2,history=5",          "snapkv:budget=12,window=4",
+                         "pyramidkv:budget=12,window=4",                      "knorm:budget=9,recent=1",
+                         "random:budget=9,seed=5",                            "h2o:budget=200"};
+  struct Case {
+    const char* name;
+    int64_t T, P;
+    Data data;
+  };
+  const Case cases[] = {{"T31", 31, 13, Data::random}, {"T33", 33, 20, Data::sink}, {"T97", 97, 40, Data::random},
+                        {"all_equal_T33", 33, 14, Data::all_equal}, {"huge_negative_T31", 31, 16, Data::huge_negative}};
+  for (const auto& c : cases)
+    for (const char* spec : specs) {
+      Layer L(4, 2, c.T, 8);
+      fill(L, c.data, 1234);
+      auto s = make_strategy(spec);
+      auto r = test::kept_sets(*s, L, c.P, Backend::ref, 1, 3);
+      auto o = test::kept_sets(*s, L, c.P, Backend::omp, 1, 3);
+      for (size_t step = 0; step < r.size(); ++step)
+        for (size_t kv = 0; kv < r[step].size(); ++kv) {
+          if (r[step][kv] == o[step][kv]) continue;
+          FAIL_CHECK(c.name << " " << spec << " step " << step << " kv " << kv << ": ref "
+                            << test::set_str(r[step][kv]) << " omp " << test::set_str(o[step][kv]));
+          step = r.size();
+          break;
+        }
+    }
+}
+
+TEST_CASE("backends: cuda is refused with NotCompiled when not built or no device") {
+  std::string why;
+  if (!backend_available(Backend::cuda, &why)) {
+    CHECK_THROWS_AS(require_backend(Backend::cuda), NotCompiled);
+    MESSAGE("skipped cuda comparison: " << why);
+  } else {
+    Layer L(1, 1, 4, 4);
+    LayerView lv = L.view();
+    RefStats r;
+    CHECK_THROWS_AS(compute_ref_stats(lv, Backend::cuda, r), NotCompiled);
+  }
+}

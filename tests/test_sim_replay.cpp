@@ -1,0 +1,182 @@
+// The replay engine end to end on traces: full is exact, backends agree, stride, bytes, the
+// reference-statistics sidecar. Integration input: a synthetic trace until the embedded real one
+// lands; switching is one line (kIntegrationTrace).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <unistd.h>
+
+#include "sim/error.h"
+#include "sim/replay.h"
+#include "sim/stats_cache.h"
+#include "sim/strategy.h"
+#include "traces/reader.h"
+#include "traces/synth.h"
+
+using namespace kvsim;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Set to a real trace (e.g. KVSIM_SOURCE_DIR "/traces/samples/stories260k.h5") to replace the synthetic input.
+const char* const kIntegrationTrace = nullptr;
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("kvsim_test_replay_" + std::to_string(::getpid()));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+TempDir& tmp() {
+  static TempDir d;
+  return d;
+}
+
+// A small synthetic trace (seeded), written once per test binary run.
+std::string trace(const std::string& shape, int64_t T, uint64_t seed) {
+  if (kIntegrationTrace) return kIntegrationTrace;
+  const std::string p = (tmp().path / (shape + "_" + std::to_string(T) + "_" + std::to_string(seed) + ".h5")).string();
+  if (!fs::exists(p)) {
+    traces::SynthOptions o;
+    o.tokens = T, o.seed = seed, o.prefill = T / 3;
+    traces::write_synthetic_trace(p, traces::find_synth_shape(shape), o);
+  }
+  return p;
+}
+
+struct Owned {
+  std::vector<std::unique_ptr<Strategy>> own;
+  std::vector<const Strategy*> ptrs;
+  explicit Owned(const std::vector<std::string>& specs) {
+    for (const auto& s : specs) own.push_back(make_strategy(s)), ptrs.push_back(own.back().get());
+  }
+};
+
+ReplayResult replay(const std::string& path, const std::vector<std::string>& specs, Backend b, int64_t P = -1,
+                    int64_t stride = 1, const std::string& cache = "off") {
+  traces::TraceReader r(path);
+  Owned o(specs);
+  ReplayOptions opt;
+  opt.backend = b, opt.prefill = P, opt.stride = stride, opt.stats_cache = cache;
+  return replay_trace(r, o.ptrs, opt);
+}
+
+double get(const ConfigResult& c, Metric m, const char* stat) {
+  const auto& s = c.summary[int(m)];
+  std::string st = stat;
+  return st == "mean" ? s.mean : st == "worst" ? s.worst : st == "p5" ? s.p5 : st == "p50" ? s.p50 : s.p95;
+}
+
+std::vector<Backend> backends() {
+  std::vector<Backend> b{Backend::ref};
+  if (backend_available(Backend::omp)) b.push_back(Backend::omp);
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("replay: full is exact on every trace and backend (per head, worst step)") {
+  for (auto [shape, T] : {std::pair<const char*, int64_t>{"tiny", 150}, {"stories260k", 130}})
+    for (Backend b : backends()) {
+      ReplayResult r = replay(trace(shape, T, 3), {"full"}, b, 10);
+      INFO(shape << " backend " << backend_name(b));
+      for (const auto& h : r.configs[0].heads) {
+        INFO("layer " << h.layer << " head " << h.head);
+        CHECK(h.summary[int(Metric::out_cos)].worst >= 1 - 1e-6);
+        CHECK(h.summary[int(Metric::out_rel_l2)].worst <= 1e-6);
+        CHECK(std::fabs(h.summary[int(Metric::mass)].worst - 1) <= 1e-6);
+        CHECK(std::fabs(h.summary[int(Metric::mass)].p95 - 1) <= 1e-6);
+        CHECK(h.summary[int(Metric::tv)].worst <= 1e-6);
+        CHECK(h.summary[int(Metric::topk8_recall)].worst == 1.0);
+        CHECK(h.summary[int(Metric::topk32_recall)].worst == 1.0);
+        CHECK(h.summary[int(Metric::kl)].worst <= 1e-6);
+        CHECK(h.summary[int(Metric::ratio)].worst == doctest::Approx(1.0));
+        CHECK(h.summary[int(Metric::logit_rel_err)].worst == 0.0);
+        CHECK(h.summary[int(Metric::k_rel_err)].worst == 0.0);
+      }
+    }
+}
+
+TEST_CASE("replay: ref and omp agree on every strategy's summaries") {
+  if (!backend_available(Backend::omp)) {
+    MESSAGE("skipped: omp backend not built");
+    return;
+  }
+  const std::vector<std::string> specs = {"window:budget=24",      "streaming:budget=24", "h2o:budget=24",
+                                          "h2o:budget=24,norm=mean", "tova:budget=24",      "scissorhands:budget=24",
+                                          "snapkv:budget=40,window=8", "pyramidkv:budget=40,window=8",
+                                          "knorm:budget=24",       "random:budget=24,seed=1"};
+  const std::string p = trace("stories260k", 130, 4);
+  ReplayResult a = replay(p, specs, Backend::ref, 40), b = replay(p, specs, Backend::omp, 40);
+  for (size_t c = 0; c < specs.size(); ++c)
+    for (size_t h = 0; h < a.configs[c].heads.size(); ++h)
+      for (int m = 0; m < kNumMetrics; ++m) {
+        const double x = a.configs[c].heads[h].summary[m].mean, y = b.configs[c].heads[h].summary[m].mean;
+        // Same kept sets (checked exactly in test_sim_backends); values differ by float rounding only.
+        INFO(specs[c] << " head " << h << " " << metric_name(m) << " ref " << x << " omp " << y);
+        CHECK(std::fabs(x - y) <= 1e-6 + 1e-5 * std::fabs(x));
+      }
+}
+
+TEST_CASE("replay: eviction strategies hold at most B + 1 slots (bytes), stride and curves") {
+  // D = 8 (stories260k): fp16 K and V = 32 bytes per slot. window at B = 16 holds 17 slots while
+  // attending (the new token joins before eviction): 544 bytes every step.
+  const std::string p = trace("stories260k", 130, 5);
+  ReplayResult r = replay(p, {"window:budget=16", "h2o:budget=16", "full"}, Backend::ref, 30, 7);
+  const auto& w = r.configs[0];
+  CHECK(get(w, Metric::bytes, "worst") == 17 * 32.0);
+  CHECK(get(w, Metric::bytes, "p5") == 17 * 32.0);
+  // h2o also holds one fp32 score per slot: 17 x 32 + 17 x 4.
+  CHECK(get(r.configs[1], Metric::bytes, "worst") == 17 * 36.0);
+  // stride 7 over t = 30..129: t = 30, 37, ..., 128 -> 15 steps per head.
+  CHECK(w.heads[0].summary[0].n == 15);
+  CHECK(r.bin_edges.front() == 30);
+  CHECK(r.bin_edges.back() == 130);
+  // The full cache's ratio is 1 at every step; window's curve falls as t grows (17 slots / (t+1)).
+  CHECK(get(r.configs[2], Metric::ratio, "mean") == doctest::Approx(1.0));
+  CHECK(w.curve[int(Metric::ratio)].front() > w.curve[int(Metric::ratio)].back());
+}
+
+TEST_CASE("replay: bad arguments fail with the numbers") {
+  const std::string p = trace("tiny", 40, 6);
+  CHECK_THROWS_WITH_AS(replay(p, {"full"}, Backend::ref, 40), "prefill P = 40 must satisfy 1 <= P < T = 40",
+                       UsageError);
+  CHECK_THROWS_AS(replay(p, {"full"}, Backend::ref, 0), UsageError);
+  CHECK_THROWS_WITH_AS(replay(p, {"full"}, Backend::ref, 10, 0), "stride = 0 must be >= 1", UsageError);
+  // ratio budgets resolve against T before any work: 0.05 x 40 = 2 slots <= recent 1 + sinks 1.
+  CHECK_THROWS_AS(replay(p, {"h2o:ratio=0.05,sinks=1,recent=1"}, Backend::ref, 10), UsageError);
+}
+
+TEST_CASE("replay: the reference sidecar is written atomically, reused, and refused when stale") {
+  const std::string p = trace("tiny", 90, 8);
+  const std::string dir = (tmp().path / "cache").string();
+  fs::create_directories(dir);
+  ReplayResult a = replay(p, {"h2o:budget=20"}, Backend::ref, 30, 1, dir);
+  CHECK_FALSE(a.stats_from_cache);
+  int files = 0;
+  fs::path sidecar;
+  for (const auto& e : fs::directory_iterator(dir)) ++files, sidecar = e.path();
+  CHECK(files == 1);  // no .partial left behind
+  CHECK(sidecar.string().find(".s0.ref.kvstats") != std::string::npos);
+  ReplayResult b = replay(p, {"h2o:budget=20"}, Backend::ref, 30, 1, dir);
+  CHECK(b.stats_from_cache);
+  for (int m = 0; m < kNumMetrics; ++m) CHECK(a.configs[0].summary[m].mean == b.configs[0].summary[m].mean);
+  // A truncated sidecar is not trusted: recomputed (and replaced).
+  fs::resize_file(sidecar, fs::file_size(sidecar) / 2);
+  ReplayResult c = replay(p, {"h2o:budget=20"}, Backend::ref, 30, 1, dir);
+  CHECK_FALSE(c.stats_from_cache);
+  CHECK(c.configs[0].summary[0].mean == a.configs[0].summary[0].mean);
+  CHECK(replay(p, {"h2o:budget=20"}, Backend::ref, 30, 1, dir).stats_from_cache);
+  // The key is the content hash: another trace's sidecar never matches.
+  CHECK(file_content_hash(p) != file_content_hash(trace("tiny", 90, 9)));
+}

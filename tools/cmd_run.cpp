@@ -1,0 +1,169 @@
+// kvsim run --trace F --strategy SPEC [--strategy SPEC ...] [--prefill P] [--stride S]
+//           [--backend ref|omp|cuda|auto] [--json] [--quiet]: replays one sequence of a trace through
+// each strategy and prints a table of metric summaries (design.md §6), or JSON.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "sim/error.h"
+#include "sim/replay.h"
+#include "sim/strategy.h"
+#include "tools/commands.h"
+#include "traces/reader.h"
+
+namespace kvsim::tools {
+
+namespace {
+
+struct RunArgs {
+  std::string trace, backend = "auto", sequence, stats_cache;
+  std::vector<std::string> strategies;
+  int64_t prefill = -1, stride = 1, bins = 16;
+  double eps = 1e-6;
+  bool json = false, quiet = false, per_head = false;
+};
+
+nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
+
+nlohmann::json to_json(const ReplayResult& r, bool per_head) {
+  nlohmann::json j;
+  j["trace"] = r.trace;
+  j["sequence"] = r.sequence;
+  j["prefill"] = r.P;
+  j["stride"] = r.stride;
+  j["T"] = r.T;
+  j["shape"] = {{"L", r.L}, {"H", r.H}, {"Hkv", r.Hkv}, {"D", r.D}};
+  j["eps"] = r.eps;
+  j["backend"] = backend_name(r.backend);
+  j["bin_edges"] = r.bin_edges;
+  j["timing"] = {{"read_s", r.read_seconds}, {"reference_s", r.ref_seconds}, {"replay_s", r.replay_seconds},
+                 {"reference_from_cache", r.stats_from_cache}};
+  j["results"] = nlohmann::json::array();
+  for (const auto& c : r.configs) {
+    nlohmann::json cj;
+    cj["strategy"] = c.strategy;
+    cj["spec"] = c.spec;
+    cj["params"] = c.params;
+    nlohmann::json s, cv;
+    for (int m = 0; m < kNumMetrics; ++m) {
+      const auto& x = c.summary[m];
+      s[metric_name(m)] = {{"mean", num(x.mean)}, {"p5", num(x.p5)}, {"p50", num(x.p50)}, {"p95", num(x.p95)},
+                           {"worst", num(x.worst)}};
+      nlohmann::json a = nlohmann::json::array();
+      for (double v : c.curve[m]) a.push_back(num(v));
+      cv[metric_name(m)] = a;
+    }
+    cj["summary"] = s;
+    cj["curves"] = cv;
+    if (per_head) {
+      cj["heads"] = nlohmann::json::array();
+      for (const auto& h : c.heads) {
+        nlohmann::json hj{{"layer", h.layer}, {"head", h.head}};
+        for (int m = 0; m < kNumMetrics; ++m) {
+          const auto& x = h.summary[m];
+          hj[metric_name(m)] = {{"mean", num(x.mean)}, {"p5", num(x.p5)}, {"p50", num(x.p50)},
+                                {"p95", num(x.p95)}, {"worst", num(x.worst)}};
+        }
+        cj["heads"].push_back(hj);
+      }
+    }
+    j["results"].push_back(cj);
+  }
+  return j;
+}
+
+void print_table(const ReplayResult& r) {
+  std::printf("trace %s, sequence %s: T=%lld P=%lld stride=%lld, L=%lld H=%lld Hkv=%lld D=%lld, backend %s\n",
+              r.trace.c_str(), r.sequence.c_str(), (long long)r.T, (long long)r.P, (long long)r.stride,
+              (long long)r.L, (long long)r.H, (long long)r.Hkv, (long long)r.D, backend_name(r.backend));
+  std::printf("means over heads of per-head means (worst: mean over heads of the per-head worst step)\n");
+  std::printf("%-36s %8s %8s %9s %9s %8s %9s %7s %7s %7s %6s\n", "strategy", "out_cos", "cos_wst", "rel_l2",
+              "mass", "mass_wst", "kl", "tv", "top8", "top32", "ratio");
+  for (const auto& c : r.configs) {
+    auto mean = [&](Metric m) { return c.summary[int(m)].mean; };
+    auto worst = [&](Metric m) { return c.summary[int(m)].worst; };
+    std::string name = c.spec.size() > 36 ? c.spec.substr(0, 33) + "..." : c.spec;
+    std::printf("%-36s %8.5f %8.5f %9.3e %9.6f %8.5f %9.3e %7.4f %7.4f %7.4f %6.3f\n", name.c_str(),
+                mean(Metric::out_cos), worst(Metric::out_cos), mean(Metric::out_rel_l2), mean(Metric::mass),
+                worst(Metric::mass), mean(Metric::kl), mean(Metric::tv), mean(Metric::topk8_recall),
+                mean(Metric::topk32_recall), mean(Metric::ratio));
+  }
+  std::printf("reference %.2fs%s, replay %.2fs, reading %.2fs (kl smoothing eps = %g)\n", r.ref_seconds,
+              r.stats_from_cache ? " (from sidecar cache)" : "", r.replay_seconds, r.read_seconds, r.eps);
+}
+
+int run_run(const RunArgs& a) {
+  Backend backend = parse_backend(a.backend);
+  require_backend(backend);
+  std::vector<std::unique_ptr<Strategy>> owned;
+  std::vector<const Strategy*> strategies;
+  for (const auto& s : a.strategies) {
+    owned.push_back(make_strategy(s));
+    strategies.push_back(owned.back().get());
+  }
+  traces::TraceReader reader(a.trace);
+  ReplayOptions opt;
+  opt.prefill = a.prefill, opt.stride = a.stride, opt.backend = backend, opt.bins = a.bins, opt.eps = a.eps;
+  opt.stats_cache = a.stats_cache;
+  if (reader.sequences().empty()) throw FormatError(a.trace + ": the trace has no sequences");
+  if (!a.sequence.empty()) opt.seq = reader.find_sequence(a.sequence);
+  if (!(a.eps > 0 && a.eps < 1)) throw UsageError("--eps " + std::to_string(a.eps) + " must be in (0, 1)");
+  if (a.bins <= 0) throw UsageError("--bins " + std::to_string(a.bins) + " must be >= 1");
+  const bool tty = isatty(STDERR_FILENO);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last = t0;
+  const int64_t L = reader.header().n_layers;
+  int64_t done = 0;
+  if (!a.quiet)
+    opt.progress = [&](const std::string&) {
+      ++done;
+      auto now = std::chrono::steady_clock::now();
+      double el = std::chrono::duration<double>(now - t0).count();
+      double eta = el / static_cast<double>(done) * static_cast<double>(L - done);
+      if (tty) {
+        std::fprintf(stderr, "\rkvsim run: layer %lld/%lld, %.1fs elapsed, ETA %.1fs   ", (long long)done,
+                     (long long)L, el, eta);
+        if (done == L) std::fprintf(stderr, "\n");
+      } else if (std::chrono::duration<double>(now - last).count() > 3 || done == L) {
+        std::fprintf(stderr, "kvsim run: layer %lld/%lld, %.1fs elapsed, ETA %.1fs\n", (long long)done, (long long)L,
+                     el, eta);
+        last = now;
+      }
+    };
+  ReplayResult r = replay_trace(reader, strategies, opt);
+  if (a.json)
+    std::printf("%s\n", to_json(r, a.per_head).dump(2).c_str());
+  else
+    print_table(r);
+  return 0;
+}
+
+}  // namespace
+
+void add_run(CLI::App& app) {
+  auto a = std::make_shared<RunArgs>();
+  std::string names;
+  for (const auto& n : strategy_names()) names += (names.empty() ? "" : ", ") + n;
+  CLI::App* c = app.add_subcommand("run", "Replay a trace through cache strategies and report attention distortion");
+  c->add_option("--trace", a->trace, "trace file (.h5)")->required();
+  c->add_option("--strategy", a->strategies, "strategy spec name:key=value,... (repeatable); names: " + names)
+      ->required();
+  c->add_option("--prefill", a->prefill, "prefill length P (default: the sequence's prefill_len)");
+  c->add_option("--stride", a->stride, "evaluate every S-th decode step")->capture_default_str();
+  c->add_option("--backend", a->backend, "ref, omp, cuda or auto")->capture_default_str();
+  c->add_option("--sequence", a->sequence, "sequence name (default: the first)");
+  c->add_option("--bins", a->bins, "bins of the per-position curves")->capture_default_str();
+  c->add_option("--eps", a->eps, "kl smoothing epsilon")->capture_default_str();
+  c->add_option("--stats-cache", a->stats_cache,
+                "folder of the reference-statistics sidecar (default: next to the trace; 'off': none)");
+  c->add_flag("--json", a->json, "print JSON instead of a table");
+  c->add_flag("--per-head", a->per_head, "with --json: include per-(layer, head) summaries");
+  c->add_flag("--quiet", a->quiet, "no progress on stderr");
+  c->callback([a] { exit_status() = run_run(*a); });
+}
+
+}  // namespace kvsim::tools
