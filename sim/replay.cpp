@@ -274,6 +274,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
       compute_ref_stats(lv, opt.backend, rs);
       cache.store(l, rs);
     }
+    lv.entropy = rs.entropy.data();
     if (need_colsums) {
       compute_prompt_colsums(lv, rs, res.P, opt.backend, colsums);
       lv.prompt_colsums = colsums.data();

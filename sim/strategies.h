@@ -19,5 +19,6 @@ std::unique_ptr<Strategy> make_snapkv(ParamReader& p);
 std::unique_ptr<Strategy> make_pyramidkv(ParamReader& p);
 std::unique_ptr<Strategy> make_knorm(ParamReader& p);
 std::unique_ptr<Strategy> make_random(ParamReader& p);
+std::unique_ptr<Strategy> make_entropy_merge(ParamReader& p);
 
 }  // namespace kvsim

@@ -41,7 +41,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"full", make_full},       {"window", make_window},   {"streaming", make_streaming},
       {"h2o", make_h2o},         {"tova", make_tova},       {"scissorhands", make_scissorhands},
       {"snapkv", make_snapkv},   {"pyramidkv", make_pyramidkv}, {"knorm", make_knorm},
-      {"random", make_random},
+      {"random", make_random},   {"entropy_merge", make_entropy_merge},
   };
   return r;
 }

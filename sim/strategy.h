@@ -35,6 +35,8 @@ struct LayerView {
   // Column sums of the prompt's exact causal attention: colsum[h, i] = sum_{j=i}^{P-1} P_j,i for
   // query head h, or nullptr when no strategy asked for them (Strategy::needs_prompt_colsums()).
   const float* prompt_colsums = nullptr;  // [H, P]
+  // Entropy (nats) of each query's exact attention row over 0..t, from the reference statistics.
+  const float* entropy = nullptr;  // [H, T]
   int64_t G() const { return H / Hkv; }
   const float* q_head(int64_t h) const { return q + h * T * D; }
   const float* k_head(int64_t kv) const { return k + kv * T * D; }
