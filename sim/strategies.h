@@ -20,5 +20,7 @@ std::unique_ptr<Strategy> make_pyramidkv(ParamReader& p);
 std::unique_ptr<Strategy> make_knorm(ParamReader& p);
 std::unique_ptr<Strategy> make_random(ParamReader& p);
 std::unique_ptr<Strategy> make_entropy_merge(ParamReader& p);
+std::unique_ptr<Strategy> make_cam(ParamReader& p);
+std::unique_ptr<Strategy> make_cms_topk(ParamReader& p);
 
 }  // namespace kvsim

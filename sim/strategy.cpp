@@ -42,6 +42,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"h2o", make_h2o},         {"tova", make_tova},       {"scissorhands", make_scissorhands},
       {"snapkv", make_snapkv},   {"pyramidkv", make_pyramidkv}, {"knorm", make_knorm},
       {"random", make_random},   {"entropy_merge", make_entropy_merge},
+      {"cam", make_cam},         {"cms_topk", make_cms_topk},
   };
   return r;
 }
