@@ -43,6 +43,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"snapkv", make_snapkv},   {"pyramidkv", make_pyramidkv}, {"knorm", make_knorm},
       {"random", make_random},   {"entropy_merge", make_entropy_merge},
       {"cam", make_cam},         {"cms_topk", make_cms_topk},
+      {"kvmerger", make_kvmerger},
   };
   return r;
 }
