@@ -53,14 +53,15 @@ void run_instance(const LayerView& lv, const RefStats& rs, int64_t layer, int64_
                   const ReplayOptions& opt, AttendFn attend, const std::vector<int64_t>& edges,
                   ConfigResult& result) {
   const int64_t G = lv.G(), D = lv.D, T = lv.T, nc = job.n_caches;
-  const Codec& codec = strat.codec();
   std::vector<SlotCache> caches;
+  std::vector<std::unique_ptr<CodecState>> codec;  // per cache (validated before the parallel region)
   caches.reserve(nc);
   for (int64_t c = 0; c < nc; ++c) {
     caches.emplace_back(D, P + 1);
+    codec.push_back(strat.codec().make_state(D, T));
     const int64_t kv = job.kv0 + c;
     for (int64_t t = 0; t < P; ++t)
-      codec.store(caches[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
+      codec[c]->store(caches[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
   }
   job.state->prefill(caches, lv, P);
 
@@ -73,7 +74,7 @@ void run_instance(const LayerView& lv, const RefStats& rs, int64_t layer, int64_
   for (int64_t t = P; t < T; ++t) {
     for (int64_t c = 0; c < nc; ++c) {
       const int64_t kv = job.kv0 + c;
-      codec.store(caches[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
+      codec[c]->store(caches[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
       const SlotCache& cc = caches[c];
       const int64_t n = cc.size();
       logit[c].resize(G * n);
@@ -90,7 +91,7 @@ void run_instance(const LayerView& lv, const RefStats& rs, int64_t layer, int64_
         for (int64_t s = 0; s < n; ++s)
           for (int64_t j = 0; j < cc.n_members(s); ++j) present[cc.member(s, j)] = 1;
         const CacheErrors ce = cache_errors(cc, lv.k_head(kv), lv.v_head(kv), lv.k_norm + kv * T, D);
-        const double bytes = codec.bytes(cc) + job.state->state_bytes(c);
+        const double bytes = codec[c]->bytes(cc) + job.state->state_bytes(c);
         for (int64_t g = 0; g < G; ++g) {
           const int64_t h = kv * G + g;
           StepInputs in;
@@ -240,6 +241,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     ctx.n_layers = res.L, ctx.T = res.T, ctx.P = res.P, ctx.D = res.D, ctx.G = res.H / res.Hkv;
     ctx.n_caches = s->layer_coupled() ? res.Hkv : 1;
     (void)s->make_state(ctx);
+    (void)s->codec().make_state(res.D, res.T);  // a codec group that does not fit D fails here, not in a thread
   }
   bool need_colsums = false;
   for (const Strategy* s : strategies) {

@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "sim/error.h"
+#include "sim/codecs.h"
 #include "sim/strategies.h"
 
 namespace kvsim {
@@ -63,11 +64,66 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
     p.finish();
     return s;
   }
-  std::string list;
+  std::string list, codecs;
   for (const auto& n : strategy_names()) list += (list.empty() ? "" : ", ") + n;
-  throw UsageError("unknown strategy '" + spec.name + "' (valid: " + list + ")");
+  for (const auto& n : codec_names()) codecs += (codecs.empty() ? "" : ", ") + n;
+  throw UsageError("unknown strategy '" + spec.name + "' (valid: " + list + "; codecs: " + codecs + ")");
 }
 
-std::unique_ptr<Strategy> make_strategy(const std::string& spec_text) { return make_strategy(parse_spec(spec_text)); }
+namespace {
+
+// A strategy whose slots are stored through a codec: everything but the codec comes from `base`.
+class Composed final : public Strategy {
+ public:
+  Composed(std::unique_ptr<Strategy> base, std::unique_ptr<Codec> codec, const std::string& text,
+           const std::map<std::string, std::string>& codec_params)
+      : base_(std::move(base)), codec_(std::move(codec)) {
+    name_ = base_->name() + "+" + codec_->name();
+    spec_text_ = text;
+    params_ = base_->params();
+    for (const auto& [k, v] : codec_params) params_[codec_->name() + "." + k] = v;
+  }
+  bool layer_coupled() const override { return base_->layer_coupled(); }
+  bool needs_prompt_colsums() const override { return base_->needs_prompt_colsums(); }
+  const Codec& codec() const override { return *codec_; }
+  std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
+    return base_->make_state(ctx);
+  }
+
+ private:
+  std::unique_ptr<Strategy> base_;
+  std::unique_ptr<Codec> codec_;
+};
+
+}  // namespace
+
+std::unique_ptr<Strategy> make_strategy(const std::string& spec_text) {
+  // "strategy[:params]+codec[:params]", "codec[:params]" (= full + codec), or "strategy[:params]".
+  const size_t plus = spec_text.find('+');
+  std::string base_text = spec_text, codec_text;
+  if (plus != std::string::npos) {
+    base_text = spec_text.substr(0, plus);
+    codec_text = spec_text.substr(plus + 1);
+    if (codec_text.find('+') != std::string::npos)
+      throw UsageError("'" + spec_text + "': a strategy composes with one codec at most (strategy+codec)");
+  }
+  StrategySpec base = parse_spec(base_text);
+  if (is_codec_name(base.name)) {
+    if (!codec_text.empty())
+      throw UsageError("'" + spec_text + "': two codecs cannot be composed ('" + base.name + "' is a codec)");
+    codec_text = base_text;
+    base = parse_spec("full");
+  }
+  if (codec_text.empty()) return make_strategy(base);
+  StrategySpec cs = parse_spec(codec_text);
+  if (!is_codec_name(cs.name)) {
+    std::string list;
+    for (const auto& n : codec_names()) list += (list.empty() ? "" : ", ") + n;
+    throw UsageError("'" + spec_text + "': '" + cs.name + "' after '+' is not a codec (valid: " + list + ")");
+  }
+  std::map<std::string, std::string> codec_params;
+  auto codec = make_codec(cs, &codec_params);
+  return std::make_unique<Composed>(make_strategy(base), std::move(codec), spec_text, codec_params);
+}
 
 }  // namespace kvsim

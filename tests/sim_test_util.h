@@ -89,10 +89,12 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
     ctx.T = L.T, ctx.P = P, ctx.D = D, ctx.G = G;
     auto st = s.make_state(ctx);
     std::vector<SlotCache> caches;
+    std::vector<std::unique_ptr<CodecState>> codec;
     for (int64_t c = 0; c < ctx.n_caches; ++c) {
       caches.emplace_back(D, P + 1);
+      codec.push_back(s.codec().make_state(D, L.T));
       for (int64_t t = 0; t < P; ++t)
-        s.codec().store(caches[c], int32_t(t), lv.k_head(ctx.kv0 + c) + t * D, lv.v_head(ctx.kv0 + c) + t * D);
+        codec[c]->store(caches[c], int32_t(t), lv.k_head(ctx.kv0 + c) + t * D, lv.v_head(ctx.kv0 + c) + t * D);
     }
     st->prefill(caches, lv, P);
     for (int64_t c = 0; c < ctx.n_caches; ++c) out[0][ctx.kv0 + c] = positions(caches[c]);
@@ -102,7 +104,7 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
       std::vector<const float*> wp(ctx.n_caches);
       for (int64_t c = 0; c < ctx.n_caches; ++c) {
         const int64_t kv = ctx.kv0 + c;
-        s.codec().store(caches[c], int32_t(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
+        codec[c]->store(caches[c], int32_t(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
         const int64_t n = caches[c].size();
         lg[c].resize(G * n), w[c].resize(G * n);
         auto fn = b == Backend::omp ? &omp::attend_slots : &ref::attend_slots;

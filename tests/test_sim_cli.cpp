@@ -80,7 +80,7 @@ void expect_usage_error(const std::string& args, const std::string& needle) {
 TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy nope:budget=3",
                      "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, scissorhands, snapkv, "
-                     "pyramidkv, knorm, random)");
+                     "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger; codecs: quant, kivi, nf4)");
   expect_usage_error("--strategy h2o:budget=16,bugdet=3", "unknown parameter 'bugdet' for h2o (valid: budget, ratio");
   expect_usage_error("--strategy h2o:budget=8,sinks=4,recent=4", "budget 8 must exceed sinks + recent = 4 + 4");
   expect_usage_error("--strategy streaming:budget=3", "budget 3 must exceed sinks + recent = 4 + 0");
@@ -90,6 +90,19 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy full --stride -2", "stride = -2 must be >= 1");
   expect_usage_error("--strategy full --backend gpu", "unknown backend 'gpu' (choose ref, omp, cuda or auto)");
   expect_usage_error("--strategy h2o:budget=8,gqa=median", "gqa=median is not one of mean, max, sum");
+  // Codecs and composition (the test trace has D = 16).
+  expect_usage_error("--strategy quant:bits=3", "quant: bits=3 is not supported (choose 2, 4, 8)");
+  expect_usage_error("--strategy kivi:bits=8", "kivi: bits=8 is not supported (choose 2, 4)");
+  expect_usage_error("--strategy quant:bits=4,group=6", "quant keys: group=6 does not divide D = 16");
+  expect_usage_error("--strategy kivi:bits=2,vgroup=12", "kivi values: group=12 does not divide D = 16");
+  expect_usage_error("--strategy nf4:block=24", "nf4 keys: block=24 neither divides nor is a multiple of D = 16");
+  expect_usage_error("--strategy h2o:budget=16+kivi:bits=2+nf4", "a strategy composes with one codec at most");
+  expect_usage_error("--strategy kivi:bits=2+nf4", "two codecs cannot be composed ('kivi' is a codec)");
+  expect_usage_error("--strategy h2o:budget=16+window:budget=8", "'window' after '+' is not a codec (valid: quant, kivi, nf4)");
+  expect_usage_error("--strategy nf4:dq=2", "nf4: dq=2 must be 0 or 1");
+  expect_usage_error("--strategy cms_topk:budget=16,width=0", "count-min sketch width = 0 must be >= 1");
+  expect_usage_error("--strategy cms_topk:budget=16,depth=-1", "count-min sketch depth = -1 must be >= 1");
+  expect_usage_error("--strategy entropy_merge:budget=16,threshold=1.5", "entropy_merge: threshold=1.500000 must be in [0, 1]");
 }
 
 TEST_CASE("cli run: --backend cuda without kernels or device is NotCompiled, exit 2") {

@@ -170,8 +170,8 @@ TEST_CASE("metrics: bytes and ratio of the identity codec") {
   float z[4] = {0, 0, 0, 0};
   c.append_exact(0, z, z);
   c.append_exact(1, z, z);
-  CHECK(identity_codec().bytes(c) == 32.0);
-  CHECK(identity_codec().bytes(c) / (4.0 * 4 * 4) == 0.5);
+  CHECK(identity_codec().make_state(4, 4)->bytes(c) == 32.0);
+  CHECK(identity_codec().make_state(4, 4)->bytes(c) / (4.0 * 4 * 4) == 0.5);
 }
 
 TEST_CASE("metrics: summaries interpolate percentiles and pick the worst by direction") {
