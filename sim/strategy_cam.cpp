@@ -2,7 +2,7 @@
 // H2O-style accumulated attention per token and a seeded random stream. Rule: choose the token to
 // evict as h2o does (lowest accumulated attention outside the sinks and the recent window); before
 // it goes, with Bernoulli probability p = clamp(A_e / mean A_window, 0, 1), add v_e / m to the
-// values of the next m kept tokens after it (A: accumulated attention; the window: those m tokens).
+// values of the next m kept tokens after it (v_e / r when only r < m kept tokens follow it) (A: accumulated attention; the window: those m tokens).
 // Keys are untouched. Defaults: m 4, sinks 0, recent B/2, gqa mean, seed 0.
 #include <algorithm>
 #include <numeric>
@@ -67,7 +67,9 @@ class CamState final : public StrategyState {
     const double a_e = score_[static_cast<size_t>(pv)];
     const double p = mean_a > 0 ? std::clamp(a_e / mean_a, 0.0, 1.0) : 1.0;
     if (std::uniform_real_distribution<double>(0.0, 1.0)(rng_) >= p) return;
-    const float inv_m = 1.0f / static_cast<float>(m_);
+    // Split over the receivers (fewer than m when the victim is near the newest tokens) so that
+    // the whole v_e is kept.
+    const float inv_m = 1.0f / static_cast<float>(next.size());
     for (int64_t s : next) {
       for (int64_t d = 0; d < c.D(); ++d) c.value(s)[d] += c.value(victim)[d] * inv_m;
       c.set_exact(s, false);

@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <map>
 #include <set>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -23,6 +25,7 @@ namespace kvsim::test {
 struct Layer {
   int64_t H = 1, Hkv = 1, T = 0, D = 4;
   std::vector<float> q, k, v, k_norm, colsums;
+  std::vector<float> entropy;  // [H, T] nats, optional (entropy_merge reads it)
   Layer(int64_t H_, int64_t Hkv_, int64_t T_, int64_t D_)
       : H(H_), Hkv(Hkv_), T(T_), D(D_), q(H_ * T_ * D_, 0.0f), k(Hkv_ * T_ * D_, 0.0f), v(Hkv_ * T_ * D_, 0.0f),
         k_norm(Hkv_ * T_, 0.0f) {}
@@ -48,6 +51,7 @@ struct Layer {
     lv.H = H, lv.Hkv = Hkv, lv.T = T, lv.D = D;
     lv.q = q.data(), lv.k = k.data(), lv.v = v.data(), lv.k_norm = k_norm.data();
     lv.prompt_colsums = colsums.empty() ? nullptr : colsums.data();
+    lv.entropy = entropy.empty() ? nullptr : entropy.data();
     return lv;
   }
 };
@@ -119,6 +123,50 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
   }
   return out;
 }
+
+// One instance driven by hand: caches of the first `n_caches` KV heads, tokens 0..P-1 stored.
+struct Driver {
+  std::unique_ptr<Strategy> strat;
+  std::unique_ptr<StrategyState> st;
+  std::vector<SlotCache> caches;
+  Layer& L;
+  LayerView lv;
+  Driver(const std::string& spec, Layer& layer, int64_t P, int64_t layer_index = 0, int64_t n_layers = 1)
+      : strat(make_strategy(spec)), L(layer) {
+    lv = L.view();
+    InstanceContext ctx;
+    ctx.layer = layer_index, ctx.n_layers = n_layers, ctx.T = L.T, ctx.P = P, ctx.D = L.D, ctx.G = L.H / L.Hkv;
+    ctx.n_caches = strat->layer_coupled() ? L.Hkv : 1;
+    st = strat->make_state(ctx);
+    for (int64_t c = 0; c < ctx.n_caches; ++c) {
+      caches.emplace_back(L.D, P + 1);
+      for (int64_t t = 0; t < P; ++t) caches[c].append_exact(int32_t(t), lv.k_head(c) + t * L.D, lv.v_head(c) + t * L.D);
+    }
+    st->prefill(caches, lv, P);
+  }
+  void append(int64_t t) {
+    for (size_t c = 0; c < caches.size(); ++c)
+      caches[c].append_exact(int32_t(t), lv.k_head(c) + t * L.D, lv.v_head(c) + t * L.D);
+  }
+  // Observe weights given per cache as position -> weight (same for all G query heads), then evict.
+  void step(int64_t t, const std::vector<std::map<int32_t, float>>& w_by_pos) {
+    append(t);
+    std::vector<std::vector<float>> w(caches.size());
+    std::vector<const float*> wp;
+    for (size_t c = 0; c < caches.size(); ++c) {
+      const auto& m = w_by_pos[c];
+      w[c] = weights_by_pos(caches[c], L.H / L.Hkv, [&](int64_t, int32_t p) {
+        auto it = m.find(p);
+        return it == m.end() ? 0.0f : it->second;
+      });
+      wp.push_back(w[c].data());
+    }
+    st->observe(std::span<const SlotCache>(caches.data(), caches.size()), wp, t);
+    st->evict(caches, t);
+  }
+  std::set<int32_t> pos(size_t c = 0) const { return positions(caches[c]); }
+};
+
 
 inline std::string set_str(const std::set<int32_t>& s) {
   std::ostringstream o;

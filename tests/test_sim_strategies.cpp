@@ -14,52 +14,10 @@ using namespace kvsim;
 using kvsim::test::Layer;
 using kvsim::test::positions;
 using kvsim::test::weights_by_pos;
+using kvsim::test::Driver;
 using S = std::set<int32_t>;
 
 namespace {
-
-// One instance driven by hand: caches of the first `n_caches` KV heads, tokens 0..P-1 stored.
-struct Driver {
-  std::unique_ptr<Strategy> strat;
-  std::unique_ptr<StrategyState> st;
-  std::vector<SlotCache> caches;
-  Layer& L;
-  LayerView lv;
-  Driver(const std::string& spec, Layer& layer, int64_t P, int64_t layer_index = 0, int64_t n_layers = 1)
-      : strat(make_strategy(spec)), L(layer) {
-    lv = L.view();
-    InstanceContext ctx;
-    ctx.layer = layer_index, ctx.n_layers = n_layers, ctx.T = L.T, ctx.P = P, ctx.D = L.D, ctx.G = L.H / L.Hkv;
-    ctx.n_caches = strat->layer_coupled() ? L.Hkv : 1;
-    st = strat->make_state(ctx);
-    for (int64_t c = 0; c < ctx.n_caches; ++c) {
-      caches.emplace_back(L.D, P + 1);
-      for (int64_t t = 0; t < P; ++t) caches[c].append_exact(int32_t(t), lv.k_head(c) + t * L.D, lv.v_head(c) + t * L.D);
-    }
-    st->prefill(caches, lv, P);
-  }
-  void append(int64_t t) {
-    for (size_t c = 0; c < caches.size(); ++c)
-      caches[c].append_exact(int32_t(t), lv.k_head(c) + t * L.D, lv.v_head(c) + t * L.D);
-  }
-  // Observe weights given per cache as position -> weight (same for all G query heads), then evict.
-  void step(int64_t t, const std::vector<std::map<int32_t, float>>& w_by_pos) {
-    append(t);
-    std::vector<std::vector<float>> w(caches.size());
-    std::vector<const float*> wp;
-    for (size_t c = 0; c < caches.size(); ++c) {
-      const auto& m = w_by_pos[c];
-      w[c] = weights_by_pos(caches[c], L.H / L.Hkv, [&](int64_t, int32_t p) {
-        auto it = m.find(p);
-        return it == m.end() ? 0.0f : it->second;
-      });
-      wp.push_back(w[c].data());
-    }
-    st->observe(std::span<const SlotCache>(caches.data(), caches.size()), wp, t);
-    st->evict(caches, t);
-  }
-  S pos(size_t c = 0) const { return positions(caches[c]); }
-};
 
 }  // namespace
 
