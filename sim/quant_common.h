@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 
@@ -36,18 +37,24 @@ inline void check_nf4_args(int64_t n_t, int64_t D, int64_t block) {
                      " x " + std::to_string(D) + " elements");
 }
 
-// Index into the [n_t, D] tile of element j of uniform block b.
-inline int64_t uniform_index(const UniformQuantized& q, int64_t b, int64_t j) {
+// Element j of uniform block b is x[block_base(q, b) + j * block_stride(q)].
+inline int64_t block_base(const UniformQuantized& q, int64_t b) {
   if (q.axis == QuantAxis::token) {
     const int64_t per_row = q.D / q.group;
-    return (b / per_row) * q.D + (b % per_row) * q.group + j;
+    return (b / per_row) * q.D + (b % per_row) * q.group;
   }
-  return ((b / q.D) * q.group + j) * q.D + (b % q.D);
+  return (b / q.D) * q.group * q.D + (b % q.D);
 }
+inline int64_t block_stride(const UniformQuantized& q) { return q.axis == QuantAxis::token ? 1 : q.D; }
 
-inline void put_code(std::vector<uint8_t>& codes, int64_t i, int bits, uint32_t code) {
-  const int64_t bit = i * bits;
-  codes[static_cast<size_t>(bit / 8)] |= static_cast<uint8_t>(code << (bit % 8));
+// Packs `n` codes of `bits` each into whole bytes at out (little-endian within a byte).
+inline void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
+  const int per_byte = 8 / bits;
+  for (int64_t i = 0; i < n / per_byte; ++i) {
+    uint8_t byte = 0;
+    for (int j = 0; j < per_byte; ++j) byte |= static_cast<uint8_t>(codes[i * per_byte + j] << (j * bits));
+    out[i] = byte;
+  }
 }
 
 inline uint32_t get_code(const std::vector<uint8_t>& codes, int64_t i, int bits) {
@@ -56,32 +63,40 @@ inline uint32_t get_code(const std::vector<uint8_t>& codes, int64_t i, int bits)
 }
 
 inline void encode_uniform_block(const float* x, UniformQuantized& q, int64_t b) {
+  const float* xb = x + block_base(q, b);
+  const int64_t st = block_stride(q), n = q.group;
   float mn = INFINITY, mx = -INFINITY;
-  for (int64_t j = 0; j < q.group; ++j) {
-    const float v = x[uniform_index(q, b, j)];
-    mn = std::min(mn, v);
-    mx = std::max(mx, v);
+  for (int64_t j = 0; j < n; ++j) {
+    mn = std::min(mn, xb[j * st]);
+    mx = std::max(mx, xb[j * st]);
   }
   const float levels = static_cast<float>((1 << q.bits) - 1);
   const uint16_t smin = f32_to_f16(mn), sscale = f32_to_f16((mx - mn) / levels);
   q.min_f16[static_cast<size_t>(b)] = smin;
   q.scale_f16[static_cast<size_t>(b)] = sscale;
   const float fmin = f16_to_f32(smin), fscale = f16_to_f32(sscale);
-  for (int64_t j = 0; j < q.group; ++j) {
-    uint32_t code = 0;
-    if (fscale > 0) {
-      const float c = std::floor((x[uniform_index(q, b, j)] - fmin) / fscale + 0.5f);
-      code = static_cast<uint32_t>(std::clamp(c, 0.0f, levels));
+  uint8_t codes[4096];
+  for (int64_t j0 = 0; j0 < n; j0 += 4096) {  // chunks of 4096 codes (a multiple of every per_byte)
+    const int64_t m = std::min<int64_t>(4096, n - j0);
+    for (int64_t j = 0; j < m; ++j) {
+      float c = fscale > 0 ? std::floor((xb[(j0 + j) * st] - fmin) / fscale + 0.5f) : 0.0f;
+      codes[j] = static_cast<uint8_t>(std::clamp(c, 0.0f, levels));
     }
-    put_code(q.codes, b * q.group + j, q.bits, code);
+    pack_codes(codes, m, q.bits, q.codes.data() + (b * n + j0) * q.bits / 8);
   }
 }
 
 inline void decode_uniform_block(const UniformQuantized& q, int64_t b, float* y) {
   const float fmin = f16_to_f32(q.min_f16[static_cast<size_t>(b)]);
   const float fscale = f16_to_f32(q.scale_f16[static_cast<size_t>(b)]);
-  for (int64_t j = 0; j < q.group; ++j)
-    y[uniform_index(q, b, j)] = static_cast<float>(get_code(q.codes, b * q.group + j, q.bits)) * fscale + fmin;
+  float* yb = y + block_base(q, b);
+  const int64_t st = block_stride(q), per_byte = 8 / q.bits;
+  const uint8_t* in = q.codes.data() + b * q.group * q.bits / 8;
+  const uint32_t mask = (1u << q.bits) - 1u;
+  for (int64_t j = 0; j < q.group; ++j) {
+    const uint32_t code = (in[j / per_byte] >> ((j % per_byte) * q.bits)) & mask;
+    yb[j * st] = static_cast<float>(code) * fscale + fmin;
+  }
 }
 
 inline int64_t nf4_index(const Nf4Quantized& q, int64_t e) {
@@ -91,6 +106,11 @@ inline int64_t nf4_index(const Nf4Quantized& q, int64_t e) {
 
 inline float block_absmax_nf4(const float* x, const Nf4Quantized& q, int64_t b) {
   float m = 0;
+  if (q.axis == QuantAxis::token) {
+    const float* xb = x + b * q.block;
+    for (int64_t j = 0; j < q.block; ++j) m = std::max(m, std::fabs(xb[j]));
+    return m;
+  }
   for (int64_t j = 0; j < q.block; ++j) m = std::max(m, std::fabs(x[nf4_index(q, b * q.block + j)]));
   return m;
 }
@@ -119,33 +139,48 @@ inline void double_quantize(Nf4Quantized& q) {
   }
 }
 
-inline uint32_t nf4_nearest(float v) {
-  uint32_t best = 0;
-  float bd = std::fabs(v - kNf4Values[0]);
-  for (uint32_t c = 1; c < 16; ++c) {
-    const float d = std::fabs(v - kNf4Values[c]);
-    if (d < bd) {
-      bd = d;
-      best = c;
-    }
-  }
-  return best;
+// Midpoints between consecutive NormalFloat-4 values: the nearest value's index is the number of
+// midpoints strictly below v (a value exactly halfway goes to the lower index).
+inline const float* nf4_midpoints() {
+  static const std::array<float, 15> mids = [] {
+    std::array<float, 15> m{};
+    for (int i = 0; i < 15; ++i) m[static_cast<size_t>(i)] = 0.5f * (kNf4Values[i] + kNf4Values[i + 1]);
+    return m;
+  }();
+  return mids.data();
+}
+
+inline uint32_t nf4_nearest(float v, const float* mids) {
+  uint32_t idx = 0;
+  for (int i = 0; i < 15; ++i) idx += v > mids[i] ? 1u : 0u;
+  return idx;
 }
 
 inline void encode_nf4_block(const float* x, Nf4Quantized& q, int64_t b) {
   const float scale = nf4_block_scale(q, b);
-  for (int64_t j = 0; j < q.block; ++j) {
+  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+  const float* mids = nf4_midpoints();
+  uint8_t* out = q.codes.data() + b * q.block / 2;
+  for (int64_t j = 0; j < q.block; j += 2) {
     const int64_t e = b * q.block + j;
-    const uint32_t code = scale > 0 ? nf4_nearest(x[nf4_index(q, e)] / scale) : 7u;  // 7 is the code of 0.0
-    put_code(q.codes, e, 4, code);
+    const float v0 = q.axis == QuantAxis::token ? x[e] : x[nf4_index(q, e)];
+    const float v1 = q.axis == QuantAxis::token ? x[e + 1] : x[nf4_index(q, e + 1)];
+    const uint32_t c0 = scale > 0 ? nf4_nearest(v0 * inv, mids) : 7u;  // 7 is the code of 0.0
+    const uint32_t c1 = scale > 0 ? nf4_nearest(v1 * inv, mids) : 7u;
+    out[j / 2] = static_cast<uint8_t>(c0 | (c1 << 4));
   }
 }
 
 inline void decode_nf4_block(const Nf4Quantized& q, int64_t b, float* y) {
   const float scale = nf4_block_scale(q, b);
+  const uint8_t* in = q.codes.data() + b * q.block / 2;
   for (int64_t j = 0; j < q.block; ++j) {
     const int64_t e = b * q.block + j;
-    y[nf4_index(q, e)] = kNf4Values[get_code(q.codes, e, 4)] * scale;
+    const float v = kNf4Values[(in[j / 2] >> ((j % 2) * 4)) & 0xfu] * scale;
+    if (q.axis == QuantAxis::token)
+      y[e] = v;
+    else
+      y[nf4_index(q, e)] = v;
   }
 }
 
