@@ -45,12 +45,14 @@ TempDir& tmp() {
 }
 
 // A small synthetic trace (seeded), written once per test binary run.
-std::string trace(const std::string& shape, int64_t T, uint64_t seed) {
+std::string trace(const std::string& shape, int64_t T, uint64_t seed, int64_t layers = -1) {
   if (kIntegrationTrace) return kIntegrationTrace;
-  const std::string p = (tmp().path / (shape + "_" + std::to_string(T) + "_" + std::to_string(seed) + ".h5")).string();
+  const std::string p = (tmp().path / (shape + "_" + std::to_string(T) + "_" + std::to_string(seed) + "_" +
+                                       std::to_string(layers) + ".h5"))
+                            .string();
   if (!fs::exists(p)) {
     traces::SynthOptions o;
-    o.tokens = T, o.seed = seed, o.prefill = T / 3;
+    o.tokens = T, o.seed = seed, o.prefill = T / 3, o.layers = layers;
     traces::write_synthetic_trace(p, traces::find_synth_shape(shape), o);
   }
   return p;
@@ -219,4 +221,25 @@ TEST_CASE("replay: reference outputs equal the model's own attention output o (r
       CHECK(worst < 1e-4);  // the model computed o in float with its own summation order
     }
   }
+}
+
+// Heavy: skipped in the default run, executed by the ctest entry `slow.sim_replay` (LABELS slow,
+// Release builds only in CI), which passes --no-skip.
+TEST_CASE("slow: llama3-8b-shape slice, omp and ref agree and full is exact" * doctest::skip()) {
+  const std::string p = trace("llama3-8b", 320, 11, 4);  // 4 layers of H = 32, Hkv = 8, D = 128
+  const std::vector<std::string> specs = {"full", "h2o:budget=64", "tova:budget=64", "snapkv:budget=96"};
+  ReplayResult a = replay(p, specs, Backend::ref, 100, 3);
+  for (const auto& h : a.configs[0].heads) {
+    CHECK(h.summary[int(Metric::out_cos)].worst >= 1 - 1e-6);
+    CHECK(std::fabs(h.summary[int(Metric::mass)].worst - 1) <= 1e-6);
+    CHECK(h.summary[int(Metric::kl)].worst <= 1e-6);
+  }
+  if (!backend_available(Backend::omp)) return;
+  ReplayResult b = replay(p, specs, Backend::omp, 100, 3);
+  for (size_t c = 0; c < specs.size(); ++c)
+    for (int m = 0; m < kNumMetrics; ++m) {
+      const double x = a.configs[c].summary[m].mean, y = b.configs[c].summary[m].mean;
+      INFO(specs[c] << " " << metric_name(m) << " ref " << x << " omp " << y);
+      CHECK(std::fabs(x - y) <= 1e-6 + 1e-5 * std::fabs(x));
+    }
 }
