@@ -32,6 +32,9 @@ bool higher_is_better(int m) {
 
 CacheErrors cache_errors(const SlotCache& c, const float* k_orig, const float* v_orig, const float* k_norm,
                          int64_t D) {
+  bool any_inexact = false;
+  for (int64_t s = 0; s < c.size() && !any_inexact; ++s) any_inexact = !c.exact(s);
+  if (!any_inexact) return {0.0, 0.0};  // every slot holds its token exactly: no reconstruction error
   double kn = 0, kd = 0, vn = 0, vd = 0;
   for (int64_t s = 0; s < c.size(); ++s) {
     for (int64_t j = 0; j < c.n_members(s); ++j) {

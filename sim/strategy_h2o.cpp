@@ -13,8 +13,9 @@ namespace kvsim {
 namespace {
 class H2oState final : public StrategyState {
  public:
-  H2oState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, bool mean, int64_t T, int64_t G)
-      : B_(B), sinks_(sinks), recent_(recent), gqa_(gqa), mean_(mean), score_(T, 0.0), seen_(T, 0), tmp_(T), G_(G) {}
+  H2oState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, bool mean, int64_t T, int64_t G, int64_t kv)
+      : B_(B), sinks_(sinks), recent_(recent), gqa_(gqa), mean_(mean), score_(T, 0.0), seen_(T, 0), tmp_(T), G_(G),
+        kv_(kv) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     KVSIM_ASSERT(lv.prompt_colsums != nullptr);
@@ -42,7 +43,6 @@ class H2oState final : public StrategyState {
     });
   }
   double state_bytes(int64_t) const override { return (mean_ ? 8.0 : 4.0) * static_cast<double>(B_ + 1); }
-  int64_t kv_ = 0;
 
  private:
   int64_t B_, sinks_, recent_;
@@ -51,7 +51,7 @@ class H2oState final : public StrategyState {
   std::vector<double> score_;
   std::vector<int32_t> seen_;
   std::vector<float> tmp_;
-  int64_t G_;
+  int64_t G_, kv_;
 };
 
 class H2o final : public Strategy {
@@ -64,9 +64,7 @@ class H2o final : public Strategy {
   bool needs_prompt_colsums() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t B = ep_.resolve_budget(ctx.T);
-    auto s = std::make_unique<H2oState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, mean_, ctx.T, ctx.G);
-    s->kv_ = ctx.kv0;
-    return s;
+    return std::make_unique<H2oState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, mean_, ctx.T, ctx.G, ctx.kv0);
   }
 
  private:

@@ -9,7 +9,7 @@ namespace kvsim {
 namespace {
 class KnormState final : public StrategyState {
  public:
-  KnormState(int64_t B, int64_t sinks, int64_t recent) : B_(B), sinks_(sinks), recent_(recent) {}
+  KnormState(int64_t B, int64_t sinks, int64_t recent, int64_t kv) : B_(B), sinks_(sinks), recent_(recent), kv_(kv) {}
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     norm_ = lv.k_norm + kv_ * lv.T;
     evict(caches, P - 1);
@@ -18,10 +18,9 @@ class KnormState final : public StrategyState {
     SlotCache& c = caches[0];
     evict_lowest(c, B_, t, sinks_, recent_, [&](int64_t s) { return -double(norm_[c.pos(s)]); });
   }
-  int64_t kv_ = 0;
 
  private:
-  int64_t B_, sinks_, recent_;
+  int64_t B_, sinks_, recent_, kv_;
   const float* norm_ = nullptr;  // [T] norms of this KV head's keys (the norm is recomputable from the key)
 };
 
@@ -33,9 +32,7 @@ class Knorm final : public Strategy {
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t B = ep_.resolve_budget(ctx.T);
-    auto s = std::make_unique<KnormState>(B, ep_.sinks, ep_.resolve_recent(B));
-    s->kv_ = ctx.kv0;
-    return s;
+    return std::make_unique<KnormState>(B, ep_.sinks, ep_.resolve_recent(B), ctx.kv0);
   }
 
  private:

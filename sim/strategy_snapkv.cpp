@@ -3,8 +3,9 @@
 // votes v_i = sum over the window of attention to prompt token i (combined over the G query heads
 // by `gqa`), smoothed by 1-D pooling (`pool` = max | avg, `kernel` default 7, centred, clipped at
 // the ends); keep the top B - window prompt tokens by pooled vote plus the window itself.
-// Decode (the papers compress only the prompt): the selected prompt tokens stay, and the other
-// `window` slots slide over the newest tokens, so the cache holds at most B slots at every step.
+// Decode (the papers compress only the prompt): the selected prompt tokens (at most B - window,
+// also when the prompt fits) stay, and the other slots slide over the newest tokens, so the cache
+// holds at most B slots at every step and always keeps at least `window` recent ones.
 // pyramidkv: the same with per-layer budgets on an arithmetic schedule, C = budget, w = window,
 //   min = (C - w) / beta, max = 2 (C - w) - min, budget_l = max - l (max - min) / (L - 1) + w.
 #include <algorithm>
@@ -26,10 +27,7 @@ class SnapkvState final : public StrategyState {
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     SlotCache& c = caches[0];
     const int64_t w = std::min(w_, P);
-    if (P <= B_) {
-      std::fill(heavy_.begin(), heavy_.begin() + P, 1);  // all of the prompt fits: keep it for good
-      return;
-    }
+    if (P == w) return;  // the whole prompt is the observation window: nothing to select
     std::vector<float> rows;
     prompt_attention_rows(lv, kv_, P, P - w, P, gqa_, rows);
     const int64_t n = P - w;  // candidates: prompt tokens before the window
@@ -49,6 +47,7 @@ class SnapkvState final : public StrategyState {
     std::partial_sort(order.begin(), order.begin() + keep, order.end(),
                       [&](int32_t a, int32_t b) { return keep_before(pooled[a], a, pooled[b], b); });
     for (int64_t i = 0; i < keep; ++i) heavy_[order[i]] = 1;
+    if (P <= B_) return;  // the prompt fits: nothing evicted yet; decode slides over the rest
     std::vector<uint8_t> k(c.size(), 1);
     for (int64_t s = 0; s < c.size(); ++s) k[s] = heavy_[c.pos(s)] || c.pos(s) >= P - w;
     c.remove_unless(k);

@@ -15,7 +15,8 @@ namespace kvsim {
 namespace {
 class TovaState final : public StrategyState {
  public:
-  TovaState(int64_t B, int64_t sinks, int64_t recent, int64_t T) : B_(B), sinks_(sinks), recent_(std::max<int64_t>(1, recent)), cur_(T, 0.0) {}
+  TovaState(int64_t B, int64_t sinks, int64_t recent, int64_t T, int64_t G)
+      : B_(B), sinks_(sinks), recent_(std::max<int64_t>(1, recent)), G_(G), cur_(T, 0.0) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     std::fill(cur_.begin(), cur_.end(), 0.0);
@@ -59,10 +60,9 @@ class TovaState final : public StrategyState {
     }
   }
   double state_bytes(int64_t) const override { return 0; }  // one row of current attention, transient
-  int64_t G_ = 1;
 
  private:
-  int64_t B_, sinks_, recent_;
+  int64_t B_, sinks_, recent_, G_;
   std::vector<double> cur_;
 };
 
@@ -75,9 +75,7 @@ class Tova final : public Strategy {
   bool layer_coupled() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t B = ep_.resolve_budget(ctx.T);
-    auto s = std::make_unique<TovaState>(B, ep_.sinks, ep_.resolve_recent(B), ctx.T);
-    s->G_ = ctx.G;
-    return s;
+    return std::make_unique<TovaState>(B, ep_.sinks, ep_.resolve_recent(B), ctx.T, ctx.G);
   }
 
  private:

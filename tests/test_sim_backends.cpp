@@ -10,6 +10,7 @@
 #include "sim/backend.h"
 #include "sim/omp/attend.h"
 #include "sim/omp/attn_stats.h"
+#include "sim/omp/exp_f64.h"
 #include "sim/ref/attend.h"
 #include "sim/ref/attn_stats.h"
 #include "sim/strategy.h"
@@ -231,4 +232,18 @@ TEST_CASE("backends: cuda is refused with NotCompiled when not built or no devic
     RefStats r;
     CHECK_THROWS_AS(compute_ref_stats(lv, Backend::cuda, r), NotCompiled);
   }
+}
+
+TEST_CASE("backends: omp exp_nonpos matches std::exp to 5e-16 relative on [-700, 0]") {
+  double worst = 0, at = 0;
+  for (int i = 0; i <= 200000; ++i) {
+    const double x = -700.0 * i / 200000.0 - (i % 7) * 1e-9;
+    const double want = std::exp(x), got = omp::exp_nonpos(x);
+    const double rel = std::fabs(got - want) / want;
+    if (rel > worst) worst = rel, at = x;
+  }
+  INFO("worst relative error " << worst << " at x = " << at);
+  CHECK(worst < 5e-16);  // ~2 ulp: Horner rounding plus std::exp's own half ulp
+  CHECK(omp::exp_nonpos(0.0) == 1.0);
+  CHECK(omp::exp_nonpos(-1e6) < 1e-300);
 }

@@ -22,8 +22,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Set to a real trace (e.g. KVSIM_SOURCE_DIR "/traces/samples/stories260k.h5") to replace the synthetic input.
+// Set to a trace path to replace the synthetic input of the tests below (one line).
 const char* const kIntegrationTrace = nullptr;
+// The embedded real trace (recorded from stories260K); its tests are skipped when it is absent.
+const std::string kRealTrace = KVSIM_SOURCE_DIR "/traces/samples/stories260K.h5";
 
 struct TempDir {
   fs::path path;
@@ -43,12 +45,14 @@ TempDir& tmp() {
 }
 
 // A small synthetic trace (seeded), written once per test binary run.
-std::string trace(const std::string& shape, int64_t T, uint64_t seed) {
+std::string trace(const std::string& shape, int64_t T, uint64_t seed, int64_t layers = -1) {
   if (kIntegrationTrace) return kIntegrationTrace;
-  const std::string p = (tmp().path / (shape + "_" + std::to_string(T) + "_" + std::to_string(seed) + ".h5")).string();
+  const std::string p = (tmp().path / (shape + "_" + std::to_string(T) + "_" + std::to_string(seed) + "_" +
+                                       std::to_string(layers) + ".h5"))
+                            .string();
   if (!fs::exists(p)) {
     traces::SynthOptions o;
-    o.tokens = T, o.seed = seed, o.prefill = T / 3;
+    o.tokens = T, o.seed = seed, o.prefill = T / 3, o.layers = layers;
     traces::write_synthetic_trace(p, traces::find_synth_shape(shape), o);
   }
   return p;
@@ -63,11 +67,11 @@ struct Owned {
 };
 
 ReplayResult replay(const std::string& path, const std::vector<std::string>& specs, Backend b, int64_t P = -1,
-                    int64_t stride = 1, const std::string& cache = "off") {
+                    int64_t stride = 1, const std::string& cache = "off", int64_t seq = 0) {
   traces::TraceReader r(path);
   Owned o(specs);
   ReplayOptions opt;
-  opt.backend = b, opt.prefill = P, opt.stride = stride, opt.stats_cache = cache;
+  opt.backend = b, opt.prefill = P, opt.stride = stride, opt.stats_cache = cache, opt.seq = seq;
   return replay_trace(r, o.ptrs, opt);
 }
 
@@ -179,4 +183,63 @@ TEST_CASE("replay: the reference sidecar is written atomically, reused, and refu
   CHECK(replay(p, {"h2o:budget=20"}, Backend::ref, 30, 1, dir).stats_from_cache);
   // The key is the content hash: another trace's sidecar never matches.
   CHECK(file_content_hash(p) != file_content_hash(trace("tiny", 90, 9)));
+}
+
+TEST_CASE("replay: full is exact on the embedded real trace, every sequence" * doctest::skip(!fs::exists(kRealTrace))) {
+  traces::TraceReader r(kRealTrace);
+  for (int64_t seq = 0; seq < int64_t(r.sequences().size()); ++seq) {
+    ReplayResult res = replay(kRealTrace, {"full"}, fastest_backend() == Backend::cuda ? Backend::omp : fastest_backend(),
+                              128, 1, "off", seq);
+    INFO("sequence " << r.sequence(seq).name);
+    for (const auto& h : res.configs[0].heads) {
+      CHECK(h.summary[int(Metric::out_cos)].worst >= 1 - 1e-6);
+      CHECK(h.summary[int(Metric::out_rel_l2)].worst <= 1e-6);
+      CHECK(std::fabs(h.summary[int(Metric::mass)].worst - 1) <= 1e-6);
+      CHECK(h.summary[int(Metric::tv)].worst <= 1e-6);
+      CHECK(h.summary[int(Metric::topk32_recall)].worst == 1.0);
+      CHECK(h.summary[int(Metric::kl)].worst <= 1e-6);
+    }
+  }
+}
+
+TEST_CASE("replay: reference outputs equal the model's own attention output o (real trace)" *
+          doctest::skip(!fs::exists(kRealTrace))) {
+  traces::TraceReader r(kRealTrace);
+  for (int64_t seq = 0; seq < int64_t(r.sequences().size()); ++seq) {
+    if (!r.has(seq, traces::Kind::o)) continue;
+    for (int64_t l = 0; l < r.header().n_layers; ++l) {
+      auto q = r.read_layer(seq, l, traces::Kind::q), k = r.read_layer(seq, l, traces::Kind::k),
+           v = r.read_layer(seq, l, traces::Kind::v), o = r.read_layer(seq, l, traces::Kind::o);
+      LayerView lv;
+      lv.H = r.header().n_heads, lv.Hkv = r.header().n_kv_heads, lv.T = r.sequence(seq).n_tokens;
+      lv.D = r.header().head_dim, lv.q = q.data(), lv.k = k.data(), lv.v = v.data();
+      RefStats rs;
+      compute_ref_stats(lv, Backend::ref, rs);
+      double worst = 0;
+      for (size_t i = 0; i < rs.o.size(); ++i) worst = std::max(worst, double(std::fabs(rs.o[i] - o.data()[i])));
+      INFO("sequence " << seq << " layer " << l << " max |o_ref - o_model| = " << worst);
+      CHECK(worst < 1e-4);  // the model computed o in float with its own summation order
+    }
+  }
+}
+
+// Heavy: skipped in the default run, executed by the ctest entry `slow.sim_replay` (LABELS slow,
+// Release builds only in CI), which passes --no-skip.
+TEST_CASE("slow: llama3-8b-shape slice, omp and ref agree and full is exact" * doctest::skip()) {
+  const std::string p = trace("llama3-8b", 320, 11, 4);  // 4 layers of H = 32, Hkv = 8, D = 128
+  const std::vector<std::string> specs = {"full", "h2o:budget=64", "tova:budget=64", "snapkv:budget=96"};
+  ReplayResult a = replay(p, specs, Backend::ref, 100, 3);
+  for (const auto& h : a.configs[0].heads) {
+    CHECK(h.summary[int(Metric::out_cos)].worst >= 1 - 1e-6);
+    CHECK(std::fabs(h.summary[int(Metric::mass)].worst - 1) <= 1e-6);
+    CHECK(h.summary[int(Metric::kl)].worst <= 1e-6);
+  }
+  if (!backend_available(Backend::omp)) return;
+  ReplayResult b = replay(p, specs, Backend::omp, 100, 3);
+  for (size_t c = 0; c < specs.size(); ++c)
+    for (int m = 0; m < kNumMetrics; ++m) {
+      const double x = a.configs[c].summary[m].mean, y = b.configs[c].summary[m].mean;
+      INFO(specs[c] << " " << metric_name(m) << " ref " << x << " omp " << y);
+      CHECK(std::fabs(x - y) <= 1e-6 + 1e-5 * std::fabs(x));
+    }
 }

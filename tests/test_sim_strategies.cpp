@@ -244,3 +244,24 @@ TEST_CASE("strategy specs: parsing and errors list the valid choices") {
     return c;
   }()), UsageError);
 }
+
+TEST_CASE("strategy snapkv: a prompt that fits is kept, but only the top B - window stay for good") {
+  // Same keys as above, P = 6, budget 7, window 2: nothing is evicted at prefill, and the heavy set
+  // is the top B - w = 5 of the candidates 0..3, i.e. all four.
+  Layer L(1, 1, 9, 4);
+  L.Q(0, 4, 0) = 2, L.Q(0, 5, 0) = 2;
+  L.K(0, 0, 0) = std::log(4.0f), L.K(0, 2, 0) = std::log(2.0f), L.K(0, 3, 0) = std::log(3.0f);
+  Driver d("snapkv:budget=7,window=2,kernel=1", L, 6);
+  CHECK(d.pos() == S{0, 1, 2, 3, 4, 5});  // the prompt fits in 7
+  d.step(6, {{}});
+  CHECK(d.pos() == S{0, 1, 2, 3, 4, 5, 6});
+  // t = 7: 8 slots > 7: heavy = top B - w = 5 of {0..3} = all four; the oldest other (4) goes.
+  d.step(7, {{}});
+  CHECK(d.pos() == S{0, 1, 2, 3, 5, 6, 7});
+  Driver f("snapkv:budget=4,window=2,kernel=1", L, 4);
+  // P = 4 fits. Window = queries 2, 3 (q = 0: uniform rows) over candidates {0, 1}: votes 0: 1/3 + 1/4,
+  // 1: 1/3 + 1/4 (tie) -> heavy = top B - w = 2 -> {0, 1}. t = 4: 5 slots: evict the oldest other, 2.
+  CHECK(f.pos() == S{0, 1, 2, 3});
+  f.step(4, {{}});
+  CHECK(f.pos() == S{0, 1, 3, 4});
+}

@@ -98,6 +98,11 @@ void print_table(const ReplayResult& r) {
 
 int run_run(const RunArgs& a) {
   Backend backend = parse_backend(a.backend);
+  // `auto` is the fastest backend that has replay kernels: CUDA has none yet (a later issue), so auto
+  // means omp (or ref without OpenMP). An explicit --backend cuda is refused (NotCompiled), never
+  // silently replaced.
+  if (a.backend == "auto" && backend == Backend::cuda)
+    backend = backend_available(Backend::omp) ? Backend::omp : Backend::ref;
   require_backend(backend);
   std::vector<std::unique_ptr<Strategy>> owned;
   std::vector<const Strategy*> strategies;
