@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -11,13 +12,27 @@
 namespace kvsim::omp {
 
 void matmul(const float* x, const float* w, const float* b, float* y, int64_t T, int64_t K, int64_t N) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(T), static_cast<blasint>(N),
-              static_cast<blasint>(K), 1.0f, x, static_cast<blasint>(K), w, static_cast<blasint>(K), 0.0f, y,
-              static_cast<blasint>(N));
-  if (!b) return;
-#pragma omp parallel for if (T * N > 65536)
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t n = 0; n < N; ++n) y[t * N + n] += b[n];
+  // One threading runtime only: OpenBLAS runs single-threaded inside OpenMP threads that each own a
+  // block of output columns (rows of W). OpenBLAS's own pool spinning next to OpenMP's oversubscribes
+  // the cores (measured 2x slower on 2 cores).
+  static const bool single = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)single;
+  const int64_t work = T * K * N;
+  const int64_t blocks = work < (int64_t{1} << 18) ? 1 : std::max<int64_t>(1, std::min<int64_t>(N / 16, 64));
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int64_t n0 = N * i / blocks, n1 = N * (i + 1) / blocks;
+    if (n1 == n0) continue;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(T), static_cast<blasint>(n1 - n0),
+                static_cast<blasint>(K), 1.0f, x, static_cast<blasint>(K), w + n0 * K, static_cast<blasint>(K), 0.0f,
+                y + n0, static_cast<blasint>(N));
+    if (b)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = n0; n < n1; ++n) y[t * N + n] += b[n];
+  }
 }
 
 void rmsnorm(const float* x, const float* g, float* y, int64_t T, int64_t n, float eps) {
@@ -48,6 +63,7 @@ void attention(const float* q, const KvView* kv, float* o, int64_t T, int64_t H,
 #pragma omp parallel if (work > 32768)
   {
     std::vector<float> w(static_cast<size_t>(max_n));
+    std::vector<int64_t> idx(static_cast<size_t>(max_n));
 #pragma omp for collapse(2) schedule(dynamic, 4)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < H; ++h) {
@@ -55,22 +71,21 @@ void attention(const float* q, const KvView* kv, float* o, int64_t T, int64_t H,
         const float* qr = q + (t * H + h) * D;
         float* orow = o + (t * H + h) * D;
         const int64_t p = pos0 + t;
+        // only the visible slots enter the softmax (the others have weight exactly 0 in ref)
+        int64_t m = 0;
         for (int64_t s = 0; s < c.n; ++s) {
-          if (c.pos[s] > p) {
-            w[static_cast<size_t>(s)] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
+          if (c.pos[s] > p) continue;
           const float* kr = c.k + s * D;
           float dot = 0.0f;
           for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
-          w[static_cast<size_t>(s)] = dot * scale + (c.bias ? c.bias[s] : 0.0f);
+          w[static_cast<size_t>(m)] = dot * scale + (c.bias ? c.bias[s] : 0.0f);
+          idx[static_cast<size_t>(m++)] = s;
         }
-        ref::softmax(w.data(), c.n);
+        ref::softmax(w.data(), m);
         for (int64_t d = 0; d < D; ++d) orow[d] = 0.0f;
-        for (int64_t s = 0; s < c.n; ++s) {
-          const float ps = w[static_cast<size_t>(s)];
-          if (ps == 0.0f) continue;
-          const float* vr = c.v + s * D;
+        for (int64_t j = 0; j < m; ++j) {
+          const float ps = w[static_cast<size_t>(j)];
+          const float* vr = c.v + idx[static_cast<size_t>(j)] * D;
           for (int64_t d = 0; d < D; ++d) orow[d] += ps * vr[d];
         }
       }
