@@ -26,6 +26,9 @@ struct RecordOptions {
   bool pre = false;      // also q_pre, k_pre
   bool output = false;   // also o, the attention output
   int64_t block = 256;   // tokens per recording forward call
+  // Called after each generated token and each recorded block with the units of work done in
+  // this call (one per generated token, one per recorded token): for progress display.
+  std::function<void(int64_t units)> progress;
 };
 
 struct PromptSpec {
@@ -45,6 +48,10 @@ struct RecordStats {
 
 traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, const std::string& recorder,
                                      const std::string& device);
+
+// Tokens this prompt will generate (resolves -1 = fill and the per-prompt override); throws
+// UsageError when the prompt is empty or prompt + generation exceed the context.
+int64_t tokens_to_generate(const ModelConfig& config, const PromptSpec& prompt, const RecordOptions& opt);
 
 // Records one sequence into `writer` (begin_sequence .. end_sequence). `tok` may be null (no text).
 RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt,
