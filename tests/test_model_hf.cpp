@@ -65,7 +65,7 @@ TEST_CASE("hf: stories260K converted to safetensors gives the llama2.c logits (m
   fs::remove_all(dir);
 }
 
-TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied) written here loads and runs") {
+TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied, 2 shards) written here loads and runs") {
   model::ModelConfig c;
   c.name = "random-qwen2";
   c.dim = 96;
@@ -119,7 +119,19 @@ TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied) writ
   }
   add("model.norm.weight", {96}, m.rms_final);
   add("lm_head.weight", {301, 96}, m.lm_head);
-  model::write_safetensors((dir / "model.safetensors").string(), t, model::StDType::bf16);
+  // sharded as large checkpoints are: two files and model.safetensors.index.json
+  const size_t half = t.size() / 2;
+  const std::vector<model::StOut> t1(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(half)),
+      t2(t.begin() + static_cast<std::ptrdiff_t>(half), t.end());
+  model::write_safetensors((dir / "model-00001-of-00002.safetensors").string(), t1, model::StDType::bf16);
+  model::write_safetensors((dir / "model-00002-of-00002.safetensors").string(), t2, model::StDType::bf16);
+  {
+    std::ofstream idx(dir / "model.safetensors.index.json");
+    idx << "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {";
+    for (size_t i = 0; i < t.size(); ++i)
+      idx << (i ? ", " : "") << "\"" << t[i].name << "\": \"model-0000" << (i < half ? 1 : 2) << "-of-00002.safetensors\"";
+    idx << "}}";
+  }
 
   const model::Model loaded = model::load_model(dir.string());
   CHECK(loaded.config.hf_architecture == "Qwen2ForCausalLM");
