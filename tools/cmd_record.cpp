@@ -55,6 +55,7 @@ class Progress {
 struct RecordArgs {
   std::string model, tokenizer, prompt, prompts, out, backend = "cpu", dtype = "float32";
   bool ids = false, compress = false, force = false, quiet = false;
+  bool has_prompt = false, has_prompts = false;
   model::RecordOptions opt;
 };
 
@@ -64,8 +65,7 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
     return tok->encode(text, true);
   };
   std::vector<model::PromptSpec> out;
-  if (!a.prompt.empty() || a.prompts.empty()) {
-    if (!a.prompts.empty()) throw UsageError("give --prompt or --prompts, not both");
+  if (a.has_prompt) {
     model::PromptSpec p;
     p.source = "--prompt";
     p.ids = a.ids ? model::parse_ids(a.prompt) : encode(a.prompt, "--prompt");
@@ -108,6 +108,7 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
 }
 
 void run_record(const RecordArgs& a) {
+  if (a.has_prompt == a.has_prompts) throw UsageError("give one of --prompt TEXT or --prompts FILE.jsonl");
   const Backend backend = model::parse_runner_backend(a.backend);
   const traces::DType dtype = traces::parse_dtype(a.dtype);
   model::Sampler check(a.opt.sampling);  // validates the sampling options before loading anything
@@ -185,7 +186,9 @@ void add_record(CLI::App& app) {
   c->add_option("--block", a->opt.block, "tokens per recording forward call")->capture_default_str();
   c->add_flag("--force", a->force, "replace an existing output file");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");
-  c->callback([a] {
+  c->callback([a, c] {
+    a->has_prompt = c->count("--prompt") > 0;
+    a->has_prompts = c->count("--prompts") > 0;
     run_record(*a);
     exit_status() = 0;
   });
