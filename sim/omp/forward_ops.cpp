@@ -42,8 +42,35 @@ void rmsnorm(const float* x, const float* g, float* y, int64_t T, int64_t n, flo
 
 void rope(float* x, int64_t T, int64_t n_heads, int64_t D, int64_t pos0, double theta, RopeStyle style,
           const float* inv_freq) {
-#pragma omp parallel for if (T > 1)
-  for (int64_t t = 0; t < T; ++t) ref::rope(x + t * n_heads * D, 1, n_heads, D, pos0 + t, theta, style, inv_freq);
+  if (style == RopeStyle::none) return;
+  // Same arithmetic as apply_rope (sim/rope.h), with each position's cos/sin computed once for all
+  // heads instead of once per head: bit-identical to ref.
+  const int64_t half = D / 2;
+#pragma omp parallel if (T > 1)
+  {
+    std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+#pragma omp for
+    for (int64_t t = 0; t < T; ++t) {
+      const double pos = static_cast<double>(pos0 + t);
+      for (int64_t i = 0; i < half; ++i) {
+        const double f = inv_freq ? static_cast<double>(inv_freq[i])
+                                  : std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+        cs[static_cast<size_t>(i)] = static_cast<float>(std::cos(pos * f));
+        sn[static_cast<size_t>(i)] = static_cast<float>(std::sin(pos * f));
+      }
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* row = x + (t * n_heads + h) * D;
+        for (int64_t i = 0; i < half; ++i) {
+          const int64_t i0 = style == RopeStyle::interleaved ? 2 * i : i;
+          const int64_t i1 = style == RopeStyle::interleaved ? 2 * i + 1 : i + half;
+          const float c = cs[static_cast<size_t>(i)], s = sn[static_cast<size_t>(i)];
+          const float x0 = row[i0], x1 = row[i1];
+          row[i0] = x0 * c - x1 * s;
+          row[i1] = x0 * s + x1 * c;
+        }
+      }
+    }
+  }
 }
 
 void softmax(float* x, int64_t n) { ref::softmax(x, n); }
