@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "model_test_util.h"
 #include "sim/half.h"
@@ -177,4 +178,47 @@ TEST_CASE("hf: Llama-3 rope_scaling frequencies at the band edges (hand-computed
   REQUIRE(f.size() == 64);
   CHECK(f[0] == doctest::Approx(1.0));
   CHECK(f[63] == doctest::Approx(std::pow(500000.0, -126.0 / 128.0) / 8.0));
+}
+
+TEST_CASE("hf: config.json variants: Llama-3 rope_scaling, Mistral sliding window, float16 weights") {
+  model::ModelConfig c;
+  c.name = "random-llama3";
+  c.dim = 64;
+  c.hidden_dim = 96;
+  c.n_layers = 1;
+  c.n_heads = 4;
+  c.n_kv_heads = 1;
+  c.head_dim = 16;
+  c.vocab_size = 50;
+  c.seq_len = 64;
+  c.rope_theta = 500000.0;
+  c.rope_style = RopeStyle::half;
+  c.tied_embeddings = true;
+  const model::Model m = model::random_model(c, 5);
+  const fs::path dir = temp_dir("variants");
+  model::save_hf(m, dir.string(), "float16");
+  auto patch = [&](const std::string& arch, const std::string& extra) {
+    std::ifstream in(dir / "config.json");
+    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    s.replace(s.find("LlamaForCausalLM"), 16, arch);
+    s.insert(s.rfind('}'), extra);
+    std::ofstream(dir / "config.json") << s;
+  };
+  patch("LlamaForCausalLM", R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0, "original_max_position_embeddings": 32})");
+  const model::Model l3 = model::load_hf(dir.string());
+  CHECK(l3.config.inv_freq == model::llama3_inv_freq(16, 500000.0, 8.0, 1.0, 4.0, 32.0));
+  // float16 weights: what the file holds is the fp16 rounding of the random weights
+  CHECK(l3.layers[0].wq[3] == f16_to_f32(f32_to_f16(m.layers[0].wq[3])));
+  model::Runner r(l3, Backend::ref);
+  const std::vector<int32_t> ids = {1, 2, 3, 49};
+  const float* lg = r.forward(ids.data(), 4);
+  CHECK(std::isfinite(lg[0]));
+
+  model::save_hf(m, dir.string(), "float32");
+  patch("MistralForCausalLM", R"(, "sliding_window": 16)");
+  const model::Model mi = model::load_hf(dir.string());
+  CHECK(mi.config.seq_len == 16);  // capped so attention stays exact (no sliding window in the runner)
+  CHECK(mi.config.inv_freq.empty());
+  fs::remove_all(dir);
 }
