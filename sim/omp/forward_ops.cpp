@@ -86,7 +86,7 @@ void attention(const float* q, const KvView* kv, float* o, int64_t T, int64_t H,
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   int64_t max_n = 0;
   for (int64_t g = 0; g < Hkv; ++g) max_n = std::max(max_n, kv[g].n);
-  const int64_t work = T * H * max_n * D;
+  [[maybe_unused]] const int64_t work = T * H * max_n * D;  // read by the pragma only
 #pragma omp parallel if (work > 32768)
   {
     std::vector<float> w(static_cast<size_t>(max_n));
