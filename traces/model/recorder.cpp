@@ -101,7 +101,9 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
 
   // pass 2: record. The tap transposes [T, heads, D] blocks to the trace's [heads, T, D].
   t0 = std::chrono::steady_clock::now();
+  const auto b0 = t0;
   writer.begin_sequence(spec);
+  st.write_s += seconds_since(b0);
   std::vector<float> buf;
   const int64_t D = c.head_dim;
   auto put = [&](traces::Kind kind, int64_t layer, int64_t pos0, int64_t n_tok, int64_t heads, const float* x) {
@@ -129,7 +131,9 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
     runner.forward(ids.data() + t, std::min(block, T - t), false, tap);
     if (opt.progress) opt.progress(std::min(block, T - t));
   }
-  writer.end_sequence();
+  const auto e0 = std::chrono::steady_clock::now();
+  writer.end_sequence();  // closes the datasets: chunks still cached are compressed and written here
+  st.write_s += seconds_since(e0);
   st.record_s = seconds_since(t0);
   return st;
 }

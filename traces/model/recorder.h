@@ -43,7 +43,7 @@ struct RecordStats {
   int64_t prompt_tokens = 0, tokens = 0;
   double generate_s = 0;  // pass 1
   double record_s = 0;    // pass 2, including writing
-  double write_s = 0;     // of which inside TraceWriter::write
+  double write_s = 0;     // of which inside the TraceWriter (begin_sequence, write, end_sequence)
 };
 
 traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, const std::string& recorder,
