@@ -114,10 +114,10 @@ void run_record(const RecordArgs& a) {
   model::Sampler check(a.opt.sampling);  // validates the sampling options before loading anything
   const model::Model m = model::load_model(a.model);
   std::unique_ptr<model::Tokenizer> tok;
-  if (!a.ids || !a.tokenizer.empty()) {
+  if (!a.tokenizer.empty() || (a.has_prompt && !a.ids)) {
     tok = model::tokenizer_for_model(a.model, a.tokenizer);
   } else {
-    try {  // ids in, but a tokenizer next to the model still gives the trace its text
+    try {  // ids-only prompts need none, but one next to the model still gives the trace its text
       tok = model::tokenizer_for_model(a.model, "");
     } catch (const UsageError&) {
     }
