@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "model_test_util.h"
 #include "sim/half.h"
@@ -65,7 +66,7 @@ TEST_CASE("hf: stories260K converted to safetensors gives the llama2.c logits (m
   fs::remove_all(dir);
 }
 
-TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied) written here loads and runs") {
+TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied, 2 shards) written here loads and runs") {
   model::ModelConfig c;
   c.name = "random-qwen2";
   c.dim = 96;
@@ -119,7 +120,19 @@ TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied) writ
   }
   add("model.norm.weight", {96}, m.rms_final);
   add("lm_head.weight", {301, 96}, m.lm_head);
-  model::write_safetensors((dir / "model.safetensors").string(), t, model::StDType::bf16);
+  // sharded as large checkpoints are: two files and model.safetensors.index.json
+  const size_t half = t.size() / 2;
+  const std::vector<model::StOut> t1(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(half)),
+      t2(t.begin() + static_cast<std::ptrdiff_t>(half), t.end());
+  model::write_safetensors((dir / "model-00001-of-00002.safetensors").string(), t1, model::StDType::bf16);
+  model::write_safetensors((dir / "model-00002-of-00002.safetensors").string(), t2, model::StDType::bf16);
+  {
+    std::ofstream idx(dir / "model.safetensors.index.json");
+    idx << "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {";
+    for (size_t i = 0; i < t.size(); ++i)
+      idx << (i ? ", " : "") << "\"" << t[i].name << "\": \"model-0000" << (i < half ? 1 : 2) << "-of-00002.safetensors\"";
+    idx << "}}";
+  }
 
   const model::Model loaded = model::load_model(dir.string());
   CHECK(loaded.config.hf_architecture == "Qwen2ForCausalLM");
@@ -165,4 +178,47 @@ TEST_CASE("hf: Llama-3 rope_scaling frequencies at the band edges (hand-computed
   REQUIRE(f.size() == 64);
   CHECK(f[0] == doctest::Approx(1.0));
   CHECK(f[63] == doctest::Approx(std::pow(500000.0, -126.0 / 128.0) / 8.0));
+}
+
+TEST_CASE("hf: config.json variants: Llama-3 rope_scaling, Mistral sliding window, float16 weights") {
+  model::ModelConfig c;
+  c.name = "random-llama3";
+  c.dim = 64;
+  c.hidden_dim = 96;
+  c.n_layers = 1;
+  c.n_heads = 4;
+  c.n_kv_heads = 1;
+  c.head_dim = 16;
+  c.vocab_size = 50;
+  c.seq_len = 64;
+  c.rope_theta = 500000.0;
+  c.rope_style = RopeStyle::half;
+  c.tied_embeddings = true;
+  const model::Model m = model::random_model(c, 5);
+  const fs::path dir = temp_dir("variants");
+  model::save_hf(m, dir.string(), "float16");
+  auto patch = [&](const std::string& arch, const std::string& extra) {
+    std::ifstream in(dir / "config.json");
+    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    s.replace(s.find("LlamaForCausalLM"), 16, arch);
+    s.insert(s.rfind('}'), extra);
+    std::ofstream(dir / "config.json") << s;
+  };
+  patch("LlamaForCausalLM", R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0, "original_max_position_embeddings": 32})");
+  const model::Model l3 = model::load_hf(dir.string());
+  CHECK(l3.config.inv_freq == model::llama3_inv_freq(16, 500000.0, 8.0, 1.0, 4.0, 32.0));
+  // float16 weights: what the file holds is the fp16 rounding of the random weights
+  CHECK(l3.layers[0].wq[3] == f16_to_f32(f32_to_f16(m.layers[0].wq[3])));
+  model::Runner r(l3, Backend::ref);
+  const std::vector<int32_t> ids = {1, 2, 3, 49};
+  const float* lg = r.forward(ids.data(), 4);
+  CHECK(std::isfinite(lg[0]));
+
+  model::save_hf(m, dir.string(), "float32");
+  patch("MistralForCausalLM", R"(, "sliding_window": 16)");
+  const model::Model mi = model::load_hf(dir.string());
+  CHECK(mi.config.seq_len == 16);  // capped so attention stays exact (no sliding window in the runner)
+  CHECK(mi.config.inv_freq.empty());
+  fs::remove_all(dir);
 }

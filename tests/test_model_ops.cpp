@@ -80,6 +80,18 @@ TEST_CASE("forward_ops: omp matches ref (seeds 1..4, sizes 1, 31, 33, 97)") {
     omp::rmsnorm(x.data(), g.data(), r1.data(), T, K, 1e-5f);
     kvsim_test::check_close(r1.data(), r0.data(), T * K, 0, 0, "rmsnorm (same loop, exact)");
 
+    for (RopeStyle style : {RopeStyle::interleaved, RopeStyle::half}) {
+      std::vector<float> a = randn(static_cast<size_t>(T * 5 * 16), seed + 800), b2 = a;
+      std::vector<float> inv(8);
+      for (size_t i = 0; i < inv.size(); ++i) inv[i] = 1.0f / static_cast<float>(1 + 3 * i);
+      ref::rope(a.data(), T, 5, 16, 300, 10000.0, style, nullptr);
+      omp::rope(b2.data(), T, 5, 16, 300, 10000.0, style, nullptr);
+      kvsim_test::check_close(b2.data(), a.data(), T * 5 * 16, 0, 0, "rope (same arithmetic, exact)");
+      ref::rope(a.data(), T, 5, 16, 7, 500000.0, style, inv.data());
+      omp::rope(b2.data(), T, 5, 16, 7, 500000.0, style, inv.data());
+      kvsim_test::check_close(b2.data(), a.data(), T * 5 * 16, 0, 0, "rope with inv_freq (exact)");
+    }
+
     // GQA attention: H = 6, Hkv = 2, D = 12, a cache of 5 earlier tokens plus the T new ones,
     // with a bias on every slot and slot positions out of order.
     const int64_t H = 6, Hkv = 2, D = 12, n = T + 5, pos0 = 5;

@@ -3,6 +3,7 @@
 // attention output o, layer by layer and head by head.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <vector>
@@ -38,31 +39,40 @@ TEST_CASE("embedded trace: attention recomputed from recorded q, k, v equals the
     if (!r.has(s, traces::Kind::o)) continue;
     const int64_t T = info.n_tokens, D = h.head_dim, G = h.n_heads / h.n_kv_heads;
     for (int64_t l = 0; l < h.n_layers; ++l) {
-      const auto q = r.read_layer(s, l, traces::Kind::q);
-      const auto k = r.read_layer(s, l, traces::Kind::k);
-      const auto v = r.read_layer(s, l, traces::Kind::v);
-      const auto o = r.read_layer(s, l, traces::Kind::o);
-      std::vector<double> w(static_cast<size_t>(T));
+      // plain buffers and pointer loops: this runs under ASan at -O0 too
+      std::vector<float> q(static_cast<size_t>(h.n_heads * T * D)), o(q.size());
+      std::vector<float> k(static_cast<size_t>(h.n_kv_heads * T * D)), v(k.size());
+      r.read_block(s, l, traces::Kind::q, 0, h.n_heads, 0, T, q.data());
+      r.read_block(s, l, traces::Kind::o, 0, h.n_heads, 0, T, o.data());
+      r.read_block(s, l, traces::Kind::k, 0, h.n_kv_heads, 0, T, k.data());
+      r.read_block(s, l, traces::Kind::v, 0, h.n_kv_heads, 0, T, v.data());
+      std::vector<double> w(static_cast<size_t>(T)), acc(static_cast<size_t>(D));
+      const double scale = 1.0 / std::sqrt(static_cast<double>(D));
       for (int64_t hq = 0; hq < h.n_heads; ++hq) {
-        const int64_t g = hq / G;
+        const float* K = k.data() + (hq / G) * T * D;
+        const float* V = v.data() + (hq / G) * T * D;
         for (int64_t t = 0; t < T; ++t) {
+          const float* qt = q.data() + (hq * T + t) * D;
+          const float* ot = o.data() + (hq * T + t) * D;
           double mx = -1e300;
           for (int64_t i = 0; i <= t; ++i) {
             double dot = 0;
-            for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q(hq, t, d)) * k(g, i, d);
-            w[static_cast<size_t>(i)] = dot / std::sqrt(static_cast<double>(D));
-            mx = std::max(mx, w[static_cast<size_t>(i)]);
+            for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(qt[d]) * K[i * D + d];
+            w[static_cast<size_t>(i)] = dot * scale;
+            mx = std::max(mx, dot * scale);
           }
           double sum = 0;
           for (int64_t i = 0; i <= t; ++i) sum += (w[static_cast<size_t>(i)] = std::exp(w[static_cast<size_t>(i)] - mx));
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (int64_t i = 0; i <= t; ++i)
+            for (int64_t d = 0; d < D; ++d) acc[static_cast<size_t>(d)] += w[static_cast<size_t>(i)] * V[i * D + d];
           for (int64_t d = 0; d < D; ++d) {
-            double ref = 0;
-            for (int64_t i = 0; i <= t; ++i) ref += w[static_cast<size_t>(i)] / sum * v(g, i, d);
-            const double diff = std::abs(o(hq, t, d) - ref);
+            const double ref = acc[static_cast<size_t>(d)] / sum;
+            const double diff = std::abs(ot[d] - ref);
             worst = std::max(worst, diff);
             if (diff > atol + rtol * std::abs(ref)) {
               FAIL_CHECK("sequence " << info.name << " layer " << l << " head " << hq << " token " << t << " dim " << d
-                                     << ": o = " << o(hq, t, d) << ", recomputed " << ref);
+                                     << ": o = " << ot[d] << ", recomputed " << ref);
               return;
             }
           }

@@ -4,6 +4,8 @@
 // --prompts FILE.jsonl: one JSON object per line, {"prompt": TEXT} or {"ids": [1, 410, ...]}, with
 // optional "name" (sequence name), "source" (provenance), "generate" (overrides --generate) and
 // "with_o" (true/false, overrides --with-o).
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -18,9 +20,42 @@ namespace kvsim::tools {
 
 namespace {
 
+// Progress on stderr: a line rewritten in place with ETA on a terminal, a line every 5 s otherwise.
+class Progress {
+ public:
+  Progress(const char* what, int64_t total, bool quiet)
+      : what_(what), total_(std::max<int64_t>(total, 1)), quiet_(quiet), tty_(::isatty(2) == 1),
+        t0_(std::chrono::steady_clock::now()), last_(t0_) {}
+  void add(int64_t n) {
+    done_ += n;
+    if (quiet_) return;
+    const auto now = std::chrono::steady_clock::now();
+    const double since = std::chrono::duration<double>(now - last_).count();
+    if (since < (tty_ ? 0.2 : 5.0)) return;
+    last_ = now;
+    const double el = std::chrono::duration<double>(now - t0_).count();
+    const double frac = static_cast<double>(done_) / static_cast<double>(total_);
+    const double eta = frac > 0 ? el * (1 - frac) / frac : 0;
+    std::fprintf(stderr, "%s%s: %5.1f%%  %.0f s elapsed, ETA %.0f s%s", tty_ ? "\r" : "", what_, 100 * frac, el, eta,
+                 tty_ ? "   " : "\n");
+    shown_ = tty_;
+  }
+  void clear() {
+    if (shown_) std::fprintf(stderr, "\r%60s\r", "");
+    shown_ = false;
+  }
+
+ private:
+  const char* what_;
+  int64_t total_, done_ = 0;
+  bool quiet_, tty_, shown_ = false;
+  std::chrono::steady_clock::time_point t0_, last_;
+};
+
 struct RecordArgs {
   std::string model, tokenizer, prompt, prompts, out, backend = "cpu", dtype = "float32";
   bool ids = false, compress = false, force = false, quiet = false;
+  bool has_prompt = false, has_prompts = false;
   model::RecordOptions opt;
 };
 
@@ -30,8 +65,7 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
     return tok->encode(text, true);
   };
   std::vector<model::PromptSpec> out;
-  if (!a.prompt.empty() || a.prompts.empty()) {
-    if (!a.prompts.empty()) throw UsageError("give --prompt or --prompts, not both");
+  if (a.has_prompt) {
     model::PromptSpec p;
     p.source = "--prompt";
     p.ids = a.ids ? model::parse_ids(a.prompt) : encode(a.prompt, "--prompt");
@@ -74,12 +108,20 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
 }
 
 void run_record(const RecordArgs& a) {
+  if (a.has_prompt == a.has_prompts) throw UsageError("give one of --prompt TEXT or --prompts FILE.jsonl");
   const Backend backend = model::parse_runner_backend(a.backend);
   const traces::DType dtype = traces::parse_dtype(a.dtype);
   model::Sampler check(a.opt.sampling);  // validates the sampling options before loading anything
   const model::Model m = model::load_model(a.model);
   std::unique_ptr<model::Tokenizer> tok;
-  if (!a.ids || !a.tokenizer.empty()) tok = model::tokenizer_for_model(a.model, a.tokenizer);
+  if (!a.tokenizer.empty() || (a.has_prompt && !a.ids)) {
+    tok = model::tokenizer_for_model(a.model, a.tokenizer);
+  } else {
+    try {  // ids-only prompts need none, but one next to the model still gives the trace its text
+      tok = model::tokenizer_for_model(a.model, "");
+    } catch (const UsageError&) {
+    }
+  }
   const std::vector<model::PromptSpec> prompts = read_prompts(a, tok.get());
 
   traces::WriterOptions w;
@@ -88,9 +130,18 @@ void run_record(const RecordArgs& a) {
   traces::TraceWriter writer(a.out, model::trace_header_for(m, dtype, "kvsim " KVSIM_VERSION, "cpu"), w);
   model::Runner runner(m, backend);
   model::RecordStats total;
+  int64_t units = 0;  // generated tokens + recorded tokens, over all prompts
+  for (const auto& p : prompts) {
+    const int64_t g = model::tokens_to_generate(m.config, p, a.opt);
+    units += 2 * g + static_cast<int64_t>(p.ids.size());
+  }
+  Progress progress("kvsim record", units, a.quiet);
+  model::RecordOptions opt = a.opt;
+  opt.progress = [&progress](int64_t n) { progress.add(n); };
   const auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < prompts.size(); ++i) {
-    const model::RecordStats s = model::record_sequence(runner, tok.get(), prompts[i], a.opt, writer);
+    const model::RecordStats s = model::record_sequence(runner, tok.get(), prompts[i], opt, writer);
+    progress.clear();
     total.tokens += s.tokens;
     total.generate_s += s.generate_s;
     total.record_s += s.record_s;
@@ -135,7 +186,9 @@ void add_record(CLI::App& app) {
   c->add_option("--block", a->opt.block, "tokens per recording forward call")->capture_default_str();
   c->add_flag("--force", a->force, "replace an existing output file");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");
-  c->callback([a] {
+  c->callback([a, c] {
+    a->has_prompt = c->count("--prompt") > 0;
+    a->has_prompts = c->count("--prompts") > 0;
     run_record(*a);
     exit_status() = 0;
   });

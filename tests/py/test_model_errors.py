@@ -107,6 +107,18 @@ def main():
                      "context")
         assert not os.path.exists(os.path.join(tmp, "y.h5.partial")), "partial trace left behind"
 
+        expect_error("no tokenizer for a text prompt", ["generate", "--model", good, "--prompt", "hi"],
+                     "no tokenizer found")
+        bad_jsonl = os.path.join(tmp, "bad.jsonl")
+        with open(bad_jsonl, "w") as fh:
+            fh.write('{"ids": [1, 2]}\n{"ids": [1, 2\n')
+        expect_error("record: malformed JSON lines", ["record", "--model", good, "--prompts", bad_jsonl, "--out",
+                                                      os.path.join(tmp, "z.h5")], "bad.jsonl:2")
+        with open(bad_jsonl, "w") as fh:
+            fh.write('{"text": "no prompt key"}\n')
+        expect_error("record: JSON line without prompt", ["record", "--model", good, "--prompts", bad_jsonl,
+                                                          "--out", os.path.join(tmp, "z.h5")], "needs")
+
         # Hugging Face layout, made by kvsim convert, then corrupted copies.
         hf = os.path.join(tmp, "hf")
         r = run(["convert", "--model", good, "--out", hf, "--quiet"])

@@ -9,3 +9,4 @@ mkdir -p out
 rm -f out/synthetic-tiny.h5
 ./build/kvsim synth --shape tiny --tokens 512 --seed 1 --out out/synthetic-tiny.h5
 ./build/kvsim info out/synthetic-tiny.h5 --check
+./build/kvsim info traces/samples/stories260K.h5 --check  # the embedded real trace (issue 3)

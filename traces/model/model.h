@@ -70,7 +70,7 @@ Model load_hf(const std::string& dir);
 // permuted to the rotate-half convention (hf_writer.cpp).
 void save_hf(const Model& model, const std::string& dir, const std::string& dtype = "float32");
 
-// Random weights (normal, std 0.02, norms 1), seeded: for benchmarks and loader tests.
+// Random weights (uniform, std 0.02; norms 1), seeded: for benchmarks and loader tests.
 Model random_model(const ModelConfig& config, uint64_t seed);
 
 // Llama-3 rope_scaling: the D/2 scaled inverse frequencies.

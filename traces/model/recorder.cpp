@@ -43,9 +43,7 @@ traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, co
   return h;
 }
 
-RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt, const RecordOptions& opt,
-                            traces::TraceWriter& writer) {
-  const ModelConfig& c = runner.model().config;
+int64_t tokens_to_generate(const ModelConfig& c, const PromptSpec& prompt, const RecordOptions& opt) {
   const int64_t P = static_cast<int64_t>(prompt.ids.size());
   const std::string what = prompt.name.empty() ? prompt.source : prompt.name;
   if (P < 1) throw UsageError(what + ": empty prompt (no tokens)");
@@ -58,6 +56,14 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   if (P + n_gen > c.seq_len)
     throw UsageError(what + ": prompt " + std::to_string(P) + " + generate " + std::to_string(n_gen) +
                      " tokens exceed the context length seq_len = " + std::to_string(c.seq_len));
+  return n_gen;
+}
+
+RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt, const RecordOptions& opt,
+                            traces::TraceWriter& writer) {
+  const ModelConfig& c = runner.model().config;
+  const int64_t P = static_cast<int64_t>(prompt.ids.size());
+  const int64_t n_gen = tokens_to_generate(c, prompt, opt);
 
   RecordStats st;
   st.prompt_tokens = P;
@@ -71,6 +77,7 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
       const int32_t next = sampler.next(logits, c.vocab_size);
       ids.push_back(next);
       if (s + 1 < n_gen) logits = runner.forward(&next, 1);
+      if (opt.progress) opt.progress(1);
     }
   }
   st.generate_s = seconds_since(t0);
@@ -94,7 +101,9 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
 
   // pass 2: record. The tap transposes [T, heads, D] blocks to the trace's [heads, T, D].
   t0 = std::chrono::steady_clock::now();
+  const auto b0 = t0;
   writer.begin_sequence(spec);
+  st.write_s += seconds_since(b0);
   std::vector<float> buf;
   const int64_t D = c.head_dim;
   auto put = [&](traces::Kind kind, int64_t layer, int64_t pos0, int64_t n_tok, int64_t heads, const float* x) {
@@ -118,8 +127,13 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   };
   runner.reset();
   const int64_t block = std::max<int64_t>(1, opt.block);
-  for (int64_t t = 0; t < T; t += block) runner.forward(ids.data() + t, std::min(block, T - t), false, tap);
-  writer.end_sequence();
+  for (int64_t t = 0; t < T; t += block) {
+    runner.forward(ids.data() + t, std::min(block, T - t), false, tap);
+    if (opt.progress) opt.progress(std::min(block, T - t));
+  }
+  const auto e0 = std::chrono::steady_clock::now();
+  writer.end_sequence();  // closes the datasets: chunks still cached are compressed and written here
+  st.write_s += seconds_since(e0);
   st.record_s = seconds_since(t0);
   return st;
 }

@@ -26,6 +26,9 @@ struct RecordOptions {
   bool pre = false;      // also q_pre, k_pre
   bool output = false;   // also o, the attention output
   int64_t block = 256;   // tokens per recording forward call
+  // Called after each generated token and each recorded block with the units of work done in
+  // this call (one per generated token, one per recorded token): for progress display.
+  std::function<void(int64_t units)> progress;
 };
 
 struct PromptSpec {
@@ -40,11 +43,15 @@ struct RecordStats {
   int64_t prompt_tokens = 0, tokens = 0;
   double generate_s = 0;  // pass 1
   double record_s = 0;    // pass 2, including writing
-  double write_s = 0;     // of which inside TraceWriter::write
+  double write_s = 0;     // of which inside the TraceWriter (begin_sequence, write, end_sequence)
 };
 
 traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, const std::string& recorder,
                                      const std::string& device);
+
+// Tokens this prompt will generate (resolves -1 = fill and the per-prompt override); throws
+// UsageError when the prompt is empty or prompt + generation exceed the context.
+int64_t tokens_to_generate(const ModelConfig& config, const PromptSpec& prompt, const RecordOptions& opt);
 
 // Records one sequence into `writer` (begin_sequence .. end_sequence). `tok` may be null (no text).
 RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt,

@@ -136,10 +136,6 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return out;
 }
 
-}  // namespace kvsim::model
-
-namespace kvsim::model {
-
 std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& model_path, const std::string& explicit_path) {
   namespace fs = std::filesystem;
   if (!explicit_path.empty()) {

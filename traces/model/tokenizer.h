@@ -62,11 +62,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 // "1 410, 469 347" -> ids; throws UsageError on anything that is not a non-negative integer.
 std::vector<int32_t> parse_ids(const std::string& s);
 
-}  // namespace kvsim::model
-
-namespace kvsim::model {
 // The tokenizer for a model: `explicit_path` if given; otherwise, for a Hugging Face directory, its
 // tokenizer.model or tokenizer.bin; for a llama2.c checkpoint, tok512.bin or tokenizer.bin next to
 // it. Throws UsageError naming the places it looked.
 std::unique_ptr<Tokenizer> tokenizer_for_model(const std::string& model_path, const std::string& explicit_path);
+
 }  // namespace kvsim::model

@@ -5,6 +5,8 @@
 # sequence, and the model's attention output o for the first one ("with_o": true), so that the
 # self-check test (tests/test_model_trace.cpp) can recompute attention from q, k, v.
 # Run from the project root after building: bash traces/samples/regenerate.sh [path/to/kvsim]
+# The token ids are reproduced exactly; the tensors to float32 rounding (max |diff| ~2e-5 seen
+# between builds), since OpenBLAS kernels and summation order depend on the CPU and the code.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KVSIM=${1:-build/kvsim}
