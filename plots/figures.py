@@ -5,7 +5,7 @@ import memory_figure as mem
 import store_figures as sf
 import trace_figures as tf
 from kvsim_store import PlotError, better, metric_label
-from kvsim_style import SIZES, percent, strategy_order
+from kvsim_style import SIZES, percent, strategy_order, wrap_spec
 
 DEFAULT_TARGET = 0.25
 COMPARE_TARGETS = [0.125, 0.25, 0.5]
@@ -27,7 +27,7 @@ def _with_legend(a, kind, n_entries, ncol=3, default=None):
     fig = _fig(a, kind, default)
     rows = -(-n_entries // ncol)
     h = fig.get_figheight()
-    leg_h = min(0.45 * h, 0.13 * rows + 0.05)
+    leg_h = min(0.45 * h, 0.115 * rows + 0.02)
     gs = fig.add_gridspec(2, 1, height_ratios=[h - leg_h, leg_h])
     return fig, fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
 
@@ -80,7 +80,7 @@ def heatmap(a, store):
     fig = _fig(a, "heatmap")
     ax = fig.add_subplot()
     sf.draw_heatmap(fig, ax, heads, a.metric, a.stat, store.shape,
-                    f"{row.spec}\nmemory {percent(row.ratio)}, mean {row.value:.3g}")
+                    f"{wrap_spec(row.spec)}\nmemory {percent(row.ratio)}, {a.stat} {row.value:.3g}")
     return fig, store.synthetic
 
 
@@ -104,9 +104,10 @@ def _memory_args(a, store):
 def memory(a, store):
     df, quality, shape, gpu, weights, batch = _memory_args(a, store)
     n = 1 + (df.strategy.nunique() if df is not None else 0)
-    fig, ax, lax = _with_legend(a, "memory", n, ncol=2, default=(3.5, 3.2 + 0.06 * max(0, n - 8)))
+    handles_max = 1 + (df.strategy.nunique() if df is not None else 0)
+    fig, ax, lax = _with_legend(a, "memory", min(n, 10), ncol=1)
     handles = mem.draw_memory(ax, df, a.metric, quality, shape, gpu, weights, batch, a.max_tokens)
-    sf.legend_below(fig, lax, handles, ncol=2)
+    sf.legend_below(fig, lax, handles[:handles_max], ncol=1 if len(handles) <= 10 else 2)
     return fig, bool(store and store.synthetic)
 
 

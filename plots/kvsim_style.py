@@ -53,9 +53,9 @@ SIZES = {
     "compare": (7.0, 3.0),
     "compare1": (3.5, 3.0),
     "heatmap": (3.5, 2.8),
-    "position": (3.5, 3.0),
+    "position": (3.5, 3.4),
     "trace": (7.0, 5.6),
-    "memory": (3.5, 3.2),
+    "memory": (3.5, 3.6),
     "report": (7.0, 9.0),
 }
 DEFAULT_DPI = 300
@@ -149,8 +149,12 @@ def new_figure(kind, size=None, **kw):
 def synthetic_note(fig, synthetic):
     """Marks figures made from synthetic traces, which are never fidelity claims."""
     if synthetic:
-        fig.text(0.995, 0.003, "synthetic data", ha="right", va="bottom", fontsize=6, color=_C["grey"],
-                 style="italic")
+        strip = 0.11 / fig.get_figheight()  # a strip along the bottom edge, kept free by the layout engine
+        eng = fig.get_layout_engine()
+        if eng is not None and hasattr(eng, "set"):
+            eng.set(rect=(0, strip, 1, 1 - strip))
+        fig.text(0.995, 0.002, "synthetic data: not for fidelity claims", ha="right", va="bottom", fontsize=5.5,
+                 color="#777777", style="italic")
 
 
 def save(fig, out_dir, stem, formats, dpi):
@@ -167,4 +171,17 @@ def save(fig, out_dir, stem, formats, dpi):
 def percent(x, _pos=None):
     """Tick formatter for memory ratios: 0.125 -> '12.5%'."""
     v = 100.0 * x
-    return f"{v:.0f}%" if abs(v - round(v)) < 1e-6 or v >= 10 else f"{v:.3g}%"
+    return f"{v:.3g}%" if v >= 10 else f"{v:.2g}%"
+
+
+def wrap_spec(spec, width=48):
+    """A long canonical spec split after commas into lines of at most width characters."""
+    lines, cur = [], ""
+    for part in spec.replace(":", ": ", 1).split(","):
+        piece = part if not cur else "," + part
+        if cur and len(cur) + len(piece) > width:
+            lines.append(cur + ",")
+            cur = part
+        else:
+            cur += piece
+    return "\n".join(lines + [cur])

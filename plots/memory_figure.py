@@ -66,18 +66,17 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
     avail = (gpu_gib - weights_gib) * GIB
     if avail <= 0:
         raise PlotError(f"--gpu-gib {gpu_gib:g} leaves nothing after {weights_gib:.1f} GiB of weights")
-    lines = [("full (fp16)", 1.0)]
+    lines = [("full (fp16)", 1.0, "full")]
     if df is not None:
-        pick = select(df, metric, quality)
-        lines += sorted(((s, float(pick.set_index("strategy").ratio[s])) for s in strategy_order(pick.strategy)),
-                        key=lambda x: -x[1])
-    oom = {name: avail / (per_tok * r) for name, r in lines}
+        pick = select(df, metric, quality).set_index("strategy")
+        lines += _group_ties([(s, float(pick.ratio[s])) for s in strategy_order(pick.index)])
+    oom = {name: avail / (per_tok * r) for name, r, _ in lines}
     hi = max_tokens or 2 ** math.ceil(math.log2(max(oom.values()) * 1.6))
     hi = min(max(hi, 2 ** 12), 2 ** 30)
     T = np.logspace(10, math.log2(hi), 200, base=2)
     handles = []
-    for name, r in lines:
-        st = strategy_style("full" if name.startswith("full") else name)
+    for name, r, style_of in lines:
+        st = strategy_style(style_of)
         gib = per_tok * r * T / GIB
         ax.plot(T, gib, color=st["color"], ls=st["linestyle"], lw=1.1 if name != lines[0][0] else 1.6)
         t_oom = oom[name]
@@ -86,7 +85,7 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
                     ms=4.5, zorder=4)
         handles.append(Line2D([], [], color=st["color"], ls=st["linestyle"], marker=st["marker"], mfc=st["mfc"],
                               mec=st["mec"], ms=3.5,
-                              label=f"{name} {percent(r)}: OOM at {tokens_str(t_oom)}"))
+                              label=f"{percent(r)} {name}: {tokens_str(t_oom)}"))
     ax.axhline(gpu_gib, color="black", lw=0.9, ls="-")
     ax.text(T[0] * 1.1, gpu_gib * 1.08, f"GPU {gpu_gib:g} GiB", fontsize=6, va="bottom")
     if weights_gib > 0:
@@ -96,7 +95,7 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlim(T[0], T[-1])
-    ax.set_ylim(per_tok * min(r for _, r in lines) * T[0] / GIB / 1.5, gpu_gib * 4)
+    ax.set_ylim(per_tok * min(r for _, r, _ in lines) * T[0] / GIB / 1.5, gpu_gib * 4)
     ax.xaxis.set_major_locator(LogLocator(base=2, numticks=30))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: tokens_str(v) if _is_even_pow2(v) else ""))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -106,9 +105,26 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
     title = f"{label} (L={L}, Hkv={Hkv}, D={D})"
     if df is not None:
         rel = "≥" if better(metric) > 0 else "≤"
-        title += f"\neach strategy at its least memory with {metric} {rel} {quality:g}"
+        title += f"\neach strategy at its least memory with {metric} {rel} {quality:g};\nlegend: memory ratio, strategy: sequence length at OOM"
     ax.set_title(title, fontsize=7)
     return handles
+
+
+def _group_ties(pairs):
+    """(label, ratio, style strategy) per distinct ratio: strategies whose chosen ratios agree within 0.5%
+    draw one line (they would overlap exactly), named together."""
+    groups = []
+    for s, r in sorted(pairs, key=lambda x: -x[1]):
+        if groups and abs(groups[-1][1] - r) <= 0.005 * r:
+            groups[-1][0].append(s)
+        else:
+            groups.append(([s], r))
+    out = []
+    for names, r in groups:
+        names = strategy_order(names)
+        label = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+        out.append((label, sum(r2 for s2, r2 in pairs if s2 in names) / len(names), names[0]))
+    return out
 
 
 def _is_even_pow2(v):

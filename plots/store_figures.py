@@ -70,8 +70,8 @@ def draw_pareto(ax, df, metric, stat="mean", yscale="auto"):
         for r, s in zeros:
             st = strategy_style(s)
             ax.plot([r], [y0], marker=st["marker"], color=st["color"], mfc=st["mfc"], ms=4, clip_on=False, zorder=5)
-        ax.annotate("exact", (max(r for r, _ in zeros), y0), xytext=(-3, 4), textcoords="offset points",
-                    ha="right", va="bottom", fontsize=6)
+        ax.annotate("exact", (max(r for r, _ in zeros), y0), xytext=(0, 5), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=6)
     if better(metric) > 0:
         ax.text(0.02, 0.02, "better: up and left", transform=ax.transAxes, fontsize=6, color="#666666")
     else:
@@ -108,7 +108,9 @@ def draw_compare(ax, df, metric, target, strategies, show_labels=True, xscale="a
                 lw=1.0 if v == best else 0.3, log=(scale == "log"))
         ax.text(v, yi, f" {v:.3g}", va="center", ha="left", fontsize=5.5)
     ax.set_yticks(y)
-    ax.set_yticklabels(rows if show_labels else [])
+    ax.set_yticklabels(rows)
+    if not show_labels:
+        ax.tick_params(axis="y", labelleft=False)
     ax.tick_params(axis="y", length=0)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.grid(axis="y", visible=False)
@@ -158,7 +160,7 @@ def draw_heatmap(fig, ax, heads, metric, stat, shape, title):
     cb = fig.colorbar(im, ax=ax, shrink=0.95, pad=0.02)
     cb.set_label(metric_label(metric, stat), fontsize=7)
     cb.ax.tick_params(labelsize=6)
-    if L * H <= 80:
+    if L <= 16 and H <= 16:
         lo, hi = np.nanmin(grid), np.nanmax(grid)
         for l in range(L):
             for h in range(H):

@@ -105,7 +105,7 @@ def draw_sink(fig, ax, st):
     cb = fig.colorbar(im, ax=ax, shrink=0.95, pad=0.02)
     cb.set_label(f"mass on first {st['sinks']} tokens", fontsize=7)
     cb.ax.tick_params(labelsize=6)
-    if L * H <= 80:
+    if L <= 16 and H <= 16:
         hi = st["sink"].max()
         for l in range(L):
             for h in range(H):
@@ -171,8 +171,7 @@ def draw_kmag(fig, ax, st):
     L, Hkv, D = st["L"], st["Hkv"], st["D"]
     m = st["kmag"].reshape(L * Hkv, D)
     rel = m / np.maximum(np.median(m, axis=1, keepdims=True), 1e-12)
-    im = ax.imshow(rel, aspect="auto", interpolation="nearest", cmap="magma",
-                   norm=mpl.colors.LogNorm(vmin=max(rel.min(), 0.1), vmax=max(rel.max(), 1.01)))
+    im = ax.imshow(rel, aspect="auto", interpolation="nearest", cmap="magma", vmin=0, vmax=max(rel.max(), 2.0))
     cb = fig.colorbar(im, ax=ax, shrink=0.95, pad=0.02)
     cb.set_label("mean |k| / row median", fontsize=7)
     cb.ax.tick_params(labelsize=6)
@@ -185,7 +184,7 @@ def draw_kmag(fig, ax, st):
     for l in range(1, L):
         ax.axhline(l * Hkv - 0.5, color="white", lw=0.4)
     ax.grid(False)
-    ax.set_title(f"key channel magnitude ({n_out} channels > 4× median)", fontsize=7)
+    ax.set_title(f"key channel magnitude: {n_out} of {L * Hkv * D} channels > 4× median", fontsize=7)
 
 
 def draw_trace_figure(fig, st):
@@ -195,5 +194,5 @@ def draw_trace_figure(fig, st):
     draw_concentration(fig, axs[1, 0], st)
     draw_kmag(fig, axs[1, 1], st)
     shape = f"L={st['L']} H={st['H']} Hkv={st['Hkv']} D={st['D']}"
-    fig.suptitle(f"{st['model']} ({shape}): {len(st['sequences'])} sequences, {st['tokens']} tokens, "
+    fig.suptitle(f"{st['model']} ({shape}): {len(st['sequences'])} sequence{'s' if len(st['sequences']) != 1 else ''}, {st['tokens']} tokens, "
                  f"{st['steps']} sampled query steps", fontsize=8)

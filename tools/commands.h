@@ -11,5 +11,6 @@ int& exit_status();
 
 void add_info(CLI::App& app);
 void add_synth(CLI::App& app);
+void add_plot(CLI::App& app);
 
 }  // namespace kvsim::tools

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   app.fallthrough();
   kvsim::tools::add_info(app);
   kvsim::tools::add_synth(app);
+  kvsim::tools::add_plot(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
