@@ -52,7 +52,7 @@ def compare(a, store):
     strategies = [s for s in strategy_order(df.strategy) if s != "full"]
     if not strategies:
         raise PlotError(f"{a.db}: only the full cache in the selected runs: nothing to compare")
-    default = SIZES["compare1"] if len(targets) == 1 else (min(10.5, 1.0 + 2.1 * len(targets)), SIZES["compare"][1])
+    default = compare_size(len(targets))
     fig = _fig(a, "compare", default)
     gs = fig.add_gridspec(2, len(targets), height_ratios=[1, 0.07])
     drawn = 0
@@ -71,6 +71,15 @@ def compare(a, store):
     lax.legend(handles=sf.compare_legend_handles(), loc="center", ncol=2, fontsize=6.5)
     fig.suptitle(f"{store.describe()}: each strategy's best configuration within the memory budget", fontsize=7)
     return fig, store.synthetic
+
+
+def compare_size(n_targets):
+    """One column for one budget, two columns for two or three, wider beyond."""
+    if n_targets == 1:
+        return SIZES["compare1"]
+    if n_targets <= 3:
+        return SIZES["compare"]
+    return (min(14.0, 2.3 * n_targets), SIZES["compare"][1])
 
 
 def heatmap(a, store):

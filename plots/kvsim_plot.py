@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kvsim_store import METRICS, QUALITY_METRICS, STATS, PlotError, Store, check_metric  # noqa: E402
+from model_shapes import parse_shape  # noqa: E402
 
 KINDS = {
     "pareto": "memory ratio against a metric, one line per strategy, the Pareto front marked (--db)",
@@ -130,6 +131,8 @@ def validate(a):
     for r in a.ratio or []:
         if not 0 < r <= 1:
             raise PlotError(f"--ratio {r:g}: a memory ratio is in (0, 1]")
+    if a.shape is not None:
+        parse_shape(a.shape)
     if a.steps is not None and a.steps < 1:
         raise PlotError(f"--steps {a.steps}: at least 1")
     if a.sinks is not None and a.sinks < 1:
