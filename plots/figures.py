@@ -139,46 +139,53 @@ def report(a, store):
     gs = fig.add_gridspec(4, 2, height_ratios=[2.7, 0.14 * rows + 0.1, 2.5, 2.6])
     ax = fig.add_subplot(gs[0, 0])
     handles = sf.draw_pareto(ax, df, metric, a.stat)
-    ax.set_title("(a) memory against error, all configurations", loc="left", fontsize=8)
+    _panel_title(ax, "(a) memory against error, all configurations", 8)
     ax = fig.add_subplot(gs[0, 1])
     sf.draw_compare(ax, df, metric, target, [s for s in strategies if s != "full"])
-    ax.set_title(f"(b) best of each strategy at memory ≤ {percent(target)}", loc="left", fontsize=8)
+    _panel_title(ax, f"(b) best of each strategy at memory ≤ {percent(target)}", 8)
     lax = fig.add_subplot(gs[1, :])
     lax.axis("off")
     lax.legend(handles=handles, loc="center", ncol=5, fontsize=6.5, handlelength=2.2, columnspacing=1.2)
     ax = fig.add_subplot(gs[2, 0])
     if store.has_curves(metric):
         sf.draw_position(ax, store, df, metric, target, [s for s in strategies if s != "full"])
-    ax.set_title(f"(c) {metric} along the sequence, memory ≤ {percent(target)}", loc="left", fontsize=8)
+    _panel_title(ax, f"(c) {metric} along the sequence, memory ≤ {percent(target)}", 8)
     ax = fig.add_subplot(gs[2, 1])
     row = sf.pick_heatmap_config(df, metric, target, a.config)
     sf.draw_heatmap(fig, ax, store.heads(int(row.config_id), metric, a.stat), metric, a.stat, store.shape, "")
-    ax.set_title(f"(d) per head: {row.spec if len(row.spec) < 44 else row.strategy}", loc="left", fontsize=7)
+    _panel_title(ax, f"(d) per head: {row.strategy} at {percent(row.ratio)} memory", 7)
     ax = fig.add_subplot(gs[3, 0])
     mdf, quality, shape, gpu, weights, batch = _memory_args(a, store)
     mh = mem.draw_memory(ax, mdf, metric, quality, shape, gpu, weights, batch)
-    ax.set_title(f"(e) KV memory, {shape[0]}, {metric} {'≥' if better(metric) > 0 else '≤'} {quality:g}", loc="left", fontsize=7)
-    keep = [mh[0]] + sorted(mh[1:], key=lambda h: -_oom_of(h))[:5]
+    _panel_title(ax, f"(e) KV memory, {shape[0]}, {metric} {'≥' if better(metric) > 0 else '≤'} {quality:g}", 7)
+    longest = sorted(mh[1:], key=lambda h: -_oom_of(h))[:5]  # the five that reach furthest, in ratio order
+    keep = [mh[0]] + [h for h in mh[1:] if h in longest]
     ax.legend(handles=keep, loc="lower right", fontsize=5, handlelength=2.0, borderaxespad=0.2)
     ax = fig.add_subplot(gs[3, 1])
     synthetic = store.synthetic
     if a.trace:
         st = tf.analyse(a.trace, None, a.steps or 32, a.sinks or 4)
         tf.draw_sink(fig, ax, st)
-        ax.set_title(f"(f) attention-sink mass, {st['model']}", loc="left", fontsize=7)
+        _panel_title(ax, f"(f) attention-sink mass, {st['model']}", 7)
         synthetic = synthetic or st["synthetic"]
     else:
         mdf2 = store.configs("mass", "mean") if "mass" in store.metrics else None
         if mdf2 is not None:
             sf.draw_pareto(ax, mdf2, "mass", "mean")
-        ax.set_title("(f) memory against retained attention mass", loc="left", fontsize=7)
+        _panel_title(ax, "(f) memory against retained attention mass", 7)
     fig.suptitle(f"kvsim report: {store.describe()}", fontsize=9)
     return fig, synthetic
 
 
+def _panel_title(ax, text, size):
+    """The report's panel letter and title, left-aligned, replacing the single figure's centred title."""
+    ax.set_title("")
+    ax.set_title(text, loc="left", fontsize=size)
+
+
 def _oom_of(handle):
     label = handle.get_label()
-    v = label.rsplit("OOM at ", 1)[-1]
+    v = label.rsplit(": ", 1)[-1]
     mult = {"K": 2 ** 10, "M": 2 ** 20}.get(v[-1:], 1)
     try:
         return float(v.rstrip("KM")) * mult
