@@ -1,4 +1,6 @@
 """Assembles each plot kind's figure (and the multi-panel report) from the draw_* functions."""
+import textwrap
+
 import matplotlib.pyplot as plt
 
 import memory_figure as mem
@@ -147,13 +149,17 @@ def report(a, store):
     lax.axis("off")
     lax.legend(handles=handles, loc="center", ncol=5, fontsize=6.5, handlelength=2.2, columnspacing=1.2)
     ax = fig.add_subplot(gs[2, 0])
-    if store.has_curves(metric):
-        sf.draw_position(ax, store, df, metric, target, [s for s in strategies if s != "full"])
+    _optional_panel(ax, lambda: sf.draw_position(ax, store, df, metric, target, [s for s in strategies if s != "full"]))
     _panel_title(ax, f"(c) {metric} along the sequence, memory ≤ {percent(target)}", 8)
     ax = fig.add_subplot(gs[2, 1])
-    row = sf.pick_heatmap_config(df, metric, target, a.config)
-    sf.draw_heatmap(fig, ax, store.heads(int(row.config_id), metric, a.stat), metric, a.stat, store.shape, "")
-    _panel_title(ax, f"(d) per head: {row.strategy} at {percent(row.ratio)} memory", 7)
+
+    def heat():
+        row = sf.pick_heatmap_config(df, metric, target, a.config)
+        sf.draw_heatmap(fig, ax, store.heads(int(row.config_id), metric, a.stat), metric, a.stat, store.shape, "")
+        return f"{row.strategy} at {percent(row.ratio)} memory"
+
+    what = _optional_panel(ax, heat)
+    _panel_title(ax, f"(d) per head: {what or 'no configuration'}", 7)
     ax = fig.add_subplot(gs[3, 0])
     mdf, quality, shape, gpu, weights, batch = _memory_args(a, store)
     mh = mem.draw_memory(ax, mdf, metric, quality, shape, gpu, weights, batch)
@@ -175,6 +181,19 @@ def report(a, store):
         _panel_title(ax, "(f) memory against retained attention mass", 7)
     fig.suptitle(f"kvsim report: {store.describe()}", fontsize=9)
     return fig, synthetic
+
+
+def _optional_panel(ax, draw):
+    """Draws a report panel; data the store lacks (no curves, no per-head rows) leaves a note, not a failure."""
+    try:
+        return draw()
+    except PlotError as e:
+        ax.cla()
+        ax.axis("off")
+        t = ax.text(0.5, 0.5, textwrap.fill(str(e), 48, break_long_words=True), ha="center", va="center",
+                    fontsize=6.5, color="#666666", transform=ax.transAxes)
+        t.set_in_layout(False)
+        return None
 
 
 def _panel_title(ax, text, size):

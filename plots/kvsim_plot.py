@@ -154,7 +154,7 @@ def main(argv):
         store.require_metric(a.metric, METRICS if a.kind == "position" else QUALITY_METRICS)
     elif store is not None:
         store.require_metric(a.metric)
-    if store is not None and a.kind in ("position", "report") and not store.has_curves(a.metric):
+    if store is not None and a.kind == "position" and not store.has_curves(a.metric):
         raise PlotError(f"{a.db}: no per-position curves of '{a.metric}' in the selected runs")
 
     import kvsim_style

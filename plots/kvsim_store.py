@@ -160,6 +160,10 @@ class Store:
         df = pd.read_sql_query(
             f"SELECT layer, head, {stat} AS value FROM summaries "
             f"WHERE layer >= 0 AND head >= 0 AND metric = ? AND run_id IN ({ids})", self.con, params=(metric,))
+        if df.empty:
+            spec = next(r["spec"] for r in self.runs if r["config_id"] == config_id)
+            raise PlotError(f"{self.path}: no per-(layer, head) '{metric}' rows for {spec}")
+        df["value"] = df.value.astype(float)
         return df.groupby(["layer", "head"], as_index=False).value.mean()
 
     def curve(self, config_id, metric):
