@@ -76,14 +76,13 @@ def main():
         jobs = {
             "pareto": (["pareto", "--db", db], SIZES["pareto"]),
             "compare": (["compare", "--db", db], SIZES["compare"]),
-            "heatmap": (["heatmap", "--db", db, "--config", "h2o:gqa=mean,ratio=0.25,recent=8,sinks=4"],
-                        SIZES["heatmap"]),
+            "heatmap": (["heatmap", "--db", db, "--config", "h2o:gqa=mean,ratio=0.25,recent=8,sinks=4",
+                         "--size", "4x3"], (4.0, 3.0)),
             "position": (["position", "--db", db, "--metric", "mass"], SIZES["position"]),
             "trace": (["trace", "--trace", trace, "--steps", "16"], SIZES["trace"]),
             "memory": (["memory", "--db", db, "--shape", "llama3-8b", "--gpu-gib", "80", "--minus-weights"],
                        SIZES["memory"]),
             "report": (["report", "--db", db, "--trace", trace, "--steps", "16"], SIZES["report"]),
-            "sized": (["memory", "--shape", "32x8x128", "--size", "4x3", "--name", "sized"], (4.0, 3.0)),
         }
         with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
             # PDF for two kinds only: drawing twice is most of a render's time
