@@ -71,7 +71,8 @@ def compare(a, store):
     lax = fig.add_subplot(gs[1, :])
     lax.axis("off")
     lax.legend(handles=sf.compare_legend_handles(), loc="center", ncol=2, fontsize=6.5)
-    fig.suptitle(f"{store.describe()}: each strategy's best configuration within the memory budget", fontsize=7)
+    sep = ": " if len(targets) > 1 else "\n"
+    fig.suptitle(f"{store.describe()}{sep}each strategy's best configuration within the memory budget", fontsize=7)
     return fig, store.synthetic
 
 
@@ -114,11 +115,11 @@ def _memory_args(a, store):
 
 def memory(a, store):
     df, quality, shape, gpu, weights, batch = _memory_args(a, store)
-    n = 1 + (df.strategy.nunique() if df is not None else 0)
-    handles_max = 1 + (df.strategy.nunique() if df is not None else 0)
-    fig, ax, lax = _with_legend(a, "memory", min(n, 10), ncol=1)
+    n = len(mem.memory_lines(df, a.metric, quality))
+    ncol = 1 if n <= 10 else 2
+    fig, ax, lax = _with_legend(a, "memory", n, ncol=ncol)
     handles = mem.draw_memory(ax, df, a.metric, quality, shape, gpu, weights, batch, a.max_tokens)
-    sf.legend_below(fig, lax, handles[:handles_max], ncol=1 if len(handles) <= 10 else 2)
+    sf.legend_below(fig, lax, handles, ncol=ncol)
     return fig, bool(store and store.synthetic)
 
 

@@ -36,10 +36,7 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
     avail = (gpu_gib - weights_gib) * GIB
     if avail <= 0:
         raise PlotError(f"--gpu-gib {gpu_gib:g} leaves nothing after {weights_gib:.1f} GiB of weights")
-    lines = [("full (fp16)", 1.0, "full")]
-    if df is not None:
-        pick = select(df, metric, quality).set_index("strategy")
-        lines += _group_ties([(s, float(pick.ratio[s])) for s in strategy_order(pick.index)])
+    lines = memory_lines(df, metric, quality)
     oom = {name: avail / (per_tok * r) for name, r, _ in lines}
     hi = max_tokens or 2 ** math.ceil(math.log2(max(oom.values()) * 1.6))
     hi = min(max(hi, 2 ** 12), 2 ** 30)
@@ -60,8 +57,8 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
     ax.text(T[0] * 1.1, gpu_gib * 1.08, f"GPU {gpu_gib:g} GiB", fontsize=6, va="bottom")
     if weights_gib > 0:
         ax.axhline(avail / GIB, color="#666666", lw=0.8, ls="--")
-        ax.text(T[0] * 1.1, avail / GIB / 1.08, f"minus weights ({weights_gib:.1f} GiB)", fontsize=6, va="top",
-                color="#444444")
+        ax.text(T[0] * 1.1, avail / GIB / 1.08, f"left after {weights_gib:.1f} GiB of weights", fontsize=6,
+                va="top", color="#444444")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlim(T[0], T[-1])
@@ -95,6 +92,15 @@ def _group_ties(pairs):
         label = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
         out.append((label, sum(r2 for s2, r2 in pairs if s2 in names) / len(names), names[0]))
     return out
+
+
+def memory_lines(df, metric, quality):
+    """(label, ratio, strategy whose style it takes): the full cache, then one line per distinct ratio."""
+    lines = [("full (fp16)", 1.0, "full")]
+    if df is not None:
+        pick = select(df, metric, quality).set_index("strategy")
+        lines += _group_ties([(s, float(pick.ratio[s])) for s in strategy_order(pick.index)])
+    return lines
 
 
 def _is_even_pow2(v):
