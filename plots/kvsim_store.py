@@ -110,27 +110,27 @@ class Store:
         self.synthetic = all(r["synthetic"] for r in runs)
         self.shape = {k: runs[0][k] for k in ("L", "H", "Hkv", "D")}
         self.run_ids = [r["run_id"] for r in runs]
-        ids = ",".join(str(i) for i in self.run_ids)
         self.metrics = sorted({m for (m,) in self.con.execute(
-            f"SELECT DISTINCT metric FROM summaries WHERE layer = -1 AND run_id IN ({ids})")})
+            "SELECT DISTINCT metric FROM summaries WHERE layer = -1")})
 
     def require_metric(self, metric, allowed=QUALITY_METRICS):
         check_metric(metric, allowed)
         if metric not in self.metrics:
-            raise PlotError(f"{self.path}: no '{metric}' results in the selected runs "
+            raise PlotError(f"{self.path}: no '{metric}' results in the store "
                             f"(have {', '.join(m for m in METRICS if m in self.metrics)})")
         if "ratio" not in self.metrics:
-            raise PlotError(f"{self.path}: no 'ratio' results in the selected runs (every run reports it)")
+            raise PlotError(f"{self.path}: no 'ratio' results in the store (every run reports it)")
 
     def configs(self, metric, stat="mean"):
         """DataFrame, one row per configuration: strategy, spec, params, ratio (mean), value (stat of metric),
         n_runs. Values are means over the selected runs (sequences, traces); 'worst' takes the worst run."""
         import pandas as pd
 
-        ids = ",".join(str(i) for i in self.run_ids)
+        # no IN list of run ids: a big sweep's list would pass SQLite's statement length limit
         df = pd.read_sql_query(
-            f"SELECT run_id, metric, mean, p5, p50, p95, worst FROM summaries "
-            f"WHERE layer = -1 AND metric IN ('ratio', ?) AND run_id IN ({ids})", self.con, params=(metric,))
+            "SELECT run_id, metric, mean, p5, p50, p95, worst FROM summaries "
+            "WHERE layer = -1 AND metric IN ('ratio', ?)", self.con, params=(metric,))
+        df = df[df.run_id.isin(set(self.run_ids))]
         runs = pd.DataFrame(self.runs)[["run_id", "config_id", "strategy", "spec", "params_json"]]
         ratio = df[df.metric == "ratio"][["run_id", "mean"]].rename(columns={"mean": "ratio"})
         val = df[df.metric == metric][["run_id", stat]].rename(columns={stat: "value"})
@@ -179,9 +179,8 @@ class Store:
                                                        "value": "mean"})
 
     def has_curves(self, metric):
-        ids = ",".join(str(i) for i in self.run_ids)
-        return self.con.execute(f"SELECT 1 FROM curves WHERE metric = ? AND run_id IN ({ids}) LIMIT 1",
-                                (metric,)).fetchone() is not None
+        ids = {i for (i,) in self.con.execute("SELECT DISTINCT run_id FROM curves WHERE metric = ?", (metric,))}
+        return not ids.isdisjoint(self.run_ids)
 
     def describe(self):
         n_seq = len({(r["trace_id"], r["sequence"]) for r in self.runs})

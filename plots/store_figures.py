@@ -175,7 +175,7 @@ def draw_heatmap(fig, ax, heads, metric, stat, shape, title):
     G = H // Hkv if Hkv else 1
     if G > 1 and Hkv <= 16:
         for g in range(1, Hkv):
-            ax.axvline(g * G - 0.5, color="white", lw=1.2)
+            ax.axvline(g * G - 0.5, color="white", lw=1.2 if Hkv <= 4 else 0.6)
     ax.set_xlabel(f"query head (white lines: KV groups of G = {G})" if G > 1 else "query head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(0, H, 1 if H <= 16 else (4 if H <= 64 else 8)))
