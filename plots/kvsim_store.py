@@ -194,7 +194,7 @@ def _params(js):
         return {}
 
 
-def best_under(df, target, metric, tol=0.02):
+def best_under(df, target, metric, tol=0.05):
     """Per strategy, the configuration with the best value among those with ratio <= target * (1 + tol)
     (a budget stated as a ratio costs slightly more than the ratio: indices, scales, the new token)."""
     sel = df[df.ratio <= target * (1 + tol)]
