@@ -4,6 +4,7 @@ import textwrap
 import matplotlib.pyplot as plt
 
 import memory_figure as mem
+import model_shapes
 import store_figures as sf
 import trace_figures as tf
 from kvsim_store import PlotError, better, metric_label
@@ -106,9 +107,9 @@ def position(a, store):
 
 
 def _memory_args(a, store):
-    shape = mem.parse_shape(a.shape or "llama3-8b")
+    shape = model_shapes.parse_shape(a.shape or "llama3-8b")
     weights = mem.weights_gib_of(shape, a.minus_weights, a.weights_gib)
-    quality = a.quality if a.quality is not None else mem.DEFAULT_QUALITY.get(a.metric, 0.1)
+    quality = a.quality if a.quality is not None else model_shapes.DEFAULT_QUALITY.get(a.metric, 0.1)
     df = store.configs(a.metric, "mean") if store is not None else None
     return df, quality, shape, a.gpu_gib or 80.0, weights, a.batch or 1
 

@@ -11,8 +11,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from kvsim_store import PlotError, better, metric_label
-from model_shapes import DEFAULT_QUALITY, SHAPES, parse_shape  # noqa: F401 - re-exported
+from kvsim_store import PlotError, better
 from kvsim_style import percent, strategy_order, strategy_style
 
 GIB = 1024 ** 3
@@ -124,8 +123,3 @@ def weights_gib_of(shape, minus_weights, weights_gib):
     if shape[4] is None:
         raise PlotError(f"--minus-weights needs a named --shape (or give --weights-gib) for {shape[0]}")
     return shape[4] * 1e9 * 2 / GIB
-
-
-def describe_choice(metric, quality):
-    rel = "≥" if better(metric) > 0 else "≤"
-    return f"{metric_label(metric)} {rel} {quality:g}"

@@ -79,7 +79,7 @@ def analyse(path, sequences=None, steps=48, sinks=4, seed=0):
 
 
 def _layer_stats(out, l, q, k, idx, G, D, sinks):
-    S, T = len(idx), k.shape[1]
+    T = k.shape[1]
     causal = np.arange(T)[None, :] <= idx[:, None]  # [S, T]
     n = idx + 1.0
     for g in range(k.shape[0]):
@@ -166,8 +166,6 @@ def draw_concentration(fig, ax, st):
 
 def draw_kmag(fig, ax, st):
     """Mean |k| per channel relative to the median channel of its (layer, KV head): outlier channels stand out."""
-    import matplotlib as mpl
-
     L, Hkv, D = st["L"], st["Hkv"], st["D"]
     m = st["kmag"].reshape(L * Hkv, D)
     rel = m / np.maximum(np.median(m, axis=1, keepdims=True), 1e-12)
