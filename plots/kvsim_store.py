@@ -184,7 +184,9 @@ class Store:
 
     def describe(self):
         n_seq = len({(r["trace_id"], r["sequence"]) for r in self.runs})
-        return f"{self.model}, {n_seq} sequence{'s' if n_seq != 1 else ''}"
+        from kvsim_style import short_model
+
+        return f"{short_model(self.model or '?')}, {n_seq} sequence{'s' if n_seq != 1 else ''}"
 
 
 def _params(js):

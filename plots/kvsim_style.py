@@ -185,3 +185,11 @@ def wrap_spec(spec, width=48):
         else:
             cur += piece
     return "\n".join(lines + [cur])
+
+
+def short_model(name):
+    """A model recorded from a file path is named by the file: '../m/stories260K.bin' -> 'stories260K'."""
+    if "/" not in name:
+        return name
+    base = os.path.basename(name.rstrip("/"))
+    return os.path.splitext(base)[0] or name

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from kvsim_store import PlotError
+from kvsim_style import short_model
 
 # Fractions of a row's keys (kept by attention, largest first) at which concentration is read.
 KEEP_FRACS = np.array([0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
@@ -50,7 +51,7 @@ def analyse(path, sequences=None, steps=48, sinks=4, seed=0):
                 raise PlotError(f"{path}: no sequence {missing[0]} (have {', '.join(names)})")
             names = [s for s in names if s in sequences]
         model = a.get("model", "")
-        model = model.decode() if isinstance(model, bytes) else str(model)
+        model = short_model(model.decode() if isinstance(model, bytes) else str(model))
         out = {"L": L, "H": H, "Hkv": Hkv, "D": D, "model": model, "synthetic": bool(int(a.get("synthetic", 0))),
                "sequences": names, "sinks": sinks,
                "sink": np.zeros((L, H)), "entropy": [[] for _ in range(L)], "concentration": np.zeros((L, len(KEEP_FRACS))),
