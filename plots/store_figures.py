@@ -39,22 +39,27 @@ def _memory_axis(ax, ratios):
 
 def draw_pareto(ax, df, metric, stat="mean", yscale="auto"):
     """Every configuration as a point; per strategy its own front as a line; the overall front as a grey
-    staircase with ringed points. Returns legend handles."""
+    staircase with ringed points. On a log axis, values far below every compressed configuration (the full
+    cache: 0, or float rounding such as 1e-7) sit on the bottom edge marked "exact". Returns legend handles."""
     scale = choose_yscale(df.value[df.strategy != "full"], metric, yscale)
+    floor = None
+    if scale == "log":
+        pos = df.value[(df.value > 0) & (df.strategy != "full")]
+        floor = pos.min() / 4 if len(pos) else 1e-9
     handles = []
     front = df.loc[pareto_front(df, metric)].sort_values("ratio")
-    plot_front = front[front.value > 0] if scale == "log" else front
-    ax.step(plot_front.ratio, plot_front.value, where="post", color="#c8c8c8", lw=5, alpha=0.8, zorder=1,
-            solid_capstyle="round")
-    ax.scatter(plot_front.ratio, plot_front.value, s=52, facecolors="none", edgecolors="black", lw=0.7, zorder=4)
-    zeros = []
+    shown = front.value.clip(lower=floor) if floor else front.value
+    ax.step(front.ratio, shown, where="post", color="#c8c8c8", lw=5, alpha=0.8, zorder=1, solid_capstyle="round")
+    ring = front[front.value >= floor] if floor else front
+    ax.scatter(ring.ratio, ring.value, s=52, facecolors="none", edgecolors="black", lw=0.7, zorder=4)
+    exact = []
     for s in strategy_order(df.strategy):
         d = df[df.strategy == s].sort_values("ratio")
         st = strategy_style(s)
         own = d.loc[pareto_front(d, metric)].sort_values("ratio")
-        if scale == "log":
-            zeros += [(r, s) for r in d.ratio[d.value <= 0]]
-            d, own = d[d.value > 0], own[own.value > 0]
+        if floor:
+            exact += [(r, s) for r in d.ratio[d.value < floor]]
+            d, own = d[d.value >= floor], own[own.value >= floor]
         ax.plot(own.ratio, own.value, color=st["color"], ls=st["linestyle"], lw=1.1, zorder=2)
         ax.plot(d.ratio, d.value, ls="none", marker=st["marker"], color=st["color"], mfc=st["mfc"], mec=st["mec"],
                 ms=3.6, mew=0.8, zorder=3)
@@ -65,17 +70,17 @@ def draw_pareto(ax, df, metric, stat="mean", yscale="auto"):
     ax.set_yscale(scale)
     _memory_axis(ax, df.ratio)
     ax.set_ylabel(metric_label(metric, stat))
-    if zeros:  # exact configurations (error 0) sit on the bottom edge of a log axis
-        y0 = ax.get_ylim()[0]
-        for r, s in zeros:
+    if floor:
+        ax.set_ylim(bottom=floor)
+    if exact:
+        for r, s in exact:
             st = strategy_style(s)
-            ax.plot([r], [y0], marker=st["marker"], color=st["color"], mfc=st["mfc"], ms=4, clip_on=False, zorder=5)
-        ax.annotate("exact", (max(r for r, _ in zeros), y0), xytext=(0, 5), textcoords="offset points",
+            ax.plot([r], [floor], marker=st["marker"], color=st["color"], mfc=st["mfc"], mec=st["mec"], ms=4.5,
+                    clip_on=False, zorder=5)
+        ax.annotate("exact", (max(r for r, _ in exact), floor), xytext=(0, 5), textcoords="offset points",
                     ha="center", va="bottom", fontsize=6)
-    if better(metric) > 0:
-        ax.text(0.02, 0.02, "better: up and left", transform=ax.transAxes, fontsize=6, color="#666666")
-    else:
-        ax.text(0.02, 0.02, "better: down and left", transform=ax.transAxes, fontsize=6, color="#666666")
+    where = "up and left" if better(metric) > 0 else "down and left"
+    ax.text(0.02, 0.02, f"better: {where}", transform=ax.transAxes, fontsize=6, color="#666666")
     return handles
 
 
