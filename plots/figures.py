@@ -71,7 +71,7 @@ def compare(a, store):
         raise PlotError(f"no configuration has memory ≤ {', '.join(percent(t) for t in targets)}: choose --ratio")
     lax = fig.add_subplot(gs[1, :])
     lax.axis("off")
-    lax.legend(handles=sf.compare_legend_handles(), loc="center", ncol=2, fontsize=6.5)
+    lax.legend(handles=sf.compare_legend_handles(strategies), loc="center", ncol=2, fontsize=6.5)
     sep = ": " if len(targets) > 1 else "\n"
     fig.suptitle(f"{store.describe()}{sep}each strategy's best configuration within the memory budget", fontsize=7)
     return fig, store.synthetic

@@ -216,9 +216,10 @@ def draw_position(ax, store, df, metric, target, strategies):
     return handles
 
 
-def compare_legend_handles():
-    return [Patch(facecolor="#bbbbbb", edgecolor="white", hatch="/////", label="with a quantization codec"),
-            Patch(facecolor="white", edgecolor="black", label="best at this budget")]
+def compare_legend_handles(strategies):
+    codec = any(split_strategy(s)[1] for s in strategies)
+    return ([Patch(facecolor="#bbbbbb", edgecolor="white", hatch="/////", label="with a quantization codec")]
+            if codec else []) + [Patch(facecolor="white", edgecolor="black", label="best at this budget")]
 
 
 __all__ = ["draw_pareto", "draw_compare", "draw_heatmap", "draw_position", "pick_heatmap_config", "legend_below",
