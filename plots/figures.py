@@ -145,7 +145,12 @@ def report(a, store):
     handles = sf.draw_pareto(ax, df, metric, a.stat)
     _panel_title(ax, "(a) memory against error, all configurations", 8)
     ax = fig.add_subplot(gs[0, 1])
-    sf.draw_compare(ax, df, metric, target, [s for s in strategies if s != "full"])
+
+    def bars():
+        if not sf.draw_compare(ax, df, metric, target, [s for s in strategies if s != "full"]):
+            raise PlotError(f"no configuration with memory ≤ {percent(target)}")
+
+    _optional_panel(ax, bars)
     _panel_title(ax, f"(b) best of each strategy at memory ≤ {percent(target)}", 8)
     lax = fig.add_subplot(gs[1, :])
     lax.axis("off")
