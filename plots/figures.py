@@ -2,12 +2,13 @@
 import textwrap
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 import memory_figure as mem
 import model_shapes
 import store_figures as sf
 import trace_figures as tf
-from kvsim_store import PlotError, better, metric_label
+from kvsim_store import PlotError, best_under, better, metric_label, pareto_front
 from kvsim_style import SIZES, percent, strategy_order, wrap_spec
 
 DEFAULT_TARGET = 0.25
@@ -15,7 +16,8 @@ COMPARE_TARGETS = [0.125, 0.25, 0.5]
 
 
 def build(a, store):
-    """(figure, synthetic?) for the parsed arguments a and an open Store (or None)."""
+    """(figure, synthetic?, table of the plotted numbers or None) for the parsed arguments a and an open Store
+    (or None)."""
     fn = {"pareto": pareto, "compare": compare, "heatmap": heatmap, "position": position, "trace": trace,
           "memory": memory, "report": report}[a.kind]
     return fn(a, store)
@@ -46,7 +48,8 @@ def pareto(a, store):
     handles = sf.draw_pareto(ax, df, a.metric, a.stat, a.yscale or "auto")
     ax.set_title(f"{store.describe()}: {len(df)} configurations", fontsize=7)
     sf.legend_below(fig, lax, handles)
-    return fig, store.synthetic
+    table = df.assign(on_front=df.index.isin(pareto_front(df, a.metric)))
+    return fig, store.synthetic, _columns(table.rename(columns={"value": a.metric}), a.metric, ["on_front"])
 
 
 def compare(a, store):
@@ -74,7 +77,8 @@ def compare(a, store):
     lax.legend(handles=sf.compare_legend_handles(strategies), loc="center", ncol=2, fontsize=6.5)
     sep = ": " if len(targets) > 1 else "\n"
     fig.suptitle(f"{store.describe()}{sep}each strategy's best configuration within the memory budget", fontsize=7)
-    return fig, store.synthetic
+    table = pd.concat([best_under(df[df.strategy != "full"], t, a.metric).assign(budget=t) for t in targets])
+    return fig, store.synthetic, _columns(table.rename(columns={"value": a.metric}), a.metric, ["budget"])
 
 
 def compare_size(n_targets):
@@ -94,16 +98,17 @@ def heatmap(a, store):
     ax = fig.add_subplot()
     sf.draw_heatmap(fig, ax, heads, a.metric, a.stat, store.shape,
                     f"{wrap_spec(row.spec)}\nmemory {percent(row.ratio)}, {a.stat} {row.value:.3g}")
-    return fig, store.synthetic
+    return fig, store.synthetic, heads.rename(columns={"value": a.metric}).assign(spec=row.spec)
 
 
 def position(a, store):
     df = store.configs(a.metric, "mean")
     strategies = [s for s in strategy_order(df.strategy) if s != "full"]
     fig, ax, lax = _with_legend(a, "position", len(strategies), ncol=2)
-    handles = sf.draw_position(ax, store, df, a.metric, _target(a), strategies)
+    rows = []
+    handles = sf.draw_position(ax, store, df, a.metric, _target(a), strategies, rows)
     sf.legend_below(fig, lax, handles, ncol=2)
-    return fig, store.synthetic
+    return fig, store.synthetic, pd.DataFrame(rows)
 
 
 def _memory_args(a, store):
@@ -119,16 +124,18 @@ def memory(a, store):
     n = len(mem.memory_lines(df, a.metric, quality))
     ncol = 1 if n <= 10 else 2
     fig, ax, lax = _with_legend(a, "memory", n, ncol=ncol)
-    handles = mem.draw_memory(ax, df, a.metric, quality, shape, gpu, weights, batch, a.max_tokens)
+    handles, rows = mem.draw_memory(ax, df, a.metric, quality, shape, gpu, weights, batch, a.max_tokens)
     sf.legend_below(fig, lax, handles, ncol=ncol)
-    return fig, bool(store and store.synthetic)
+    return fig, bool(store and store.synthetic), pd.DataFrame(rows)
 
 
 def trace(a, store):
     st = tf.analyse(a.trace, a.sequence, a.steps or 48, a.sinks or 4)
     fig = _fig(a, "trace")
     tf.draw_trace_figure(fig, st)
-    return fig, st["synthetic"]
+    L, H = st["sink"].shape
+    table = pd.DataFrame([{"layer": l, "head": h, "sink_mass": st["sink"][l, h]} for l in range(L) for h in range(H)])
+    return fig, st["synthetic"], table
 
 
 def report(a, store):
@@ -169,7 +176,7 @@ def report(a, store):
     _panel_title(ax, f"(d) per head: {what or 'no configuration'}", 7)
     ax = fig.add_subplot(gs[3, 0])
     mdf, quality, shape, gpu, weights, batch = _memory_args(a, store)
-    mh = mem.draw_memory(ax, mdf, metric, quality, shape, gpu, weights, batch)
+    mh, _ = mem.draw_memory(ax, mdf, metric, quality, shape, gpu, weights, batch)
     _panel_title(ax, f"(e) KV memory, {shape[0]}, {metric} {'≥' if better(metric) > 0 else '≤'} {quality:g}", 7)
     longest = sorted(mh[1:], key=lambda h: -_oom_of(h))[:5]  # the five that reach furthest, in ratio order
     keep = [mh[0]] + [h for h in mh[1:] if h in longest]
@@ -187,7 +194,7 @@ def report(a, store):
             sf.draw_pareto(ax, mdf2, "mass", "mean")
         _panel_title(ax, "(f) memory against retained attention mass", 7)
     fig.suptitle(f"kvsim report: {store.describe()}", fontsize=9)
-    return fig, synthetic
+    return fig, synthetic, None
 
 
 def _optional_panel(ax, draw):
@@ -201,6 +208,10 @@ def _optional_panel(ax, draw):
                     fontsize=6.5, color="#666666", transform=ax.transAxes)
         t.set_in_layout(False)
         return None
+
+
+def _columns(df, metric, extra):
+    return df[["strategy", "spec", "params_json", "ratio", metric, "n_runs"] + extra]
 
 
 def _panel_title(ax, text, size):

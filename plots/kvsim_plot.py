@@ -42,6 +42,7 @@ OPTION_KINDS = {
     "batch": {"memory", "report"},
     "quality": {"memory", "report"},
     "max_tokens": {"memory"},
+    "csv": set(KINDS) - {"report"},
 }
 
 
@@ -63,6 +64,8 @@ def parse(argv):
     ap.add_argument("--format", default="png,pdf", help="comma-separated: png, pdf, svg (default png,pdf)")
     ap.add_argument("--dpi", type=int, default=300, help="PNG resolution (default 300, at least 150)")
     ap.add_argument("--size", help="figure size in inches, WxH (default: per kind, 3.5 in wide for one column)")
+    ap.add_argument("--csv", action="store_true", default=None,
+                    help="also write DIR/NAME.csv with the numbers the figure shows (not for report)")
     ap.add_argument("--quiet", action="store_true", help="print nothing on success")
     g = ap.add_argument_group("store selection")
     g.add_argument("--metric", help="metric (default out_rel_l2)")
@@ -162,9 +165,12 @@ def main(argv):
     kvsim_style.setup_matplotlib()
     import figures  # noqa: E402 - needs matplotlib set up first
 
-    fig, synthetic = figures.build(a, store)
+    fig, synthetic, table = figures.build(a, store)
     kvsim_style.synthetic_note(fig, synthetic)
     paths = kvsim_style.save(fig, a.out, a.name or a.kind, a.formats, a.dpi)
+    if a.csv and table is not None:
+        paths.append(os.path.join(a.out, f"{a.name or a.kind}.csv"))
+        table.to_csv(paths[-1], index=False, float_format="%.6g")
     if not a.quiet:
         for p in paths:
             print(p)

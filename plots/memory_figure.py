@@ -29,7 +29,8 @@ def select(df, metric, quality):
 
 
 def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max_tokens=None):
-    """Returns legend handles. df may be None (no store: the full cache alone)."""
+    """Returns (legend handles, rows of label, ratio, GiB per 1K tokens, OOM length). df may be None (no store:
+    the full cache alone)."""
     label, L, Hkv, D, _ = shape
     per_tok = full_bytes_per_token(L, Hkv, D) * batch
     avail = (gpu_gib - weights_gib) * GIB
@@ -73,7 +74,9 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
         rel = "≥" if better(metric) > 0 else "≤"
         title += f"\neach strategy at its least memory with {metric} {rel} {quality:g};\nlegend: memory ratio, strategy: sequence length at OOM"
     ax.set_title(title, fontsize=7)
-    return handles
+    rows = [{"line": name, "ratio": r, "gib_per_1k_tokens": per_tok * r * 1024 / GIB, "oom_tokens": int(oom[name])}
+            for name, r, _ in lines]
+    return handles, rows
 
 
 def _group_ties(pairs):

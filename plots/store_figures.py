@@ -189,8 +189,9 @@ def draw_heatmap(fig, ax, heads, metric, stat, shape, title):
     ax.set_title(title, fontsize=6.5)
 
 
-def draw_position(ax, store, df, metric, target, strategies):
-    """Per strategy, the best configuration with memory <= target: its metric along the sequence."""
+def draw_position(ax, store, df, metric, target, strategies, rows=None):
+    """Per strategy, the best configuration with memory <= target: its metric along the sequence. Appends the
+    plotted points to rows (a list) when given."""
     pick = best_under(df[df.strategy != "full"], target, metric).set_index("strategy")
     handles = []
     drawn = 0
@@ -200,6 +201,9 @@ def draw_position(ax, store, df, metric, target, strategies):
         c = store.curve(int(pick.loc[s, "config_id"]), metric)
         if c.empty:
             continue
+        if rows is not None:
+            rows += [{"strategy": s, "spec": pick.loc[s, "spec"], "ratio": pick.loc[s, "ratio"], "pos_lo": r.pos_lo,
+                      "pos_hi": r.pos_hi, metric: r.value} for r in c.itertuples()]
         st = strategy_style(s)
         ax.plot(c.pos, c.value, color=st["color"], ls=st["linestyle"], marker=st["marker"], mfc=st["mfc"],
                 mec=st["mec"], ms=3, lw=1.1)

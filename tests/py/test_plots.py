@@ -75,7 +75,7 @@ def main():
         common = ["--out", out, "--dpi", str(DPI)]
         jobs = {
             "pareto": (["pareto", "--db", db], SIZES["pareto"]),
-            "compare": (["compare", "--db", db], SIZES["compare"]),
+            "compare": (["compare", "--db", db, "--csv"], SIZES["compare"]),
             "heatmap": (["heatmap", "--db", db, "--config", "h2o:gqa=mean,ratio=0.25,recent=8,sinks=4",
                          "--size", "4x3"], (4.0, 3.0)),
             "position": (["position", "--db", db, "--metric", "mass"], SIZES["position"]),
@@ -98,6 +98,11 @@ def main():
                 stem = jobs[name][0][0] if "--name" not in jobs[name][0] else name
                 png, pdf = os.path.join(out, stem + ".png"), os.path.join(out, stem + ".pdf")
                 want = [png, pdf] if name in WITH_PDF else [png]
+                if "--csv" in jobs[name][0]:
+                    want.append(os.path.join(out, stem + ".csv"))
+                    with open(want[-1]) as f:
+                        head = f.readline().strip().split(",")
+                        assert "out_rel_l2" in head and "strategy" in head and len(f.readlines()) > 3, head
                 assert r.stdout.split() == want, f"stdout {r.stdout!r}, expected {want}"
                 check_png(png, jobs[name][1])
                 if name in WITH_PDF:
