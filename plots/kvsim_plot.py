@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kvsim_store import METRICS, QUALITY_METRICS, STATS, PlotError, Store, check_metric  # noqa: E402

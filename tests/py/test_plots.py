@@ -9,6 +9,7 @@ import sqlite3
 import struct
 import sys
 
+sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLOTS = os.path.join(HERE, "..", "..", "plots")
 sys.path.insert(0, HERE)
