@@ -20,7 +20,7 @@ import synth_store  # noqa: E402
 from kvsim_style import SIZES  # noqa: E402
 
 DPI = 150
-WITH_PDF = {"pareto", "report"}
+WITH_PDF = {"pareto"}  # PDF once: drawing twice is most of a render's time
 
 
 def png_size(path):
@@ -86,7 +86,6 @@ def main():
             "report": (["report", "--db", db, "--trace", trace, "--steps", "16"], SIZES["report"]),
         }
         with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-            # PDF for two kinds only: drawing twice is most of a render's time
             futs = {name: pool.submit(run, [kvsim, "plot", *argv, *common, "--format",
                                             "png,pdf" if name in WITH_PDF else "png"])
                     for name, (argv, _) in jobs.items()}
