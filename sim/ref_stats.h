@@ -12,7 +12,7 @@ namespace kvsim {
 
 inline constexpr int64_t kRefTopK = 32;
 // Bump when a reference kernel's numbers change: sidecar caches of older revisions are recomputed.
-inline constexpr uint32_t kRefStatsRevision = 2;
+inline constexpr uint32_t kRefStatsRevision = 3;
 
 struct RefStats {
   int64_t H = 0, T = 0, D = 0, K = kRefTopK;

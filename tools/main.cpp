@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   kvsim::tools::add_record(app);
   kvsim::tools::add_convert(app);
   kvsim::tools::add_run(app);
+  kvsim::tools::add_plot(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -5,6 +5,10 @@
 
 namespace kvsim::omp {
 
+namespace {
+constexpr int64_t kMaxInlineD = 256;
+}
+
 void attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const float* key, const float* value,
                   const float* bias, int64_t n, double* logit, float* w, float* o_hat) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -20,23 +24,33 @@ void attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const 
       lg[s] = d * scale + bias[s];
       mx = std::max(mx, lg[s]);
     }
+    // Weights and output in double, like the ref twin: `full` must reproduce the reference output
+    // to 1e-6 relative, and float exps and sums over hundreds of slots drift past that.
     double sum = 0;
     float* wg = w + g * n;
+    std::vector<double> p(static_cast<size_t>(n));
 #pragma omp simd reduction(+ : sum)
     for (int64_t s = 0; s < n; ++s) {
-      wg[s] = std::exp(static_cast<float>(lg[s] - mx));
-      sum += wg[s];
+      p[static_cast<size_t>(s)] = std::exp(lg[s] - mx);
+      sum += p[static_cast<size_t>(s)];
     }
-    const float inv = static_cast<float>(1.0 / sum);
-    float* og = o_hat + g * D;
-    for (int64_t x = 0; x < D; ++x) og[x] = 0.0f;
+    const double inv = 1.0 / sum;
+    double acc[kMaxInlineD];
+    std::vector<double> acc_heap;
+    double* og = acc;
+    if (D > kMaxInlineD) {
+      acc_heap.assign(static_cast<size_t>(D), 0.0);
+      og = acc_heap.data();
+    }
+    for (int64_t x = 0; x < D; ++x) og[x] = 0.0;
     for (int64_t s = 0; s < n; ++s) {
-      wg[s] *= inv;
-      const float p = wg[s];
+      const double ps = p[static_cast<size_t>(s)] * inv;
+      wg[s] = static_cast<float>(ps);
       const float* vs = value + s * D;
 #pragma omp simd
-      for (int64_t x = 0; x < D; ++x) og[x] += p * vs[x];
+      for (int64_t x = 0; x < D; ++x) og[x] += ps * vs[x];
     }
+    for (int64_t x = 0; x < D; ++x) o_hat[g * D + x] = static_cast<float>(og[x]);
   }
 }
 

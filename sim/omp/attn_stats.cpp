@@ -11,7 +11,7 @@ namespace kvsim::omp {
 // Same algorithm as sim/ref/attn_stats.cpp (tiles, online softmax, top-K by logit), arranged for
 // speed: (head, query tile) jobs over threads, largest (latest) tiles first; per key tile the keys
 // and queries are widened to double once, logits come from a 2-row x 4-key register block, exps
-// from a vectorizable double exp, and values accumulate 4 keys at a time in float.
+// from a vectorizable double exp, and values accumulate 4 keys at a time in double.
 // Logits, exps and lse stay in double: a row dominated by one token (a sink) has lse = its logit,
 // and a float logit would put its rounding (~1e-6 at |z| = 10) into every mass the replay measures.
 
@@ -60,7 +60,8 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
 #pragma omp parallel
   {
     std::vector<double> z(kQueryTile * kKeyTile), qd(kQueryTile * D), kd(kKeyTile * D), e(kKeyTile);
-    std::vector<float> acc(kQueryTile * D), tz(kQueryTile * K), ef(kKeyTile);
+    std::vector<double> acc(kQueryTile * D);
+    std::vector<float> tz(kQueryTile * K);
     std::vector<int32_t> tp(kQueryTile * K);
     std::vector<double> m(kQueryTile), l(kQueryTile), a(kQueryTile);
 #pragma omp for schedule(dynamic, 1)
@@ -109,25 +110,26 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
           for (int64_t c = 0; c < nc; ++c) {
             const double ed = exp_nonpos(zr[c] - mx);
             e[c] = ed;
-            ef[c] = static_cast<float>(ed);
             ls += ed;
             as += ed * zr[c];
           }
           l[r] = l[r] * alpha + ls, a[r] = a[r] * alpha + as;
           m[r] = mx;
-          float* ar = &acc[r * D];
-          const float af = static_cast<float>(alpha);
+          // Values accumulate in double: the reference output is the ground truth every
+          // configuration is compared with, and float sums over T keys drift by ~sqrt(T) ulp.
+          double* ar = &acc[r * D];
 #pragma omp simd
-          for (int64_t x = 0; x < D; ++x) ar[x] *= af;
+          for (int64_t x = 0; x < D; ++x) ar[x] *= alpha;
           int64_t c = 0;
           for (; c + 4 <= nc; c += 4) {
-            const float e0 = ef[c], e1 = ef[c + 1], e2 = ef[c + 2], e3 = ef[c + 3];
+            const double e0 = e[c], e1 = e[c + 1], e2 = e[c + 2], e3 = e[c + 3];
             const float* v0 = vh + (i0 + c) * D;
 #pragma omp simd
-            for (int64_t x = 0; x < D; ++x) ar[x] += e0 * v0[x] + e1 * v0[D + x] + e2 * v0[2 * D + x] + e3 * v0[3 * D + x];
+            for (int64_t x = 0; x < D; ++x)
+              ar[x] += e0 * v0[x] + e1 * v0[D + x] + e2 * v0[2 * D + x] + e3 * v0[3 * D + x];
           }
           for (; c < nc; ++c) {
-            const float ec = ef[c];
+            const double ec = e[c];
             const float* vc = vh + (i0 + c) * D;
 #pragma omp simd
             for (int64_t x = 0; x < D; ++x) ar[x] += ec * vc[x];
@@ -139,8 +141,8 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
         const double L = m[r] + std::log(l[r]);
         lse[row] = L;
         entropy[row] = static_cast<float>(std::max(0.0, L - a[r] / l[r]));
-        const float inv = static_cast<float>(1.0 / l[r]);
-        for (int64_t x = 0; x < D; ++x) o[row * D + x] = acc[r * D + x] * inv;
+        const double inv = 1.0 / l[r];
+        for (int64_t x = 0; x < D; ++x) o[row * D + x] = static_cast<float>(acc[r * D + x] * inv);
         for (int64_t j = 0; j < K; ++j) {
           top_pos[row * K + j] = tp[r * K + j];
           top_w[row * K + j] = tp[r * K + j] < 0 ? 0.0f : static_cast<float>(std::exp(tz[r * K + j] - L));
