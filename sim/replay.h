@@ -31,7 +31,8 @@ struct ReplayOptions {
   Backend backend = Backend::ref;
   int64_t bins = 16;     // per-position curve bins over [P, T)
   double eps = 1e-6;     // kl smoothing
-  // Sidecar cache of the reference statistics: "" next to the trace, "off" none, else a folder.
+  // Sidecar cache of the reference statistics: "" the default cache folder (stats_cache.h),
+  // "off" none, else a folder.
   std::string stats_cache;
   std::function<void(const std::string&)> progress;  // one line per layer; null: silent
 };

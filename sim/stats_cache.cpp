@@ -1,5 +1,6 @@
 #include "sim/stats_cache.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <unistd.h>
@@ -47,14 +48,24 @@ uint64_t file_content_hash(const std::string& path) {
   return h ^ total;
 }
 
+std::string default_cache_dir() {
+  namespace fs = std::filesystem;
+  if (const char* d = std::getenv("KVSIM_CACHE_DIR"); d && *d) return d;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return (fs::path(x) / "kvsim").string();
+  if (const char* h = std::getenv("HOME"); h && *h) return (fs::path(h) / ".cache" / "kvsim").string();
+  return "";
+}
+
 StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, int64_t L, int64_t H, int64_t T,
                        int64_t D, const std::string& dir)
     : seq_(seq), L_(L), H_(H), T_(T), D_(D), backend_(b) {
   if (dir == "off") return;
   namespace fs = std::filesystem;
   hash_ = file_content_hash(trace_path);
-  fs::path folder = dir.empty() ? fs::path(trace_path).parent_path() : fs::path(dir);
-  if (folder.empty()) folder = ".";
+  const fs::path folder = dir.empty() ? fs::path(default_cache_dir()) : fs::path(dir);
+  if (folder.empty()) return;  // no cache folder known: run without the cache
+  std::error_code ec;
+  fs::create_directories(folder, ec);
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash_));
   path_ = (folder / (fs::path(trace_path).filename().string() + "." + hex + ".s" + std::to_string(seq) + "." +

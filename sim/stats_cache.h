@@ -1,5 +1,6 @@
 // Sidecar cache of reference statistics (design.md §3), keyed by the trace's content hash, the
-// sequence and the backend: `<dir>/<trace name>.<hash>.s<seq>.<backend>.kvstats`. Format
+// sequence and the backend: `<dir>/<trace name>.<hash>.s<seq>.<backend>.kvstats`, in a cache folder
+// (default_cache_dir(); never next to the trace, so a repository's traces stay clean). Format
 // "KVSTATS" version 2: a fixed header (magic, version, backend, kernel revision, hash, seq, L, H, T, D, K) then one
 // block per layer (o f32, lse f64, entropy f32, top_pos i32, top_w f32, as in RefStats). Written to `.partial.<pid>`
 // layer by layer and renamed only when every layer is in, so a reader never sees a torn file.
@@ -14,12 +15,15 @@
 
 namespace kvsim {
 
+// $KVSIM_CACHE_DIR, else $XDG_CACHE_HOME/kvsim, else $HOME/.cache/kvsim ("" if none is set).
+std::string default_cache_dir();
+
 // 64-bit FNV-1a over the file's bytes (8-byte words); throws IoError if unreadable.
 uint64_t file_content_hash(const std::string& path);
 
 class StatsCache {
  public:
-  // dir: "" = next to the trace, "off" = disabled, else a folder.
+  // dir: "" = default_cache_dir(), "off" = disabled, else a folder (created if missing).
   StatsCache(const std::string& trace_path, int64_t seq, Backend b, int64_t L, int64_t H, int64_t T, int64_t D,
              const std::string& dir);
   ~StatsCache();

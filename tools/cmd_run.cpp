@@ -164,7 +164,8 @@ void add_run(CLI::App& app) {
   c->add_option("--bins", a->bins, "bins of the per-position curves")->capture_default_str();
   c->add_option("--eps", a->eps, "kl smoothing epsilon")->capture_default_str();
   c->add_option("--stats-cache", a->stats_cache,
-                "folder of the reference-statistics sidecar (default: next to the trace; 'off': none)");
+                "folder of the reference-statistics sidecar cache (default: $KVSIM_CACHE_DIR, else "
+                "~/.cache/kvsim; 'off': none)");
   c->add_flag("--json", a->json, "print JSON instead of a table");
   c->add_flag("--per-head", a->per_head, "with --json: include per-(layer, head) summaries");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");
