@@ -1,5 +1,7 @@
 #include "sim/metrics.h"
 
+#include "sim/attend_views.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -37,21 +39,25 @@ CacheErrors cache_errors(const SlotCache& c, const float* k_orig, const float* v
   if (!any_inexact) return {0.0, 0.0};  // every slot holds its token exactly: no reconstruction error
   double kn = 0, kd = 0, vn = 0, vd = 0;
   for (int64_t s = 0; s < c.size(); ++s) {
+    const double share = c.share(s);  // a token in several views counts once in all
     for (int64_t j = 0; j < c.n_members(s); ++j) {
       const int64_t i = c.member(s, j);
       const float* ki = k_orig + i * D;
       const float* vi = v_orig + i * D;
-      kd += static_cast<double>(k_norm[i]) * k_norm[i];
+      kd += share * static_cast<double>(k_norm[i]) * k_norm[i];
       double vv = 0;
       for (int64_t x = 0; x < D; ++x) vv += static_cast<double>(vi[x]) * vi[x];
-      vd += vv;
+      vd += share * vv;
       if (c.exact(s)) continue;  // k̂ = k, v̂ = v: no error
       const float* kh = c.key(s);
       const float* vh = c.value(s);
+      double dk = 0, dv = 0;
       for (int64_t x = 0; x < D; ++x) {
-        kn += (static_cast<double>(ki[x]) - kh[x]) * (static_cast<double>(ki[x]) - kh[x]);
-        vn += (static_cast<double>(vi[x]) - vh[x]) * (static_cast<double>(vi[x]) - vh[x]);
+        dk += (static_cast<double>(ki[x]) - kh[x]) * (static_cast<double>(ki[x]) - kh[x]);
+        dv += (static_cast<double>(vi[x]) - vh[x]) * (static_cast<double>(vi[x]) - vh[x]);
       }
+      kn += share * dk;
+      vn += share * dv;
     }
   }
   return {kd > 0 ? std::sqrt(kn / kd) : 0.0, vd > 0 ? std::sqrt(vn / vd) : 0.0};
@@ -84,10 +90,7 @@ void measure_step(const StepInputs& in, const CacheErrors& ce, MetricRow& out) {
   std::vector<double> pbar(n), qd(n);
   double m = 0, zz = 0, dz = 0;
   // Compressed Q recomputed in double from the logits (the kernel's float weights feed `observe`).
-  double mx = -INFINITY, qs = 0;
-  for (int64_t s = 0; s < n; ++s) mx = std::max(mx, in.logit[s]);
-  for (int64_t s = 0; s < n; ++s) qs += (qd[s] = std::exp(in.logit[s] - mx));
-  for (int64_t s = 0; s < n; ++s) qd[s] /= qs;
+  view_softmax(in.logit, c.views(), c.n_views(), n, qd.data());
   for (int64_t s = 0; s < n; ++s) {
     double ps = 0;
     if (c.exact(s)) {
@@ -110,6 +113,7 @@ void measure_step(const StepInputs& in, const CacheErrors& ce, MetricRow& out) {
         }
       }
     }
+    ps *= c.share(s);  // a token standing in several views counts once in all
     pbar[s] = ps;
     m += ps;
   }

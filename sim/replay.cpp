@@ -19,7 +19,7 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 using AttendFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, int64_t,
-                          double*, float*, float*);
+                          double*, float*, float*, const int32_t*, int64_t);
 
 struct Job {
   int64_t config = 0, kv0 = 0, n_caches = 1;
@@ -80,7 +80,7 @@ void run_instance(const LayerView& lv, const RefStats& rs, int64_t layer, int64_
       logit[c].resize(G * n);
       w[c].resize(G * n);
       attend(lv.q_head(kv * G) + t * D, T * D, G, D, cc.keys(), cc.values(), cc.biases(), n, logit[c].data(),
-             w[c].data(), o_hat[c].data());
+             w[c].data(), o_hat[c].data(), cc.views(), cc.n_views());
       wptr[c] = w[c].data();
     }
     if ((t - P) % opt.stride == 0) {

@@ -9,6 +9,8 @@ void SlotCache::reserve(int64_t n) {
   pos_.reserve(n);
   exact_.reserve(n);
   more_.reserve(n);
+  view_.reserve(n);
+  share_.reserve(n);
 }
 
 void SlotCache::clear() {
@@ -18,6 +20,8 @@ void SlotCache::clear() {
   pos_.clear();
   exact_.clear();
   more_.clear();
+  view_.clear();
+  share_.clear();
 }
 
 void SlotCache::append_exact(int32_t t, const float* k, const float* v) {
@@ -27,6 +31,8 @@ void SlotCache::append_exact(int32_t t, const float* k, const float* v) {
   pos_.push_back(t);
   exact_.push_back(1);
   more_.emplace_back();
+  view_.push_back(0);
+  share_.push_back(1.0f);
 }
 
 void SlotCache::append(const float* k_hat, const float* v_hat, float bias, const std::vector<int32_t>& members,
@@ -39,6 +45,8 @@ void SlotCache::append(const float* k_hat, const float* v_hat, float bias, const
   exact_.push_back(exact && members.size() == 1 ? 1 : 0);
   more_.emplace_back();
   if (members.size() > 1) more_.back() = members;
+  view_.push_back(0);
+  share_.push_back(1.0f);
 }
 
 void SlotCache::remove(int64_t s) {
@@ -51,6 +59,8 @@ void SlotCache::remove(int64_t s) {
     pos_[s] = pos_[last];
     exact_[s] = exact_[last];
     more_[s] = std::move(more_[last]);
+    view_[s] = view_[last];
+    share_[s] = share_[last];
   }
   key_.resize(last * D_);
   value_.resize(last * D_);
@@ -58,6 +68,8 @@ void SlotCache::remove(int64_t s) {
   pos_.pop_back();
   exact_.pop_back();
   more_.pop_back();
+  view_.pop_back();
+  share_.pop_back();
 }
 
 void SlotCache::remove_unless(const std::vector<uint8_t>& keep) {

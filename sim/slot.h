@@ -55,12 +55,28 @@ class SlotCache {
   // Slot index holding representative position p, or -1.
   int64_t find(int32_t p) const;
 
+  // Alternative views (cms_aggregate): a slot of view 0 is seen by every view; a slot of view j >= 1
+  // only by view j. Attention runs once per view over its slots and the outputs are averaged
+  // (weights too); a slot's members then count with `share` (1 / views for view slots) in the mass.
+  int64_t n_views() const { return n_views_; }
+  void set_n_views(int64_t v) { n_views_ = v; }
+  int32_t view(int64_t s) const { return view_[s]; }
+  const int32_t* views() const { return view_.data(); }  // [n]
+  float share(int64_t s) const { return share_[s]; }
+  void set_view(int64_t s, int32_t v, float share) {
+    view_[s] = v;
+    share_[s] = share;
+  }
+
  private:
   int64_t D_ = 0;
   std::vector<float> key_, value_, bias_;
   std::vector<int32_t> pos_;
   std::vector<uint8_t> exact_;
   std::vector<std::vector<int32_t>> more_;  // empty for single-member slots
+  std::vector<int32_t> view_;               // 0: seen by every view
+  std::vector<float> share_;                // weight of the members in the mass (1 unless viewed)
+  int64_t n_views_ = 1;
 };
 
 }  // namespace kvsim

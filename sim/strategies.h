@@ -23,5 +23,6 @@ std::unique_ptr<Strategy> make_entropy_merge(ParamReader& p);
 std::unique_ptr<Strategy> make_cam(ParamReader& p);
 std::unique_ptr<Strategy> make_cms_topk(ParamReader& p);
 std::unique_ptr<Strategy> make_kvmerger(ParamReader& p);
+std::unique_ptr<Strategy> make_cms_aggregate(ParamReader& p);
 
 }  // namespace kvsim

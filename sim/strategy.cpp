@@ -44,7 +44,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"snapkv", make_snapkv},   {"pyramidkv", make_pyramidkv}, {"knorm", make_knorm},
       {"random", make_random},   {"entropy_merge", make_entropy_merge},
       {"cam", make_cam},         {"cms_topk", make_cms_topk},
-      {"kvmerger", make_kvmerger},
+      {"kvmerger", make_kvmerger}, {"cms_aggregate", make_cms_aggregate},
   };
   return r;
 }

@@ -113,7 +113,7 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
         lg[c].resize(G * n), w[c].resize(G * n);
         auto fn = b == Backend::omp ? &omp::attend_slots : &ref::attend_slots;
         fn(lv.q_head(kv * G) + t * D, L.T * D, G, D, caches[c].keys(), caches[c].values(), caches[c].biases(), n,
-           lg[c].data(), w[c].data(), oh[c].data());
+           lg[c].data(), w[c].data(), oh[c].data(), caches[c].views(), caches[c].n_views());
         wp[c] = w[c].data();
       }
       st->observe(std::span<const SlotCache>(caches.data(), caches.size()), wp, t);

@@ -104,3 +104,69 @@ TEST_CASE("strategy cms_topk: a collision-free sketch is h2o; a one-bucket sketc
     CHECK(d.pos() == S{0, 1, 3});
   }
 }
+
+#include "sim/attend_views.h"
+#include "sim/replay.h"
+#include "traces/reader.h"
+#include "traces/synth.h"
+#include "tests/trace_helpers.h"
+
+TEST_CASE("views: each view normalizes its own slots, weights are averaged (by hand)") {
+  // z = (0, 0, ln 2), views (0, 1, 2), 2 views. View 1 sees slots 0, 1: (1/2, 1/2). View 2 sees 0, 2:
+  // (1/3, 2/3). Averages: slot 0 = (1/2 + 1/3)/2 = 5/12, slot 1 = 1/4, slot 2 = 1/3.
+  const double z[3] = {0, 0, std::log(2.0)};
+  const int32_t view[3] = {0, 1, 2};
+  double p[3];
+  view_softmax(z, view, 2, 3, p);
+  CHECK(p[0] == doctest::Approx(5.0 / 12));
+  CHECK(p[1] == doctest::Approx(0.25));
+  CHECK(p[2] == doctest::Approx(1.0 / 3));
+}
+
+TEST_CASE("strategy cms_aggregate: evicted tokens fold into their bucket; every token stays a member") {
+  // P = 4, keys (i, 0), values (0, i); scores (.1, .2, .3, .4); budget 2, recent 1, one bucket (w = 1,
+  // d = 1): victims 0 and 1 (lowest) -> one bucket slot {0, 1}: key (0.5, 0), value (0, 0.5), bias ln 2.
+  Layer L(1, 1, 6, 2);
+  for (int i = 0; i < 6; ++i) L.K(0, i, 0) = static_cast<float>(i), L.V(0, i, 1) = static_cast<float>(i);
+  L.colsums = {.1f, .2f, .3f, .4f};
+  Driver d("cms_aggregate:budget=2,sinks=0,recent=1,width=1,depth=1", L, 4);
+  const SlotCache& c = d.caches[0];
+  CHECK(c.size() == 3);
+  const int64_t b = c.find(0);
+  REQUIRE(b >= 0);
+  CHECK(c.view(b) == 1);
+  CHECK(c.n_members(b) == 2);
+  CHECK(c.key(b)[0] == 0.5f);
+  CHECK(c.value(b)[1] == 0.5f);
+  CHECK(c.bias(b) == doctest::Approx(std::log(2.0)));
+  CHECK(d.pos() == S{0, 2, 3});
+  // t = 4: attention 2: .05, 3: .9, 4: .05 -> exact scores 2: .35, 3: 1.3, 4 recent -> 2 folds in:
+  // bucket {0, 1, 2}, key mean (1, 0), bias ln 3.
+  d.step(4, {{{2, .05f}, {3, .9f}, {4, .05f}}});
+  const int64_t b2 = c.find(0);
+  CHECK(c.n_members(b2) == 3);
+  CHECK(c.key(b2)[0] == 1.0f);
+  CHECK(c.bias(b2) == doctest::Approx(std::log(3.0)));
+  CHECK(d.pos() == S{0, 3, 4});
+}
+
+TEST_CASE("cms_aggregate replay: mass is 1 (every token a member, shares 1/d), ratio counts the buckets") {
+  test::TempDir dir;
+  const std::string path = dir.file("t.h5");
+  traces::SynthOptions o;
+  o.tokens = 160, o.seed = 4, o.prefill = 40;
+  traces::write_synthetic_trace(path, traces::find_synth_shape("tiny"), o);
+  traces::TraceReader r(path);
+  auto a = make_strategy("cms_aggregate:budget=24,width=4,depth=3");
+  auto h = make_strategy("h2o:budget=24");
+  std::vector<const Strategy*> ss = {a.get(), h.get()};
+  ReplayOptions opt;
+  opt.stats_cache = "off";
+  ReplayResult res = replay_trace(r, ss, opt);
+  const auto& ma = res.configs[0].summary[int(Metric::mass)];
+  CHECK(ma.worst == doctest::Approx(1.0).epsilon(1e-6));
+  CHECK(res.configs[0].summary[int(Metric::topk32_recall)].worst == 1.0);
+  CHECK(res.configs[1].summary[int(Metric::mass)].mean < 0.999);
+  // More memory than h2o at the same budget: up to d * w = 12 bucket slots per (layer, KV head).
+  CHECK(res.configs[0].summary[int(Metric::ratio)].mean > res.configs[1].summary[int(Metric::ratio)].mean);
+}

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <vector>
 
+#include "sim/attend_views.h"
+
 namespace kvsim::omp {
 
 namespace {
@@ -10,7 +12,8 @@ constexpr int64_t kMaxInlineD = 256;
 }
 
 void attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const float* key, const float* value,
-                  const float* bias, int64_t n, double* logit, float* w, float* o_hat) {
+                  const float* bias, int64_t n, double* logit, float* w, float* o_hat, const int32_t* view,
+                  int64_t n_views) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   for (int64_t g = 0; g < G; ++g) {
     const float* qg = q + g * q_stride;
@@ -26,13 +29,18 @@ void attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const 
     }
     // Weights and output in double, like the ref twin: `full` must reproduce the reference output
     // to 1e-6 relative, and float exps and sums over hundreds of slots drift past that.
-    double sum = 0;
     float* wg = w + g * n;
     std::vector<double> p(static_cast<size_t>(n));
+    double sum = 1.0;
+    if (view && n_views > 1) {
+      view_softmax(lg, view, n_views, n, p.data());  // normalized already
+    } else {
+      sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t s = 0; s < n; ++s) {
-      p[static_cast<size_t>(s)] = std::exp(lg[s] - mx);
-      sum += p[static_cast<size_t>(s)];
+      for (int64_t s = 0; s < n; ++s) {
+        p[static_cast<size_t>(s)] = std::exp(lg[s] - mx);
+        sum += p[static_cast<size_t>(s)];
+      }
     }
     const double inv = 1.0 / sum;
     double acc[kMaxInlineD];

@@ -16,6 +16,8 @@ void attend_slots(const float* q,      // [G, D], row g at q + g * q_stride
                   int64_t n,
                   double* logit,       // [G, n] (double: exact masses are computed from it)
                   float* w,            // [G, n]
-                  float* o_hat);       // [G, D]
+                  float* o_hat,        // [G, D]
+                  const int32_t* view = nullptr,  // [n] alternative views (sim/slot.h), or null
+                  int64_t n_views = 1);
 
 }  // namespace kvsim::ref

@@ -1,0 +1,34 @@
+// Softmax over slots with alternative views (sim/slot.h): view 0 slots are seen by every view, view j
+// slots only by view j; each view normalizes its own slots and the weights are averaged over the
+// views, so the output is the mean of the views' outputs. With one view it is the plain softmax.
+// Shared by ref::attend_slots, omp::attend_slots and the metrics, so all three agree.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace kvsim {
+
+// p[s] = mean over views j of softmax_j(z)[s]; view may be null (one view).
+inline void view_softmax(const double* z, const int32_t* view, int64_t n_views, int64_t n, double* p) {
+  if (!view || n_views <= 1) {
+    double mx = -INFINITY, sum = 0;
+    for (int64_t s = 0; s < n; ++s) mx = std::max(mx, z[s]);
+    for (int64_t s = 0; s < n; ++s) sum += (p[s] = std::exp(z[s] - mx));
+    for (int64_t s = 0; s < n; ++s) p[s] /= sum;
+    return;
+  }
+  for (int64_t s = 0; s < n; ++s) p[s] = 0;
+  for (int32_t j = 1; j <= n_views; ++j) {
+    double mx = -INFINITY, sum = 0;
+    for (int64_t s = 0; s < n; ++s)
+      if (view[s] == 0 || view[s] == j) mx = std::max(mx, z[s]);
+    for (int64_t s = 0; s < n; ++s)
+      if (view[s] == 0 || view[s] == j) sum += std::exp(z[s] - mx);
+    for (int64_t s = 0; s < n; ++s)
+      if (view[s] == 0 || view[s] == j) p[s] += std::exp(z[s] - mx) / sum / static_cast<double>(n_views);
+  }
+}
+
+}  // namespace kvsim
