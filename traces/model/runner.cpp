@@ -37,7 +37,7 @@ Backend parse_runner_backend(const std::string& s) {
   if (s == "cpu" || s == "auto" || s.empty())
     return backend_available(Backend::omp) ? Backend::omp : Backend::ref;
   if (s == "cuda") {
-    cuda::require_device();
+    require_backend(Backend::cuda);  // "built without CUDA" or "no CUDA device": exit 2, as for `run`
     throw NotCompiled("--backend cuda: the native runner has no CUDA path yet (use --backend cpu)");
   }
   if (s == "ref" || s == "omp") {
