@@ -80,4 +80,16 @@ void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j
   }
 }
 
+void AccumulatedAttention::start(const LayerView& lv, int64_t P) {
+  KVSIM_ASSERT(lv.prompt_colsums != nullptr);
+  combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
+  for (int64_t i = 0; i < P; ++i) score_[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
+}
+
+void AccumulatedAttention::add(const SlotCache& cache, const float* attn, bool view0_only) {
+  combine_gqa(attn, G_, cache.size(), gqa_, tmp_.data());
+  for (int64_t s = 0; s < cache.size(); ++s)
+    if (!view0_only || cache.view(s) == 0) score_[static_cast<size_t>(cache.pos(s))] += tmp_[static_cast<size_t>(s)];
+}
+
 }  // namespace kvsim

@@ -53,6 +53,27 @@ void evict_positions(SlotCache& cache, const std::vector<int32_t>& positions);
 void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j0, int64_t j1, Gqa how,
                            std::vector<float>& rows /* [j1 - j0, P] */);
 
+// Accumulated attention per position (h2o and kin): started from the prompt's own attention (column
+// sums over the prompt queries) and grown by each step's attention over the slots, both combined over
+// the G query heads of KV head `kv` by `gqa`. A slot's score lives at its representative position.
+class AccumulatedAttention {
+ public:
+  AccumulatedAttention(int64_t T, int64_t kv, int64_t G, Gqa gqa)
+      : kv_(kv), G_(G), gqa_(gqa), score_(static_cast<size_t>(T), 0.0), tmp_(static_cast<size_t>(T)) {}
+  // score[i] = the prompt's combined column sum, i < P (lv.prompt_colsums must be set).
+  void start(const LayerView& lv, int64_t P);
+  // Adds attn [G, n] over the slots of `cache`; only slots whose view is 0 when `view0_only`.
+  void add(const SlotCache& cache, const float* attn, bool view0_only = false);
+  double& operator[](int32_t pos) { return score_[static_cast<size_t>(pos)]; }
+  double operator[](int32_t pos) const { return score_[static_cast<size_t>(pos)]; }
+
+ private:
+  int64_t kv_, G_;
+  Gqa gqa_;
+  std::vector<double> score_;
+  std::vector<float> tmp_;
+};
+
 // ---------------------------------------------------------------------------------------------
 template <class ScoreFn>
 void evict_lowest(SlotCache& cache, int64_t B, int64_t t, int64_t sinks, int64_t recent, ScoreFn score,

@@ -37,6 +37,33 @@ inline void check_nf4_args(int64_t n_t, int64_t D, int64_t block) {
                      " x " + std::to_string(D) + " elements");
 }
 
+// Empty quantized containers sized for a [n_t, D] tile (arguments already checked).
+inline UniformQuantized make_uniform(int64_t n_t, int64_t D, int bits, QuantAxis axis, int64_t group) {
+  UniformQuantized q;
+  q.bits = bits;
+  q.axis = axis;
+  q.group = group;
+  q.n_t = n_t;
+  q.D = D;
+  const int64_t n_blocks = n_t * D / group;
+  q.codes.assign(static_cast<size_t>((n_t * D * bits + 7) / 8), 0);
+  q.scale_f16.resize(static_cast<size_t>(n_blocks));
+  q.min_f16.resize(static_cast<size_t>(n_blocks));
+  return q;
+}
+
+inline Nf4Quantized make_nf4(int64_t n_t, int64_t D, QuantAxis axis, int64_t block, bool double_quant) {
+  Nf4Quantized q;
+  q.axis = axis;
+  q.block = block;
+  q.n_t = n_t;
+  q.D = D;
+  q.double_quant = double_quant;
+  q.codes.assign(static_cast<size_t>((n_t * D + 1) / 2), 0);
+  q.absmax.resize(static_cast<size_t>(n_t * D / block));
+  return q;
+}
+
 // Element j of uniform block b is x[block_base(q, b) + j * block_stride(q)].
 inline int64_t block_base(const UniformQuantized& q, int64_t b) {
   if (q.axis == QuantAxis::token) {

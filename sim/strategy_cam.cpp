@@ -19,20 +19,16 @@ namespace {
 class CamState final : public StrategyState {
  public:
   CamState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, int64_t m, uint64_t seed, const InstanceContext& ctx)
-      : B_(B), sinks_(sinks), recent_(recent), m_(m), gqa_(gqa), kv_(ctx.kv0), G_(ctx.G),
+      : B_(B), sinks_(sinks), recent_(recent), m_(m),
         rng_(seed ^ (static_cast<uint64_t>(ctx.layer) << 32) ^ static_cast<uint64_t>(ctx.kv0)),
-        score_(static_cast<size_t>(ctx.T), 0.0), tmp_(static_cast<size_t>(ctx.T)) {}
+        score_(ctx.T, ctx.kv0, ctx.G, gqa) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
-    KVSIM_ASSERT(lv.prompt_colsums != nullptr);
-    combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
-    for (int64_t i = 0; i < P; ++i) score_[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
+    score_.start(lv, P);
     evict(caches, P - 1);
   }
   void observe(std::span<const SlotCache> caches, std::span<const float* const> attn, int64_t) override {
-    const SlotCache& c = caches[0];
-    combine_gqa(attn[0], G_, c.size(), gqa_, tmp_.data());
-    for (int64_t s = 0; s < c.size(); ++s) score_[static_cast<size_t>(c.pos(s))] += tmp_[static_cast<size_t>(s)];
+    score_.add(caches[0], attn[0]);
   }
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
@@ -42,7 +38,7 @@ class CamState final : public StrategyState {
       for (int64_t s = 0; s < c.size(); ++s) {
         const int32_t p = c.pos(s);
         if (is_protected(p, t, sinks_, recent_)) continue;
-        if (victim < 0 || keep_before(score_[static_cast<size_t>(c.pos(victim))], c.pos(victim), score_[static_cast<size_t>(p)], p))
+        if (victim < 0 || keep_before(score_[c.pos(victim)], c.pos(victim), score_[p], p))
           victim = s;
       }
       if (victim < 0) return;  // everything is protected
@@ -62,9 +58,9 @@ class CamState final : public StrategyState {
     if (next.size() > static_cast<size_t>(m_)) next.resize(static_cast<size_t>(m_));
     if (next.empty()) return;
     double mean_a = 0;
-    for (int64_t s : next) mean_a += score_[static_cast<size_t>(c.pos(s))];
+    for (int64_t s : next) mean_a += score_[c.pos(s)];
     mean_a /= static_cast<double>(next.size());
-    const double a_e = score_[static_cast<size_t>(pv)];
+    const double a_e = score_[pv];
     const double p = mean_a > 0 ? std::clamp(a_e / mean_a, 0.0, 1.0) : 1.0;
     if (std::uniform_real_distribution<double>(0.0, 1.0)(rng_) >= p) return;
     // Split over the receivers (fewer than m when the victim is near the newest tokens) so that
@@ -77,11 +73,8 @@ class CamState final : public StrategyState {
   }
 
   int64_t B_, sinks_, recent_, m_;
-  Gqa gqa_;
-  int64_t kv_, G_;
   std::mt19937_64 rng_;
-  std::vector<double> score_;
-  std::vector<float> tmp_;
+  AccumulatedAttention score_;
 
  public:
   double state_bytes(int64_t) const override { return 4.0 * static_cast<double>(B_ + 1); }

@@ -29,25 +29,20 @@ struct AggParams {
 class CmsAggregateState final : public StrategyState {
  public:
   CmsAggregateState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, AggParams ap, const InstanceContext& ctx)
-      : B_(B), sinks_(sinks), recent_(recent), gqa_(gqa), ap_(ap), kv_(ctx.kv0), G_(ctx.G), D_(ctx.D),
+      : B_(B), sinks_(sinks), recent_(recent), ap_(ap), D_(ctx.D),
         hash_(ap.width, ap.depth, ap.seed ^ (static_cast<uint64_t>(ctx.layer) << 32) ^ static_cast<uint64_t>(ctx.kv0)),
-        score_(static_cast<size_t>(ctx.T), 0.0), tmp_(static_cast<size_t>(ctx.T)),
+        score_(ctx.T, ctx.kv0, ctx.G, gqa),
         sumk_(static_cast<size_t>(ap.width * ap.depth * ctx.D), 0.0), sumv_(sumk_.size(), 0.0),
         members_(static_cast<size_t>(ap.width * ap.depth)) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
-    KVSIM_ASSERT(lv.prompt_colsums != nullptr);
     caches[0].set_n_views(ap_.depth);
-    combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
-    for (int64_t i = 0; i < P; ++i) score_[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
+    score_.start(lv, P);
     evict(caches, P - 1);
   }
 
   void observe(std::span<const SlotCache> caches, std::span<const float* const> attn, int64_t) override {
-    const SlotCache& c = caches[0];
-    combine_gqa(attn[0], G_, c.size(), gqa_, tmp_.data());
-    for (int64_t s = 0; s < c.size(); ++s)
-      if (c.view(s) == 0) score_[static_cast<size_t>(c.pos(s))] += tmp_[static_cast<size_t>(s)];
+    score_.add(caches[0], attn[0], /*view0_only=*/true);
   }
 
   void evict(std::span<SlotCache> caches, int64_t t) override {
@@ -69,7 +64,7 @@ class CmsAggregateState final : public StrategyState {
       if (c.view(s) == 0 && !is_protected(c.pos(s), t, sinks_, recent_)) cand.push_back(s);
     const int64_t n_evict = std::min<int64_t>(n_exact - B_, static_cast<int64_t>(cand.size()));
     auto worse = [&](int64_t a, int64_t b) {
-      return keep_before(score_[static_cast<size_t>(c.pos(b))], c.pos(b), score_[static_cast<size_t>(c.pos(a))], c.pos(a));
+      return keep_before(score_[c.pos(b)], c.pos(b), score_[c.pos(a)], c.pos(a));
     };
     std::nth_element(cand.begin(), cand.begin() + (n_evict - 1), cand.end(), worse);
     cand.resize(static_cast<size_t>(n_evict));
@@ -128,12 +123,10 @@ class CmsAggregateState final : public StrategyState {
 
  private:
   int64_t B_, sinks_, recent_;
-  Gqa gqa_;
   AggParams ap_;
-  int64_t kv_, G_, D_;
+  int64_t D_;
   CountMinSketch hash_;  // used for its hashes only
-  std::vector<double> score_;
-  std::vector<float> tmp_;
+  AccumulatedAttention score_;
   std::vector<double> sumk_, sumv_;            // [d * w, D]
   std::vector<std::vector<int32_t>> members_;  // [d * w], sorted
 };

@@ -39,24 +39,19 @@ double cosine(const float* a, const float* b, int64_t D) {
 class KvMergerState final : public StrategyState {
  public:
   KvMergerState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, KvMergerParams mp, const InstanceContext& ctx)
-      : B_(B), sinks_(sinks), recent_(recent), gqa_(gqa), mp_(mp), kv_(ctx.kv0), G_(ctx.G),
-        score_(static_cast<size_t>(ctx.T), 0.0), tmp_(static_cast<size_t>(ctx.T)) {}
+      : B_(B), sinks_(sinks), recent_(recent), mp_(mp), score_(ctx.T, ctx.kv0, ctx.G, gqa) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
-    KVSIM_ASSERT(lv.prompt_colsums != nullptr);
-    combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
-    for (int64_t i = 0; i < P; ++i) score_[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
+    score_.start(lv, P);
     evict(caches, P - 1);
   }
   void observe(std::span<const SlotCache> caches, std::span<const float* const> attn, int64_t) override {
-    const SlotCache& c = caches[0];
-    combine_gqa(attn[0], G_, c.size(), gqa_, tmp_.data());
-    for (int64_t s = 0; s < c.size(); ++s) score_[static_cast<size_t>(c.pos(s))] += tmp_[static_cast<size_t>(s)];
+    score_.add(caches[0], attn[0]);
   }
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
     if (c.size() > B_) merge_clusters(c, t);
-    evict_lowest(c, B_, t, sinks_, recent_, [&](int64_t s) { return score_[static_cast<size_t>(c.pos(s))]; });
+    evict_lowest(c, B_, t, sinks_, recent_, [&](int64_t s) { return score_[c.pos(s)]; });
   }
   double state_bytes(int64_t) const override { return 4.0 * static_cast<double>(B_ + 1); }
 
@@ -94,7 +89,7 @@ class KvMergerState final : public StrategyState {
     const int64_t D = c.D();
     int64_t pivot = set[0];
     for (int64_t s : set)
-      if (keep_before(score_[static_cast<size_t>(c.pos(s))], c.pos(s), score_[static_cast<size_t>(c.pos(pivot))], c.pos(pivot)))
+      if (keep_before(score_[c.pos(s)], c.pos(s), score_[c.pos(pivot)], c.pos(pivot)))
         pivot = s;
     std::vector<double> dist2(set.size());
     double mean_d2 = 0;
@@ -120,7 +115,7 @@ class KvMergerState final : public StrategyState {
         v[static_cast<size_t>(d)] += w * c.value(s)[d];
       }
       W += w;
-      score += score_[static_cast<size_t>(c.pos(s))];
+      score += score_[c.pos(s)];
       for (int64_t j = 0; j < c.n_members(s); ++j) members.push_back(c.member(s, j));
       if (x > 0) keep[static_cast<size_t>(s)] = 0;
     }
@@ -133,15 +128,12 @@ class KvMergerState final : public StrategyState {
     c.set_members(head, members);
     c.set_exact(head, false);
     c.set_bias(head, mp_.prop ? static_cast<float>(std::log(static_cast<double>(members.size()))) : 0.0f);
-    score_[static_cast<size_t>(members[0])] = score;
+    score_[members[0]] = score;
   }
 
   int64_t B_, sinks_, recent_;
-  Gqa gqa_;
   KvMergerParams mp_;
-  int64_t kv_, G_;
-  std::vector<double> score_;
-  std::vector<float> tmp_;
+  AccumulatedAttention score_;
 };
 
 class KvMerger final : public Strategy {

@@ -43,16 +43,8 @@ namespace ref {
 
 UniformQuantized quant_uniform(const float* x, int64_t n_t, int64_t D, int bits, QuantAxis axis, int64_t group) {
   quant::check_uniform_args(n_t, D, bits, axis, group);
-  UniformQuantized q;
-  q.bits = bits;
-  q.axis = axis;
-  q.group = group;
-  q.n_t = n_t;
-  q.D = D;
+  UniformQuantized q = quant::make_uniform(n_t, D, bits, axis, group);
   const int64_t n_blocks = n_t * D / group;
-  q.codes.assign(static_cast<size_t>((n_t * D * bits + 7) / 8), 0);
-  q.scale_f16.resize(static_cast<size_t>(n_blocks));
-  q.min_f16.resize(static_cast<size_t>(n_blocks));
   for (int64_t b = 0; b < n_blocks; ++b) quant::encode_uniform_block(x, q, b);
   return q;
 }
@@ -64,15 +56,8 @@ void dequant_uniform(const UniformQuantized& q, float* y) {
 
 Nf4Quantized quant_nf4(const float* x, int64_t n_t, int64_t D, QuantAxis axis, int64_t block, bool double_quant) {
   quant::check_nf4_args(n_t, D, block);
-  Nf4Quantized q;
-  q.axis = axis;
-  q.block = block;
-  q.n_t = n_t;
-  q.D = D;
-  q.double_quant = double_quant;
+  Nf4Quantized q = quant::make_nf4(n_t, D, axis, block, double_quant);
   const int64_t n_blocks = n_t * D / block;
-  q.codes.assign(static_cast<size_t>((n_t * D + 1) / 2), 0);
-  q.absmax.resize(static_cast<size_t>(n_blocks));
   for (int64_t b = 0; b < n_blocks; ++b) q.absmax[static_cast<size_t>(b)] = quant::block_absmax_nf4(x, q, b);
   if (double_quant) quant::double_quantize(q);
   for (int64_t b = 0; b < n_blocks; ++b) quant::encode_nf4_block(x, q, b);
