@@ -184,6 +184,20 @@ int64_t ResultsStore::add_config(const StoreConfig& c) {
   return q.col_int(0);
 }
 
+std::vector<int64_t> ResultsStore::add_configs(const std::vector<StoreConfig>& cs) {
+  std::vector<int64_t> ids;
+  ids.reserve(cs.size());
+  exec("BEGIN IMMEDIATE");
+  try {
+    for (const auto& c : cs) ids.push_back(add_config(c));
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  return ids;
+}
+
 std::set<RunKey> ResultsStore::done_runs() {
   std::set<RunKey> out;
   Stmt q(db_, "SELECT config_id, trace_id, sequence, prefill, stride FROM runs WHERE status = 'done'", path_);

@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   kvsim::tools::add_record(app);
   kvsim::tools::add_convert(app);
   kvsim::tools::add_run(app);
+  kvsim::tools::add_sweep(app);
+  kvsim::tools::add_best(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

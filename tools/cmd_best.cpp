@@ -1,0 +1,214 @@
+// kvsim best --db F --metric M [--max-ratio R] [--format text|markdown|csv|json] [--per-strategy]:
+// the Pareto front of memory ratio against a metric, overall and per strategy, the best
+// configuration under the memory budget, and a comparison table of strategies (tools/best.h).
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "sim/error.h"
+#include "sim/metrics.h"
+#include "tools/best.h"
+#include "tools/commands.h"
+
+namespace kvsim::tools {
+
+namespace {
+
+struct BestArgs {
+  std::string db, metric, format = "text";
+  double max_ratio = std::numeric_limits<double>::infinity();
+  bool per_strategy = false;
+};
+
+struct Table {
+  std::string title;
+  std::vector<std::string> cols;
+  std::vector<std::vector<std::string>> rows;
+};
+
+std::string fmt(double x) {
+  if (!std::isfinite(x)) return "nan";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", x);
+  return buf;
+}
+
+std::string csv_cell(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string o = "\"";
+  for (char c : s) o += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return o + "\"";
+}
+
+void print_table(const Table& t, const std::string& format) {
+  if (format == "markdown") {
+    std::printf("\n**%s**\n\n|", t.title.c_str());
+    for (const auto& c : t.cols) std::printf(" %s |", c.c_str());
+    std::printf("\n|");
+    for (size_t i = 0; i < t.cols.size(); ++i) std::printf(i < 2 ? " --- |" : " ---: |");
+    std::printf("\n");
+    for (const auto& r : t.rows) {
+      std::printf("|");
+      for (size_t i = 0; i < r.size(); ++i)  // specs hold '|'-free text but '_' and '*' are Markdown
+        std::printf(i == 1 ? " `%s` |" : " %s |", r[i].c_str());
+      std::printf("\n");
+    }
+    return;
+  }
+  std::vector<size_t> w(t.cols.size());
+  for (size_t i = 0; i < t.cols.size(); ++i) w[i] = t.cols[i].size();
+  for (const auto& r : t.rows)
+    for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
+  std::printf("\n%s\n", t.title.c_str());
+  auto line = [&](const std::vector<std::string>& r) {
+    for (size_t i = 0; i < r.size(); ++i)
+      std::printf(i < 2 ? "%-*s  " : "%*s  ", static_cast<int>(w[i]), r[i].c_str());
+    std::printf("\n");
+  };
+  line(t.cols);
+  for (const auto& r : t.rows) line(r);
+}
+
+int run_best(const BestArgs& a) {
+  const int m = parse_metric(a.metric);
+  if (a.format != "text" && a.format != "markdown" && a.format != "csv" && a.format != "json")
+    throw UsageError("--format '" + a.format + "' is not one of text, markdown, csv, json");
+  if (!(a.max_ratio > 0)) throw UsageError("--max-ratio " + fmt(a.max_ratio) + " must be > 0");
+  const bool hi = higher_is_better(m);
+  const std::vector<BestPoint> pts = load_points(a.db, m);
+  const std::string mname = metric_name(m);
+
+  std::map<std::string, std::vector<size_t>> by_strategy;  // strategy -> point indices
+  for (size_t i = 0; i < pts.size(); ++i) by_strategy[pts[i].strategy].push_back(i);
+  auto subset = [&](const std::vector<size_t>& idx) {
+    std::vector<BestPoint> s;
+    for (size_t i : idx) s.push_back(pts[i]);
+    return s;
+  };
+  const std::vector<size_t> front = pareto_front(pts, hi);
+  const int64_t best = best_under(pts, a.max_ratio, hi);
+  struct PerStrategy {
+    int64_t best = -1;
+    std::vector<size_t> front;
+    double min_ratio = std::numeric_limits<double>::infinity();
+  };
+  std::map<std::string, PerStrategy> per;
+  for (const auto& [name, idx] : by_strategy) {
+    const auto sub = subset(idx);
+    PerStrategy ps;
+    const int64_t b = best_under(sub, a.max_ratio, hi);
+    ps.best = b < 0 ? -1 : static_cast<int64_t>(idx[b]);
+    for (size_t j : pareto_front(sub, hi)) ps.front.push_back(idx[j]);
+    for (const auto& p : sub) ps.min_ratio = std::min(ps.min_ratio, p.ratio);
+    per[name] = ps;
+  }
+  const std::string budget = std::isinf(a.max_ratio) ? "none" : fmt(a.max_ratio);
+
+  if (a.format == "json") {
+    auto pj = [&](int64_t i) -> nlohmann::json {
+      if (i < 0) return nullptr;
+      const auto& p = pts[i];
+      return {{"strategy", p.strategy}, {"spec", p.spec}, {"ratio", p.ratio}, {mname, p.value}, {"runs", p.runs}};
+    };
+    nlohmann::json j;
+    j["db"] = a.db;
+    j["metric"] = mname;
+    j["higher_is_better"] = hi;
+    j["max_ratio"] = std::isinf(a.max_ratio) ? nlohmann::json(nullptr) : nlohmann::json(a.max_ratio);
+    j["configurations"] = pts.size();
+    j["best"] = pj(best);
+    j["front"] = nlohmann::json::array();
+    for (size_t i : front) j["front"].push_back(pj(static_cast<int64_t>(i)));
+    j["per_strategy"] = nlohmann::json::object();
+    for (const auto& [name, ps] : per) {
+      nlohmann::json s{{"best", pj(ps.best)}, {"configurations", by_strategy[name].size()}};
+      s["front"] = nlohmann::json::array();
+      for (size_t i : ps.front) s["front"].push_back(pj(static_cast<int64_t>(i)));
+      j["per_strategy"][name] = s;
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+
+  std::vector<Table> tables;
+  const std::vector<std::string> cols = {"strategy", "spec", "ratio", mname, "runs"};
+  auto row = [&](size_t i) {
+    const auto& p = pts[i];
+    return std::vector<std::string>{p.strategy, p.spec, fmt(p.ratio), fmt(p.value), std::to_string(p.runs)};
+  };
+  Table cmp{"Strategies compared: the best configuration of each with ratio <= " + budget,
+            {"strategy", "best spec", "ratio", mname, "runs", "front size", "min ratio"}, {}};
+  for (const auto& [name, ps] : per) {
+    if (ps.best >= 0) {
+      auto r = row(static_cast<size_t>(ps.best));
+      r.push_back(std::to_string(ps.front.size()));
+      r.push_back(fmt(ps.min_ratio));
+      cmp.rows.push_back(r);
+    } else {
+      cmp.rows.push_back({name, "(none fits)", "-", "-", "-", std::to_string(ps.front.size()), fmt(ps.min_ratio)});
+    }
+  }
+  Table fr{"Pareto front, all strategies (ratio lower is better; " + mname + (hi ? " higher" : " lower") +
+               " is better)",
+           cols, {}};
+  for (size_t i : front) fr.rows.push_back(row(i));
+  tables.push_back(cmp);
+  tables.push_back(fr);
+  if (a.per_strategy)
+    for (const auto& [name, ps] : per) {
+      Table t{"Pareto front of " + name, cols, {}};
+      for (size_t i : ps.front) t.rows.push_back(row(i));
+      tables.push_back(t);
+    }
+
+  if (a.format == "csv") {
+    std::printf("table,strategy,spec,ratio,%s,runs\n", mname.c_str());
+    auto emit = [&](const std::string& table, size_t i) {
+      const auto& p = pts[i];
+      std::printf("%s,%s,%s,%s,%s,%lld\n", table.c_str(), csv_cell(p.strategy).c_str(), csv_cell(p.spec).c_str(),
+                  fmt(p.ratio).c_str(), fmt(p.value).c_str(), (long long)p.runs);
+    };
+    if (best >= 0) emit("best", static_cast<size_t>(best));
+    for (const auto& [name, ps] : per)
+      if (ps.best >= 0) emit("strategy_best", static_cast<size_t>(ps.best));
+    for (size_t i : front) emit("front", i);
+    if (a.per_strategy)
+      for (const auto& [name, ps] : per)
+        for (size_t i : ps.front) emit("strategy_front", i);
+    return 0;
+  }
+
+  std::printf("%s%s: %zu configurations, metric %s (%s is better), memory ratio <= %s\n",
+              a.format == "markdown" ? "" : "kvsim best ", a.db.c_str(), pts.size(), mname.c_str(),
+              hi ? "higher" : "lower", budget.c_str());
+  if (best >= 0) {
+    const auto& p = pts[best];
+    std::printf("%sbest under the budget: %s (ratio %s, %s %s, %lld runs)%s\n", a.format == "markdown" ? "**" : "",
+                p.spec.c_str(), fmt(p.ratio).c_str(), mname.c_str(), fmt(p.value).c_str(), (long long)p.runs,
+                a.format == "markdown" ? "**" : "");
+  } else {
+    double lo = std::numeric_limits<double>::infinity();
+    for (const auto& p : pts) lo = std::min(lo, p.ratio);
+    std::printf("no configuration fits ratio <= %s (the smallest ratio is %s)\n", budget.c_str(), fmt(lo).c_str());
+  }
+  for (const auto& t : tables) print_table(t, a.format);
+  return 0;
+}
+
+}  // namespace
+
+void add_best(CLI::App& app) {
+  auto a = std::make_shared<BestArgs>();
+  CLI::App* c = app.add_subcommand("best", "Grid-search answers from a results store: Pareto front and best under a memory budget");
+  c->add_option("--db", a->db, "results store written by kvsim sweep")->required();
+  c->add_option("--metric", a->metric, "metric to optimise (kl, out_cos, mass, tv, ...)")->required();
+  c->add_option("--max-ratio", a->max_ratio, "memory budget: mean ratio (bytes / fp16 full cache) <= R");
+  c->add_option("--format", a->format, "text, markdown, csv or json")->capture_default_str();
+  c->add_flag("--per-strategy", a->per_strategy, "also print each strategy's Pareto front");
+  c->callback([a] { exit_status() = run_best(*a); });
+}
+
+}  // namespace kvsim::tools
