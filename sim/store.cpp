@@ -117,14 +117,22 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
         sqlite3_free(err);
         throw FormatError(path + ": not an SQLite database (" + m + ")");
       }
-      bool has_meta = false;
+      bool has_meta = false, has_tables = false;
       {
         Stmt s(db_, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", path_);
         has_meta = s.step();
+        Stmt t(db_, "SELECT 1 FROM sqlite_master", path_);
+        has_tables = t.step();
       }
-      if (!has_meta) throw FormatError(path + ": an SQLite database but not a kvsim results store (no meta table)");
-      Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
-      const std::string v = s.step() ? s.col_text(0) : "";
+      // A database without any table is one whose creation was killed before the schema
+      // transaction committed (only the WAL header got written): create the schema below.
+      if (!has_meta && has_tables)
+        throw FormatError(path + ": an SQLite database but not a kvsim results store (no meta table)");
+      std::string v = std::to_string(kStoreSchemaVersion);
+      if (has_meta) {
+        Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
+        v = s.step() ? s.col_text(0) : "";
+      }
       if (v != std::to_string(kStoreSchemaVersion))
         throw FormatError(path + ": results store schema_version = '" + v + "' but this kvsim writes version " +
                           std::to_string(kStoreSchemaVersion) + " (use a new --db file)");

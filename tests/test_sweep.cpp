@@ -66,6 +66,6 @@ TEST_CASE("sweep: configurations are identified by their resolved parameters") {
     prepare_sweep(o);
     FAIL("no error");
   } catch (const UsageError& e) {
-    CHECK(std::string(e.what()).rfind(cfg + ":4: ", 0) == 0);
+    CHECK(std::string(e.what()).rfind(cfg + ":5: ", 0) == 0);  // the h2o entry
   }
 }

@@ -41,6 +41,13 @@ void Progress::finish() {
   draw(true);
 }
 
+void Progress::log(const std::string& line) {
+  if (tty_ && !quiet_ && !finished_) std::fprintf(stderr, "\r%*s\r", 100, "");
+  std::fprintf(stderr, "%s\n", line.c_str());
+  if (tty_ && !quiet_ && !finished_) draw(false);
+  std::fflush(stderr);
+}
+
 void Progress::draw(bool final_line) {
   const double el = elapsed();
   const double rate = el > 0 ? static_cast<double>(done_) / el : 0.0;

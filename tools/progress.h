@@ -15,6 +15,8 @@ class Progress {
   void advance(int64_t n = 1);
   void set_note(std::string note) { note_ = std::move(note); }  // appended to the line, e.g. "1 failed"
   void finish();  // final line (and newline on a terminal)
+  // Prints one line on stderr without tearing the bar (even when quiet: warnings are not progress).
+  void log(const std::string& line);
   double elapsed() const;
   int64_t done() const { return done_; }
 

@@ -357,10 +357,7 @@ int run_sweep(const SweepOptions& opt) {
         ++done;
       } else {
         ++failed;
-        if (reported.insert(o.run.error).second) {
-          if (!opt.quiet) std::fprintf(stderr, "\n");
-          std::fprintf(stderr, "kvsim sweep: run failed: %s\n", o.run.error.c_str());
-        }
+        if (reported.insert(o.run.error).second) progress.log("kvsim sweep: run failed: " + o.run.error);
       }
       progress.set_note(failed ? std::to_string(failed) + " failed" : "");
       progress.advance();

@@ -11,7 +11,7 @@ TRACE = os.path.join(ROOT, "traces", "samples", "stories260K.h5")
 QUICK = os.path.join(ROOT, "configs", "quick.yaml")
 
 
-def quick_config(d, traces=None, name="quick.yaml", extra=""):
+def quick_config(d, traces=None, name="quick.yaml", extra="", sequences=None):
     """configs/quick.yaml with its traces replaced by a copy of the embedded trace in d (its
     reference-statistics sidecar then lives in d too). Returns the config path."""
     if traces is None:
@@ -22,6 +22,9 @@ def quick_config(d, traces=None, name="quick.yaml", extra=""):
     text = open(QUICK).read()
     text, n = re.subn(r"(?m)^traces:.*$", "traces: [" + ", ".join(traces) + "]", text)
     assert n == 1, "configs/quick.yaml has no traces line"
+    if sequences is not None:
+        text, n = re.subn(r"(?m)^sequences:.*$", "sequences: [" + ", ".join(sequences) + "]", text)
+        assert n == 1, "configs/quick.yaml has no sequences line"
     path = os.path.join(d, name)
     with open(path, "w") as f:
         f.write(text + extra)
@@ -68,8 +71,15 @@ def assert_same(a, b, what):
 
 
 def count(db, sql):
+    """A scalar from the store; 0 when the store (or its schema) does not exist yet."""
+    if not os.path.exists(db):
+        return 0
     con = sqlite3.connect(db)
     try:
         return con.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return 0
+        raise
     finally:
         con.close()

@@ -150,8 +150,7 @@ int coordinator(const SweepWork& w, const SweepOptions& opt, int n_ranks) {
         ++done;
       } else {
         ++failed;
-        if (reported.insert(o.run.error).second)
-          std::fprintf(stderr, "%skvsim sweep: run failed: %s\n", opt.quiet ? "" : "\n", o.run.error.c_str());
+        if (reported.insert(o.run.error).second) progress.log("kvsim sweep: run failed: " + o.run.error);
       }
       progress.set_note(failed ? std::to_string(failed) + " failed" : "");
       progress.advance();
