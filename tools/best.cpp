@@ -48,7 +48,7 @@ int64_t best_under(const std::vector<BestPoint>& pts, double max_ratio, bool hig
   return best;
 }
 
-std::vector<BestPoint> load_points(const std::string& db, int metric) {
+std::vector<BestPoint> load_points(const std::string& db, int metric, const BestFilter& filter) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(db, ec)) throw UsageError(db + ": no such results store");
   { ResultsStore check(db); }  // refuses non-stores and other schema versions (one line)
@@ -61,10 +61,11 @@ std::vector<BestPoint> load_points(const std::string& db, int metric) {
   sqlite3_busy_timeout(h, 60000);
   const char* sql =
       "SELECT c.strategy, c.spec, avg(r_.mean), avg(m_.mean), count(*) FROM runs r "
-      "JOIN configs c ON c.id = r.config_id "
+      "JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id "
       "JOIN summaries r_ ON r_.run_id = r.id AND r_.layer = -1 AND r_.head = -1 AND r_.metric = 'ratio' "
-      "JOIN summaries m_ ON m_.run_id = r.id AND m_.layer = -1 AND m_.head = -1 AND m_.metric = ? "
-      "WHERE r.status = 'done' GROUP BY c.id ORDER BY c.id";
+      "JOIN summaries m_ ON m_.run_id = r.id AND m_.layer = -1 AND m_.head = -1 AND m_.metric = ?1 "
+      "WHERE r.status = 'done' AND (?2 = '' OR r.sequence = ?2) AND (?3 < 0 OR r.prefill = ?3) "
+      "AND (?4 = '' OR instr(t.path, ?4) > 0) GROUP BY c.id ORDER BY c.id";
   sqlite3_stmt* s = nullptr;
   std::vector<BestPoint> out;
   if (sqlite3_prepare_v2(h, sql, -1, &s, nullptr) != SQLITE_OK) {
@@ -73,6 +74,9 @@ std::vector<BestPoint> load_points(const std::string& db, int metric) {
     throw IoError(db + ": SQL error: " + m);
   }
   sqlite3_bind_text(s, 1, metric_name(metric), -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, filter.sequence.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(s, 3, filter.prefill);
+  sqlite3_bind_text(s, 4, filter.trace.c_str(), -1, SQLITE_TRANSIENT);
   int rc;
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
     BestPoint p;
@@ -87,7 +91,11 @@ std::vector<BestPoint> load_points(const std::string& db, int metric) {
   sqlite3_finalize(s);
   sqlite3_close(h);
   if (!err.empty()) throw IoError(db + ": SQL error: " + err);
-  if (out.empty()) throw UsageError(db + ": the results store has no finished runs (run kvsim sweep first)");
+  if (out.empty()) {
+    const bool filtered = !filter.sequence.empty() || filter.prefill >= 0 || !filter.trace.empty();
+    throw UsageError(db + (filtered ? ": no finished runs match --sequence/--prefill/--trace"
+                                    : ": the results store has no finished runs (run kvsim sweep first)"));
+  }
   return out;
 }
 

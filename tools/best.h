@@ -23,8 +23,14 @@ std::vector<size_t> pareto_front(const std::vector<BestPoint>& pts, bool higher_
 // Index of the best point with ratio <= max_ratio (better value, then lower ratio, then spec), or -1.
 int64_t best_under(const std::vector<BestPoint>& pts, double max_ratio, bool higher_better);
 
+// Which runs count (empty / -1: all).
+struct BestFilter {
+  std::string sequence, trace;  // trace: a substring of the trace's path
+  int64_t prefill = -1;
+};
+
 // Per configuration means over its done runs, from the store at `db` (UsageError: no such file,
-// no finished runs; FormatError: not a store / another schema version).
-std::vector<BestPoint> load_points(const std::string& db, int metric);
+// no finished runs (matching the filter); FormatError: not a store / another schema version).
+std::vector<BestPoint> load_points(const std::string& db, int metric, const BestFilter& filter = {});
 
 }  // namespace kvsim::tools

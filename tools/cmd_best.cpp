@@ -21,6 +21,7 @@ struct BestArgs {
   std::string db, metric, format = "text";
   double max_ratio = std::numeric_limits<double>::infinity();
   bool per_strategy = false;
+  BestFilter filter;
 };
 
 struct Table {
@@ -78,7 +79,7 @@ int run_best(const BestArgs& a) {
     throw UsageError("--format '" + a.format + "' is not one of text, markdown, csv, json");
   if (!(a.max_ratio > 0)) throw UsageError("--max-ratio " + fmt(a.max_ratio) + " must be > 0");
   const bool hi = higher_is_better(m);
-  const std::vector<BestPoint> pts = load_points(a.db, m);
+  const std::vector<BestPoint> pts = load_points(a.db, m, a.filter);
   const std::string mname = metric_name(m);
 
   std::map<std::string, std::vector<size_t>> by_strategy;  // strategy -> point indices
@@ -208,6 +209,9 @@ void add_best(CLI::App& app) {
   c->add_option("--max-ratio", a->max_ratio, "memory budget: mean ratio (bytes / fp16 full cache) <= R");
   c->add_option("--format", a->format, "text, markdown, csv or json")->capture_default_str();
   c->add_flag("--per-strategy", a->per_strategy, "also print each strategy's Pareto front");
+  c->add_option("--sequence", a->filter.sequence, "only runs of this sequence (default: mean over all)");
+  c->add_option("--prefill", a->filter.prefill, "only runs with this prefill P (default: mean over all)");
+  c->add_option("--trace", a->filter.trace, "only runs of traces whose path contains this text");
   c->callback([a] { exit_status() = run_best(*a); });
 }
 

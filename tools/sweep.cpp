@@ -308,7 +308,7 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
       (void)s->make_state(ctx);
       strategies.push_back(s);
       index.push_back(i);
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       fail(out[i], w.configs.at(out[i].config).spec + ": " + e.what());
     }
   }

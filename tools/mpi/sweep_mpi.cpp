@@ -124,7 +124,15 @@ void worker(const SweepWork& w, const SweepOptions& opt) {
     SweepBatch b;
     b.group = ids.at(0);
     b.configs.assign(ids.begin() + 1, ids.end());
-    const std::vector<char> out = pack(run_batch(w, b, opt.stats_cache));
+    std::vector<char> out;
+    try {
+      out = pack(run_batch(w, b, opt.stats_cache));
+    } catch (const std::exception& e) {
+      // run_batch turns trace and strategy problems into failed runs; anything else (out of
+      // memory) would leave rank 0 waiting forever: take the job down, the store stays consistent.
+      std::fprintf(stderr, "kvsim: error: %s\n", e.what());
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
     MPI_Send(out.data(), static_cast<int>(out.size()), MPI_BYTE, 0, kResult, MPI_COMM_WORLD);
   }
 }
