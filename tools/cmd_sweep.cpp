@@ -14,7 +14,7 @@ void add_sweep(CLI::App& app) {
   auto mpi = std::make_shared<bool>(false);
   CLI::App* c = app.add_subcommand("sweep", "Run a grid of configurations over traces into the results store (resumable)");
   c->add_option("config", a->config, "sweep config (YAML; see configs/quick.yaml)")->required();
-  c->add_option("--db", a->db, "results store (default: next to the config, <config name>.db)");
+  c->add_option("--db", a->db, "results store (default: next to the config, CONFIG with .db for .yaml)");
   c->add_option("--shard", a->shard, "I/N: run only this shard's runs (run r belongs to shard r mod N)");
   c->add_option("--backend", a->backend, "ref, omp, cuda or auto (default: the config's backend, else auto)");
   c->add_option("--batch", a->batch, "configurations per replay (one reading of each layer)")->capture_default_str();

@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   kvsim::tools::SweepOptions a;
   CLI::App* c = app.add_subcommand("sweep", "Run a sweep config over MPI ranks into the results store (resumable)");
   c->add_option("config", a.config, "sweep config (YAML)")->required();
-  c->add_option("--db", a.db, "results store (default: next to the config, <config name>.db)");
+  c->add_option("--db", a.db, "results store (default: next to the config, CONFIG with .db for .yaml)");
   c->add_option("--shard", a.shard, "I/N: run only this shard's runs");
   c->add_option("--backend", a.backend, "ref, omp, cuda or auto");
   c->add_option("--batch", a.batch, "configurations per batch handed to a rank")->capture_default_str();
