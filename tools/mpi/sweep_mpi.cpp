@@ -217,6 +217,27 @@ int run_sweep_mpi(const SweepOptions& opt) {
   } catch (const Error& e) {
     code = e.exit_code(), err = e.what();
   }
+  // Batches travel as indices: every rank must see the same groups and configurations (a trace
+  // unreadable on one node would shift them).
+  if (code == 0) {
+    std::string fp;
+    for (const auto& c : w.configs) fp += c.canonical + "\n";
+    for (const auto& g : w.groups)
+      fp += std::to_string(g.trace) + "/" + g.sequence + "/" + std::to_string(g.prefill) + "/" + g.error + "\n";
+    const std::string mine = content_hash_hex(fp);
+    std::vector<char> all(static_cast<size_t>(n_ranks) * 16);
+    MPI_Allgather(mine.data(), 16, MPI_CHAR, all.data(), 16, MPI_CHAR, MPI_COMM_WORLD);
+    for (int r = 0; r < n_ranks; ++r)
+      if (std::string(all.data() + r * 16, 16) != std::string(all.data(), 16)) {
+        code = 2;
+        err = "MPI rank " + std::to_string(r) + " sees other traces, sequences or configurations than rank 0 "
+              "(are the config and the traces readable at the same paths on every node?)";
+      }
+  } else {
+    std::vector<char> all(static_cast<size_t>(n_ranks) * 16);
+    const std::string none(16, '-');
+    MPI_Allgather(none.data(), 16, MPI_CHAR, all.data(), 16, MPI_CHAR, MPI_COMM_WORLD);
+  }
   int worst = 0;
   MPI_Allreduce(&code, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (worst != 0) {
