@@ -45,6 +45,16 @@ def main():
             return check
         s.check("mpirun -np 2: same rows and values as one process", ranks(2))
         s.check("mpirun -np 3 (two working ranks): same rows and values as one process", ranks(3))
+
+        def bad_input():
+            bad = os.path.join(d, "bad.yaml")
+            with open(bad, "w") as f:
+                f.write("traces: [%s]\nstrategies:\n  - name: h2oo\n" % os.path.join(d, "stories260K.h5"))
+            r = subprocess.run([mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", driver, "sweep", bad,
+                                "--db", os.path.join(d, "bad.db")], capture_output=True, text=True, env=env, timeout=120)
+            ours = [x for x in r.stderr.splitlines() if x.startswith("kvsim: error:")]
+            assert r.returncode == 2 and len(ours) == 1 and "bad.yaml:3:" in ours[0], (r.returncode, r.stderr)
+        s.check("mpirun with a bad config: our one line (from rank 0 only), exit 2", bad_input)
     s.finish()
 
 
