@@ -1,6 +1,7 @@
 // kvsim sweep CONFIG.yaml [--db F] [--shard I/N] [--backend ...] [--batch N] [--quiet]: every
 // configuration of the sweep config x every trace, sequence and prefill into the results store,
-// resumable (tools/sweep.h). Exit status 0, 1 when some run failed, 2 bad input, 130 on SIGINT.
+// resumable (tools/sweep.h). Exit status 0, 1 when some run failed, 2 bad input, 130 on SIGINT
+// (143 on SIGTERM).
 #include <memory>
 
 #include "sim/error.h"

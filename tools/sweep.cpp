@@ -27,9 +27,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::atomic<bool> g_stop{false};
+std::atomic<int> g_stop{0};  // the signal that asked to stop, 0: none
 
-extern "C" void on_sigint(int) { g_stop.store(true); }
+extern "C" void on_stop_signal(int sig) { g_stop.store(sig); }
 
 std::vector<std::string> split_plus(const std::string& s) {
   std::vector<std::string> out;
@@ -179,13 +179,16 @@ void fill_rows(const ConfigResult& c, const ReplayResult& rr, StoreRun& run) {
 
 void install_stop_handler() {
   struct sigaction sa {};
-  sa.sa_handler = on_sigint;
+  sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND;  // a second SIGINT kills
+  sa.sa_flags = SA_RESETHAND;  // a second one kills
   sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);  // SLURM's time limit: SIGTERM, then SIGKILL after KillWait
 }
 
-bool stop_requested() { return g_stop.load(); }
+bool stop_requested() { return g_stop.load() != 0; }
+
+int stop_exit_status() { return 128 + (g_stop.load() ? g_stop.load() : SIGINT); }
 
 std::pair<int64_t, int64_t> parse_shard(const std::string& s) {
   if (s.empty()) return {0, 1};
@@ -379,7 +382,7 @@ int run_sweep(const SweepOptions& opt) {
   if (interrupted) {
     std::fprintf(stderr, "kvsim sweep: interrupted; %lld runs committed, rerun the same command to resume\n",
                  (long long)done + (long long)failed);
-    return 130;
+    return stop_exit_status();
   }
   return failed ? 1 : 0;
 }

@@ -87,12 +87,14 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
 // The default results store of a config: next to it, <config stem>.db.
 std::string default_db_path(const std::string& config);
 
-// The serial driver (kvsim sweep). Returns the exit status: 0, 1 (some run failed), 130 (SIGINT).
+// The serial driver (kvsim sweep). Returns the exit status: 0, 1 (some run failed), 130 (SIGINT),
+// 143 (SIGTERM).
 int run_sweep(const SweepOptions& opt);
 
-// SIGINT handling shared by the drivers: the first SIGINT asks to stop after the batch in flight,
-// a second one kills the process.
+// SIGINT and SIGTERM handling shared by the drivers: the first one asks to stop after the batch in
+// flight, a second one kills the process. The exit status is then 128 + the signal (130, 143).
 void install_stop_handler();
 bool stop_requested();
+int stop_exit_status();
 
 }  // namespace kvsim::tools

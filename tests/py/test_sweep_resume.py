@@ -79,23 +79,26 @@ def main():
             assert_same(dump(db), base, "killed and resumed")
         s.check(f"SIGKILL at {KILLS} random moments, resumed each time: same rows and values", kill_and_resume)
 
-        def sigint_commits_and_resumes():
-            cfg = quick_config(d, sequences=SEQUENCES)
-            db = os.path.join(d, "int.db")
-            p = subprocess.Popen([k, "sweep", cfg, "--db", db, "--quiet", "--batch", BATCH],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            time.sleep(startup + duration / 2)
-            p.send_signal(signal.SIGINT)
-            out, err = p.communicate()
-            assert p.returncode == 130, (p.returncode, err)
-            assert "interrupted" in err and "resume" in err, err
-            done = count(db, "SELECT count(*) FROM runs WHERE status='done'")
-            assert 0 < done < n_runs, done
-            assert count(db, "SELECT count(*) FROM runs r WHERE NOT EXISTS "
-                             "(SELECT 1 FROM summaries s WHERE s.run_id = r.id)") == 0
-            sweep(k, cfg, db, env=env)
-            assert_same(dump(db), base, "interrupted and resumed")
-        s.check("SIGINT: finishes the batch in flight, exit 130, resumes to the same rows", sigint_commits_and_resumes)
+        def stop_signal(sig, code):
+            def check():
+                cfg = quick_config(d, sequences=SEQUENCES)
+                db = os.path.join(d, f"sig{code}.db")
+                p = subprocess.Popen([k, "sweep", cfg, "--db", db, "--quiet", "--batch", BATCH],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                time.sleep(startup + duration / 2)
+                p.send_signal(sig)
+                out, err = p.communicate()
+                assert p.returncode == code, (p.returncode, err)
+                assert "interrupted" in err and "resume" in err, err
+                done = count(db, "SELECT count(*) FROM runs WHERE status='done'")
+                assert 0 < done < n_runs, done
+                assert count(db, "SELECT count(*) FROM runs r WHERE NOT EXISTS "
+                                 "(SELECT 1 FROM summaries s WHERE s.run_id = r.id)") == 0
+                sweep(k, cfg, db, env=env)
+                assert_same(dump(db), base, "interrupted and resumed")
+            return check
+        s.check("SIGINT: finishes the batch in flight, exit 130, resumes to the same rows", stop_signal(signal.SIGINT, 130))
+        s.check("SIGTERM (SLURM time limit): the same, exit 143", stop_signal(signal.SIGTERM, 143))
 
         def two_shards():
             cfg = quick_config(d, sequences=SEQUENCES)

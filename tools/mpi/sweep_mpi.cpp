@@ -194,7 +194,7 @@ int coordinator(const SweepWork& w, const SweepOptions& opt, int n_ranks) {
   if (next < batches.size()) {
     std::fprintf(stderr, "kvsim sweep: interrupted; %lld runs committed, rerun the same command to resume\n",
                  (long long)(done + failed));
-    return 130;
+    return stop_exit_status();
   }
   return failed ? 1 : 0;
 }
