@@ -37,6 +37,13 @@ std::string fmt(double x) {
   return buf;
 }
 
+std::string fmt_exact(double x) {  // CSV is read by programs: every digit
+  if (!std::isfinite(x)) return "nan";
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", x);
+  return buf;
+}
+
 std::string csv_cell(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string o = "\"";
@@ -170,7 +177,7 @@ int run_best(const BestArgs& a) {
     auto emit = [&](const std::string& table, size_t i) {
       const auto& p = pts[i];
       std::printf("%s,%s,%s,%s,%s,%lld\n", table.c_str(), csv_cell(p.strategy).c_str(), csv_cell(p.spec).c_str(),
-                  fmt(p.ratio).c_str(), fmt(p.value).c_str(), (long long)p.runs);
+                  fmt_exact(p.ratio).c_str(), fmt_exact(p.value).c_str(), (long long)p.runs);
     };
     if (best >= 0) emit("best", static_cast<size_t>(best));
     for (const auto& [name, ps] : per)
