@@ -72,12 +72,143 @@ void print_table(const Table& t, const std::string& format) {
     for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
   std::printf("\n%s\n", t.title.c_str());
   auto line = [&](const std::vector<std::string>& r) {
-    for (size_t i = 0; i < r.size(); ++i)
-      std::printf(i < 2 ? "%-*s  " : "%*s  ", static_cast<int>(w[i]), r[i].c_str());
-    std::printf("\n");
+    std::string out;
+    char buf[512];
+    for (size_t i = 0; i < r.size(); ++i) {
+      std::snprintf(buf, sizeof buf, i < 2 ? "%-*s" : "%*s", static_cast<int>(w[i]), r[i].c_str());
+      out += (i ? "  " : "") + std::string(buf);
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    std::printf("%s\n", out.c_str());
   };
   line(t.cols);
   for (const auto& r : t.rows) line(r);
+}
+
+struct PerStrategy {
+  int64_t best = -1;  // index into Answer::pts
+  std::vector<size_t> front;
+  size_t configurations = 0;
+  double min_ratio = std::numeric_limits<double>::infinity();
+};
+
+// Everything `best` reports, computed once for every format.
+struct Answer {
+  std::string metric, budget;
+  bool higher = false;
+  std::vector<BestPoint> pts;
+  std::vector<size_t> front;
+  int64_t best = -1;
+  std::map<std::string, PerStrategy> per;
+};
+
+Answer answer(const BestArgs& a, int m) {
+  Answer r;
+  r.metric = metric_name(m);
+  r.higher = higher_is_better(m);
+  r.budget = std::isinf(a.max_ratio) ? "none" : fmt(a.max_ratio);
+  r.pts = load_points(a.db, m, a.filter);
+  r.front = pareto_front(r.pts, r.higher);
+  r.best = best_under(r.pts, a.max_ratio, r.higher);
+  std::map<std::string, std::vector<size_t>> by_strategy;
+  for (size_t i = 0; i < r.pts.size(); ++i) by_strategy[r.pts[i].strategy].push_back(i);
+  for (const auto& [name, idx] : by_strategy) {
+    std::vector<BestPoint> sub;
+    for (size_t i : idx) sub.push_back(r.pts[i]);
+    PerStrategy ps;
+    ps.configurations = idx.size();
+    const int64_t b = best_under(sub, a.max_ratio, r.higher);
+    ps.best = b < 0 ? -1 : static_cast<int64_t>(idx[b]);
+    for (size_t j : pareto_front(sub, r.higher)) ps.front.push_back(idx[j]);
+    for (const auto& p : sub) ps.min_ratio = std::min(ps.min_ratio, p.ratio);
+    r.per[name] = ps;
+  }
+  return r;
+}
+
+void print_json(const BestArgs& a, const Answer& r) {
+  auto pj = [&](int64_t i) -> nlohmann::json {
+    if (i < 0) return nullptr;
+    const auto& p = r.pts[i];
+    return {{"strategy", p.strategy}, {"spec", p.spec}, {"ratio", p.ratio}, {r.metric, p.value}, {"runs", p.runs}};
+  };
+  nlohmann::json j;
+  j["db"] = a.db;
+  j["metric"] = r.metric;
+  j["higher_is_better"] = r.higher;
+  j["max_ratio"] = std::isinf(a.max_ratio) ? nlohmann::json(nullptr) : nlohmann::json(a.max_ratio);
+  j["configurations"] = r.pts.size();
+  j["best"] = pj(r.best);
+  j["front"] = nlohmann::json::array();
+  for (size_t i : r.front) j["front"].push_back(pj(static_cast<int64_t>(i)));
+  j["per_strategy"] = nlohmann::json::object();
+  for (const auto& [name, ps] : r.per) {
+    nlohmann::json s{{"best", pj(ps.best)}, {"configurations", ps.configurations}};
+    s["front"] = nlohmann::json::array();
+    for (size_t i : ps.front) s["front"].push_back(pj(static_cast<int64_t>(i)));
+    j["per_strategy"][name] = s;
+  }
+  std::printf("%s\n", j.dump(2).c_str());
+}
+
+void print_csv(const BestArgs& a, const Answer& r) {
+  std::printf("table,strategy,spec,ratio,%s,runs\n", r.metric.c_str());
+  auto emit = [&](const char* table, size_t i) {
+    const auto& p = r.pts[i];
+    std::printf("%s,%s,%s,%s,%s,%lld\n", table, csv_cell(p.strategy).c_str(), csv_cell(p.spec).c_str(),
+                fmt_exact(p.ratio).c_str(), fmt_exact(p.value).c_str(), (long long)p.runs);
+  };
+  if (r.best >= 0) emit("best", static_cast<size_t>(r.best));
+  for (const auto& [name, ps] : r.per)
+    if (ps.best >= 0) emit("strategy_best", static_cast<size_t>(ps.best));
+  for (size_t i : r.front) emit("front", i);
+  if (a.per_strategy)
+    for (const auto& [name, ps] : r.per)
+      for (size_t i : ps.front) emit("strategy_front", i);
+}
+
+// text and markdown: the answer line, the comparison of strategies, the fronts.
+void print_tables(const BestArgs& a, const Answer& r) {
+  const bool md = a.format == "markdown";
+  const std::vector<std::string> cols = {"strategy", "spec", "ratio", r.metric, "runs"};
+  auto row = [&](size_t i) {
+    const auto& p = r.pts[i];
+    return std::vector<std::string>{p.strategy, p.spec, fmt(p.ratio), fmt(p.value), std::to_string(p.runs)};
+  };
+  std::vector<Table> tables;
+  Table cmp{"Strategies compared: the best configuration of each with ratio <= " + r.budget,
+            {"strategy", "best spec", "ratio", r.metric, "runs", "front size", "min ratio"}, {}};
+  for (const auto& [name, ps] : r.per) {
+    std::vector<std::string> x = ps.best >= 0 ? row(static_cast<size_t>(ps.best))
+                                              : std::vector<std::string>{name, "(none fits)", "-", "-", "-"};
+    x.push_back(std::to_string(ps.front.size()));
+    x.push_back(fmt(ps.min_ratio));
+    cmp.rows.push_back(x);
+  }
+  tables.push_back(cmp);
+  Table fr{"Pareto front, all strategies (ratio lower is better; " + r.metric + (r.higher ? " higher" : " lower") +
+               " is better)",
+           cols, {}};
+  for (size_t i : r.front) fr.rows.push_back(row(i));
+  tables.push_back(fr);
+  if (a.per_strategy)
+    for (const auto& [name, ps] : r.per) {
+      Table t{"Pareto front of " + name, cols, {}};
+      for (size_t i : ps.front) t.rows.push_back(row(i));
+      tables.push_back(t);
+    }
+  std::printf("%s%s: %zu configurations, metric %s (%s is better), memory ratio <= %s\n", md ? "" : "kvsim best ",
+              a.db.c_str(), r.pts.size(), r.metric.c_str(), r.higher ? "higher" : "lower", r.budget.c_str());
+  if (r.best >= 0) {
+    const auto& p = r.pts[r.best];
+    std::printf("%sbest under the budget: %s (ratio %s, %s %s, %lld runs)%s\n", md ? "**" : "", p.spec.c_str(),
+                fmt(p.ratio).c_str(), r.metric.c_str(), fmt(p.value).c_str(), (long long)p.runs, md ? "**" : "");
+  } else {
+    double lo = std::numeric_limits<double>::infinity();
+    for (const auto& p : r.pts) lo = std::min(lo, p.ratio);
+    std::printf("no configuration fits ratio <= %s (the smallest ratio is %s)\n", r.budget.c_str(), fmt(lo).c_str());
+  }
+  for (const auto& t : tables) print_table(t, a.format);
 }
 
 int run_best(const BestArgs& a) {
@@ -85,124 +216,10 @@ int run_best(const BestArgs& a) {
   if (a.format != "text" && a.format != "markdown" && a.format != "csv" && a.format != "json")
     throw UsageError("--format '" + a.format + "' is not one of text, markdown, csv, json");
   if (!(a.max_ratio > 0)) throw UsageError("--max-ratio " + fmt(a.max_ratio) + " must be > 0");
-  const bool hi = higher_is_better(m);
-  const std::vector<BestPoint> pts = load_points(a.db, m, a.filter);
-  const std::string mname = metric_name(m);
-
-  std::map<std::string, std::vector<size_t>> by_strategy;  // strategy -> point indices
-  for (size_t i = 0; i < pts.size(); ++i) by_strategy[pts[i].strategy].push_back(i);
-  auto subset = [&](const std::vector<size_t>& idx) {
-    std::vector<BestPoint> s;
-    for (size_t i : idx) s.push_back(pts[i]);
-    return s;
-  };
-  const std::vector<size_t> front = pareto_front(pts, hi);
-  const int64_t best = best_under(pts, a.max_ratio, hi);
-  struct PerStrategy {
-    int64_t best = -1;
-    std::vector<size_t> front;
-    double min_ratio = std::numeric_limits<double>::infinity();
-  };
-  std::map<std::string, PerStrategy> per;
-  for (const auto& [name, idx] : by_strategy) {
-    const auto sub = subset(idx);
-    PerStrategy ps;
-    const int64_t b = best_under(sub, a.max_ratio, hi);
-    ps.best = b < 0 ? -1 : static_cast<int64_t>(idx[b]);
-    for (size_t j : pareto_front(sub, hi)) ps.front.push_back(idx[j]);
-    for (const auto& p : sub) ps.min_ratio = std::min(ps.min_ratio, p.ratio);
-    per[name] = ps;
-  }
-  const std::string budget = std::isinf(a.max_ratio) ? "none" : fmt(a.max_ratio);
-
-  if (a.format == "json") {
-    auto pj = [&](int64_t i) -> nlohmann::json {
-      if (i < 0) return nullptr;
-      const auto& p = pts[i];
-      return {{"strategy", p.strategy}, {"spec", p.spec}, {"ratio", p.ratio}, {mname, p.value}, {"runs", p.runs}};
-    };
-    nlohmann::json j;
-    j["db"] = a.db;
-    j["metric"] = mname;
-    j["higher_is_better"] = hi;
-    j["max_ratio"] = std::isinf(a.max_ratio) ? nlohmann::json(nullptr) : nlohmann::json(a.max_ratio);
-    j["configurations"] = pts.size();
-    j["best"] = pj(best);
-    j["front"] = nlohmann::json::array();
-    for (size_t i : front) j["front"].push_back(pj(static_cast<int64_t>(i)));
-    j["per_strategy"] = nlohmann::json::object();
-    for (const auto& [name, ps] : per) {
-      nlohmann::json s{{"best", pj(ps.best)}, {"configurations", by_strategy[name].size()}};
-      s["front"] = nlohmann::json::array();
-      for (size_t i : ps.front) s["front"].push_back(pj(static_cast<int64_t>(i)));
-      j["per_strategy"][name] = s;
-    }
-    std::printf("%s\n", j.dump(2).c_str());
-    return 0;
-  }
-
-  std::vector<Table> tables;
-  const std::vector<std::string> cols = {"strategy", "spec", "ratio", mname, "runs"};
-  auto row = [&](size_t i) {
-    const auto& p = pts[i];
-    return std::vector<std::string>{p.strategy, p.spec, fmt(p.ratio), fmt(p.value), std::to_string(p.runs)};
-  };
-  Table cmp{"Strategies compared: the best configuration of each with ratio <= " + budget,
-            {"strategy", "best spec", "ratio", mname, "runs", "front size", "min ratio"}, {}};
-  for (const auto& [name, ps] : per) {
-    if (ps.best >= 0) {
-      auto r = row(static_cast<size_t>(ps.best));
-      r.push_back(std::to_string(ps.front.size()));
-      r.push_back(fmt(ps.min_ratio));
-      cmp.rows.push_back(r);
-    } else {
-      cmp.rows.push_back({name, "(none fits)", "-", "-", "-", std::to_string(ps.front.size()), fmt(ps.min_ratio)});
-    }
-  }
-  Table fr{"Pareto front, all strategies (ratio lower is better; " + mname + (hi ? " higher" : " lower") +
-               " is better)",
-           cols, {}};
-  for (size_t i : front) fr.rows.push_back(row(i));
-  tables.push_back(cmp);
-  tables.push_back(fr);
-  if (a.per_strategy)
-    for (const auto& [name, ps] : per) {
-      Table t{"Pareto front of " + name, cols, {}};
-      for (size_t i : ps.front) t.rows.push_back(row(i));
-      tables.push_back(t);
-    }
-
-  if (a.format == "csv") {
-    std::printf("table,strategy,spec,ratio,%s,runs\n", mname.c_str());
-    auto emit = [&](const std::string& table, size_t i) {
-      const auto& p = pts[i];
-      std::printf("%s,%s,%s,%s,%s,%lld\n", table.c_str(), csv_cell(p.strategy).c_str(), csv_cell(p.spec).c_str(),
-                  fmt_exact(p.ratio).c_str(), fmt_exact(p.value).c_str(), (long long)p.runs);
-    };
-    if (best >= 0) emit("best", static_cast<size_t>(best));
-    for (const auto& [name, ps] : per)
-      if (ps.best >= 0) emit("strategy_best", static_cast<size_t>(ps.best));
-    for (size_t i : front) emit("front", i);
-    if (a.per_strategy)
-      for (const auto& [name, ps] : per)
-        for (size_t i : ps.front) emit("strategy_front", i);
-    return 0;
-  }
-
-  std::printf("%s%s: %zu configurations, metric %s (%s is better), memory ratio <= %s\n",
-              a.format == "markdown" ? "" : "kvsim best ", a.db.c_str(), pts.size(), mname.c_str(),
-              hi ? "higher" : "lower", budget.c_str());
-  if (best >= 0) {
-    const auto& p = pts[best];
-    std::printf("%sbest under the budget: %s (ratio %s, %s %s, %lld runs)%s\n", a.format == "markdown" ? "**" : "",
-                p.spec.c_str(), fmt(p.ratio).c_str(), mname.c_str(), fmt(p.value).c_str(), (long long)p.runs,
-                a.format == "markdown" ? "**" : "");
-  } else {
-    double lo = std::numeric_limits<double>::infinity();
-    for (const auto& p : pts) lo = std::min(lo, p.ratio);
-    std::printf("no configuration fits ratio <= %s (the smallest ratio is %s)\n", budget.c_str(), fmt(lo).c_str());
-  }
-  for (const auto& t : tables) print_table(t, a.format);
+  const Answer r = answer(a, m);
+  if (a.format == "json") print_json(a, r);
+  else if (a.format == "csv") print_csv(a, r);
+  else print_tables(a, r);
   return 0;
 }
 
