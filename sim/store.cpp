@@ -117,14 +117,22 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
         sqlite3_free(err);
         throw FormatError(path + ": not an SQLite database (" + m + ")");
       }
-      bool has_meta = false;
+      bool has_meta = false, has_tables = false;
       {
         Stmt s(db_, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", path_);
         has_meta = s.step();
+        Stmt t(db_, "SELECT 1 FROM sqlite_master", path_);
+        has_tables = t.step();
       }
-      if (!has_meta) throw FormatError(path + ": an SQLite database but not a kvsim results store (no meta table)");
-      Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
-      const std::string v = s.step() ? s.col_text(0) : "";
+      // A database without any table is one whose creation was killed before the schema
+      // transaction committed (only the WAL header got written): create the schema below.
+      if (!has_meta && has_tables)
+        throw FormatError(path + ": an SQLite database but not a kvsim results store (no meta table)");
+      std::string v = std::to_string(kStoreSchemaVersion);
+      if (has_meta) {
+        Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
+        v = s.step() ? s.col_text(0) : "";
+      }
       if (v != std::to_string(kStoreSchemaVersion))
         throw FormatError(path + ": results store schema_version = '" + v + "' but this kvsim writes version " +
                           std::to_string(kStoreSchemaVersion) + " (use a new --db file)");
@@ -182,6 +190,20 @@ int64_t ResultsStore::add_config(const StoreConfig& c) {
   if (q.col_text(1) != c.spec)
     throw InternalError(path_ + ": configuration hash collision between '" + c.spec + "' and '" + q.col_text(1) + "'");
   return q.col_int(0);
+}
+
+std::vector<int64_t> ResultsStore::add_configs(const std::vector<StoreConfig>& cs) {
+  std::vector<int64_t> ids;
+  ids.reserve(cs.size());
+  exec("BEGIN IMMEDIATE");
+  try {
+    for (const auto& c : cs) ids.push_back(add_config(c));
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  return ids;
 }
 
 std::set<RunKey> ResultsStore::done_runs() {

@@ -1,9 +1,6 @@
 // kvsim run --trace F --strategy SPEC [--strategy SPEC ...] [--prefill P] [--stride S]
 //           [--backend ref|omp|cuda|auto] [--json] [--quiet]: replays one sequence of a trace through
 // each strategy and prints a table of metric summaries (design.md §6), or JSON.
-#include <unistd.h>
-
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -13,6 +10,7 @@
 #include "sim/replay.h"
 #include "sim/strategy.h"
 #include "tools/commands.h"
+#include "tools/progress.h"
 #include "traces/reader.h"
 
 namespace kvsim::tools {
@@ -118,28 +116,10 @@ int run_run(const RunArgs& a) {
   if (!a.sequence.empty()) opt.seq = reader.find_sequence(a.sequence);
   if (!(a.eps > 0 && a.eps < 1)) throw UsageError("--eps " + std::to_string(a.eps) + " must be in (0, 1)");
   if (a.bins <= 0) throw UsageError("--bins " + std::to_string(a.bins) + " must be >= 1");
-  const bool tty = isatty(STDERR_FILENO);
-  const auto t0 = std::chrono::steady_clock::now();
-  auto last = t0;
-  const int64_t L = reader.header().n_layers;
-  int64_t done = 0;
-  if (!a.quiet)
-    opt.progress = [&](const std::string&) {
-      ++done;
-      auto now = std::chrono::steady_clock::now();
-      double el = std::chrono::duration<double>(now - t0).count();
-      double eta = el / static_cast<double>(done) * static_cast<double>(L - done);
-      if (tty) {
-        std::fprintf(stderr, "\rkvsim run: layer %lld/%lld, %.1fs elapsed, ETA %.1fs   ", (long long)done,
-                     (long long)L, el, eta);
-        if (done == L) std::fprintf(stderr, "\n");
-      } else if (std::chrono::duration<double>(now - last).count() > 3 || done == L) {
-        std::fprintf(stderr, "kvsim run: layer %lld/%lld, %.1fs elapsed, ETA %.1fs\n", (long long)done, (long long)L,
-                     el, eta);
-        last = now;
-      }
-    };
+  Progress progress("kvsim run", "layers", reader.header().n_layers, a.quiet);
+  opt.progress = [&](const std::string&) { progress.advance(); };
   ReplayResult r = replay_trace(reader, strategies, opt);
+  progress.finish();
   if (a.json)
     std::printf("%s\n", to_json(r, a.per_head).dump(2).c_str());
   else

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   kvsim::tools::add_convert(app);
   kvsim::tools::add_run(app);
   kvsim::tools::add_plot(app);
+  kvsim::tools::add_sweep(app);
+  kvsim::tools::add_best(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
