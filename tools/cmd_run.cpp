@@ -11,6 +11,7 @@
 #include "sim/strategy.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
+#include "tools/sweep.h"
 #include "traces/reader.h"
 
 namespace kvsim::tools {
@@ -18,7 +19,7 @@ namespace kvsim::tools {
 namespace {
 
 struct RunArgs {
-  std::string trace, backend = "auto", sequence, stats_cache;
+  std::string trace, backend = "auto", sequence, stats_cache, db;
   std::vector<std::string> strategies;
   int64_t prefill = -1, stride = 1, bins = 16;
   double eps = 1e-6;
@@ -116,10 +117,23 @@ int run_run(const RunArgs& a) {
   if (!a.sequence.empty()) opt.seq = reader.find_sequence(a.sequence);
   if (!(a.eps > 0 && a.eps < 1)) throw UsageError("--eps " + std::to_string(a.eps) + " must be in (0, 1)");
   if (a.bins <= 0) throw UsageError("--bins " + std::to_string(a.bins) + " must be >= 1");
+  std::unique_ptr<ResultsStore> store;  // opened first: a bad store fails before the replay
+  if (!a.db.empty()) store = std::make_unique<ResultsStore>(a.db);
   Progress progress("kvsim run", "layers", reader.header().n_layers, a.quiet);
   opt.progress = [&](const std::string&) { progress.advance(); };
   ReplayResult r = replay_trace(reader, strategies, opt);
   progress.finish();
+  if (store) {  // the same rows as kvsim sweep writes (sim/STORE.md)
+    const auto& h = reader.header();
+    const int64_t trace_id =
+        store->add_trace(store_trace_of(a.trace, h.model, h.synthetic, h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim));
+    for (size_t i = 0; i < r.configs.size(); ++i) {
+      StoreRun run = store_run_of(r, i);
+      run.config_id = store->add_config(store_config_of(a.strategies[i]));
+      run.trace_id = trace_id;
+      store->commit_run(run);
+    }
+  }
   if (a.json)
     std::printf("%s\n", to_json(r, a.per_head).dump(2).c_str());
   else
@@ -146,6 +160,7 @@ void add_run(CLI::App& app) {
   c->add_option("--stats-cache", a->stats_cache,
                 "folder of the reference-statistics sidecar cache (default: $KVSIM_CACHE_DIR, else "
                 "~/.cache/kvsim; 'off': none)");
+  c->add_option("--db", a->db, "also commit the runs to this results store (sim/STORE.md), as kvsim sweep does");
   c->add_flag("--json", a->json, "print JSON instead of a table");
   c->add_flag("--per-head", a->per_head, "with --json: include per-(layer, head) summaries");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");

@@ -49,22 +49,8 @@ std::string join_params(const std::map<std::string, std::string>& p) {
 // `h2o:budget=64` and `h2o:budget=64,gqa=mean` are one configuration), codec parts with their
 // keys sorted.
 void canonicalize(SweepConfigEntry& e) {
-  const auto parts = split_plus(e.spec);
-  auto base = make_strategy(parts.at(0));
-  e.canonical = base->name() + (base->params().empty() ? "" : ":" + join_params(base->params()));
-  e.strategy = base->name();
-  nlohmann::json pj = nlohmann::json::object();
-  for (const auto& [k, v] : base->params()) pj[k] = v;
-  std::string codecs;
-  for (size_t i = 1; i < parts.size(); ++i) {
-    const StrategySpec c = parse_spec(parts[i]);
-    e.canonical += "+" + c.name + (c.params.empty() ? "" : ":" + join_params(c.params));
-    e.strategy += "+" + c.name;
-    codecs += (codecs.empty() ? "" : "+") + c.name;
-    for (const auto& [k, v] : c.params) pj[c.name + "." + k] = v;
-  }
-  if (!codecs.empty()) pj["codec"] = codecs;
-  e.params_json = pj.dump();
+  const StoreConfig c = store_config_of(e.spec);
+  e.canonical = c.spec, e.strategy = c.strategy, e.params_json = c.params_json;
 }
 
 std::string hostname() {
@@ -86,10 +72,8 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
   std::unique_ptr<traces::TraceReader> reader;
   try {
     reader = std::make_unique<traces::TraceReader>(path);
-    t.row.content_hash = hash_hex(file_content_hash(path));
     const auto& h = reader->header();
-    t.row.model = h.model, t.row.synthetic = h.synthetic;
-    t.row.n_layers = h.n_layers, t.row.n_heads = h.n_heads, t.row.n_kv_heads = h.n_kv_heads, t.row.head_dim = h.head_dim;
+    t.row = store_trace_of(path, h.model, h.synthetic, h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim);
     if (reader->sequences().empty()) throw FormatError(path + ": the trace has no sequences");
   } catch (const std::exception& e) {
     t.error = e.what();
@@ -176,6 +160,44 @@ void fill_rows(const ConfigResult& c, const ReplayResult& rr, StoreRun& run) {
 }
 
 }  // namespace
+
+StoreConfig store_config_of(const std::string& spec) {
+  const auto parts = split_plus(spec);
+  auto base = make_strategy(parts.at(0));
+  StoreConfig c;
+  c.spec = base->name() + (base->params().empty() ? "" : ":" + join_params(base->params()));
+  c.strategy = base->name();
+  nlohmann::json pj = nlohmann::json::object();
+  for (const auto& [k, v] : base->params()) pj[k] = v;
+  std::string codecs;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const StrategySpec cs = parse_spec(parts[i]);
+    c.spec += "+" + cs.name + (cs.params.empty() ? "" : ":" + join_params(cs.params));
+    c.strategy += "+" + cs.name;
+    codecs += (codecs.empty() ? "" : "+") + cs.name;
+    for (const auto& [k, v] : cs.params) pj[cs.name + "." + k] = v;
+  }
+  if (!codecs.empty()) pj["codec"] = codecs;
+  c.params_json = pj.dump();
+  return c;
+}
+
+StoreTrace store_trace_of(const std::string& path, const std::string& model, bool synthetic, int64_t L, int64_t H,
+                          int64_t Hkv, int64_t D) {
+  StoreTrace t;
+  t.path = path, t.content_hash = hash_hex(file_content_hash(path)), t.model = model, t.synthetic = synthetic;
+  t.n_layers = L, t.n_heads = H, t.n_kv_heads = Hkv, t.head_dim = D;
+  return t;
+}
+
+StoreRun store_run_of(const ReplayResult& rr, size_t config) {
+  StoreRun r;
+  r.sequence = rr.sequence, r.prefill = rr.P, r.stride = rr.stride, r.n_tokens = rr.T;
+  r.host = hostname(), r.kvsim_version = KVSIM_VERSION, r.backend = backend_name(rr.backend);
+  r.seconds = rr.configs.at(config).seconds;
+  fill_rows(rr.configs.at(config), rr, r);
+  return r;
+}
 
 void install_stop_handler() {
   struct sigaction sa {};

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sim/backend.h"
+#include "sim/replay.h"
 #include "sim/store.h"
 #include "sim/strategy.h"
 #include "tools/sweep_config.h"
@@ -83,6 +84,14 @@ std::vector<SweepBatch> pending_batches(const SweepWork& w, ResultsStore& store,
 
 // Runs one batch; never throws for trace or strategy problems (those become failed runs).
 std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, const std::string& stats_cache);
+
+// Store rows shared with `kvsim run --db`: the identity of a spec (canonical text with every
+// parameter resolved, strategy name(s), params JSON; UsageError for a bad spec), the trace row of a
+// readable trace, and the done run of configuration `config` of a replay (ids left 0).
+StoreConfig store_config_of(const std::string& spec);
+StoreTrace store_trace_of(const std::string& path, const std::string& model, bool synthetic, int64_t L, int64_t H,
+                          int64_t Hkv, int64_t D);
+StoreRun store_run_of(const ReplayResult& rr, size_t config);
 
 // The default results store of a config: next to it, <config stem>.db.
 std::string default_db_path(const std::string& config);

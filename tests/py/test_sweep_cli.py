@@ -160,6 +160,21 @@ def main():
             one_line_error(run([k, "best", "--db", qdb, "--metric", "kl", "--format", "xml"]), "--format")
         s.check("best: Pareto front, best under the budget, every format, bad input", best_formats)
 
+        def run_db_is_a_sweep_run():
+            rdb = os.path.join(d, "run.db")
+            r = run([k, "run", "--trace", trace, "--strategy", "window:budget=32", "--strategy", "h2o:budget=32,gqa=mean",
+                     "--prefill", "64", "--stride", "4", "--sequence", "cookies", "--db", rdb, "--quiet"])
+            assert r.returncode == 0, r.stderr
+            p = cfg("r.yaml", f"traces: [{trace}]\nsequences: [cookies]\nprefill: [64]\nstride: 4\nstrategies:\n"
+                    "  - name: window\n    grid: {budget: [32]}\n  - name: h2o\n    grid: {budget: [32]}\n")
+            r = sweep(k, p, rdb)
+            assert "0 runs done, 0 failed, 2 already done" in r.stdout, r.stdout
+            sdb = os.path.join(d, "sweep_of_run.db")
+            sweep(k, p, sdb)
+            a, b = dump(rdb), dump(sdb)
+            assert a == b, "kvsim run --db and kvsim sweep wrote different rows"
+        s.check("kvsim run --db writes the rows kvsim sweep writes (a sweep then skips them)", run_db_is_a_sweep_run)
+
         def mpi_flag():
             r = run([k, "sweep", good, "--db", db, "--mpi"])
             one_line_error(r, "--mpi")
