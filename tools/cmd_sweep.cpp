@@ -20,7 +20,7 @@ void add_sweep(CLI::App& app) {
   c->add_option("--backend", a->backend, "ref, omp, cuda or auto (default: the config's backend, else auto)");
   c->add_option("--batch", a->batch, "configurations per replay (one reading of each layer)")->capture_default_str();
   c->add_option("--stats-cache", a->stats_cache,
-                "folder of the reference-statistics sidecar (default: next to the trace; 'off': none)");
+                "folder of the reference-statistics sidecar cache (default: $KVSIM_CACHE_DIR, else ~/.cache/kvsim; 'off': none)");
   c->add_flag("--mpi", *mpi, "distribute over MPI ranks (only in the MPI driver: mpirun -np N kvsim_mpi sweep ...)");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");
   c->callback([a, mpi] {
