@@ -44,6 +44,12 @@ void fsync_path(const std::string& p, bool directory) {
   ::close(fd);
 }
 
+// fsync of the HDF5 file's descriptor (the default sec2 driver exposes it).
+void sync_file(hid_t file) {
+  void* handle = nullptr;
+  if (H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) >= 0 && handle) ::fsync(*static_cast<int*>(handle));
+}
+
 }  // namespace
 
 TraceWriter::TraceWriter(std::string path, TraceHeader header, WriterOptions options)
@@ -229,6 +235,10 @@ void TraceWriter::end_sequence() {
 void TraceWriter::finish() {
   if (impl_->seq_group.valid()) end_sequence();
   if (impl_->n_sequences == 0) throw InternalError(path_ + ": finish() with no sequence written");
+  // Every byte of data reaches the disk before `complete = 1` does: a writer killed during the final
+  // flush must not leave a file whose metadata says complete while chunks are missing.
+  if (H5Fflush(impl_->file, H5F_SCOPE_GLOBAL) < 0) throw IoError(partial_path() + ": flush failed");
+  sync_file(impl_->file);
   h5::write_int_attr(impl_->file, "complete", 1);
   if (H5Fflush(impl_->file, H5F_SCOPE_GLOBAL) < 0) throw IoError(partial_path() + ": flush failed");
   impl_->file.reset();
