@@ -1,5 +1,6 @@
 #include "sim/ref_stats.h"
 
+#include "cuda/attn_stats.h"
 #include "sim/error.h"
 #include "sim/omp/attn_stats.h"
 #include "sim/ref/attn_stats.h"
@@ -31,14 +32,17 @@ void compute_ref_stats(const LayerView& lv, Backend b, RefStats& rs) {
                       rs.entropy.data(), rs.top_pos.data(), rs.top_w.data());
       return;
     case Backend::cuda:
-      break;
+      cuda::attn_stats(lv.q, lv.k, lv.v, lv.H, lv.Hkv, lv.T, lv.D, rs.K, rs.o.data(), rs.lse.data(),
+                       rs.entropy.data(), rs.top_pos.data(), rs.top_w.data());
+      return;
   }
-  throw NotCompiled("backend cuda: the replay kernels have no CUDA implementation yet (use --backend omp or ref)");
 }
 
 void compute_prompt_colsums(const LayerView& lv, const RefStats& rs, int64_t P, Backend b, std::vector<float>& out) {
   out.assign(lv.H * P, 0.0f);
-  if (b == Backend::omp)
+  if (b == Backend::cuda)
+    cuda::prompt_colsums(lv.q, lv.k, rs.lse.data(), lv.H, lv.Hkv, lv.T, lv.D, P, out.data());
+  else if (b == Backend::omp)
     omp::prompt_colsums(lv.q, lv.k, rs.lse.data(), lv.H, lv.Hkv, lv.T, lv.D, P, out.data());
   else
     ref::prompt_colsums(lv.q, lv.k, rs.lse.data(), lv.H, lv.Hkv, lv.T, lv.D, P, out.data());

@@ -5,6 +5,7 @@
 #include <exception>
 #include <memory>
 
+#include "cuda/attend.h"
 #include "sim/error.h"
 #include "sim/omp/attend.h"
 #include "sim/ref/attend.h"
@@ -49,85 +50,205 @@ void summarize_head(const HeadTrace& ht, const std::vector<int64_t>& edges, Head
   }
 }
 
+// One instance's replay (design.md §3), step by step: prefill in the constructor, then per decode
+// step append -> attention (attend(), or the cuda batch: add_requests + take_results) -> end_step
+// (measure, observe, evict), and finish() for the summaries. ref and omp run the steps of one
+// instance back to back; the cuda path advances every instance of a layer in lockstep so that one
+// launch evaluates all their caches at a step.
+class InstanceRun {
+ public:
+  InstanceRun(const LayerView& lv, const RefStats& rs, int64_t P, const Strategy& strat, Job& job,
+              const ReplayOptions& opt)
+      : lv_(lv), rs_(rs), job_(job), opt_(opt), P_(P), G_(lv.G()), D_(lv.D), T_(lv.T),
+        nc_(job.n_caches) {
+    caches_.reserve(nc_);
+    for (int64_t c = 0; c < nc_; ++c) {
+      caches_.emplace_back(D_, P + 1);
+      codec_.push_back(strat.codec().make_state(D_, T_));
+      const int64_t kv = job.kv0 + c;
+      for (int64_t t = 0; t < P; ++t)
+        codec_[c]->store(caches_[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D_, lv.v_head(kv) + t * D_);
+    }
+    job.state->prefill(caches_, lv, P);
+    logit_.resize(nc_), w_.resize(nc_), o_hat_.assign(nc_, std::vector<float>(G_ * D_));
+    wptr_.resize(nc_), present_.assign(T_, 0), heads_.resize(nc_ * G_);
+  }
+
+  // Token t enters every cache (through the codec).
+  void append(int64_t t) {
+    for (int64_t c = 0; c < nc_; ++c) {
+      const int64_t kv = job_.kv0 + c;
+      codec_[c]->store(caches_[c], static_cast<int32_t>(t), lv_.k_head(kv) + t * D_, lv_.v_head(kv) + t * D_);
+      const int64_t n = caches_[c].size();
+      logit_[c].resize(G_ * n), w_[c].resize(G_ * n);
+      wptr_[c] = w_[c].data();
+    }
+  }
+
+  void attend(AttendFn fn, int64_t t) {
+    for (int64_t c = 0; c < nc_; ++c) {
+      const SlotCache& cc = caches_[c];
+      fn(query(c, t), T_ * D_, G_, D_, cc.keys(), cc.values(), cc.biases(), cc.size(), logit_[c].data(),
+         w_[c].data(), o_hat_[c].data(), cc.views(), cc.n_views());
+    }
+  }
+
+  // The cuda path: this instance's requests go into `b` (indices from *first on), results come back.
+  int64_t add_requests(cuda::AttendBatch& b, int64_t t) const {
+    int64_t first = -1;
+    for (int64_t c = 0; c < nc_; ++c) {
+      const SlotCache& cc = caches_[c];
+      const int64_t r = b.add(query(c, t), T_ * D_, G_, cc.keys(), cc.values(), cc.biases(), cc.size(), cc.views(),
+                              cc.n_views());
+      if (c == 0) first = r;
+    }
+    return first;
+  }
+  void take_results(const cuda::AttendBatch& b, int64_t first) {
+    for (int64_t c = 0; c < nc_; ++c) {
+      const int64_t r = first + c, n = G_ * caches_[c].size();
+      std::copy(b.logit_of(r), b.logit_of(r) + n, logit_[c].begin());
+      std::copy(b.w_of(r), b.w_of(r) + n, w_[c].begin());
+      std::copy(b.o_hat_of(r), b.o_hat_of(r) + G_ * D_, o_hat_[c].begin());
+    }
+  }
+
+  // Metrics (every stride-th step), then the strategy observes the weights and evicts.
+  void end_step(int64_t t) {
+    if ((t - P_) % opt_.stride == 0)
+      for (int64_t c = 0; c < nc_; ++c) measure(c, t);
+    job_.state->observe(std::span<const SlotCache>(caches_.data(), caches_.size()), wptr_, t);
+    job_.state->evict(caches_, t);
+  }
+
+  void finish(int64_t layer, const std::vector<int64_t>& edges, ConfigResult& result) const {
+    for (int64_t c = 0; c < nc_; ++c)
+      for (int64_t g = 0; g < G_; ++g) {
+        const int64_t h = (job_.kv0 + c) * G_ + g;
+        HeadResult& hr = result.heads[layer * lv_.H + h];
+        hr.layer = layer, hr.head = h;
+        summarize_head(heads_[c * G_ + g], edges, hr);
+      }
+  }
+
+ private:
+  const float* query(int64_t c, int64_t t) const { return lv_.q_head((job_.kv0 + c) * G_) + t * D_; }
+
+  void measure(int64_t c, int64_t t) {
+    const int64_t kv = job_.kv0 + c, D = D_, T = T_;
+    const SlotCache& cc = caches_[c];
+    const int64_t n = cc.size();
+    for (int64_t s = 0; s < n; ++s)
+      for (int64_t j = 0; j < cc.n_members(s); ++j) present_[cc.member(s, j)] = 1;
+    const CacheErrors ce = cache_errors(cc, lv_.k_head(kv), lv_.v_head(kv), lv_.k_norm + kv * T, D);
+    const double bytes = codec_[c]->bytes(cc) + job_.state->state_bytes(c);
+    MetricRow row{};
+    for (int64_t g = 0; g < G_; ++g) {
+      const int64_t h = kv * G_ + g;
+      StepInputs in;
+      in.t = t, in.D = D, in.K = rs_.K, in.eps = opt_.eps;
+      in.q = lv_.q_head(h) + t * D;
+      in.o_ref = rs_.o.data() + (h * T + t) * D;
+      in.lse_ref = rs_.lse[h * T + t];
+      in.top_pos = rs_.top_pos.data() + (h * T + t) * rs_.K;
+      in.k_orig = lv_.k_head(kv), in.v_orig = lv_.v_head(kv), in.k_norm = lv_.k_norm + kv * T;
+      in.cache = &cc;
+      in.logit = logit_[c].data() + g * n;
+      in.w = w_[c].data() + g * n;
+      in.o_hat = o_hat_[c].data() + g * D;
+      in.present = present_.data();
+      measure_step(in, ce, row);
+      row[int(Metric::bytes)] = bytes;
+      row[int(Metric::ratio)] = bytes / (4.0 * static_cast<double>(D) * static_cast<double>(t + 1));
+      HeadTrace& ht = heads_[c * G_ + g];
+      ht.steps.push_back(t);
+      for (int m = 0; m < kNumMetrics; ++m) ht.values[m].push_back(row[m]);
+    }
+    for (int64_t s = 0; s < n; ++s)
+      for (int64_t j = 0; j < cc.n_members(s); ++j) present_[cc.member(s, j)] = 0;
+  }
+
+  const LayerView& lv_;
+  const RefStats& rs_;
+  Job& job_;
+  const ReplayOptions& opt_;
+  const int64_t P_, G_, D_, T_, nc_;
+  std::vector<SlotCache> caches_;
+  std::vector<std::unique_ptr<CodecState>> codec_;  // per cache (validated before the parallel region)
+  std::vector<std::vector<double>> logit_;
+  std::vector<std::vector<float>> w_, o_hat_;
+  std::vector<const float*> wptr_;
+  std::vector<uint8_t> present_;
+  std::vector<HeadTrace> heads_;
+};
+
 void run_instance(const LayerView& lv, const RefStats& rs, int64_t layer, int64_t P, const Strategy& strat, Job& job,
                   const ReplayOptions& opt, AttendFn attend, const std::vector<int64_t>& edges,
                   ConfigResult& result) {
-  const int64_t G = lv.G(), D = lv.D, T = lv.T, nc = job.n_caches;
-  std::vector<SlotCache> caches;
-  std::vector<std::unique_ptr<CodecState>> codec;  // per cache (validated before the parallel region)
-  caches.reserve(nc);
-  for (int64_t c = 0; c < nc; ++c) {
-    caches.emplace_back(D, P + 1);
-    codec.push_back(strat.codec().make_state(D, T));
-    const int64_t kv = job.kv0 + c;
-    for (int64_t t = 0; t < P; ++t)
-      codec[c]->store(caches[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
+  InstanceRun run(lv, rs, P, strat, job, opt);
+  for (int64_t t = P; t < lv.T; ++t) {
+    run.append(t);
+    run.attend(attend, t);
+    run.end_step(t);
   }
-  job.state->prefill(caches, lv, P);
+  run.finish(layer, edges, result);
+}
 
-  std::vector<std::vector<double>> logit(nc);
-  std::vector<std::vector<float>> w(nc), o_hat(nc, std::vector<float>(G * D));
-  std::vector<const float*> wptr(nc);
-  std::vector<uint8_t> present(T, 0);
-  std::vector<HeadTrace> heads(nc * G);
-  MetricRow row{};
-  for (int64_t t = P; t < T; ++t) {
-    for (int64_t c = 0; c < nc; ++c) {
-      const int64_t kv = job.kv0 + c;
-      codec[c]->store(caches[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
-      const SlotCache& cc = caches[c];
-      const int64_t n = cc.size();
-      logit[c].resize(G * n);
-      w[c].resize(G * n);
-      attend(lv.q_head(kv * G) + t * D, T * D, G, D, cc.keys(), cc.values(), cc.biases(), n, logit[c].data(),
-             w[c].data(), o_hat[c].data(), cc.views(), cc.n_views());
-      wptr[c] = w[c].data();
+// Runs body(i) for i in [0, n) on OpenMP threads, rethrowing the first exception on the caller's.
+template <typename F>
+void parallel_jobs(int64_t n, F&& body) {
+  std::exception_ptr err;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      body(i);
+    } catch (...) {
+#pragma omp critical(kvsim_replay_error)
+      if (!err) err = std::current_exception();
     }
-    if ((t - P) % opt.stride == 0) {
-      for (int64_t c = 0; c < nc; ++c) {
-        const int64_t kv = job.kv0 + c;
-        const SlotCache& cc = caches[c];
-        const int64_t n = cc.size();
-        for (int64_t s = 0; s < n; ++s)
-          for (int64_t j = 0; j < cc.n_members(s); ++j) present[cc.member(s, j)] = 1;
-        const CacheErrors ce = cache_errors(cc, lv.k_head(kv), lv.v_head(kv), lv.k_norm + kv * T, D);
-        const double bytes = codec[c]->bytes(cc) + job.state->state_bytes(c);
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t h = kv * G + g;
-          StepInputs in;
-          in.t = t, in.D = D, in.K = rs.K, in.eps = opt.eps;
-          in.q = lv.q_head(h) + t * D;
-          in.o_ref = rs.o.data() + (h * T + t) * D;
-          in.lse_ref = rs.lse[h * T + t];
-          in.top_pos = rs.top_pos.data() + (h * T + t) * rs.K;
-          in.k_orig = lv.k_head(kv), in.v_orig = lv.v_head(kv), in.k_norm = lv.k_norm + kv * T;
-          in.cache = &cc;
-          in.logit = logit[c].data() + g * n;
-          in.w = w[c].data() + g * n;
-          in.o_hat = o_hat[c].data() + g * D;
-          in.present = present.data();
-          measure_step(in, ce, row);
-          row[int(Metric::bytes)] = bytes;
-          row[int(Metric::ratio)] = bytes / (4.0 * static_cast<double>(D) * static_cast<double>(t + 1));
-          HeadTrace& ht = heads[c * G + g];
-          ht.steps.push_back(t);
-          for (int m = 0; m < kNumMetrics; ++m) ht.values[m].push_back(row[m]);
-        }
-        for (int64_t s = 0; s < n; ++s)
-          for (int64_t j = 0; j < cc.n_members(s); ++j) present[cc.member(s, j)] = 0;
-      }
-    }
-    job.state->observe(std::span<const SlotCache>(caches.data(), caches.size()), wptr, t);
-    job.state->evict(caches, t);
   }
-  const int64_t H = lv.H;
-  for (int64_t c = 0; c < nc; ++c)
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t h = (job.kv0 + c) * G + g;
-      HeadResult& hr = result.heads[layer * H + h];
-      hr.layer = layer, hr.head = h;
-      summarize_head(heads[c * G + g], edges, hr);
-    }
+  if (err) std::rethrow_exception(err);
+}
+
+// The cuda path: all instances of the layer in lockstep; per step one batched attention launch,
+// the strategies' host work (append, measure, observe, evict) spread over OpenMP threads.
+void replay_layer_lockstep(const LayerView& lv, const RefStats& rs, int64_t layer, int64_t P,
+                           std::span<const Strategy* const> strategies, const ReplayOptions& opt,
+                           const std::vector<int64_t>& edges, std::vector<Job>& jobs,
+                           std::vector<ConfigResult>& results) {
+  const int64_t n_jobs = static_cast<int64_t>(jobs.size());
+  std::vector<std::unique_ptr<InstanceRun>> runs(jobs.size());
+  std::vector<double> seconds(jobs.size(), 0.0);
+  parallel_jobs(n_jobs, [&](int64_t i) {
+    const auto t0 = Clock::now();
+    runs[i] = std::make_unique<InstanceRun>(lv, rs, P, *strategies[jobs[i].config], jobs[i], opt);
+    seconds[i] += since(t0);
+  });
+  cuda::AttendBatch batch;
+  std::vector<int64_t> first(jobs.size());
+  double shared = 0;  // packing and the launch, split evenly over the instances
+  for (int64_t t = P; t < lv.T; ++t) {
+    parallel_jobs(n_jobs, [&](int64_t i) {
+      const auto t0 = Clock::now();
+      runs[i]->append(t);
+      seconds[i] += since(t0);
+    });
+    const auto t0 = Clock::now();
+    batch.clear(lv.D);
+    for (int64_t i = 0; i < n_jobs; ++i) first[i] = runs[i]->add_requests(batch, t);
+    (opt.attend_batch ? opt.attend_batch : &cuda::run_attend_batch)(batch);
+    shared += since(t0);
+    parallel_jobs(n_jobs, [&](int64_t i) {
+      const auto t1 = Clock::now();
+      runs[i]->take_results(batch, first[i]);
+      runs[i]->end_step(t);
+      seconds[i] += since(t1);
+    });
+  }
+  for (int64_t i = 0; i < n_jobs; ++i) {
+    runs[i]->finish(layer, edges, results[jobs[i].config]);
+    results[jobs[i].config].seconds += seconds[i] + shared / static_cast<double>(n_jobs);
+  }
 }
 
 }  // namespace
@@ -167,28 +288,24 @@ void replay_layer(const LayerView& lv, const RefStats& rs, int64_t layer, int64_
       jobs.push_back(std::move(j));
     }
   }
+  if (opt.backend == Backend::cuda || opt.attend_batch) {
+    replay_layer_lockstep(lv, rs, layer, P, strategies, opt, edges, jobs, results);
+    return;
+  }
   const AttendFn attend = opt.backend == Backend::omp ? &omp::attend_slots : &ref::attend_slots;
   std::vector<double> seconds(jobs.size(), 0.0);
-  std::exception_ptr err;
   const int64_t n_jobs = static_cast<int64_t>(jobs.size());
   auto body = [&](int64_t i) {
-    try {
-      const auto t0 = Clock::now();
-      Job& j = jobs[i];
-      run_instance(lv, rs, layer, P, *strategies[j.config], j, opt, attend, edges, results[j.config]);
-      seconds[i] = since(t0);
-    } catch (...) {
-#pragma omp critical(kvsim_replay_error)
-      if (!err) err = std::current_exception();
-    }
+    const auto t0 = Clock::now();
+    Job& j = jobs[i];
+    run_instance(lv, rs, layer, P, *strategies[j.config], j, opt, attend, edges, results[j.config]);
+    seconds[i] = since(t0);
   };
   if (opt.backend == Backend::omp) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_jobs; ++i) body(i);
+    parallel_jobs(n_jobs, body);
   } else {
     for (int64_t i = 0; i < n_jobs; ++i) body(i);
   }
-  if (err) std::rethrow_exception(err);
   for (int64_t i = 0; i < n_jobs; ++i) results[jobs[i].config].seconds += seconds[i];
 }
 
@@ -219,8 +336,6 @@ void finalize_summaries(ConfigResult& r) {
 ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Strategy* const> strategies,
                           const ReplayOptions& opt) {
   require_backend(opt.backend);
-  if (opt.backend == Backend::cuda)
-    throw NotCompiled("backend cuda: the replay kernels have no CUDA implementation yet (use --backend omp or ref)");
   if (reader.sequences().empty()) throw FormatError(reader.path() + ": the trace has no sequences");
   if (opt.seq < 0 || opt.seq >= static_cast<int64_t>(reader.sequences().size()))
     throw UsageError(reader.path() + ": sequence index " + std::to_string(opt.seq) + " out of range [0, " +

@@ -21,6 +21,9 @@
 namespace kvsim::traces {
 class TraceReader;
 }
+namespace kvsim::cuda {
+struct AttendBatch;
+}
 
 namespace kvsim {
 
@@ -35,6 +38,10 @@ struct ReplayOptions {
   // "off" none, else a folder.
   std::string stats_cache;
   std::function<void(const std::string&)> progress;  // one line per layer; null: silent
+  // The cuda path's batched attention (lockstep replay). Null: cuda::run_attend_batch with
+  // backend cuda. Set, the lockstep replay runs with this function on any backend: the tests pass
+  // the host emulation of the kernel to check the cuda path's bookkeeping without a GPU.
+  void (*attend_batch)(cuda::AttendBatch&) = nullptr;
 };
 
 struct HeadResult {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/attend.h"
 #include "sim/omp/attend.h"
 #include "sim/ref/attend.h"
 #include "sim/ref_stats.h"
@@ -111,7 +112,7 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
         codec[c]->store(caches[c], int32_t(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
         const int64_t n = caches[c].size();
         lg[c].resize(G * n), w[c].resize(G * n);
-        auto fn = b == Backend::omp ? &omp::attend_slots : &ref::attend_slots;
+        auto fn = b == Backend::cuda ? &cuda::attend_slots : b == Backend::omp ? &omp::attend_slots : &ref::attend_slots;
         fn(lv.q_head(kv * G) + t * D, L.T * D, G, D, caches[c].keys(), caches[c].values(), caches[c].biases(), n,
            lg[c].data(), w[c].data(), oh[c].data(), caches[c].views(), caches[c].n_views());
         wp[c] = w[c].data();

@@ -14,6 +14,8 @@
 #include "sim/ref/attend.h"
 #include "sim/ref/attn_stats.h"
 #include "sim/strategy.h"
+#include "tests/cuda_emulation.h"
+#include "tests/cuda_test_util.h"
 #include "tests/sim_test_util.h"
 
 using namespace kvsim;
@@ -78,17 +80,38 @@ const std::vector<StatsCase>& stats_cases() {
       {"all_equal_T97", 2, 1, 97, 8, Data::all_equal, 6, {1e-6, 1e-5}},
       {"huge_negative_T33", 2, 2, 33, 8, Data::huge_negative, 7, {1e-5, 1e-5}},
       {"sink_T65", 4, 2, 65, 8, Data::sink, 8, {1e-6, 1e-5}},
+      {"T4097_seed9", 2, 1, 4097, 8, Data::random, 9, {1e-6, 1e-5}},
   };
   return c;
 }
 
-}  // namespace
+// The fast backends of the statistics. "cuda-host" is the host emulation of the CUDA kernel
+// (tests/cuda_emulation.h): same arithmetic in the same order as ref, so it must agree bit for bit.
+enum class StatsImpl { omp, cuda_host, cuda };
 
-TEST_CASE("backends: attn_stats omp vs ref on the harness cases") {
-  if (!backend_available(Backend::omp)) {
-    MESSAGE("skipped: omp backend not built");
-    return;
+void stats_with(StatsImpl impl, const LayerView& lv, const RefStats& r, int64_t P, RefStats& o,
+                std::vector<float>& colsums) {
+  switch (impl) {
+    case StatsImpl::omp:
+      compute_ref_stats(lv, Backend::omp, o);
+      compute_prompt_colsums(lv, r, P, Backend::omp, colsums);
+      return;
+    case StatsImpl::cuda:
+      compute_ref_stats(lv, Backend::cuda, o);
+      compute_prompt_colsums(lv, r, P, Backend::cuda, colsums);
+      return;
+    case StatsImpl::cuda_host:
+      o.resize(lv.H, lv.T, lv.D);
+      test::emulate_attn_stats(lv.q, lv.k, lv.v, lv.H, lv.Hkv, lv.T, lv.D, o.K, o.o.data(), o.lse.data(),
+                               o.entropy.data(), o.top_pos.data(), o.top_w.data());
+      colsums.assign(lv.H * P, 0.0f);
+      test::emulate_prompt_colsums(lv.q, lv.k, r.lse.data(), lv.H, lv.Hkv, lv.T, lv.D, P, colsums.data());
+      return;
   }
+}
+
+void check_stats_backend(StatsImpl impl) {
+  const bool exact = impl == StatsImpl::cuda_host;
   for (const auto& c : stats_cases()) {
     SUBCASE(c.name.c_str()) {
       Layer L(c.H, c.Hkv, c.T, c.D);
@@ -96,7 +119,20 @@ TEST_CASE("backends: attn_stats omp vs ref on the harness cases") {
       LayerView lv = L.view();
       RefStats r, o;
       compute_ref_stats(lv, Backend::ref, r);
-      compute_ref_stats(lv, Backend::omp, o);
+      std::vector<float> cr, co;
+      const int64_t P = std::max<int64_t>(1, c.T / 2);
+      compute_prompt_colsums(lv, r, P, Backend::ref, cr);
+      stats_with(impl, lv, r, P, o, co);
+      if (exact) {  // the emulation runs ref's operations in ref's order
+        CHECK(o.o == r.o);
+        CHECK(o.lse == r.lse);
+        CHECK(o.entropy == r.entropy);
+        CHECK(o.top_pos == r.top_pos);
+        CHECK(o.top_w == r.top_w);
+        CHECK(co == cr);
+        continue;
+      }
+      // cuda differs from ref by the device's exp/log (1 ulp in double); omp by its summation order.
       check_close("o", o.o, r.o, c.tol);
       check_close("lse", o.lse, r.lse, {1e-9, 1e-12});
       check_close("entropy", o.entropy, r.entropy, {1e-6, 1e-6});
@@ -106,23 +142,38 @@ TEST_CASE("backends: attn_stats omp vs ref on the harness cases") {
         std::set<int32_t> a(r.top_pos.begin() + row * r.K, r.top_pos.begin() + (row + 1) * r.K);
         std::set<int32_t> b(o.top_pos.begin() + row * o.K, o.top_pos.begin() + (row + 1) * o.K);
         if (a != b && bad++ == 0)
-          FAIL_CHECK("row " << row << ": ref " << test::set_str(a) << " omp " << test::set_str(b));
+          FAIL_CHECK("row " << row << ": ref " << test::set_str(a) << " fast " << test::set_str(b));
       }
       CHECK(bad == 0);
       check_close("top_w", o.top_w, r.top_w, {1e-7, 1e-5});
-      if (c.data == Data::all_equal)  // ties: the lowest positions win
+      check_close("prompt_colsums", co, cr, {1e-6, 1e-6});
+      if (c.data == Data::all_equal) {
+        // Ties: the lowest positions win. Entropy of an all-equal row over t+1 tokens is ln(t+1).
         for (int64_t t = 0; t < c.T; ++t)
           for (int64_t j = 0; j < std::min<int64_t>(r.K, t + 1); ++j) CHECK(r.top_pos[t * r.K + j] == j);
-      // Entropy of an all-equal row over t+1 tokens is ln(t+1).
-      if (c.data == Data::all_equal)
         for (int64_t t = 0; t < c.T; ++t) CHECK(r.entropy[t] == doctest::Approx(std::log(double(t + 1))).epsilon(1e-6));
-      std::vector<float> cr, co;
-      const int64_t P = std::max<int64_t>(1, c.T / 2);
-      compute_prompt_colsums(lv, r, P, Backend::ref, cr);
-      compute_prompt_colsums(lv, r, P, Backend::omp, co);
-      check_close("prompt_colsums", co, cr, {1e-6, 1e-6});
+      }
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("backends: attn_stats omp vs ref on the harness cases") {
+  if (!backend_available(Backend::omp)) {
+    MESSAGE("skipped: omp backend not built");
+    return;
+  }
+  check_stats_backend(StatsImpl::omp);
+}
+
+TEST_CASE("cuda-host: attn_stats kernel arithmetic (host emulation) equals ref bit for bit on the harness cases") {
+  check_stats_backend(StatsImpl::cuda_host);
+}
+
+TEST_CASE("cuda: attn_stats on the device vs ref on the harness cases") {
+  if (!test::cuda_device_or_skip()) return;
+  check_stats_backend(StatsImpl::cuda);
 }
 
 TEST_CASE("backends: ref attn_stats agrees with a direct softmax (T x T, tiny)") {
@@ -155,42 +206,127 @@ TEST_CASE("backends: ref attn_stats agrees with a direct softmax (T x T, tiny)")
     }
 }
 
+namespace {
+
+struct AttendCase {
+  const char* name;
+  int64_t G, n, D;
+  Data data;
+  uint64_t seed;
+  int64_t n_views;  // > 1: slots alternate between views 0..n_views (sim/slot.h)
+};
+
+const AttendCase kAttendCases[] = {
+    {"n1", 1, 1, 4, Data::random, 1, 1},          {"n31", 4, 31, 8, Data::random, 2, 1},
+    {"n33", 2, 33, 16, Data::random, 3, 1},       {"n97", 3, 97, 12, Data::random, 4, 1},
+    {"equal", 2, 33, 8, Data::all_equal, 5, 1},   {"huge_neg", 2, 31, 8, Data::huge_negative, 6, 1},
+    {"views3_n45", 2, 45, 8, Data::random, 7, 3}, {"n300_D64", 4, 300, 64, Data::random, 8, 1}};
+
+struct AttendOut {
+  std::vector<double> logit;
+  std::vector<float> w, o;
+};
+
+struct AttendInput {
+  Layer L;
+  std::vector<float> bias;
+  std::vector<int32_t> view;
+  explicit AttendInput(const AttendCase& c) : L(c.G, 1, c.n, c.D), bias(c.n), view(c.n, 0) {
+    fill(L, c.data, c.seed);
+    for (int64_t s = 0; s < c.n; ++s) bias[s] = (s % 3 == 0) ? std::log(float(1 + s % 5)) : 0.0f;
+    if (c.n_views > 1)
+      for (int64_t s = 0; s < c.n; ++s) view[s] = static_cast<int32_t>(s % (c.n_views + 1));
+  }
+  const int32_t* views(const AttendCase& c) const { return c.n_views > 1 ? view.data() : nullptr; }
+};
+
+template <class Fn>
+AttendOut attend_with(Fn fn, const AttendCase& c, const AttendInput& in) {
+  AttendOut out{std::vector<double>(c.G * c.n), std::vector<float>(c.G * c.n), std::vector<float>(c.G * c.D)};
+  fn(in.L.q.data(), c.D, c.G, c.D, in.L.k.data(), in.L.v.data(), in.bias.data(), c.n, out.logit.data(), out.w.data(),
+     out.o.data(), in.views(c), c.n_views);
+  return out;
+}
+
+// The CUDA kernel's arithmetic on the host, behind attend_slots' signature (one-request batch).
+void emulated_attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const float* key,
+                           const float* value, const float* bias, int64_t n, double* logit, float* w, float* o_hat,
+                           const int32_t* view, int64_t n_views) {
+  cuda::AttendBatch b;
+  b.clear(D);
+  b.add(q, q_stride, G, key, value, bias, n, view, n_views);
+  test::emulate_attend_batch(b);
+  std::copy(b.logit.begin(), b.logit.end(), logit);
+  std::copy(b.w.begin(), b.w.end(), w);
+  std::copy(b.o_hat.begin(), b.o_hat.end(), o_hat);
+}
+
+}  // namespace
+
 TEST_CASE("backends: attend_slots omp vs ref") {
-  struct Case {
-    const char* name;
-    int64_t G, n, D;
-    Data data;
-    uint64_t seed;
-  };
-  const Case cases[] = {{"n1", 1, 1, 4, Data::random, 1},       {"n31", 4, 31, 8, Data::random, 2},
-                        {"n33", 2, 33, 16, Data::random, 3},    {"n97", 3, 97, 12, Data::random, 4},
-                        {"equal", 2, 33, 8, Data::all_equal, 5}, {"huge_neg", 2, 31, 8, Data::huge_negative, 6}};
-  for (const auto& c : cases) {
+  for (const auto& c : kAttendCases) {
     SUBCASE(c.name) {
-      Layer L(c.G, 1, c.n, c.D);
-      fill(L, c.data, c.seed);
-      std::vector<float> bias(c.n);
-      for (int64_t s = 0; s < c.n; ++s) bias[s] = (s % 3 == 0) ? std::log(float(1 + s % 5)) : 0.0f;
-      std::vector<double> lr(c.G * c.n), lo(c.G * c.n);
-      std::vector<float> wr(c.G * c.n), wo(c.G * c.n), orf(c.G * c.D), oo(c.G * c.D);
-      ref::attend_slots(L.q.data(), c.D, c.G, c.D, L.k.data(), L.v.data(), bias.data(), c.n, lr.data(), wr.data(),
-                        orf.data());
-      omp::attend_slots(L.q.data(), c.D, c.G, c.D, L.k.data(), L.v.data(), bias.data(), c.n, lo.data(), wo.data(),
-                        oo.data());
+      AttendInput in(c);
+      const AttendOut r = attend_with(ref::attend_slots, c, in), o = attend_with(omp::attend_slots, c, in);
       // Logits: double on both, summation order differs (simd): 1e-12 relative.
-      check_close("logit", lo, lr, {1e-9, 1e-12});
-      // Weights and outputs: omp exponentiates in float (1e-6 relative).
-      check_close("w", wo, wr, {1e-7, 1e-5});
-      check_close("o_hat", oo, orf, {1e-6, 1e-5});
+      check_close("logit", o.logit, r.logit, {1e-9, 1e-12});
+      // Weights and outputs: double on both, summation order differs.
+      check_close("w", o.w, r.w, {1e-7, 1e-5});
+      check_close("o_hat", o.o, r.o, {1e-6, 1e-5});
     }
   }
 }
 
-TEST_CASE("backends: kept sets of every strategy agree exactly between omp and ref") {
-  if (!backend_available(Backend::omp)) {
-    MESSAGE("skipped: omp backend not built");
-    return;
+TEST_CASE("cuda-host: attend kernel arithmetic (host emulation) equals ref bit for bit, one request and a batch") {
+  for (const auto& c : kAttendCases) {
+    SUBCASE(c.name) {
+      AttendInput in(c);
+      const AttendOut r = attend_with(ref::attend_slots, c, in), e = attend_with(emulated_attend_slots, c, in);
+      CHECK(e.logit == r.logit);
+      CHECK(e.w == r.w);
+      CHECK(e.o == r.o);
+    }
   }
+  // All cases in one batch (the replay's lockstep form): each request's outputs equal its own ref call.
+  std::vector<std::unique_ptr<AttendInput>> ins;
+  cuda::AttendBatch b;
+  b.clear(8);
+  std::vector<const AttendCase*> used;
+  for (const auto& c : kAttendCases)
+    if (c.D == 8) {
+      ins.push_back(std::make_unique<AttendInput>(c));
+      used.push_back(&c);
+      b.add(ins.back()->L.q.data(), c.D, c.G, ins.back()->L.k.data(), ins.back()->L.v.data(), ins.back()->bias.data(),
+            c.n, ins.back()->views(c), c.n_views);
+    }
+  REQUIRE(used.size() >= 3);
+  test::emulate_attend_batch(b);
+  for (size_t i = 0; i < used.size(); ++i) {
+    const AttendCase& c = *used[i];
+    const AttendOut r = attend_with(ref::attend_slots, c, *ins[i]);
+    INFO("batch request " << i << " (" << c.name << ")");
+    CHECK(std::equal(r.logit.begin(), r.logit.end(), b.logit_of(int64_t(i))));
+    CHECK(std::equal(r.w.begin(), r.w.end(), b.w_of(int64_t(i))));
+    CHECK(std::equal(r.o.begin(), r.o.end(), b.o_hat_of(int64_t(i))));
+  }
+}
+
+TEST_CASE("cuda: attend_slots on the device vs ref") {
+  if (!test::cuda_device_or_skip()) return;
+  for (const auto& c : kAttendCases) {
+    SUBCASE(c.name) {
+      AttendInput in(c);
+      const AttendOut r = attend_with(ref::attend_slots, c, in), g = attend_with(cuda::attend_slots, c, in);
+      // The logits are the same double operations in the same order: exact. The weights differ by the
+      // device's double exp (1 ulp), far below float resolution.
+      CHECK(g.logit == r.logit);
+      check_close("w", g.w, r.w, {1e-9, 1e-6});
+      check_close("o_hat", g.o, r.o, {1e-7, 1e-6});
+    }
+  }
+}
+
+void check_kept_sets(Backend fast) {
   const char* specs[] = {"window:budget=9",        "streaming:budget=9,sinks=2", "h2o:budget=9,recent=3",
                          "h2o:budget=9,recent=2,norm=mean,gqa=max",           "tova:budget=9",
                          "scissorhands:budget=9,recent=2,history=5",          "snapkv:budget=12,window=4",
@@ -209,29 +345,40 @@ TEST_CASE("backends: kept sets of every strategy agree exactly between omp and r
       fill(L, c.data, 1234);
       auto s = make_strategy(spec);
       auto r = test::kept_sets(*s, L, c.P, Backend::ref, 1, 3);
-      auto o = test::kept_sets(*s, L, c.P, Backend::omp, 1, 3);
+      auto o = test::kept_sets(*s, L, c.P, fast, 1, 3);
       for (size_t step = 0; step < r.size(); ++step)
         for (size_t kv = 0; kv < r[step].size(); ++kv) {
           if (r[step][kv] == o[step][kv]) continue;
           FAIL_CHECK(c.name << " " << spec << " step " << step << " kv " << kv << ": ref "
-                            << test::set_str(r[step][kv]) << " omp " << test::set_str(o[step][kv]));
+                            << test::set_str(r[step][kv]) << " " << backend_name(fast) << " "
+                            << test::set_str(o[step][kv]));
           step = r.size();
           break;
         }
     }
 }
 
-TEST_CASE("backends: cuda is refused with NotCompiled when not built or no device") {
-  std::string why;
-  if (!backend_available(Backend::cuda, &why)) {
-    CHECK_THROWS_AS(require_backend(Backend::cuda), NotCompiled);
-    MESSAGE("skipped cuda comparison: " << why);
-  } else {
-    Layer L(1, 1, 4, 4);
-    LayerView lv = L.view();
-    RefStats r;
-    CHECK_THROWS_AS(compute_ref_stats(lv, Backend::cuda, r), NotCompiled);
+TEST_CASE("backends: kept sets of every strategy agree exactly between omp and ref") {
+  if (!backend_available(Backend::omp)) {
+    MESSAGE("skipped: omp backend not built");
+    return;
   }
+  check_kept_sets(Backend::omp);
+}
+
+TEST_CASE("cuda: kept sets of every strategy agree exactly between the device and ref") {
+  if (!test::cuda_device_or_skip()) return;
+  check_kept_sets(Backend::cuda);
+}
+
+TEST_CASE("backends: cuda without a CUDA build or a device is refused with the reason, never a fallback") {
+  std::string why;
+  if (backend_available(Backend::cuda, &why)) {
+    MESSAGE("a CUDA device is present: the cuda cases above ran");
+    return;
+  }
+  CHECK_THROWS_WITH_AS(require_backend(Backend::cuda), why.c_str(), NotCompiled);
+  CHECK(why.rfind("backend cuda: ", 0) == 0);
 }
 
 TEST_CASE("backends: omp exp_nonpos matches std::exp to 5e-16 relative on [-700, 0]") {

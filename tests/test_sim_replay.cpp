@@ -16,6 +16,8 @@
 #include "sim/strategy.h"
 #include "traces/reader.h"
 #include "traces/synth.h"
+#include "tests/cuda_emulation.h"
+#include "tests/cuda_test_util.h"
 
 using namespace kvsim;
 namespace fs = std::filesystem;
@@ -67,13 +69,22 @@ struct Owned {
 };
 
 ReplayResult replay(const std::string& path, const std::vector<std::string>& specs, Backend b, int64_t P = -1,
-                    int64_t stride = 1, const std::string& cache = "off", int64_t seq = 0) {
+                    int64_t stride = 1, const std::string& cache = "off", int64_t seq = 0,
+                    void (*attend_batch)(cuda::AttendBatch&) = nullptr) {
   traces::TraceReader r(path);
   Owned o(specs);
   ReplayOptions opt;
   opt.backend = b, opt.prefill = P, opt.stride = stride, opt.stats_cache = cache, opt.seq = seq;
+  opt.attend_batch = attend_batch;
   return replay_trace(r, o.ptrs, opt);
 }
+
+// Every kind of rule: eviction per KV head and layer-coupled (tova), prompt-time (snapkv), merging,
+// sketches with views (cms_aggregate), codecs with pending groups, and a composition.
+const std::vector<std::string> kEveryKind = {
+    "full",          "window:budget=24",           "h2o:budget=24,norm=mean", "tova:budget=24",
+    "snapkv:budget=40,window=8", "entropy_merge:budget=24", "kvmerger:budget=24", "cms_aggregate:budget=20,width=8,depth=2",
+    "cms_topk:budget=24,width=16,depth=2", "kivi:bits=2", "nf4:dq=1", "h2o:budget=40+quant:bits=4,axis=channel"};
 
 double get(const ConfigResult& c, Metric m, const char* stat) {
   const auto& s = c.summary[int(m)];
@@ -130,6 +141,54 @@ TEST_CASE("replay: ref and omp agree on every strategy's summaries") {
         INFO(specs[c] << " head " << h << " " << metric_name(m) << " ref " << x << " omp " << y);
         CHECK(std::fabs(x - y) <= 1e-6 + 1e-5 * std::fabs(x));
       }
+}
+
+TEST_CASE("cuda-host: the lockstep replay of the cuda path, kernel emulated on the host, equals ref exactly") {
+  // The cuda path advances every instance in lockstep and evaluates their caches in one batch per
+  // step; with the kernel's host emulation (bit-identical to ref::attend_slots) every statistic of
+  // every head must equal the ref replay's exactly: this checks the batching and unpacking.
+  const std::string p = trace("stories260k", 130, 5);
+  ReplayResult a = replay(p, kEveryKind, Backend::ref, 40, 3);
+  ReplayResult b = replay(p, kEveryKind, Backend::ref, 40, 3, "off", 0, &test::emulate_attend_batch);
+  int64_t compared = 0;
+  for (size_t c = 0; c < kEveryKind.size(); ++c)
+    for (size_t h = 0; h < a.configs[c].heads.size(); ++h)
+      for (int m = 0; m < kNumMetrics; ++m) {
+        const auto &x = a.configs[c].heads[h].summary[m], &y = b.configs[c].heads[h].summary[m];
+        INFO(kEveryKind[c] << " head " << h << " " << metric_name(m) << " ref " << x.mean << " lockstep " << y.mean);
+        auto same = [](double u, double v) { return u == v || (std::isnan(u) && std::isnan(v)); };
+        CHECK(same(x.mean, y.mean));
+        CHECK(same(x.p5, y.p5));
+        CHECK(same(x.p95, y.p95));
+        CHECK(same(x.worst, y.worst));
+        CHECK(a.configs[c].heads[h].curve[m].size() == b.configs[c].heads[h].curve[m].size());
+        ++compared;
+      }
+  CHECK(compared == int64_t(kEveryKind.size()) * 5 * 8 * kNumMetrics);  // synthetic stories260k: L = 5, H = 8
+}
+
+TEST_CASE("cuda: replay on the device agrees with ref on every kind of strategy") {
+  if (!test::cuda_device_or_skip()) return;
+  const std::string p = trace("stories260k", 130, 5);
+  ReplayResult a = replay(p, kEveryKind, Backend::ref, 40, 3), b = replay(p, kEveryKind, Backend::cuda, 40, 3);
+  for (size_t c = 0; c < kEveryKind.size(); ++c)
+    for (size_t h = 0; h < a.configs[c].heads.size(); ++h)
+      for (int m = 0; m < kNumMetrics; ++m) {
+        const double x = a.configs[c].heads[h].summary[m].mean, y = b.configs[c].heads[h].summary[m].mean;
+        // Kept sets are the same (test_sim_backends); values differ by the device's exp only.
+        INFO(kEveryKind[c] << " head " << h << " " << metric_name(m) << " ref " << x << " cuda " << y);
+        CHECK(std::fabs(x - y) <= 1e-6 + 1e-5 * std::fabs(x));
+      }
+}
+
+TEST_CASE("replay: backend cuda without a CUDA build or device fails with the reason, never falls back") {
+  std::string why;
+  if (backend_available(Backend::cuda, &why)) {
+    MESSAGE("a CUDA device is present: the cuda replay case ran instead");
+    return;
+  }
+  CHECK_THROWS_WITH_AS(replay(trace("tiny", 60, 3), {"window:budget=8"}, Backend::cuda, 20), why.c_str(), NotCompiled);
+  CHECK(why.rfind("backend cuda: ", 0) == 0);
 }
 
 TEST_CASE("replay: eviction strategies hold at most B + 1 slots (bytes), stride and curves") {
