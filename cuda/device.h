@@ -12,4 +12,9 @@ std::string device_error();  // why device_count() is 0 ("" otherwise)
 std::string device_name(int device = 0);  // "cuda:<name>"; throws NotCompiled/CudaError
 void require_device();       // throws NotCompiled without CUDA, CudaError without a device
 
+// The device's measured arithmetic peak in GFLOP/s (2 per FMA): independent FMA chains in every
+// thread of enough blocks to fill all SMs; fp64 = false for float, true for double. Benchmarks
+// quote kernels as fractions of it.
+double measured_peak_gflops(bool fp64);
+
 }  // namespace kvsim::cuda

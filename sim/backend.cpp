@@ -68,6 +68,14 @@ Backend fastest_backend() {
   return Backend::ref;
 }
 
+Backend parse_replay_backend(const std::string& s) {
+  Backend b = parse_backend(s);
+  if ((s == "auto" || s.empty()) && b == Backend::cuda)
+    b = backend_available(Backend::omp) ? Backend::omp : Backend::ref;
+  require_backend(b);
+  return b;
+}
+
 int omp_threads() {
 #ifdef KVSIM_HAVE_OPENMP
   return omp_get_max_threads();

@@ -17,6 +17,11 @@ void require_backend(Backend b);
 bool backend_available(Backend b, std::string* why_not = nullptr);
 std::vector<Backend> available_backends();
 Backend fastest_backend();
+// The backend of a replay (`run`, `sweep`) from --backend: as parse_backend, but "auto" picks omp
+// (ref without OpenMP) even where a GPU exists: the replay's cuda path is explicit (--backend cuda)
+// until its benchmark (tools/scripts/bench_sweep.sh --backend cuda vs omp) shows it faster.
+// Throws UsageError for an unknown name and NotCompiled when the backend cannot run here.
+Backend parse_replay_backend(const std::string& s);
 // Threads the omp backend uses (1 when built without OpenMP).
 int omp_threads();
 

@@ -96,13 +96,7 @@ void print_table(const ReplayResult& r) {
 }
 
 int run_run(const RunArgs& a) {
-  Backend backend = parse_backend(a.backend);
-  // `auto` is the fastest backend that has replay kernels: CUDA has none yet (a later issue), so auto
-  // means omp (or ref without OpenMP). An explicit --backend cuda is refused (NotCompiled), never
-  // silently replaced.
-  if (a.backend == "auto" && backend == Backend::cuda)
-    backend = backend_available(Backend::omp) ? Backend::omp : Backend::ref;
-  require_backend(backend);
+  const Backend backend = parse_replay_backend(a.backend);
   std::vector<std::unique_ptr<Strategy>> owned;
   std::vector<const Strategy*> strategies;
   for (const auto& s : a.strategies) {
@@ -153,7 +147,7 @@ void add_run(CLI::App& app) {
       ->required();
   c->add_option("--prefill", a->prefill, "prefill length P (default: the sequence's prefill_len)");
   c->add_option("--stride", a->stride, "evaluate every S-th decode step")->capture_default_str();
-  c->add_option("--backend", a->backend, "ref, omp, cuda or auto")->capture_default_str();
+  c->add_option("--backend", a->backend, "ref, omp, cuda or auto (auto: omp, or ref without OpenMP; cuda only when asked for)")->capture_default_str();
   c->add_option("--sequence", a->sequence, "sequence name (default: the first)");
   c->add_option("--bins", a->bins, "bins of the per-position curves")->capture_default_str();
   c->add_option("--eps", a->eps, "kl smoothing epsilon")->capture_default_str();

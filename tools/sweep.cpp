@@ -236,12 +236,7 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
   SweepWork w;
   w.plan = load_sweep_config(opt.config);
   const std::string backend = opt.backend.empty() ? w.plan.backend : opt.backend;
-  w.backend = parse_backend(backend);
-  // The replay kernels have no CUDA twin yet (replay_trace refuses cuda): "auto" means the fastest
-  // backend the replay runs on. Drop this once cuda/ has the replay kernels.
-  if ((backend == "auto" || backend.empty()) && w.backend == Backend::cuda)
-    w.backend = backend_available(Backend::omp) ? Backend::omp : Backend::ref;
-  require_backend(w.backend);
+  w.backend = parse_replay_backend(backend);
   if (opt.batch < 1) throw UsageError("--batch " + std::to_string(opt.batch) + " must be >= 1");
   std::set<std::string> seen;
   for (const auto& s : w.plan.specs) {
