@@ -2,6 +2,7 @@
 // cuda/quant_core.h and does nothing else: the arithmetic is the core's, which the host emulation
 // checks against sim/ref bit for bit. Items that write packed codes own whole bytes, so no two
 // threads write the same byte; block parameters come from a kernel launched before the codes.
+// Buffer shapes are documented on the core item each kernel calls.
 #include <algorithm>
 
 #include "cuda/buffer.h"
