@@ -1,0 +1,323 @@
+// The arithmetic of the CUDA quantization kernels (cuda/quant.cu), as host+device functions.
+// Each kernel is a grid-stride loop over one of the *_item functions below and does nothing else;
+// the host emulation (cuda/quant_emulate.h) runs the same items in the same order on the CPU, so the
+// tests check, on machines without a GPU, the exact arithmetic the GPU runs against sim/ref.
+//
+// Layouts, rounding and tie rules are sim/ref/quant.h's; every step below repeats the step of
+// sim/quant_common.h it names, operation for operation (std::min/max/clamp written out with the
+// same comparisons, so signed zeros pick the same operand). Needs -ffp-contract=off on the host and
+// --fmad=false on the device (both set by CMake): `code * scale + min` must not become an FMA.
+//
+// Work items (one GPU thread each):
+//   uniform params   one per block:        min/max over the block -> fp16 min and scale
+//   uniform codes    one per code byte:    8 / bits codes packed into a byte no other item writes
+//   uniform decode   one per output float: y[t, d]
+//   nf4 absmax       one per block
+//   nf4 dq mean      one in all:           the sequential double sum of sim/ref (exact same rounding)
+//   nf4 dq group     one per 256 blocks:   fp32 scale and int8 codes of the group's absmax values
+//   nf4 codes        one per code byte:    two 4-bit codes
+//   nf4 decode       one per output float: y[t, d]
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cuda/hd.h"
+
+namespace kvsim::cuda::core {
+
+// ---- fp16, bit-identical to sim/half.h (round to nearest, ties to even) ------------------------
+
+KVSIM_HD uint32_t f32_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+KVSIM_HD float bits_f32(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+KVSIM_HD uint16_t f32_to_f16(float f) {
+  const uint32_t x = f32_bits(f);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 -> inf
+  if (ax < 0x38800000u) {  // fp16 subnormal or zero: round to a multiple of 2^-24
+    if (ax < 0x33000000u) return static_cast<uint16_t>(sign);
+    const uint32_t e = ax >> 23;
+    const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - e;
+    uint32_t half_v = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1u);
+    const uint32_t halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (half_v & 1u))) ++half_v;
+    return static_cast<uint16_t>(sign | half_v);
+  }
+  uint32_t v = ax - 0x38000000u;  // rebias the exponent 127 -> 15, round the 13 dropped bits
+  const uint32_t lsb = (v >> 13) & 1u;
+  v += 0x0fffu + lsb;
+  return static_cast<uint16_t>(sign | (v >> 13));
+}
+
+KVSIM_HD float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1fu;
+  const uint32_t m = h & 0x3ffu;
+  if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13));
+  if (e == 0) {
+    if (m == 0) return bits_f32(sign);
+    const float f = static_cast<float>(m) * (1.0f / 16777216.0f);  // m * 2^-24, exact
+    return sign ? -f : f;
+  }
+  return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// std::min / std::max / std::clamp / std::fabs with their exact comparisons.
+KVSIM_HD float min_like_std(float a, float b) { return b < a ? b : a; }
+KVSIM_HD float max_like_std(float a, float b) { return a < b ? b : a; }
+KVSIM_HD float clamp_like_std(float v, float lo, float hi) { return v < lo ? lo : (hi < v ? hi : v); }
+KVSIM_HD float abs_f32(float v) { return bits_f32(f32_bits(v) & 0x7fffffffu); }
+KVSIM_HD float floor_f32(float v) { return ::floorf(v); }
+
+// ---- uniform asymmetric b-bit ------------------------------------------------------------------
+
+// A [n_t, D] tile cut into blocks of `group` elements along one axis (sim/ref/quant.h).
+struct UniformShape {
+  int64_t n_t = 0, D = 0, group = 32;
+  int bits = 4;
+  bool channel = false;  // axis = channel: a block is `group` tokens of one channel
+};
+
+KVSIM_HD int64_t uniform_blocks(const UniformShape& s) { return s.n_t * s.D / s.group; }
+KVSIM_HD int64_t uniform_block_bytes(const UniformShape& s) { return s.group * s.bits / 8; }
+KVSIM_HD int64_t uniform_code_bytes(const UniformShape& s) { return uniform_blocks(s) * uniform_block_bytes(s); }
+
+// Element j of block b is x[uniform_block_base(s, b) + j * uniform_block_stride(s)].
+KVSIM_HD int64_t uniform_block_base(const UniformShape& s, int64_t b) {
+  if (!s.channel) {
+    const int64_t per_row = s.D / s.group;
+    return (b / per_row) * s.D + (b % per_row) * s.group;
+  }
+  return (b / s.D) * s.group * s.D + (b % s.D);
+}
+KVSIM_HD int64_t uniform_block_stride(const UniformShape& s) { return s.channel ? s.D : 1; }
+
+// Item b of n_blocks: the block's min and max, rounded to fp16 before any code is computed.
+KVSIM_HD void uniform_params_item(const float* x,  // [n_t, D]
+                                  const UniformShape& s, int64_t b,
+                                  uint16_t* min_f16,    // [n_blocks]
+                                  uint16_t* scale_f16)  // [n_blocks]
+{
+  const float* xb = x + uniform_block_base(s, b);
+  const int64_t st = uniform_block_stride(s);
+  float mn = INFINITY, mx = -INFINITY;
+  for (int64_t j = 0; j < s.group; ++j) {
+    mn = min_like_std(mn, xb[j * st]);
+    mx = max_like_std(mx, xb[j * st]);
+  }
+  const float levels = static_cast<float>((1 << s.bits) - 1);
+  min_f16[b] = f32_to_f16(mn);
+  scale_f16[b] = f32_to_f16((mx - mn) / levels);
+}
+
+// One code: clamp(floor((x - min) / scale + 0.5), 0, 2^b - 1); 0 where the fp16 scale is 0.
+// A NaN (inputs beyond the fp16 range make the fp16 min infinite) gives 0: defined here, where
+// sim/ref's float-to-integer conversion of NaN is undefined (x86 also yields 0).
+KVSIM_HD uint32_t uniform_code(float x, float fmin, float fscale, int bits) {
+  const float levels = static_cast<float>((1 << bits) - 1);
+  const float c = fscale > 0 ? floor_f32((x - fmin) / fscale + 0.5f) : 0.0f;
+  const float k = clamp_like_std(c, 0.0f, levels);
+  return k == k ? static_cast<uint32_t>(k) : 0u;
+}
+
+// Which byte of the packed code array item i fills, and the block it lies in. axis = token: item
+// i is byte i (consecutive items read consecutive floats). axis = channel: the channel varies
+// fastest over the items, so a warp reads 32 adjacent channels of one token (coalesced).
+KVSIM_HD int64_t uniform_codes_item_byte(const UniformShape& s, int64_t i, int64_t* block) {
+  const int64_t bpb = uniform_block_bytes(s);
+  if (!s.channel) {
+    *block = i / bpb;
+    return i;
+  }
+  const int64_t c = i % s.D, rest = i / s.D;
+  const int64_t k = rest % bpb, r = rest / bpb;
+  *block = r * s.D + c;
+  return *block * bpb + k;
+}
+
+// Item i of uniform_code_bytes(s): 8 / bits codes of one block, little-endian in their byte.
+KVSIM_HD void uniform_codes_item(const float* x,  // [n_t, D]
+                                 const UniformShape& s,
+                                 const uint16_t* min_f16,    // [n_blocks]
+                                 const uint16_t* scale_f16,  // [n_blocks]
+                                 int64_t i,
+                                 uint8_t* codes)  // [n_t * D * bits / 8]
+{
+  int64_t b = 0;
+  const int64_t byte = uniform_codes_item_byte(s, i, &b);
+  const int per_byte = 8 / s.bits;
+  const int64_t j0 = (byte - b * uniform_block_bytes(s)) * per_byte;
+  const float* xb = x + uniform_block_base(s, b);
+  const int64_t st = uniform_block_stride(s);
+  const float fmin = f16_to_f32(min_f16[b]), fscale = f16_to_f32(scale_f16[b]);
+  uint32_t packed = 0;
+  for (int u = 0; u < per_byte; ++u) packed |= uniform_code(xb[(j0 + u) * st], fmin, fscale, s.bits) << (u * s.bits);
+  codes[byte] = static_cast<uint8_t>(packed);
+}
+
+// Item p of n_t * D: y[p] = code * scale + min (one thread per output float, coalesced writes).
+KVSIM_HD void uniform_decode_item(const uint8_t* codes,       // [n_t * D * bits / 8]
+                                  const uint16_t* min_f16,    // [n_blocks]
+                                  const uint16_t* scale_f16,  // [n_blocks]
+                                  const UniformShape& s, int64_t p,
+                                  float* y)  // [n_t, D]
+{
+  const int64_t t = p / s.D, d = p % s.D;
+  const int64_t b = s.channel ? (t / s.group) * s.D + d : t * (s.D / s.group) + d / s.group;
+  const int64_t j = s.channel ? t % s.group : d % s.group;
+  const int per_byte = 8 / s.bits;
+  const uint32_t mask = (1u << s.bits) - 1u;
+  const uint8_t* in = codes + b * uniform_block_bytes(s);
+  const uint32_t code = (in[j / per_byte] >> ((j % per_byte) * s.bits)) & mask;
+  const float fmin = f16_to_f32(min_f16[b]), fscale = f16_to_f32(scale_f16[b]);
+  y[p] = static_cast<float>(code) * fscale + fmin;
+}
+
+// ---- NF4 (QLoRA) -------------------------------------------------------------------------------
+
+// The 16 NormalFloat-4 values (the digits of kNf4Values in sim/ref/quant.cpp; a test checks the
+// bits) and the midpoints between neighbours, computed as sim/quant_common.h computes them.
+struct Nf4Table {
+  float values[16];
+  float mids[15];
+};
+
+KVSIM_HD void nf4_table_init(Nf4Table* t) {
+  const float v[16] = {-1.0f,
+                       -0.6961928009986877f,
+                       -0.5250730514526367f,
+                       -0.39491748809814453f,
+                       -0.28444138169288635f,
+                       -0.18477343022823334f,
+                       -0.09105003625154495f,
+                       0.0f,
+                       0.07958029955625534f,
+                       0.16093020141124725f,
+                       0.24611230194568634f,
+                       0.33791524171829224f,
+                       0.44070982933044434f,
+                       0.5626170039176941f,
+                       0.7229568362236023f,
+                       1.0f};
+  for (int i = 0; i < 16; ++i) t->values[i] = v[i];
+  for (int i = 0; i < 15; ++i) t->mids[i] = 0.5f * (v[i] + v[i + 1]);
+}
+
+// Nearest value's index = number of midpoints strictly below v (halfway goes to the lower index).
+KVSIM_HD uint32_t nf4_nearest(float v, const Nf4Table& t) {
+  uint32_t idx = 0;
+  for (int i = 0; i < 15; ++i) idx += v > t.mids[i] ? 1u : 0u;
+  return idx;
+}
+
+struct Nf4Shape {
+  int64_t n_t = 0, D = 0, block = 64;
+  bool channel = false;  // blocks run over the column-major order of the tile
+};
+
+KVSIM_HD int64_t nf4_blocks(const Nf4Shape& s) { return s.n_t * s.D / s.block; }
+KVSIM_HD int64_t nf4_dq_groups(const Nf4Shape& s) { return (nf4_blocks(s) + 255) / 256; }
+
+// Element e of the block order lies at x[nf4_index(s, e)].
+KVSIM_HD int64_t nf4_index(const Nf4Shape& s, int64_t e) { return s.channel ? (e % s.n_t) * s.D + e / s.n_t : e; }
+
+// Item b of n_blocks: max |x| over the block.
+KVSIM_HD void nf4_absmax_item(const float* x,  // [n_t, D]
+                              const Nf4Shape& s, int64_t b,
+                              float* absmax)  // [n_blocks]
+{
+  float m = 0;
+  for (int64_t j = 0; j < s.block; ++j) m = max_like_std(m, abs_f32(x[nf4_index(s, b * s.block + j)]));
+  absmax[b] = m;
+}
+
+// The single item of the mean: sim/ref's sequential double sum (a tree sum would round differently).
+KVSIM_HD float nf4_dq_mean(const float* absmax,  // [n_blocks]
+                           int64_t n_blocks) {
+  double mean = 0;
+  for (int64_t i = 0; i < n_blocks; ++i) mean += absmax[i];
+  return n_blocks ? static_cast<float>(mean / static_cast<double>(n_blocks)) : 0.0f;
+}
+
+// Item g of the groups of 256 blocks: symmetric 8-bit codes of absmax - mean.
+KVSIM_HD void nf4_dq_group_item(const float* absmax,  // [n_blocks]
+                                int64_t n_blocks, float mean, int64_t g,
+                                float* dq_scale,   // [n_groups]
+                                int8_t* absmax_q)  // [n_blocks]
+{
+  const int64_t end = g * 256 + 256 < n_blocks ? g * 256 + 256 : n_blocks;
+  float m = 0;
+  for (int64_t i = g * 256; i < end; ++i) m = max_like_std(m, abs_f32(absmax[i] - mean));
+  const float sc = m / 127.0f;
+  dq_scale[g] = sc;
+  for (int64_t i = g * 256; i < end; ++i)
+    absmax_q[i] = sc > 0 ? static_cast<int8_t>(clamp_like_std(floor_f32((absmax[i] - mean) / sc + 0.5f), -127.0f, 127.0f))
+                         : static_cast<int8_t>(0);
+}
+
+// What block b decodes with: its absmax, or the double-quantized reconstruction.
+// absmax_q == nullptr selects the plain absmax.
+KVSIM_HD float nf4_block_scale(const float* absmax, const int8_t* absmax_q, const float* dq_scale, float dq_mean,
+                               int64_t b) {
+  if (!absmax_q) return absmax[b];
+  return static_cast<float>(absmax_q[b]) * dq_scale[b / 256] + dq_mean;
+}
+
+// Item i of n_t * D / 2: the byte holding the codes of elements 2i and 2i + 1 (one block: the
+// block size is even). dq_mean is read through a pointer: on the GPU it is computed there.
+KVSIM_HD void nf4_codes_item(const float* x,  // [n_t, D]
+                             const Nf4Shape& s,
+                             const float* absmax,    // [n_blocks]
+                             const int8_t* absmax_q, // [n_blocks], nullptr without double quantization
+                             const float* dq_scale,  // [n_groups]
+                             const float* dq_mean,   // [1]
+                             const Nf4Table& tab, int64_t i,
+                             uint8_t* codes)  // [n_t * D / 2]
+{
+  const int64_t e = 2 * i, b = e / s.block;
+  const float scale = nf4_block_scale(absmax, absmax_q, dq_scale, absmax_q ? *dq_mean : 0.0f, b);
+  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+  const float v0 = x[nf4_index(s, e)], v1 = x[nf4_index(s, e + 1)];
+  const uint32_t c0 = scale > 0 ? nf4_nearest(v0 * inv, tab) : 7u;  // 7 is the code of 0.0
+  const uint32_t c1 = scale > 0 ? nf4_nearest(v1 * inv, tab) : 7u;
+  codes[i] = static_cast<uint8_t>(c0 | (c1 << 4));
+}
+
+// Item p of n_t * D: y[p] (p = t * D + d, one thread per output float, coalesced writes).
+KVSIM_HD void nf4_decode_item(const uint8_t* codes,  // [n_t * D / 2]
+                              const Nf4Shape& s,
+                              const float* absmax,    // [n_blocks]
+                              const int8_t* absmax_q, // [n_blocks], nullptr without double quantization
+                              const float* dq_scale,  // [n_groups]
+                              float dq_mean, const Nf4Table& tab, int64_t p,
+                              float* y)  // [n_t, D]
+{
+  const int64_t e = s.channel ? (p % s.D) * s.n_t + p / s.D : p;
+  const float scale = nf4_block_scale(absmax, absmax_q, dq_scale, dq_mean, e / s.block);
+  y[p] = tab.values[(codes[e / 2] >> ((e % 2) * 4)) & 0xfu] * scale;
+}
+
+}  // namespace kvsim::cuda::core
