@@ -1,3 +1,5 @@
+#include <cstdlib>
+
 #include "cuda/check.h"
 #include "cuda/device.h"
 
@@ -24,7 +26,7 @@ __global__ void fma_peak_kernel(F a, F b, F* out) {
 template <typename F>
 double peak_of() {
   cudaDeviceProp p{};
-  KVSIM_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  KVSIM_CUDA_CHECK(cudaGetDeviceProperties(&p, select_device()));
   const int threads = 256, blocks = p.multiProcessorCount * 8;
   DeviceBuffer<F> out(1);
   cudaEvent_t e0, e1;
@@ -72,6 +74,7 @@ std::string device_error() {
 
 std::string device_name(int device) {
   require_device();
+  if (device < 0) device = select_device();
   cudaDeviceProp p{};
   KVSIM_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
   return std::string("cuda:") + p.name;
@@ -80,6 +83,32 @@ std::string device_name(int device) {
 double measured_peak_gflops(bool fp64) {
   require_device();
   return fp64 ? peak_of<double>() : peak_of<float>();
+}
+
+int select_device() {
+  static int selected = -1;
+  if (selected >= 0) return selected;
+  require_device();
+  const int n = device_count();
+  int d = 0;
+  if (const char* env = std::getenv("KVSIM_CUDA_DEVICE")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end == env || *end != '\0' || v < 0 || v >= n)
+      throw UsageError(std::string("KVSIM_CUDA_DEVICE = '") + env + "' is not a device index in [0, " +
+                       std::to_string(n) + ")");
+    d = static_cast<int>(v);
+  } else {
+    for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+      if (const char* env = std::getenv(var)) {
+        d = static_cast<int>(std::strtol(env, nullptr, 10) % n);
+        if (d < 0) d = 0;
+        break;
+      }
+  }
+  KVSIM_CUDA_CHECK(cudaSetDevice(d));
+  selected = d;
+  return d;
 }
 
 void require_device() {

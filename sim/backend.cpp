@@ -53,6 +53,7 @@ bool backend_available(Backend b, std::string* why_not) {
 void require_backend(Backend b) {
   std::string why;
   if (!backend_available(b, &why)) throw NotCompiled(why);
+  if (b == Backend::cuda) cuda::select_device();
 }
 
 std::vector<Backend> available_backends() {
