@@ -166,14 +166,14 @@ void check_full_and_window(const model::Model& m, const std::vector<int32_t>& id
 
 }  // namespace
 
-TEST_CASE("ppl: full and window through the strategy cache match their oracles (random model, G = 2)") {
+TEST_CASE("ppl: full and window through the strategy cache match their oracles (random model with G = 2)") {
   const model::Model m = small_model();
   const auto ids = small_ids(50);
   check_full_and_window(m, ids, 9, {3, 8, 20});
   check_full_and_window(m, ids, 1, {1, 5});  // a one-token prompt; a budget of one slot
 }
 
-TEST_CASE("ppl: stories260K, full and window match their oracles within 1e-5") {
+TEST_CASE("ppl: stories260K full and window match their oracles within 1e-5") {
   KVSIM_REQUIRE_MODELS();
   const model::Model m = model::load_model(kvsim_test::stories_bin());
   const auto ids = stories_ids();
@@ -186,7 +186,7 @@ TEST_CASE("ppl: stories260K, full and window match their oracles within 1e-5") {
   CHECK(r.ppl > f.ppl);
 }
 
-TEST_CASE("ppl: tova (layer-coupled), a codec composition, entropy_merge and cms_aggregate run end to end") {
+TEST_CASE("ppl: tova (layer-coupled) and a codec composition and entropy_merge and cms_aggregate run end to end") {
   const model::Model m = small_model();
   const auto ids = small_ids(48);
   const int64_t T = 48, P = 10;
@@ -222,7 +222,7 @@ TEST_CASE("ppl: tova (layer-coupled), a codec composition, entropy_merge and cms
   }
 }
 
-TEST_CASE("ppl: stories260K, every strategy family gives a finite perplexity; small budgets cost perplexity") {
+TEST_CASE("ppl: stories260K every strategy family gives a finite perplexity and small budgets cost perplexity") {
   KVSIM_REQUIRE_MODELS();
   const model::Model m = model::load_model(kvsim_test::stories_bin());
   const auto ids = stories_ids();

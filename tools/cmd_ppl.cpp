@@ -80,7 +80,8 @@ void print_table(const PplArgs& a, const model::ModelConfig& c, Backend b,
   std::printf("model %s: T=%lld P=%lld (%lld predicted tokens), L=%lld H=%lld Hkv=%lld D=%lld, backend %s\n",
               a.model.c_str(), (long long)f.T, (long long)f.P, (long long)f.n_predicted, (long long)c.n_layers,
               (long long)c.n_heads, (long long)c.n_kv_heads, (long long)c.head_dim, backend_name(b));
-  std::printf("%-36s %10s %10s %8s %8s %6s %8s\n", "strategy", "ppl", "\xce\x94ppl", "\xce\x94ppl%", "nll", "ratio",
+  // "Δ" is two bytes in UTF-8 and one column: widths one wider than the rows'
+  std::printf("%-36s %10s %11s %9s %8s %6s %8s\n", "strategy", "ppl", "\xce\x94ppl", "\xce\x94ppl%", "nll", "ratio",
               "seconds");
   for (const auto& r : rs) {
     const std::string name = r.spec.size() > 36 ? r.spec.substr(0, 33) + "..." : r.spec;
