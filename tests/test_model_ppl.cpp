@@ -6,7 +6,10 @@
 //     sim/replay.cpp order store -> attend -> evict), the newest B tokens after every step, hence the
 //     newest B+1 at attention, driven token by token by the plain Runner and its own attention kernel;
 //   - ratio: by hand, (min(B, t) + 1) / (t + 1) per decode step for strategies that hold B slots;
-//   - a budget >= T keeps everything, so tova and cms_aggregate (alternative views) reproduce full.
+//   - a budget >= T keeps everything, so tova and cms_aggregate (alternative views) reproduce full;
+//   - what a strategy is handed (k_norm, entropy of every token, prompt colsums): a probe strategy
+//     that keeps everything records them, compared with the reference kernels run on q, k of one
+//     all-token forward of the plain runner (a LayerTap), and k_norm summed here.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -16,6 +19,7 @@
 #include "model_test_util.h"
 #include "sim/error.h"
 #include "sim/kv_cache.h"
+#include "sim/ref_stats.h"
 #include "sim/strategy.h"
 #include "traces/model/model.h"
 #include "traces/model/perplexity.h"
@@ -164,6 +168,50 @@ void check_full_and_window(const model::Model& m, const std::vector<int32_t>& id
   }
 }
 
+
+// Keeps every token and records what it is handed, per layer: k_norm [Hkv, T] and entropy [H, T]
+// read at the step each token arrives (prefill: the prompt's), and the prompt's colsums [H, P].
+struct ProbeLog {
+  std::vector<std::vector<float>> k_norm, entropy, colsums;  // [L][...]
+};
+
+class ProbeState final : public StrategyState {
+ public:
+  ProbeState(ProbeLog* log, const InstanceContext& ctx) : log_(log), layer_(ctx.layer), T_(ctx.T) {}
+  void prefill(std::span<SlotCache>, const LayerView& lv, int64_t P) override {
+    H_ = lv.H, Hkv_ = lv.Hkv, k_norm_ = lv.k_norm, entropy_ = lv.entropy;
+    log_->colsums[layer_].assign(lv.prompt_colsums, lv.prompt_colsums + H_ * P);
+    log_->k_norm[layer_].assign(static_cast<size_t>(Hkv_ * T_), NAN);
+    log_->entropy[layer_].assign(static_cast<size_t>(H_ * T_), NAN);
+    for (int64_t t = 0; t < P; ++t) take(t);
+  }
+  void evict(std::span<SlotCache>, int64_t t) override { take(t); }
+
+ private:
+  void take(int64_t t) {
+    for (int64_t kv = 0; kv < Hkv_; ++kv) log_->k_norm[layer_][kv * T_ + t] = k_norm_[kv * T_ + t];
+    for (int64_t h = 0; h < H_; ++h) log_->entropy[layer_][h * T_ + t] = entropy_[h * T_ + t];
+  }
+  ProbeLog* log_;
+  int64_t layer_, T_, H_ = 0, Hkv_ = 0;
+  const float* k_norm_ = nullptr;
+  const float* entropy_ = nullptr;
+};
+
+class ProbeStrategy final : public Strategy {
+ public:
+  explicit ProbeStrategy(ProbeLog* log) : log_(log) { name_ = spec_text_ = "probe"; }
+  bool layer_coupled() const override { return true; }
+  bool needs_prompt_colsums() const override { return true; }
+  bool needs_entropy() const override { return true; }
+  std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
+    return std::make_unique<ProbeState>(log_, ctx);
+  }
+
+ private:
+  ProbeLog* log_;
+};
+
 }  // namespace
 
 TEST_CASE("ppl: full and window through the strategy cache match their oracles (random model with G = 2)") {
@@ -262,4 +310,51 @@ TEST_CASE("ppl: bad inputs are UsageErrors") {
   r.reset();
   r.forward(ids.data(), 8);
   CHECK_THROWS_AS(r.forward(ids.data() + 8, 2), UsageError);
+}
+
+TEST_CASE("ppl: a strategy is handed k_norm and entropy of every token and the prompt's colsums") {
+  const model::Model m = small_model();
+  const model::ModelConfig& c = m.config;
+  const auto ids = small_ids(40);
+  const int64_t T = 40, P = 11, H = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim;
+  for (Backend b : cpu_backends()) {
+    const std::string backend = backend_name(b);
+    CAPTURE(backend);
+    ProbeLog log;
+    log.k_norm.resize(c.n_layers), log.entropy.resize(c.n_layers), log.colsums.resize(c.n_layers);
+    ProbeStrategy probe(&log);
+    model::perplexity(m, ids, P, &probe, b);
+    // Oracle: q, k of one forward over all T tokens, head-major, through the reference kernels.
+    model::Runner plain(m, Backend::ref);
+    plain.forward(ids.data(), T, false, [&](const model::LayerTensors& lt) {
+      std::vector<float> q(H * T * D), k(Hkv * T * D), v(Hkv * T * D), k_norm(Hkv * T);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t x = 0; x < D; ++x) {
+          for (int64_t h = 0; h < H; ++h) q[(h * T + t) * D + x] = lt.q[(t * H + h) * D + x];
+          for (int64_t kv = 0; kv < Hkv; ++kv) {
+            k[(kv * T + t) * D + x] = lt.k[(t * Hkv + kv) * D + x];
+            v[(kv * T + t) * D + x] = lt.v[(t * Hkv + kv) * D + x];
+          }
+        }
+      for (int64_t i = 0; i < Hkv * T; ++i) {
+        double sq = 0;
+        for (int64_t x = 0; x < D; ++x) sq += double(k[i * D + x]) * k[i * D + x];
+        k_norm[i] = static_cast<float>(std::sqrt(sq));
+      }
+      LayerView lv;
+      lv.H = H, lv.Hkv = Hkv, lv.T = T, lv.D = D, lv.q = q.data(), lv.k = k.data(), lv.v = v.data();
+      RefStats rs;
+      compute_ref_stats(lv, Backend::ref, rs);
+      std::vector<float> colsums;
+      compute_prompt_colsums(lv, rs, P, Backend::ref, colsums);
+      const size_t l = static_cast<size_t>(lt.layer);
+      CAPTURE(l);
+      // One batched ref forward vs prompt + one token at a time on `backend`: fp32 rounding of the
+      // activations (omp: OpenBLAS sums in another order, seen up to 2.5e-5 after the x40 q/k weights).
+      const double tol = b == Backend::ref ? 1e-5 : 1e-4;
+      kvsim_test::check_close(log.k_norm[l].data(), k_norm.data(), Hkv * T, tol, tol, "k_norm");
+      kvsim_test::check_close(log.entropy[l].data(), rs.entropy.data(), H * T, tol, tol, "entropy");
+      kvsim_test::check_close(log.colsums[l].data(), colsums.data(), H * P, tol, tol, "prompt colsums");
+    });
+  }
 }
