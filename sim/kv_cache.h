@@ -32,6 +32,16 @@ class KvCache {
                       int64_t n_tok, int64_t pos0) = 0;
   // The slots attention sees now; valid until the next append/clear/end_step.
   virtual KvView view() const = 0;
+  // Called after append() with the queries of this KV head's G query heads for the T tokens of
+  // the forward call. A cache that computes their attention itself (a strategy cache: it needs the
+  // weights, and slot views that KvView cannot express) writes o and returns true; by default the
+  // runner attends over view(). All KV heads of a layer must answer alike within one call.
+  virtual bool attend(const float* q,  // [T, G, D], token t's G rows at q + t * stride
+                      int64_t stride, int64_t T, int64_t G, int64_t pos0,
+                      float* o) {      // [T, G, D], token t's G rows at o + t * stride
+    (void)q, (void)stride, (void)T, (void)G, (void)pos0, (void)o;
+    return false;
+  }
   // Called after every forward call once attention over view() is done: the point where a
   // strategy evicts, merges or requantizes back to its budget. The full cache does nothing.
   virtual void end_step() {}

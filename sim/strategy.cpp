@@ -85,6 +85,7 @@ class Composed final : public Strategy {
   }
   bool layer_coupled() const override { return base_->layer_coupled(); }
   bool needs_prompt_colsums() const override { return base_->needs_prompt_colsums(); }
+  bool needs_entropy() const override { return base_->needs_entropy(); }
   const Codec& codec() const override { return *codec_; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return base_->make_state(ctx);

@@ -25,7 +25,10 @@ Gqa parse_gqa(const std::string& s);
 void combine_gqa(const float* w,  // [G, n]
                  int64_t G, int64_t n, Gqa how, float* out /* [n] */);
 
-// Plain data of one layer of one sequence (prefix 0..T-1 of the tokens).
+// Plain data of one layer of one sequence (prefix 0..T-1 of the tokens). A strategy reads q, k, v
+// and prompt_colsums of the prompt (positions < P) in prefill only, and the per-token k_norm and
+// entropy of token t from step t on, never ahead: inside the model runner (traces/model/
+// strategy_cache.h) these arrays are filled as the tokens arrive.
 struct LayerView {
   int64_t H = 0, Hkv = 0, T = 0, D = 0;
   const float* q = nullptr;       // [H, T, D] after RoPE
@@ -76,6 +79,8 @@ class Strategy {
   const std::map<std::string, std::string>& params() const { return params_; }
   virtual bool layer_coupled() const { return false; }
   virtual bool needs_prompt_colsums() const { return false; }
+  // Reads LayerView::entropy (the model runner then computes each decode token's exact row entropy).
+  virtual bool needs_entropy() const { return false; }
   virtual const Codec& codec() const { return identity_codec(); }
   virtual std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const = 0;
 

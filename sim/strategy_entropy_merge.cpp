@@ -27,18 +27,16 @@ class EntropyMergeState final : public StrategyState {
     st_.weight.assign(static_cast<size_t>(T_), 1.0);
     h_.assign(static_cast<size_t>(T_), 0.0f);
     tmp_.resize(static_cast<size_t>(T_));
+    e_.resize(static_cast<size_t>(G_));
   }
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     KVSIM_ASSERT(lv.entropy != nullptr && lv.prompt_colsums != nullptr);
-    // Per-token normalized entropy, combined over the G query heads of this KV head.
-    std::vector<float> e(static_cast<size_t>(G_ * T_));
-    for (int64_t g = 0; g < G_; ++g)
-      for (int64_t i = 0; i < T_; ++i)
-        e[static_cast<size_t>(g * T_ + i)] = normalized_entropy(lv.entropy[(kv_ * G_ + g) * T_ + i], i);
-    combine_gqa(e.data(), G_, T_, gqa_, h_.data());
-    if (gqa_ == Gqa::sum)  // a sum of G values in [0, 1]: compare its mean with the threshold
-      for (auto& x : h_) x /= static_cast<float>(G_);
+    // H_i is read when token i arrives (normalize_entropy_upto), not all at once here: inside the
+    // live model runner (kvsim ppl) the entropy of a decode token exists only from its own step on.
+    entropy_ = lv.entropy;
+    h_done_ = 0;
+    normalize_entropy_upto(P - 1);
     combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
     for (int64_t i = 0; i < P; ++i) st_.score[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
     evict(caches, P - 1);
@@ -52,6 +50,7 @@ class EntropyMergeState final : public StrategyState {
 
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
+    normalize_entropy_upto(t);
     if (attn_w_) {
       // Exact slots weigh by their accumulated attention (floored so an all-zero run stays defined).
       for (int64_t s = 0; s < c.size(); ++s)
@@ -67,13 +66,26 @@ class EntropyMergeState final : public StrategyState {
   double state_bytes(int64_t) const override { return 4.0 * static_cast<double>(B_ + 1) + 8.0 * merged_slots_; }
 
  private:
+  // h_[i] for i <= t: the normalized entropy per query head of this KV head, combined by gqa.
+  void normalize_entropy_upto(int64_t t) {
+    float* e = e_.data();
+    for (; h_done_ <= t; ++h_done_) {
+      const int64_t i = h_done_;
+      for (int64_t g = 0; g < G_; ++g) e[g] = normalized_entropy(entropy_[(kv_ * G_ + g) * T_ + i], i);
+      combine_gqa(e, G_, 1, gqa_, &h_[static_cast<size_t>(i)]);
+      if (gqa_ == Gqa::sum) h_[static_cast<size_t>(i)] /= static_cast<float>(G_);  // compare the mean with the threshold
+    }
+  }
+
   int64_t B_;
   MergeRule rule_;
   bool attn_w_;
   Gqa gqa_;
   int64_t kv_, G_, T_;
   MergeState st_;
-  std::vector<float> h_, tmp_;
+  const float* entropy_ = nullptr;  // [H, T] nats (LayerView::entropy), read up to the current step
+  int64_t h_done_ = 0;               // h_[0 .. h_done_-1] are set
+  std::vector<float> h_, tmp_, e_;
   double merged_slots_ = 0;
 };
 
@@ -95,6 +107,7 @@ class EntropyMerge final : public Strategy {
     set_identity(p);
   }
   bool needs_prompt_colsums() const override { return true; }
+  bool needs_entropy() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return std::make_unique<EntropyMergeState>(ep_.resolve_budget(ctx.T), rule_, attn_w_, ep_.gqa, ctx);
   }

@@ -18,5 +18,6 @@ void add_run(CLI::App& app);
 void add_plot(CLI::App& app);
 void add_sweep(CLI::App& app);
 void add_best(CLI::App& app);
+void add_ppl(CLI::App& app);
 
 }  // namespace kvsim::tools

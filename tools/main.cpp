@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   kvsim::tools::add_plot(app);
   kvsim::tools::add_sweep(app);
   kvsim::tools::add_best(app);
+  kvsim::tools::add_ppl(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

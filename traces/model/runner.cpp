@@ -117,6 +117,7 @@ const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, 
     }
     op.rope(q_.data(), T, H, D, pos_, c.rope_theta, c.rope_style, inv_freq);
     op.rope(k_.data(), T, Hkv, D, pos_, c.rope_theta, c.rope_style, inv_freq);
+    int64_t n_self = 0;  // KV heads whose cache attended itself (KvCache::attend: strategy caches)
     for (int64_t g = 0; g < Hkv; ++g) {
       for (int64_t t = 0; t < T; ++t) {
         std::copy_n(k_.data() + (t * Hkv + g) * D, D, kh_.data() + t * D);
@@ -124,9 +125,14 @@ const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, 
       }
       KvCache& cache = *caches_[static_cast<size_t>(l * Hkv + g)];
       cache.append(kh_.data(), vh_.data(), T, pos_);
-      views_[static_cast<size_t>(g)] = cache.view();
+      const int64_t G = H / Hkv;
+      if (cache.attend(q_.data() + g * G * D, qd, T, G, pos_, att_.data() + g * G * D))
+        ++n_self;
+      else
+        views_[static_cast<size_t>(g)] = cache.view();
     }
-    op.attention(q_.data(), views_.data(), att_.data(), T, H, Hkv, D, pos_);
+    KVSIM_ASSERT(n_self == 0 || n_self == Hkv);
+    if (n_self == 0) op.attention(q_.data(), views_.data(), att_.data(), T, H, Hkv, D, pos_);
     for (int64_t g = 0; g < Hkv; ++g) caches_[static_cast<size_t>(l * Hkv + g)]->end_step();
     if (tap) {
       LayerTensors lt;

@@ -1,0 +1,295 @@
+#include "traces/model/strategy_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+
+#include "sim/error.h"
+#include "sim/omp/attend.h"
+#include "sim/ref/attend.h"
+#include "sim/ref_stats.h"
+
+namespace kvsim::model {
+
+namespace {
+
+using AttendFn = decltype(&ref::attend_slots);
+
+float key_norm(const float* k, int64_t D) {  // as the replay computes LayerView::k_norm
+  double s = 0;
+  for (int64_t x = 0; x < D; ++x) s += static_cast<double>(k[x]) * k[x];
+  return static_cast<float>(std::sqrt(s));
+}
+
+// Entropy (nats) of softmax_i(q·k_i / sqrt(D)) over the n keys: the reference statistics' entropy
+// (ref::attn_stats: lse - sum p z) of one query row.
+float exact_row_entropy(const float* q,  // [D]
+                        const float* k,  // [n, D]
+                        int64_t n, int64_t D, std::vector<double>& z) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  z.resize(static_cast<size_t>(n));
+  double mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    double d = 0;
+    for (int64_t x = 0; x < D; ++x) d += static_cast<double>(q[x]) * k[i * D + x];
+    z[i] = d * scale;
+    mx = std::max(mx, z[i]);
+  }
+  double l = 0, a = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double e = std::exp(z[i] - mx);
+    l += e;
+    a += e * z[i];
+  }
+  return static_cast<float>(std::max(0.0, mx + std::log(l) - a / l));
+}
+
+InstanceContext context_for(const ModelConfig& c, int64_t layer, int64_t kv0, int64_t n_caches, int64_t T, int64_t P) {
+  InstanceContext ctx;  // as replay_layer fills it (seed 0)
+  ctx.layer = layer, ctx.n_layers = c.n_layers, ctx.kv0 = kv0, ctx.n_caches = n_caches;
+  ctx.T = T, ctx.P = P, ctx.D = c.head_dim, ctx.G = c.n_heads / c.n_kv_heads;
+  return ctx;
+}
+
+}  // namespace
+
+// The slots, codec states and strategy states of one layer, shared by its Hkv KvCache proxies.
+class StrategyLayer {
+ public:
+  StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b)
+      : strat_(s), config_(c), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads),
+        D_(c.head_dim), T_(T), P_(P), backend_(b),
+        attend_fn_(b == Backend::omp ? &omp::attend_slots : &ref::attend_slots),
+        per_state_(s.layer_coupled() ? c.n_kv_heads : 1) {
+    reset();
+  }
+
+  // A new sequence: fresh slots, codec and strategy states (idempotent until the next append).
+  void reset() {
+    if (fresh_) return;
+    slots_.clear(), codec_.clear(), states_.clear();
+    for (int64_t kv = 0; kv < Hkv_; ++kv) {
+      slots_.emplace_back(D_, P_ + 1);
+      codec_.push_back(strat_.codec().make_state(D_, T_));
+    }
+    for (int64_t kv0 = 0; kv0 < Hkv_; kv0 += per_state_)
+      states_.push_back(strat_.make_state(context_for(config_, layer_, kv0, per_state_, T_, P_)));
+    q_.assign(static_cast<size_t>(H_ * T_ * D_), 0.0f);
+    k_.assign(static_cast<size_t>(Hkv_ * T_ * D_), 0.0f);
+    v_.assign(k_.size(), 0.0f);
+    k_norm_.assign(static_cast<size_t>(Hkv_ * T_), 0.0f);
+    entropy_.assign(strat_.needs_entropy() ? static_cast<size_t>(H_ * T_) : 0, 0.0f);
+    prompt_pos_.resize(static_cast<size_t>(P_));
+    for (int64_t t = 0; t < P_; ++t) prompt_pos_[t] = t;
+    slot_pos_.assign(static_cast<size_t>(Hkv_), {});
+    logit_.assign(static_cast<size_t>(Hkv_), {});
+    w_.assign(static_cast<size_t>(Hkv_), {});
+    wptr_.assign(static_cast<size_t>(Hkv_), nullptr);
+    lv_ = LayerView{};
+    prefilled_ = false, next_t_ = 0, ended_ = 0, ratio_sum_ = 0, ratio_n_ = 0;
+    fresh_ = true;
+  }
+
+  void append(int64_t kv, const float* k, const float* v, int64_t n_tok, int64_t pos0) {
+    fresh_ = false;
+    if (!prefilled_ && (pos0 != 0 || n_tok != P_))
+      throw UsageError("strategy cache: the prompt (P = " + std::to_string(P_) +
+                       " tokens) must come in one forward call at position 0, got " + std::to_string(n_tok) +
+                       " tokens at position " + std::to_string(pos0));
+    if (prefilled_ && (n_tok != 1 || pos0 != next_t_ || pos0 >= T_))
+      throw UsageError("strategy cache: decode tokens come one per forward call at positions " + std::to_string(P_) +
+                       ".." + std::to_string(T_ - 1) + ", got " + std::to_string(n_tok) + " tokens at position " +
+                       std::to_string(pos0));
+    for (int64_t i = 0; i < n_tok; ++i) {
+      const int64_t t = pos0 + i;
+      const float* kt = k + i * D_;
+      const float* vt = v + i * D_;
+      k_norm_[kv * T_ + t] = key_norm(kt, D_);
+      if (!prefilled_ || !entropy_.empty()) std::copy_n(kt, D_, k_.data() + (kv * T_ + t) * D_);
+      if (!prefilled_) std::copy_n(vt, D_, v_.data() + (kv * T_ + t) * D_);
+      codec_[kv]->store(slots_[kv], static_cast<int32_t>(t), kt, vt);
+    }
+  }
+
+  // Before prefill: the exact prompt (the prompt's attention runs over the full cache). After: the
+  // slots (bias included, alternative views not expressible; the runner uses attend() then).
+  KvView view(int64_t kv) const {
+    if (!prefilled_) return KvView{k_.data() + kv * T_ * D_, v_.data() + kv * T_ * D_, nullptr, prompt_pos_.data(), P_};
+    const SlotCache& c = slots_[kv];
+    auto& pos = slot_pos_[kv];
+    pos.resize(static_cast<size_t>(c.size()));
+    for (int64_t s = 0; s < c.size(); ++s) pos[s] = c.member(s, c.n_members(s) - 1);
+    return KvView{c.keys(), c.values(), c.biases(), pos.data(), c.size()};
+  }
+
+  bool attend(int64_t kv, const float* q, int64_t stride, int64_t Tq, int64_t G, int64_t pos0, float* o) {
+    KVSIM_ASSERT(G == G_);
+    if (!prefilled_) {  // keep the prompt's queries for prefill(); the runner attends over view()
+      for (int64_t t = 0; t < Tq; ++t)
+        for (int64_t g = 0; g < G_; ++g)
+          std::copy_n(q + t * stride + g * D_, D_, q_.data() + ((kv * G_ + g) * T_ + pos0 + t) * D_);
+      return false;
+    }
+    KVSIM_ASSERT(Tq == 1);
+    const int64_t t = pos0;
+    const SlotCache& c = slots_[kv];
+    const int64_t n = c.size();
+    logit_[kv].resize(static_cast<size_t>(G_ * n));
+    w_[kv].resize(static_cast<size_t>(G_ * n));
+    wptr_[kv] = w_[kv].data();
+    attend_fn_(q, D_, G_, D_, c.keys(), c.values(), c.biases(), n, logit_[kv].data(), w_[kv].data(), o, c.views(),
+               c.n_views());
+    const double bytes = codec_[kv]->bytes(c) + states_[kv / per_state_]->state_bytes(kv % per_state_);
+    ratio_sum_ += bytes / (4.0 * static_cast<double>(D_) * static_cast<double>(t + 1));
+    ++ratio_n_;
+    for (int64_t g = 0; g < G_ && !entropy_.empty(); ++g)
+      entropy_[(kv * G_ + g) * T_ + t] = exact_row_entropy(q + g * D_, k_.data() + kv * T_ * D_, t + 1, D_, z_);
+    return true;
+  }
+
+  // Once every KV head of the layer has attended: prefill (after the prompt), or observe + evict.
+  void end_step() {
+    if (++ended_ < Hkv_) return;
+    ended_ = 0;
+    if (!prefilled_) {
+      prefill();
+      return;
+    }
+    for (size_t i = 0; i < states_.size(); ++i) {
+      const std::span<SlotCache> caches(slots_.data() + i * per_state_, static_cast<size_t>(per_state_));
+      const std::span<const float* const> attn(wptr_.data() + i * per_state_, static_cast<size_t>(per_state_));
+      states_[i]->observe(std::span<const SlotCache>(caches.data(), caches.size()), attn, next_t_);
+      states_[i]->evict(caches, next_t_);
+    }
+    ++next_t_;
+  }
+
+  double ratio_sum() const { return ratio_sum_; }
+  int64_t ratio_n() const { return ratio_n_; }
+
+ private:
+  void prefill();
+
+  const Strategy& strat_;
+  const ModelConfig& config_;
+  const int64_t layer_, H_, Hkv_, G_, D_, T_, P_;
+  const Backend backend_;
+  const AttendFn attend_fn_;
+  const int64_t per_state_;  // caches per strategy state: Hkv for layer-coupled strategies, else 1
+  std::vector<SlotCache> slots_;                    // [Hkv]
+  std::vector<std::unique_ptr<CodecState>> codec_;  // [Hkv]
+  std::vector<std::unique_ptr<StrategyState>> states_;
+  // The prompt's q [H, T, D], k and v [Hkv, T, D] (rows < P; k keeps the decode keys when the
+  // strategy needs entropy), per-token k_norm [Hkv, T] and entropy [H, T], colsums [H, P].
+  std::vector<float> q_, k_, v_, k_norm_, entropy_, colsums_;
+  LayerView lv_;
+  std::vector<int64_t> prompt_pos_;
+  mutable std::vector<std::vector<int64_t>> slot_pos_;
+  std::vector<std::vector<double>> logit_;
+  std::vector<std::vector<float>> w_;
+  std::vector<const float*> wptr_;
+  std::vector<double> z_;
+  bool prefilled_ = false, fresh_ = false;
+  int64_t next_t_ = 0, ended_ = 0;
+  double ratio_sum_ = 0;
+  int64_t ratio_n_ = 0;
+};
+
+void StrategyLayer::prefill() {
+  const bool colsums = strat_.needs_prompt_colsums(), entropy = !entropy_.empty();
+  if (colsums || entropy) {
+    // The reference kernels on the prompt alone (T = P, dense [heads, P, D] copies).
+    std::vector<float> q(static_cast<size_t>(H_ * P_ * D_)), k(static_cast<size_t>(Hkv_ * P_ * D_)), v(k.size());
+    for (int64_t h = 0; h < H_; ++h) std::copy_n(q_.data() + h * T_ * D_, P_ * D_, q.data() + h * P_ * D_);
+    for (int64_t kv = 0; kv < Hkv_; ++kv) {
+      std::copy_n(k_.data() + kv * T_ * D_, P_ * D_, k.data() + kv * P_ * D_);
+      std::copy_n(v_.data() + kv * T_ * D_, P_ * D_, v.data() + kv * P_ * D_);
+    }
+    LayerView lp;
+    lp.H = H_, lp.Hkv = Hkv_, lp.T = P_, lp.D = D_, lp.q = q.data(), lp.k = k.data(), lp.v = v.data();
+    RefStats rs;
+    compute_ref_stats(lp, backend_, rs);
+    if (entropy)
+      for (int64_t h = 0; h < H_; ++h) std::copy_n(rs.entropy.data() + h * P_, P_, entropy_.data() + h * T_);
+    if (colsums) compute_prompt_colsums(lp, rs, P_, backend_, colsums_);
+  }
+  lv_.H = H_, lv_.Hkv = Hkv_, lv_.T = T_, lv_.D = D_;
+  lv_.q = q_.data(), lv_.k = k_.data(), lv_.v = v_.data(), lv_.k_norm = k_norm_.data();
+  lv_.prompt_colsums = colsums ? colsums_.data() : nullptr;
+  lv_.entropy = entropy ? entropy_.data() : nullptr;
+  for (size_t i = 0; i < states_.size(); ++i)
+    states_[i]->prefill(std::span<SlotCache>(slots_.data() + i * per_state_, static_cast<size_t>(per_state_)), lv_, P_);
+  // Strategies read q, k, v in prefill only (sim/strategy.h); k stays for the decode entropies.
+  std::vector<float>().swap(q_);
+  std::vector<float>().swap(v_);
+  if (!entropy) std::vector<float>().swap(k_);
+  lv_.q = lv_.k = lv_.v = nullptr;
+  prefilled_ = true;
+  next_t_ = P_;
+}
+
+namespace {
+
+// One (layer, KV head) as the runner sees it.
+class StrategyKvCache final : public KvCache {
+ public:
+  StrategyKvCache(std::shared_ptr<StrategyLayer> layer, int64_t kv) : layer_(std::move(layer)), kv_(kv) {}
+  void clear() override { layer_->reset(); }
+  void append(const float* k, const float* v, int64_t n_tok, int64_t pos0) override {
+    layer_->append(kv_, k, v, n_tok, pos0);
+  }
+  KvView view() const override { return layer_->view(kv_); }
+  bool attend(const float* q, int64_t stride, int64_t T, int64_t G, int64_t pos0, float* o) override {
+    return layer_->attend(kv_, q, stride, T, G, pos0, o);
+  }
+  void end_step() override { layer_->end_step(); }
+
+ private:
+  std::shared_ptr<StrategyLayer> layer_;
+  int64_t kv_;
+};
+
+}  // namespace
+
+void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P) {
+  if (P < 1 || P >= T)
+    throw UsageError("prefill P = " + std::to_string(P) + " must satisfy 1 <= P < T = " + std::to_string(T));
+  const int64_t n_caches = strategy.layer_coupled() ? config.n_kv_heads : 1;
+  for (int64_t l = 0; l < config.n_layers; ++l)  // per-layer budgets (pyramidkv) fail here, not mid-run
+    (void)strategy.make_state(context_for(config, l, 0, n_caches, T, P));
+  (void)strategy.codec().make_state(config.head_dim, T);
+}
+
+StrategyCaches::StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
+                               Backend backend)
+    : strategy_(strategy), config_(config), T_(T), P_(P), backend_(backend) {
+  if (backend != Backend::ref && backend != Backend::omp)
+    throw NotCompiled(std::string("strategy cache: backend ") + backend_name(backend) + " is not supported (ref, omp)");
+  check_strategy_fits(strategy, config, T, P);
+  layers_.resize(static_cast<size_t>(config.n_layers));
+}
+
+StrategyCaches::~StrategyCaches() = default;
+
+KvCacheFactory StrategyCaches::factory() {
+  return [this](int64_t layer, int64_t kv_head, int64_t D, int64_t) -> std::unique_ptr<KvCache> {
+    KVSIM_ASSERT(layer >= 0 && layer < config_.n_layers && D == config_.head_dim);
+    auto& l = layers_[static_cast<size_t>(layer)];
+    if (!l) l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_);
+    return std::make_unique<StrategyKvCache>(l, kv_head);
+  };
+}
+
+double StrategyCaches::mean_ratio() const {
+  double s = 0;
+  int64_t n = 0;
+  for (const auto& l : layers_)
+    if (l) s += l->ratio_sum(), n += l->ratio_n();
+  return n > 0 ? s / static_cast<double>(n) : NAN;
+}
+
+int64_t StrategyCaches::decode_steps() const {
+  return layers_.empty() || !layers_[0] ? 0 : layers_[0]->ratio_n() / config_.n_kv_heads;
+}
+
+}  // namespace kvsim::model

@@ -1,0 +1,57 @@
+// A kvsim cache strategy owning the live model runner's KV cache (`kvsim ppl`), with the replay's
+// semantics (design.md §3) step for step:
+//   prefill  the prompt's P tokens enter in one forward call; its attention runs over the exact full
+//            cache (KvCache::view() shows the exact prompt, as the replay's reference does), the
+//            tokens are stored through the strategy's codec, and once the layer's queries are known
+//            the strategy's prefill compresses, handed a LayerView of the prompt's q, k, v
+//            (head-major) with k_norm, entropy and prompt_colsums computed by the reference kernels
+//            (compute_ref_stats, compute_prompt_colsums) of the runner's backend;
+//   decode   one token t >= P per forward call: codec store of (k_t, v_t) -> attention of the G
+//            query heads over the slots with attend_slots (slot bias, alternative views) ->
+//            observe(weights) -> evict, the last two once every KV head of the layer has attended
+//            (one state per layer for layer-coupled strategies such as tova).
+// Per-token inputs of decode tokens are those of the live run: k_norm from the live key, and, for a
+// strategy that reads entropy (entropy_merge), the exact entropy of the token's own live query over
+// the live keys of positions 0..t (kept beside the cache for that purpose only; not counted in bytes).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sim/backend.h"
+#include "sim/kv_cache.h"
+#include "sim/strategy.h"
+#include "traces/model/model.h"
+
+namespace kvsim::model {
+
+class StrategyLayer;  // one layer's slots, codec and strategy states (strategy_cache.cpp)
+
+// Throws UsageError when `strategy` cannot run on a sequence of T tokens with prefill P for this
+// model (a budget that does not fit, a codec group that does not divide D), before any work.
+void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P);
+
+// The caches of every (layer, KV head) of one sequence of T tokens with prefill P. Hand factory()
+// to a Runner (this object must outlive it), run forward(ids, P), then forward(&id, 1) for each
+// decode token. clear() (Runner::reset) starts a new sequence with fresh states.
+class StrategyCaches {
+ public:
+  StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Backend backend);
+  ~StrategyCaches();
+  KvCacheFactory factory();
+
+  // Mean over (layer, KV head, decode step) of the replay's `ratio`: (codec bytes + strategy state
+  // bytes) / (4 D (t+1)), measured at attention time of step t, before observe and evict.
+  double mean_ratio() const;
+  int64_t decode_steps() const;  // decode steps attended so far
+
+ private:
+  const Strategy& strategy_;
+  const ModelConfig& config_;
+  int64_t T_, P_;
+  Backend backend_;
+  std::vector<std::shared_ptr<StrategyLayer>> layers_;  // [L]
+};
+
+}  // namespace kvsim::model
