@@ -21,7 +21,7 @@ TEST_CASE("cms: hand case with width 1 (every key collides)") {
   CHECK(s.bytes() == 1 * 3 * 4 + 3 * 16);
 }
 
-TEST_CASE("cms: never under-counts; conservative update stays within eps * total in >= 1 - delta of keys (seeds 1..5)") {
+TEST_CASE("cms: never under-counts and conservative update stays within eps * total in >= 1 - delta of keys (seeds 1..5)") {
   for (uint64_t seed = 1; seed <= 5; ++seed) {
     const double eps = 0.01, delta = 0.05;
     auto s = CountMinSketch::for_error(eps, delta, seed);

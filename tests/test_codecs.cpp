@@ -67,7 +67,7 @@ TEST_CASE("codecs skip tokens evicted before their group formed") {
   CHECK(c.size() == 4);
 }
 
-TEST_CASE("quant per token quantizes on arrival; nf4 blocks of 64 span 8 tokens of D = 8") {
+TEST_CASE("quant per token quantizes on arrival and nf4 blocks of 64 span 8 tokens of D = 8") {
   auto q8 = codec_state("quant:bits=8", 8, 4);
   SlotCache c(8, 4);
   store(*q8, c, 0, [](int32_t, int x) { return static_cast<float>(x) * 0.1f; });

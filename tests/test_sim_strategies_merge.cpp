@@ -88,7 +88,7 @@ TEST_CASE("strategy cam: the victim's value goes to the next kept tokens with p 
   }
 }
 
-TEST_CASE("strategy cms_topk: a collision-free sketch is h2o; a one-bucket sketch ties everything") {
+TEST_CASE("strategy cms_topk: a collision-free sketch is h2o and a one-bucket sketch ties everything") {
   Layer L(1, 1, 6, 4);
   L.colsums = {0.5f, 2.4f, 1.5f, 0.5f};
   {
@@ -123,7 +123,7 @@ TEST_CASE("views: each view normalizes its own slots, weights are averaged (by h
   CHECK(p[2] == doctest::Approx(1.0 / 3));
 }
 
-TEST_CASE("strategy cms_aggregate: evicted tokens fold into their bucket; every token stays a member") {
+TEST_CASE("strategy cms_aggregate: evicted tokens fold into their bucket and every token stays a member") {
   // P = 4, keys (i, 0), values (0, i); scores (.1, .2, .3, .4); budget 2, recent 1, one bucket (w = 1,
   // d = 1): victims 0 and 1 (lowest) -> one bucket slot {0, 1}: key (0.5, 0), value (0, 0.5), bias ln 2.
   Layer L(1, 1, 6, 2);

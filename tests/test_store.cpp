@@ -54,7 +54,7 @@ int64_t scalar(const std::string& db, const std::string& sql) {
 }
 }  // namespace
 
-TEST_CASE("store: traces and configs are deduplicated by content hash; runs replace by key") {
+TEST_CASE("store: traces and configs are deduplicated by content hash and runs replace by key") {
   test::TempDir dir;
   const std::string db = dir.file("r.db");
   int64_t t1, c1, c2;
