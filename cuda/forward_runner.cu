@@ -93,6 +93,15 @@ class TapRing {
     ++pending_;
     return slots_[static_cast<size_t>(*index)];
   }
+  // Gives back a slot that was never submitted (its copies failed to enqueue).
+  void cancel(int index) {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      free_.push_back(index);
+      --pending_;
+    }
+    cv_.notify_all();
+  }
   void submit(int index) {
     {
       std::lock_guard<std::mutex> lk(m_);
@@ -179,6 +188,7 @@ struct DecoderRunner::Impl {
   void attention_block(int64_t l, int64_t T, const HostTap& tap, TapKinds kinds);
   void ffn_block(int64_t l, int64_t T);
   void tap_layer(int64_t l, int64_t T, const HostTap& tap, TapKinds kinds);
+  void enqueue_copies(TapRing::Slot& slot, int64_t l, int64_t T, TapKinds kinds);
 };
 
 DecoderRunner::Impl::Impl(const DecoderHost& m) : d(m.dims), layers(static_cast<size_t>(m.dims.n_layers)) {
@@ -217,6 +227,8 @@ DecoderRunner::Impl::Impl(const DecoderHost& m) : d(m.dims), layers(static_cast<
 
 void DecoderRunner::Impl::ensure(int64_t T) {
   if (T <= cap) return;
+  // the buffers about to be reallocated may still be the source of a tap's copies
+  KVSIM_CUDA_CHECK(cudaStreamSynchronize(copy.get()));
   const size_t t = static_cast<size_t>(T);
   const size_t dim = static_cast<size_t>(d.dim), qd = static_cast<size_t>(d.n_heads * d.head_dim),
                kvd = static_cast<size_t>(d.n_kv_heads * d.head_dim), hid = static_cast<size_t>(d.hidden_dim);
@@ -277,6 +289,17 @@ void DecoderRunner::Impl::ffn_block(int64_t l, int64_t T) {
 void DecoderRunner::Impl::tap_layer(int64_t l, int64_t T, const HostTap& tap, TapKinds kinds) {
   int index = 0;
   TapRing::Slot& slot = ring.acquire(&index);
+  try {
+    enqueue_copies(slot, l, T, kinds);
+  } catch (...) {
+    ring.cancel(index);  // else wait_taps() would wait for it forever
+    throw;
+  }
+  slot.tap = tap;
+  ring.submit(index);
+}
+
+void DecoderRunner::Impl::enqueue_copies(TapRing::Slot& slot, int64_t l, int64_t T, TapKinds kinds) {
   const cudaStream_t cs = copy.get();
   KVSIM_CUDA_CHECK(cudaEventRecord(slot.ready.get(), compute.get()));
   KVSIM_CUDA_CHECK(cudaStreamWaitEvent(cs, slot.ready.get(), 0));
@@ -296,8 +319,6 @@ void DecoderRunner::Impl::tap_layer(int64_t l, int64_t T, const HostTap& tap, Ta
   if (kinds.output) lt.o = out(slot.o, att, qn);
   KVSIM_CUDA_CHECK(cudaEventRecord(slot.copied.get(), cs));
   last_copy = slot.copied.get();
-  slot.tap = tap;
-  ring.submit(index);
 }
 
 DecoderRunner::DecoderRunner(const DecoderHost& model) {
