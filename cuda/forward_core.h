@@ -127,6 +127,15 @@ KVSIM_HD float attn_out_elem(const float* w,  // [n] normalised weights
   return acc;
 }
 
+// ---- the runner's device KV cache ------------------------------------------------------------
+
+// Element i of a token-major block [T, Hkv, D] (keys or values after RoPE) goes to this index of
+// the cache [Hkv, cap, D], whose row pos0 + t holds token t of the block.
+KVSIM_HD int64_t kv_cache_index(int64_t i, int64_t Hkv, int64_t D, int64_t cap, int64_t pos0) {
+  const int64_t d = i % D, g = (i / D) % Hkv, t = i / (D * Hkv);
+  return (g * cap + pos0 + t) * D + d;
+}
+
 // ---- argmax ----------------------------------------------------------------------------------
 
 // Is (vb, ib) a better argmax candidate than (va, ia)? Larger value, then lower index (ref's rule:

@@ -11,6 +11,7 @@
 #include "cuda/buffer.h"
 #include "cuda/check.h"
 #include "cuda/device.h"
+#include "cuda/forward_core.h"
 #include "cuda/forward_ops.h"
 #include "cuda/forward_runner.h"
 
@@ -24,8 +25,7 @@ __global__ void append_kv_kernel(const float* k_tok, const float* v_tok, float* 
                                  int64_t Hkv, int64_t D, int64_t cap, int64_t pos0) {
   const int64_t total = T * Hkv * D;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t d = i % D, g = (i / D) % Hkv, t = i / (D * Hkv);
-    const int64_t dst = (g * cap + pos0 + t) * D + d;
+    const int64_t dst = core::kv_cache_index(i, Hkv, D, cap, pos0);
     kc[dst] = k_tok[i];
     vc[dst] = v_tok[i];
   }
