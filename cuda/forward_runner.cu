@@ -80,7 +80,14 @@ class TapRing {
   // A free slot (blocks while the writer is behind); rethrows a tap's exception.
   Slot& acquire(int* index) {
     std::unique_lock<std::mutex> lk(m_);
-    if (!writer_.joinable()) writer_ = std::thread([this] { run(); });
+    if (!writer_.joinable()) {
+      int dev = 0;  // the current device is per thread: the writer waits on this one's events
+      KVSIM_CUDA_CHECK(cudaGetDevice(&dev));
+      writer_ = std::thread([this, dev] {
+        cudaSetDevice(dev);  // a failure shows in the first cudaEventSynchronize
+        run();
+      });
+    }
     cv_.wait(lk, [&] { return !free_.empty() || error_; });
     if (error_) {  // a tap failed: let the queued ones finish, then report it here
       cv_.wait(lk, [&] { return pending_ == 0; });
