@@ -83,7 +83,7 @@ void add_generate(CLI::App& app) {
   c->add_option("--temperature", a->sampling.temperature, "0: greedy")->capture_default_str();
   c->add_option("--top-p", a->sampling.top_p, "nucleus sampling mass")->capture_default_str();
   c->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
-  c->add_option("--backend", a->backend, "cpu, ref, omp or auto (cuda: not yet for the runner)")->capture_default_str();
+  c->add_option("--backend", a->backend, "cpu, ref, omp, cuda or auto (cuda when a device can run it, else cpu)")->capture_default_str();
   c->add_flag("--quiet", a->quiet, "no timing line on stderr");
   c->callback([a] {
     run_generate(*a);

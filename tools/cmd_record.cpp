@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cuda/device.h"
 #include "sim/error.h"
 #include "tools/commands.h"
 #include "tools/version.h"
@@ -127,8 +128,10 @@ void run_record(const RecordArgs& a) {
   traces::WriterOptions w;
   w.compress = a.compress;
   w.overwrite = a.force;
-  traces::TraceWriter writer(a.out, model::trace_header_for(m, dtype, "kvsim " KVSIM_VERSION, "cpu"), w);
+  // The runner first: with --backend cuda it uploads the weights, and a failure leaves no .partial.
   model::Runner runner(m, backend);
+  const std::string device = backend == Backend::cuda ? cuda::device_name() : "cpu";
+  traces::TraceWriter writer(a.out, model::trace_header_for(m, dtype, "kvsim " KVSIM_VERSION, device), w);
   model::RecordStats total;
   int64_t units = 0;  // generated tokens + recorded tokens, over all prompts
   for (const auto& p : prompts) {
@@ -175,7 +178,7 @@ void add_record(CLI::App& app) {
   c->add_option("--generate", a->opt.generate, "continue each prompt by N generated tokens (-1: fill the context)")
       ->capture_default_str();
   c->add_option("--out", a->out, "output trace (.h5)")->required();
-  c->add_option("--backend", a->backend, "cpu (omp when built, else ref), ref, omp, cuda")->capture_default_str();
+  c->add_option("--backend", a->backend, "cpu (omp when built, else ref), ref, omp, cuda (GPU; an error without a device), auto")->capture_default_str();
   c->add_option("--dtype", a->dtype, "stored dtype: float32, float16, bfloat16")->capture_default_str();
   c->add_flag("--compress", a->compress, "gzip + shuffle compression");
   c->add_flag("--pre", a->opt.pre, "also record q_pre and k_pre (before RoPE)");

@@ -126,11 +126,25 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
     if (output) put(traces::Kind::o, lt.layer, lt.pos0, lt.T, c.n_heads, lt.o);
   };
   runner.reset();
+  TapKinds kinds;
+  kinds.pre = opt.pre, kinds.output = output;
+  // On cuda the tap runs on a writer thread while the GPU goes on with the next layers and blocks:
+  // it must be done with `buf` and `st` before they go, also when an exception unwinds.
+  struct TapFence {
+    Runner& r;
+    ~TapFence() {
+      try {
+        r.wait_taps();
+      } catch (...) {  // the first error is already on its way out
+      }
+    }
+  } fence{runner};
   const int64_t block = std::max<int64_t>(1, opt.block);
   for (int64_t t = 0; t < T; t += block) {
-    runner.forward(ids.data() + t, std::min(block, T - t), false, tap);
+    runner.forward(ids.data() + t, std::min(block, T - t), false, tap, kinds);
     if (opt.progress) opt.progress(std::min(block, T - t));
   }
+  runner.wait_taps();  // rethrows a failed write
   const auto e0 = std::chrono::steady_clock::now();
   writer.end_sequence();  // closes the datasets: chunks still cached are compressed and written here
   st.write_s += seconds_since(e0);

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cuda/device.h"
+#include "cuda/forward_runner.h"
 #include "sim/error.h"
 #include "sim/omp/forward_ops.h"
 #include "sim/ref/forward_ops.h"
@@ -31,14 +32,51 @@ void grow(V& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
 }
 
+const float* data_or_null(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
+// The model as host pointers for the GPU decoder, which uploads them once.
+cuda::DecoderHost decoder_host(const Model& m) {
+  const ModelConfig& c = m.config;
+  cuda::DecoderHost h;
+  h.dims.dim = c.dim, h.dims.hidden_dim = c.hidden_dim, h.dims.n_layers = c.n_layers;
+  h.dims.n_heads = c.n_heads, h.dims.n_kv_heads = c.n_kv_heads, h.dims.head_dim = c.head_dim;
+  h.dims.vocab_size = c.vocab_size, h.dims.seq_len = c.seq_len;
+  h.dims.rope_theta = c.rope_theta, h.dims.rope_style = c.rope_style, h.dims.norm_eps = c.norm_eps;
+  h.embedding = m.embedding.data();
+  h.rms_final = m.rms_final.data();
+  h.classifier = m.classifier();
+  h.inv_freq = data_or_null(c.inv_freq);
+  for (const LayerWeights& w : m.layers) {
+    cuda::DecoderLayerHost l;
+    l.rms_att = w.rms_att.data(), l.wq = w.wq.data(), l.wk = w.wk.data(), l.wv = w.wv.data();
+    l.bq = data_or_null(w.bq), l.bk = data_or_null(w.bk), l.bv = data_or_null(w.bv);
+    l.wo = w.wo.data(), l.rms_ffn = w.rms_ffn.data();
+    l.w1 = w.w1.data(), l.w2 = w.w2.data(), l.w3 = w.w3.data();
+    h.layers.push_back(l);
+  }
+  return h;
+}
+
+// The CPU runner's LayerTap on the GPU decoder's pinned host tensors (same token-major layout).
+cuda::HostTap host_tap(const LayerTap& tap) {
+  if (!tap) return {};
+  return [tap](const cuda::LayerHostTensors& h) {
+    LayerTensors lt;
+    lt.layer = h.layer, lt.pos0 = h.pos0, lt.T = h.T;
+    lt.q_pre = h.q_pre, lt.k_pre = h.k_pre, lt.q = h.q, lt.k = h.k, lt.v = h.v, lt.o = h.o;
+    tap(lt);
+  };
+}
+
 }  // namespace
 
 Backend parse_runner_backend(const std::string& s) {
+  if (s == "auto" && backend_available(Backend::cuda)) return Backend::cuda;
   if (s == "cpu" || s == "auto" || s.empty())
     return backend_available(Backend::omp) ? Backend::omp : Backend::ref;
   if (s == "cuda") {
     require_backend(Backend::cuda);  // "built without CUDA" or "no CUDA device": exit 2, as for `run`
-    throw NotCompiled("--backend cuda: the native runner has no CUDA path yet (use --backend cpu)");
+    return Backend::cuda;
   }
   if (s == "ref" || s == "omp") {
     const Backend b = parse_backend(s);
@@ -49,18 +87,48 @@ Backend parse_runner_backend(const std::string& s) {
 }
 
 Runner::Runner(const Model& model, Backend backend, KvCacheFactory caches) : model_(model), backend_(backend) {
-  if (backend == Backend::cuda)
-    throw NotCompiled("the native runner has no cuda backend yet (use --backend cpu)");
   require_backend(backend);
   const ModelConfig& c = model_.config;
+  if (backend == Backend::cuda) {
+    if (caches)
+      throw NotCompiled("backend cuda: the GPU runner keeps a full KV cache on the device; strategy-managed caches "
+                        "run on --backend cpu");
+    gpu_ = std::make_unique<cuda::DecoderRunner>(decoder_host(model_));
+    return;
+  }
+  if (!caches) caches = full_cache_factory();
   for (int64_t l = 0; l < c.n_layers; ++l)
     for (int64_t g = 0; g < c.n_kv_heads; ++g) caches_.push_back(caches(l, g, c.head_dim, c.seq_len));
   views_.resize(static_cast<size_t>(c.n_kv_heads));
 }
 
+Runner::~Runner() = default;
+
 void Runner::reset() {
+  if (gpu_) gpu_->reset();
   for (auto& c : caches_) c->clear();
   pos_ = 0;
+}
+
+void Runner::wait_taps() {
+  if (gpu_) gpu_->wait_taps();
+}
+
+KvCache& Runner::cache(int64_t layer, int64_t kv_head) {
+  if (gpu_) throw NotCompiled("backend cuda: the KV cache lives on the device (no host KvCache to inspect)");
+  return *caches_[static_cast<size_t>(layer * model_.config.n_kv_heads + kv_head)];
+}
+
+void Runner::check_tokens(const int32_t* tokens, int64_t T) const {
+  const ModelConfig& c = model_.config;
+  if (T < 1) throw UsageError("forward: no tokens to run");
+  if (pos_ + T > c.seq_len)
+    throw UsageError(c.name + ": " + std::to_string(pos_ + T) + " tokens exceed the context length seq_len = " +
+                     std::to_string(c.seq_len));
+  for (int64_t t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
+      throw UsageError(c.name + ": token id " + std::to_string(tokens[t]) + " at position " + std::to_string(pos_ + t) +
+                       " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
 }
 
 void Runner::ensure_buffers(int64_t T) {
@@ -81,16 +149,17 @@ void Runner::ensure_buffers(int64_t T) {
   cap_ = T;
 }
 
-const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, const LayerTap& tap) {
+const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, const LayerTap& tap,
+                             TapKinds kinds) {
   const ModelConfig& c = model_.config;
-  if (T < 1) throw UsageError("forward: no tokens to run");
-  if (pos_ + T > c.seq_len)
-    throw UsageError(c.name + ": " + std::to_string(pos_ + T) + " tokens exceed the context length seq_len = " +
-                     std::to_string(c.seq_len));
-  for (int64_t t = 0; t < T; ++t)
-    if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
-      throw UsageError(c.name + ": token id " + std::to_string(tokens[t]) + " at position " + std::to_string(pos_ + t) +
-                       " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  check_tokens(tokens, T);
+  if (gpu_) {
+    cuda::TapKinds k;
+    k.pre = kinds.pre, k.output = kinds.output;
+    const float* logits = gpu_->forward(tokens, T, all_logits, host_tap(tap), k);
+    pos_ += T;
+    return logits;
+  }
   ensure_buffers(T);
   const Ops op = ops_for(backend_);
   const int64_t dim = c.dim, H = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim, hid = c.hidden_dim;

@@ -1,8 +1,11 @@
 // The native model runner: a Llama-family forward pass on the CPU (ref or omp kernels) with a
-// per-(layer, KV head) KvCache. forward() runs a block of tokens at the next positions: the whole
+// per-(layer, KV head) KvCache, or on the GPU (cuda: cuda/forward_runner.h, a full KV cache on the
+// device). forward() runs a block of tokens at the next positions: the whole
 // prompt at once (prefill) or one token at a time (decode); both go through the same code.
 // A LayerTap sees each layer's tensors while they are live, which is how the recorder streams
-// q, k, v (and q_pre, k_pre, o) to a trace without buffering it.
+// q, k, v (and q_pre, k_pre, o) to a trace without buffering it. On cuda the tap runs on a writer
+// thread, in layer order, possibly after forward() returned (the GPU runs ahead while the trace is
+// written); wait_taps() is the point after which every tap has run.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +17,10 @@
 #include "sim/backend.h"
 #include "sim/kv_cache.h"
 #include "traces/model/model.h"
+
+namespace kvsim::cuda {
+class DecoderRunner;
+}
 
 namespace kvsim::model {
 
@@ -28,30 +35,44 @@ struct LayerTensors {
   const float* o = nullptr;      // [T, H, D] attention output (before the output projection)
 };
 using LayerTap = std::function<void(const LayerTensors&)>;
+// Which optional tensors a tap reads (the cuda runner copies only those off the device).
+struct TapKinds {
+  bool pre = true;     // q_pre, k_pre
+  bool output = true;  // o
+};
 
-// --backend for the runner: "cpu" and "auto" pick omp when built with OpenMP, else ref; "ref" and
-// "omp" as named; "cuda" throws (NotCompiled without CUDA or device; the GPU runner is not written yet).
+// --backend for the runner: "cpu" picks omp when built with OpenMP, else ref; "auto" picks cuda when
+// a device can run it, else as "cpu"; "ref", "omp" and "cuda" as named, NotCompiled (one line, exit
+// 2) when not built or, for cuda, without a device.
 Backend parse_runner_backend(const std::string& s);
 
 class Runner {
  public:
-  // backend: ref or omp (cuda is a separate runner). The model must outlive the runner.
-  Runner(const Model& model, Backend backend, KvCacheFactory caches = full_cache_factory());
+  // The model must outlive the runner. caches: empty for exact full caches; a strategy's factory
+  // (kvsim ppl) runs on ref and omp only, cuda refuses it (NotCompiled).
+  Runner(const Model& model, Backend backend, KvCacheFactory caches = {});
+  ~Runner();
+  Runner(const Runner&) = delete;
+  Runner& operator=(const Runner&) = delete;
 
   // Empties the caches; the next token is at position 0.
   void reset();
   // Runs tokens at positions pos() .. pos()+T-1 and appends them to the caches. Returns the logits
   // [vocab] of the last token, or [T, vocab] when all_logits. Throws UsageError when the tokens
   // would run past the context or an id is outside the vocabulary.
-  const float* forward(const int32_t* tokens, int64_t T, bool all_logits = false, const LayerTap& tap = {});
+  const float* forward(const int32_t* tokens, int64_t T, bool all_logits = false, const LayerTap& tap = {},
+                       TapKinds kinds = {});
+  // Blocks until every tap handed out so far has run; rethrows a tap's exception (cuda; on the
+  // CPU the tap runs inside forward() and this returns at once).
+  void wait_taps();
   int64_t pos() const { return pos_; }
   const Model& model() const { return model_; }
   Backend backend() const { return backend_; }
-  KvCache& cache(int64_t layer, int64_t kv_head) {
-    return *caches_[static_cast<size_t>(layer * model_.config.n_kv_heads + kv_head)];
-  }
+  // The host cache of (layer, KV head); NotCompiled on cuda, whose cache lives on the device.
+  KvCache& cache(int64_t layer, int64_t kv_head);
 
  private:
+  void check_tokens(const int32_t* tokens, int64_t T) const;
   void ensure_buffers(int64_t T);
   const Model& model_;
   Backend backend_;
@@ -61,6 +82,7 @@ class Runner {
   // activations for up to cap_ tokens
   std::vector<float> x_, xb_, q_, k_, v_, q_pre_, k_pre_, att_, hb_, hb2_, logits_, kh_, vh_;
   std::vector<KvView> views_;
+  std::unique_ptr<cuda::DecoderRunner> gpu_;  // backend cuda
 };
 
 }  // namespace kvsim::model
