@@ -1,7 +1,11 @@
 // CUDA forward-pass ops: thread mappings around cuda/forward_core.h, and cuBLAS SGEMM for matmul.
+// cuBLAS is opened on first use (dlopen) rather than linked: loading libcublas and libcublasLt
+// (~600 MB) costs every process ~0.4 s at start-up, and only the GPU forward pass needs them.
 #include <cublas_v2.h>
+#include <dlfcn.h>
 
 #include <climits>
+#include <mutex>
 #include <string>
 
 #include "cuda/buffer.h"
@@ -23,17 +27,54 @@ void check_blas(cublasStatus_t st, const char* what) {
     throw CudaError(std::string("cuBLAS error ") + std::to_string(static_cast<int>(st)) + " in " + what);
 }
 
+// The cuBLAS entry points used here, resolved from the library of the toolkit we were built with.
+struct Blas {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetMathMode) set_math_mode = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+};
+
+const Blas& blas() {
+  static Blas b;
+  static std::once_flag once;
+  static std::string error;
+  std::call_once(once, [] {
+    const std::string name = "libcublas.so." KVSIM_STR(CUBLAS_VER_MAJOR);
+    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) lib = dlopen("libcublas.so", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      const char* e = dlerror();
+      error = "cuBLAS could not be loaded (" + name + ": " + (e ? e : "not found") + ")";
+      return;
+    }
+    auto sym = [&](const char* s) {
+      void* p = dlsym(lib, s);
+      if (!p && error.empty()) error = std::string("cuBLAS: symbol ") + s + " not found in " + name;
+      return p;
+    };
+    b.create = reinterpret_cast<decltype(b.create)>(sym("cublasCreate_v2"));
+    b.destroy = reinterpret_cast<decltype(b.destroy)>(sym("cublasDestroy_v2"));
+    b.set_math_mode = reinterpret_cast<decltype(b.set_math_mode)>(sym("cublasSetMathMode"));
+    b.set_stream = reinterpret_cast<decltype(b.set_stream)>(sym("cublasSetStream_v2"));
+    b.sgemm = reinterpret_cast<decltype(b.sgemm)>(sym("cublasSgemm_v2"));
+  });
+  if (!error.empty()) throw CudaError(error);
+  return b;
+}
+
 // One handle per host thread (cuBLAS handles are not thread-safe); the stream is set per call.
 cublasHandle_t blas_handle() {
   struct Handle {
     cublasHandle_t h{};
     Handle() {
-      check_blas(cublasCreate(&h), "cublasCreate");
+      check_blas(blas().create(&h), "cublasCreate");
       // FP32 products with FP32 accumulation: no TF32 tensor-core rounding, so the GPU matches the
       // CPU's sgemm to fp32 rounding (the recorder's tolerance rests on this).
-      check_blas(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+      check_blas(blas().set_math_mode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
     }
-    ~Handle() { cublasDestroy(h); }  // no check: may run at thread exit after the context is gone
+    ~Handle() { blas().destroy(h); }  // no check: may run at thread exit after the context is gone
   };
   thread_local Handle handle;
   return handle.h;
@@ -149,15 +190,25 @@ __global__ void argmax_kernel(const float* x, int64_t n, int64_t* out) {
 
 }  // namespace
 
+bool cublas_loadable(std::string* why) {
+  try {
+    blas();
+    return true;
+  } catch (const CudaError& e) {
+    if (why) *why = e.what();
+    return false;
+  }
+}
+
 void matmul(const float* x, const float* w, const float* b, float* y, int64_t T, int64_t K, int64_t N,
             StreamPtr stream) {
   if (T == 0 || N == 0) return;
   cublasHandle_t h = blas_handle();
-  check_blas(cublasSetStream(h, stream), "cublasSetStream");
+  check_blas(blas().set_stream(h, stream), "cublasSetStream");
   const float one = 1.0f, zero = 0.0f;
   // Row-major y[T, N] = x[T, K] W[N, K]^T is column-major y^T[N, T] = W^T^T x^T: op(A) = W^T of the
   // column-major [K, N] view of W, op(B) = the column-major [K, T] view of x.
-  check_blas(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, as_int(N, "N"), as_int(T, "T"), as_int(K, "K"), &one, w,
+  check_blas(blas().sgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, as_int(N, "N"), as_int(T, "T"), as_int(K, "K"), &one, w,
                          as_int(K, "K"), x, as_int(K, "K"), &zero, y, as_int(N, "N")),
              "cublasSgemm");
   if (b) {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "sim/rope.h"
@@ -18,6 +19,10 @@ namespace kvsim::cuda {
 using StreamPtr = CUstream_st*;
 
 // y = x W^T (+ b). All pointers on the device.
+// Whether cuBLAS (opened on first use, not linked) can be loaded here; no GPU is needed to load it.
+// Otherwise *why says what failed. False without CUDA.
+bool cublas_loadable(std::string* why = nullptr);
+
 void matmul(const float* x,  // [T, K]
             const float* w,  // [N, K]
             const float* b,  // [N] or nullptr

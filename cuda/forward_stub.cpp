@@ -10,6 +10,10 @@ namespace {
 [[noreturn]] void no_cuda() { throw NotCompiled("built without CUDA"); }
 }  // namespace
 
+bool cublas_loadable(std::string* why) {
+  if (why) *why = "built without CUDA";
+  return false;
+}
 void matmul(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, StreamPtr) { no_cuda(); }
 void rmsnorm(const float*, const float*, float*, int64_t, int64_t, float, StreamPtr) { no_cuda(); }
 void rope(float*, int64_t, int64_t, int64_t, int64_t, double, RopeStyle, const float*, StreamPtr) { no_cuda(); }

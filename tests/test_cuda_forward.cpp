@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "cuda/device.h"
+#include "cuda/forward_ops.h"
 #include "cuda/forward_core.h"
 #include "cuda_forward_test_util.h"
 #include "model_test_util.h"
@@ -252,4 +254,15 @@ TEST_CASE("cuda-host: the GPU runner's forward emulated on stories260K: greedy o
   // relative, carried through 5 layers into logits of magnitude up to ~10, so an absolute bound
   // (a near-zero logit is a cancelling sum of terms of that size)
   close(lg.data(), lr, 60 * V, 5e-5, 1e-5, "emulated GPU forward vs ref runner");
+}
+
+TEST_CASE("cuda-host: cuBLAS, opened on first use rather than linked, loads from the toolkit (no GPU needed)") {
+  std::string why;
+  if (!kvsim::cuda::built_with_cuda()) {
+    CHECK_FALSE(kvsim::cuda::cublas_loadable(&why));
+    CHECK(why == "built without CUDA");
+    return;
+  }
+  INFO(why);
+  CHECK(kvsim::cuda::cublas_loadable(&why));
 }
