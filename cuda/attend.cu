@@ -29,7 +29,7 @@ __global__ void attend_batch_kernel(const core::AttendRequest* __restrict__ req,
     z[s] = core::slot_logit(qg, ks + s * D, bias[r.slot0 + s], D, scale);
   __syncthreads();
   // The softmax is O(n) against the logits' O(n D): one thread keeps ref's summation order.
-  if (threadIdx.x == 0) core::view_softmax_row(z, r.n_views > 1 ? view + r.slot0 : nullptr, r.n_views, r.n, pg);
+  if (threadIdx.x == 0) view_softmax(z, r.n_views > 1 ? view + r.slot0 : nullptr, r.n_views, r.n, pg);
   __syncthreads();
   for (int64_t s = threadIdx.x; s < r.n; s += blockDim.x) w[r.out0 + g * r.n + s] = static_cast<float>(pg[s]);
   for (int64_t x = threadIdx.x; x < D; x += blockDim.x) o_hat[row * D + x] = core::out_channel(pg, vs, r.n, D, x);

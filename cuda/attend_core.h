@@ -1,6 +1,6 @@
 // The arithmetic of cuda/attend.cu (compressed attention over one cache's slots, a batch of
 // requests per launch) as host-device functions, in the order of sim/ref/attend.cpp: a logit per
-// slot (dot product in double, x ascending), the view softmax of sim/attend_views.h, and an output
+// slot (dot product in double, x ascending), the view softmax of sim/attend_views.h (shared), and an output
 // per channel (sum over slots ascending). The kernel spreads slots and channels over threads but
 // each value is computed by one thread in ref's order, so it agrees with ref up to the device's exp,
 // and the host emulation (tests/test_cuda_attend.cpp) agrees bit for bit.
@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "cuda/hd.h"
+#include "sim/attend_views.h"
 
 namespace kvsim::cuda::core {
 
@@ -28,27 +29,6 @@ KVSIM_HD double slot_logit(const float* qg, const float* ks, float bias, int64_t
   double d = 0;
   for (int64_t x = 0; x < D; ++x) d += static_cast<double>(qg[x]) * ks[x];
   return d * scale + bias;
-}
-
-// p[s] = mean over views j of softmax_j(z)[s] (sim/attend_views.h view_softmax, same order).
-KVSIM_HD void view_softmax_row(const double* z, const int32_t* view, int64_t n_views, int64_t n, double* p) {
-  if (!view || n_views <= 1) {
-    double mx = -INFINITY, sum = 0;
-    for (int64_t s = 0; s < n; ++s) mx = fmax(mx, z[s]);
-    for (int64_t s = 0; s < n; ++s) sum += (p[s] = exp(z[s] - mx));
-    for (int64_t s = 0; s < n; ++s) p[s] /= sum;
-    return;
-  }
-  for (int64_t s = 0; s < n; ++s) p[s] = 0;
-  for (int32_t j = 1; j <= n_views; ++j) {
-    double mx = -INFINITY, sum = 0;
-    for (int64_t s = 0; s < n; ++s)
-      if (view[s] == 0 || view[s] == j) mx = fmax(mx, z[s]);
-    for (int64_t s = 0; s < n; ++s)
-      if (view[s] == 0 || view[s] == j) sum += exp(z[s] - mx);
-    for (int64_t s = 0; s < n; ++s)
-      if (view[s] == 0 || view[s] == j) p[s] += exp(z[s] - mx) / sum / static_cast<double>(n_views);
-  }
 }
 
 // o[x] = sum_s p[s] v[s, x], s ascending (one channel).

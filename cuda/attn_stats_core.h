@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "cuda/hd.h"
+#include "sim/topk.h"
 
 namespace kvsim::cuda::core {
 
@@ -16,19 +17,6 @@ inline constexpr int kStatsKeyTile = 64;    // = sim/ref/attn_stats.cpp kKeyTile
 inline constexpr int kStatsQueryTile = 64;  // rows per thread block (one thread per row)
 inline constexpr int kStatsMaxK = 64;       // top-K capacity per row
 inline constexpr int kStatsMaxD = 256;      // accumulator capacity per row
-
-// Top-K by logit, best first (higher logit, then lower position; keys arrive in increasing position).
-KVSIM_HD void topk_offer(float* tz, int32_t* tp, int K, float zi, int32_t i) {
-  if (K == 0 || (tp[K - 1] >= 0 && !(zi > tz[K - 1]))) return;
-  int j = K - 1;
-  while (j > 0 && (tp[j - 1] < 0 || zi > tz[j - 1])) {
-    tz[j] = tz[j - 1];
-    tp[j] = tp[j - 1];
-    --j;
-  }
-  tz[j] = zi;
-  tp[j] = i;
-}
 
 // Running state of one query row: max m, sum l of exp(z - m), a = sum of exp(z - m) * z (entropy),
 // acc[D] = sum of exp(z - m) * v, and the top-K so far.

@@ -1,21 +1,23 @@
 // Softmax over slots with alternative views (sim/slot.h): view 0 slots are seen by every view, view j
 // slots only by view j; each view normalizes its own slots and the weights are averaged over the
 // views, so the output is the mean of the views' outputs. With one view it is the plain softmax.
-// Shared by ref::attend_slots, omp::attend_slots and the metrics, so all three agree.
+// Shared by ref::attend_slots, omp::attend_slots, the cuda kernel and the metrics, so all agree
+// (a host-device function, cuda/hd.h).
 #pragma once
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda/hd.h"
 
 namespace kvsim {
 
 // p[s] = mean over views j of softmax_j(z)[s]; view may be null (one view).
-inline void view_softmax(const double* z, const int32_t* view, int64_t n_views, int64_t n, double* p) {
+KVSIM_HD void view_softmax(const double* z, const int32_t* view, int64_t n_views, int64_t n, double* p) {
   if (!view || n_views <= 1) {
     double mx = -INFINITY, sum = 0;
-    for (int64_t s = 0; s < n; ++s) mx = std::max(mx, z[s]);
-    for (int64_t s = 0; s < n; ++s) sum += (p[s] = std::exp(z[s] - mx));
+    for (int64_t s = 0; s < n; ++s) mx = fmax(mx, z[s]);
+    for (int64_t s = 0; s < n; ++s) sum += (p[s] = exp(z[s] - mx));
     for (int64_t s = 0; s < n; ++s) p[s] /= sum;
     return;
   }
@@ -23,11 +25,11 @@ inline void view_softmax(const double* z, const int32_t* view, int64_t n_views, 
   for (int32_t j = 1; j <= n_views; ++j) {
     double mx = -INFINITY, sum = 0;
     for (int64_t s = 0; s < n; ++s)
-      if (view[s] == 0 || view[s] == j) mx = std::max(mx, z[s]);
+      if (view[s] == 0 || view[s] == j) mx = fmax(mx, z[s]);
     for (int64_t s = 0; s < n; ++s)
-      if (view[s] == 0 || view[s] == j) sum += std::exp(z[s] - mx);
+      if (view[s] == 0 || view[s] == j) sum += exp(z[s] - mx);
     for (int64_t s = 0; s < n; ++s)
-      if (view[s] == 0 || view[s] == j) p[s] += std::exp(z[s] - mx) / sum / static_cast<double>(n_views);
+      if (view[s] == 0 || view[s] == j) p[s] += exp(z[s] - mx) / sum / static_cast<double>(n_views);
   }
 }
 

@@ -76,7 +76,7 @@ inline void emulate_attend_batch(cuda::AttendBatch& b) {
       double* pg = p.data() + r.out0 + g * r.n;
       for (int64_t s = 0; s < r.n; ++s)
         z[s] = slot_logit(b.q.data() + row * D, b.key.data() + (r.slot0 + s) * D, b.bias[r.slot0 + s], D, scale);
-      view_softmax_row(z, r.n_views > 1 ? b.view.data() + r.slot0 : nullptr, r.n_views, r.n, pg);
+      view_softmax(z, r.n_views > 1 ? b.view.data() + r.slot0 : nullptr, r.n_views, r.n, pg);
       for (int64_t s = 0; s < r.n; ++s) b.w[r.out0 + g * r.n + s] = static_cast<float>(pg[s]);
       for (int64_t x = 0; x < D; ++x) b.o_hat[row * D + x] = out_channel(pg, b.value.data() + r.slot0 * D, r.n, D, x);
     }

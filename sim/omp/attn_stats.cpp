@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "sim/omp/exp_f64.h"
+#include "sim/topk.h"
 
 namespace kvsim::omp {
 
@@ -19,17 +20,6 @@ namespace {
 constexpr int64_t kQueryTile = 16;
 constexpr int64_t kKeyTile = 64;
 
-void topk_offer(float* tz, int32_t* tp, int64_t K, float zi, int32_t i) {
-  if (K == 0 || (tp[K - 1] >= 0 && !(zi > tz[K - 1]))) return;
-  int64_t j = K - 1;
-  while (j > 0 && (tp[j - 1] < 0 || zi > tz[j - 1])) {
-    tz[j] = tz[j - 1];
-    tp[j] = tp[j - 1];
-    --j;
-  }
-  tz[j] = zi;
-  tp[j] = i;
-}
 
 // z[r][c] = q_r · k_c for 2 rows and 4 keys (all double, contiguous [.., D]).
 inline void dot_2x4(const double* q0, const double* q1, const double* k, int64_t D, double* z0, double* z1) {

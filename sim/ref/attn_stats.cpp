@@ -4,13 +4,15 @@
 #include <cmath>
 #include <vector>
 
+#include "sim/topk.h"
+
 namespace kvsim::ref {
 
 namespace {
 constexpr int64_t kQueryTile = 16;
 constexpr int64_t kKeyTile = 64;
 
-// Top-K of one row by logit, kept sorted best first (higher logit, then lower position).
+// Top-K of one row by logit (sim/topk.h).
 struct TopK {
   std::vector<float> z;
   std::vector<int32_t> pos;
@@ -18,19 +20,7 @@ struct TopK {
     z.assign(K, -INFINITY);
     pos.assign(K, -1);
   }
-  void offer(float zi, int32_t i) {
-    const int64_t K = static_cast<int64_t>(z.size());
-    // Keys arrive in increasing position, so an equal logit never displaces an earlier position.
-    if (K == 0 || (pos[K - 1] >= 0 && !(zi > z[K - 1]))) return;
-    int64_t j = K - 1;
-    while (j > 0 && (pos[j - 1] < 0 || zi > z[j - 1])) {
-      z[j] = z[j - 1];
-      pos[j] = pos[j - 1];
-      --j;
-    }
-    z[j] = zi;
-    pos[j] = i;
-  }
+  void offer(float zi, int32_t i) { topk_offer(z.data(), pos.data(), static_cast<int64_t>(z.size()), zi, i); }
 };
 }  // namespace
 

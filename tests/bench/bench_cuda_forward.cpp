@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "sim/backend.h"
+#include "tests/bench/bench_models.h"
 #include "traces/model/model.h"
 #include "traces/model/recorder.h"
 #include "traces/model/runner.h"
@@ -30,33 +31,10 @@ namespace {
 
 constexpr int64_t kBlock = 256;
 
-const model::Model* stories() {
-  static std::unique_ptr<model::Model> m = [] {
-    const std::string p = KVSIM_BENCH_SOURCE_DIR "/../shared/models/stories260K/stories260K.bin";
-    return fs::exists(p) ? std::make_unique<model::Model>(model::load_llama2c(p)) : nullptr;
-  }();
-  return m.get();
-}
-
-const model::Model* slice7b() {
-  static std::unique_ptr<model::Model> m = [] {
-    model::ModelConfig c;
-    c.name = "random 7B-width slice (2 layers)";
-    c.hf_architecture = "LlamaForCausalLM";
-    c.dim = 4096, c.hidden_dim = 11008, c.n_layers = 2, c.n_heads = 32, c.n_kv_heads = 32, c.head_dim = 128;
-    c.vocab_size = 32000, c.seq_len = 4096, c.rope_style = RopeStyle::half, c.tied_embeddings = true;
-    return std::make_unique<model::Model>(model::random_model(c, 7));
-  }();
-  return m.get();
-}
-
-const model::Model* pick(int which) { return which == 0 ? stories() : slice7b(); }
-
-std::vector<int32_t> ids_for(const model::Model& m, int64_t n) {
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(1 + (i * 37) % (m.config.vocab_size - 1));
-  return ids;
-}
+using bench::ids_for;
+using bench::pick;
+using bench::slice7b;
+using bench::stories;
 
 double seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
