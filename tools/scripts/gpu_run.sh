@@ -22,7 +22,7 @@ libpath="$root/.gpu/lib"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/lib64 \
          /usr/lib/x86_64-linux-gnu $(find / -xdev \( -name 'libcublas.so.*' -o -name 'libcudart.so.*' \) \
                                      -printf '%h\n' 2>/dev/null | sort -u); do
-  if ls "$d"/libcudart.so* "$d"/libcublas.so* "$d"/libcuda.so* >/dev/null 2>&1; then
+  if [ -n "$(ls "$d"/libcudart.so* "$d"/libcublas.so* "$d"/libcuda.so* 2>/dev/null | head -1)" ]; then
     case ":$libpath:" in *":$d:"*) ;; *) libpath="$libpath:$d" ;; esac
   fi
 done
