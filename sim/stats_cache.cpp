@@ -3,7 +3,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "sim/error.h"
@@ -26,7 +29,9 @@ bool read_all(std::FILE* f, void* p, size_t n) { return std::fread(p, 1, n, f) =
 bool write_all(std::FILE* f, const void* p, size_t n) { return std::fwrite(p, 1, n, f) == n; }
 }  // namespace
 
-uint64_t file_content_hash(const std::string& path) {
+namespace {
+
+uint64_t hash_file_bytes(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw IoError(path + ": cannot open for hashing: " + std::strerror(errno));
   uint64_t h = 0xcbf29ce484222325ull;
@@ -46,6 +51,36 @@ uint64_t file_content_hash(const std::string& path) {
   }
   std::fclose(f);
   return h ^ total;
+}
+
+}  // namespace
+
+uint64_t file_content_hash(const std::string& path) {
+  struct Known {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    uint64_t hash;
+  };
+  static std::mutex mu;
+  static std::map<std::string, Known> known;
+  struct stat st {};
+  const bool have_stat = ::stat(path.c_str(), &st) == 0;
+  if (have_stat) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = known.find(path);
+    if (it != known.end() && it->second.dev == st.st_dev && it->second.ino == st.st_ino &&
+        it->second.size == st.st_size && it->second.mtime.tv_sec == st.st_mtim.tv_sec &&
+        it->second.mtime.tv_nsec == st.st_mtim.tv_nsec)
+      return it->second.hash;
+  }
+  const uint64_t h = hash_file_bytes(path);
+  if (have_stat) {
+    std::lock_guard<std::mutex> lock(mu);
+    known[path] = Known{st.st_dev, st.st_ino, st.st_size, st.st_mtim, h};
+  }
+  return h;
 }
 
 std::string default_cache_dir() {

@@ -18,7 +18,10 @@ namespace kvsim {
 // $KVSIM_CACHE_DIR, else $XDG_CACHE_HOME/kvsim, else $HOME/.cache/kvsim ("" if none is set).
 std::string default_cache_dir();
 
-// 64-bit FNV-1a over the file's bytes (8-byte words); throws IoError if unreadable.
+// 64-bit FNV-1a over the file's bytes (8-byte words); throws IoError if unreadable. Remembered per
+// process for a file whose device, inode, size and modification time are unchanged (traces are
+// written once and renamed into place, so a new trace at the same path is a new inode): a sweep
+// calls this once per batch, and hashing a large trace costs seconds.
 uint64_t file_content_hash(const std::string& path);
 
 class StatsCache {

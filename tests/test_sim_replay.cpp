@@ -3,6 +3,7 @@
 // lands; switching is one line (kIntegrationTrace).
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -242,6 +243,35 @@ TEST_CASE("replay: the reference sidecar is written atomically, reused, and refu
   CHECK(replay(p, {"h2o:budget=20"}, Backend::ref, 30, 1, dir).stats_from_cache);
   // The key is the content hash: another trace's sidecar never matches.
   CHECK(file_content_hash(p) != file_content_hash(trace("tiny", 90, 9)));
+}
+
+TEST_CASE("replay: the trace content hash is remembered per process until the file changes") {
+  // Expected values: the hash of a copy at a path never hashed before (computed from the bytes).
+  const fs::path x = tmp().path / "hash_me.bin";
+  auto write = [](const fs::path& p, const std::string& bytes) {
+    std::ofstream(p, std::ios::binary) << bytes;
+  };
+  auto fresh_hash = [&](const std::string& bytes, const char* name) {
+    const fs::path y = tmp().path / name;
+    write(y, bytes);
+    return file_content_hash(y.string());
+  };
+  const std::string a(1000, 'a'), b(1000, 'b'), c(1000, 'c');
+  write(x, a);
+  const uint64_t ha = file_content_hash(x.string());
+  CHECK(ha == fresh_hash(a, "copy_a.bin"));
+  CHECK(file_content_hash(x.string()) == ha);  // remembered
+  // A new file renamed into place (as the trace writer does): a new inode, a new hash.
+  const fs::path staged = tmp().path / "hash_me.bin.partial";
+  write(staged, b);
+  fs::rename(staged, x);
+  const uint64_t hb = file_content_hash(x.string());
+  CHECK(hb != ha);
+  CHECK(hb == fresh_hash(b, "copy_b.bin"));
+  // Rewritten in place with the same size: the modification time moves, the hash follows.
+  write(x, c);
+  fs::last_write_time(x, fs::last_write_time(x) + std::chrono::seconds(5));
+  CHECK(file_content_hash(x.string()) == fresh_hash(c, "copy_c.bin"));
 }
 
 TEST_CASE("replay: full is exact on the embedded real trace, every sequence" * doctest::skip(!fs::exists(kRealTrace))) {
