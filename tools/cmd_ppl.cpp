@@ -126,9 +126,8 @@ void add_ppl(CLI::App& app) {
   auto a = std::make_shared<PplArgs>();
   std::string names;
   for (const auto& n : strategy_names()) names += (names.empty() ? "" : ", ") + n;
-  CLI::App* c = app.add_subcommand(
-      "ppl",
-      "Perplexity with cache strategies managing the live model's KV cache.\n"
+  CLI::App* c = app.add_subcommand("ppl", "Perplexity with cache strategies managing the live model's KV cache");
+  c->footer(
       "The first P tokens run as one prompt over the exact cache, then each strategy compresses and every\n"
       "later token runs alone through it (replay semantics, design.md §3). Tokens P..T-1 are scored, each\n"
       "by the logits of the position before it; `full` (the plain cache) is always the first row.\n"
