@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "cuda/buffer.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::cuda {
 
@@ -77,12 +77,11 @@ void run_attend_batch(AttendBatch& b) {
   ws.stream.sync();
 }
 
-void attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const float* key, const float* value,
-                  const float* bias, int64_t n, double* logit, float* w, float* o_hat, const int32_t* view,
-                  int64_t n_views) {
+void attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const SlotsView& slots, double* logit,
+                  float* w, float* o_hat) {
   AttendBatch b;
   b.clear(D);
-  b.add(q, q_stride, G, key, value, bias, n, view, n_views);
+  b.add(q, q_stride, G, slots);
   run_attend_batch(b);
   std::copy(b.logit.begin(), b.logit.end(), logit);
   std::copy(b.w.begin(), b.w.end(), w);

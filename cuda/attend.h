@@ -1,4 +1,4 @@
-// Compressed attention on the GPU: the twin of sim/ref/attend.h, and the batched form the replay's
+// Compressed attention on the GPU: the twin of sim/kernels/ref/attend.h, and the batched form the replay's
 // cuda path uses (sim/replay.cpp): every instance of a layer advances in lockstep, and one launch
 // evaluates all their caches at a step. The arithmetic is cuda/attend_core.h (shared with the host
 // emulation the tests run); each value is computed by one thread in ref's order.
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cuda/attend_core.h"
+#include "sim/kernels/attend.h"
 
 namespace kvsim::cuda {
 
@@ -25,9 +26,8 @@ struct AttendBatch {
   std::vector<float> o_hat;    // [rows, D]
 
   void clear(int64_t D_);
-  // One cache's request (arguments as kvsim::ref::attend_slots); returns its index.
-  int64_t add(const float* q, int64_t q_stride, int64_t G, const float* key, const float* value, const float* bias,
-              int64_t n, const int32_t* view, int64_t n_views);
+  // One cache's request (arguments as kvsim::ref::attend_slots, sim/kernels/attend.h); returns its index.
+  int64_t add(const float* q, int64_t q_stride, int64_t G, const SlotsView& slots);
   int64_t rows() const { return static_cast<int64_t>(q.size()) / (D > 0 ? D : 1); }
   int64_t slots() const { return static_cast<int64_t>(bias.size()); }
   const double* logit_of(int64_t r) const { return logit.data() + req[r].out0; }
@@ -38,10 +38,5 @@ struct AttendBatch {
 // Runs every request of the batch on the device (one block per query row) and fills logit, w, o_hat.
 // The device buffers persist per calling thread and grow as needed.
 void run_attend_batch(AttendBatch& b);
-
-// Same contract as kvsim::ref::attend_slots (one request; for tests and small callers).
-void attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const float* key, const float* value,
-                  const float* bias, int64_t n, double* logit, float* w, float* o_hat,
-                  const int32_t* view = nullptr, int64_t n_views = 1);
 
 }  // namespace kvsim::cuda

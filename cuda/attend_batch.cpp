@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "cuda/attend.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::cuda {
 
@@ -12,8 +12,10 @@ void AttendBatch::clear(int64_t D_) {
   req.clear(), q.clear(), key.clear(), value.clear(), bias.clear(), view.clear();
 }
 
-int64_t AttendBatch::add(const float* qp, int64_t q_stride, int64_t G, const float* k, const float* v, const float* b,
-                         int64_t n, const int32_t* vw, int64_t n_views) {
+int64_t AttendBatch::add(const float* qp, int64_t q_stride, int64_t G, const SlotsView& sv) {
+  const float *k = sv.key, *v = sv.value, *b = sv.bias;
+  const int32_t* vw = sv.view;
+  const int64_t n = sv.n, n_views = sv.n_views;
   KVSIM_ASSERT(n >= 1 && G >= 1 && D > 0);
   core::AttendRequest r;
   r.slot0 = slots(), r.n = n, r.q0 = rows(), r.G = G;

@@ -1,6 +1,6 @@
 // The arithmetic of cuda/attend.cu (compressed attention over one cache's slots, a batch of
-// requests per launch) as host-device functions, in the order of sim/ref/attend.cpp: a logit per
-// slot (dot product in double, x ascending), the view softmax of sim/attend_views.h (shared), and an output
+// requests per launch) as host-device functions, in the order of sim/kernels/ref/attend.cpp: a logit per
+// slot (dot product in double, x ascending), the view softmax of sim/kernels/attend_views.h (shared), and an output
 // per channel (sum over slots ascending). The kernel spreads slots and channels over threads but
 // each value is computed by one thread in ref's order, so it agrees with ref up to the device's exp,
 // and the host emulation (tests/test_cuda_attend.cpp) agrees bit for bit.
@@ -9,8 +9,8 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cuda/hd.h"
-#include "sim/attend_views.h"
+#include "sim/base/hd.h"
+#include "sim/kernels/attend_views.h"
 
 namespace kvsim::cuda::core {
 

@@ -1,14 +1,13 @@
 // Built instead of cuda/attend.cu when KVSIM_CUDA is off (cuda/attend_batch.cpp, the packing, is
 // built either way).
 #include "cuda/attend.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::cuda {
 
 void run_attend_batch(AttendBatch&) { throw NotCompiled("built without CUDA"); }
 
-void attend_slots(const float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, int64_t, double*,
-                  float*, float*, const int32_t*, int64_t) {
+void attend_slots(const float*, int64_t, int64_t, int64_t, const SlotsView&, double*, float*, float*) {
   throw NotCompiled("built without CUDA");
 }
 

@@ -1,11 +1,11 @@
-#include "cuda/attn_stats.h"
+#include "sim/kernels/attn_stats.h"
 
 #include <cmath>
 #include <string>
 
 #include "cuda/attn_stats_core.h"
 #include "cuda/buffer.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::cuda {
 

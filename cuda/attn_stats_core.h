@@ -1,5 +1,5 @@
-// The arithmetic of cuda/attn_stats.cu as host-device functions (cuda/hd.h): one query row's online
-// softmax over key tiles, exactly the sequence of operations of sim/ref/attn_stats.cpp (logit =
+// The arithmetic of cuda/attn_stats.cu as host-device functions (sim/base/hd.h): one query row's online
+// softmax over key tiles, exactly the sequence of operations of sim/kernels/ref/attn_stats.cpp (logit =
 // (q·k in double) * scale, the same 64-key tile boundaries, the same rescaling and top-K rule), so
 // the GPU kernel agrees with ref up to the device's exp/log, and the host emulation
 // (tests/test_cuda_attn_stats.cpp) agrees with ref bit for bit.
@@ -8,12 +8,12 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cuda/hd.h"
-#include "sim/topk.h"
+#include "sim/base/hd.h"
+#include "sim/base/topk.h"
 
 namespace kvsim::cuda::core {
 
-inline constexpr int kStatsKeyTile = 64;    // = sim/ref/attn_stats.cpp kKeyTile (tile boundaries shape the sums)
+inline constexpr int kStatsKeyTile = 64;    // = sim/kernels/ref/attn_stats.cpp kKeyTile (tile boundaries shape the sums)
 inline constexpr int kStatsQueryTile = 64;  // rows per thread block (one thread per row)
 inline constexpr int kStatsMaxK = 64;       // top-K capacity per row
 inline constexpr int kStatsMaxD = 256;      // accumulator capacity per row

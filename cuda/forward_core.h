@@ -13,8 +13,8 @@
 
 #include <cstdint>
 
-#include "cuda/hd.h"
-#include "sim/rope.h"
+#include "sim/base/hd.h"
+#include "sim/base/rope.h"
 
 namespace kvsim::cuda::core {
 
@@ -52,7 +52,7 @@ KVSIM_HD float rmsnorm_elem(float x, float scale, float g) { return x * scale * 
 
 // ---- RoPE ------------------------------------------------------------------------------------
 
-// Frequency of pair i of D (sim/rope.h): inv_freq[i] when given, else theta^(-2i/D), in double.
+// Frequency of pair i of D (sim/base/rope.h): inv_freq[i] when given, else theta^(-2i/D), in double.
 KVSIM_HD double rope_freq(int64_t i, int64_t D, double theta, const float* inv_freq) {
   return inv_freq ? static_cast<double>(inv_freq[i])
                   : pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(D));

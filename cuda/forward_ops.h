@@ -1,4 +1,4 @@
-// CUDA twins of sim/ref/forward_ops.h (same names, same shapes, same semantics), on device
+// CUDA twins of sim/kernels/ref/forward_ops.h (same names, same shapes, same semantics), on device
 // pointers and a stream. matmul is cuBLAS SGEMM in FP32 (TF32 off); the other kernels map threads
 // to rows, elements and slots and call the arithmetic in cuda/forward_core.h. A plain C++ header:
 // no CUDA types, so traces/ and the tests include it in any build. Without CUDA every function
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "sim/rope.h"
+#include "sim/base/rope.h"
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*; nullptr is the default stream
 

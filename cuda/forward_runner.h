@@ -15,7 +15,7 @@
 #include <memory>
 #include <vector>
 
-#include "sim/rope.h"
+#include "sim/base/rope.h"
 
 namespace kvsim::cuda {
 

@@ -2,7 +2,7 @@
 // entry point throws NotCompiled, so callers link and fail with one line at run time.
 #include "cuda/forward_ops.h"
 #include "cuda/forward_runner.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::cuda {
 

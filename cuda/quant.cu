@@ -9,7 +9,7 @@
 #include "cuda/quant.h"
 #include "cuda/quant_core.h"
 #include "cuda/quant_emulate.h"  // the shape builders the emulation uses
-#include "sim/quant_common.h"
+#include "sim/kernels/quant_common.h"
 
 namespace kvsim::cuda {
 

@@ -1,4 +1,4 @@
-// CUDA twins of sim/ref/quant.h: same names, same results bit for bit. The kernels (cuda/quant.cu)
+// CUDA twins of sim/kernels/ref/quant.h: same names, same results bit for bit. The kernels (cuda/quant.cu)
 // run the work items of cuda/quant_core.h; tests/test_cuda_quant.cpp checks them against ref, on
 // the GPU where there is one and through the host emulation (cuda/quant_emulate.h) everywhere.
 // Built from quant.cu with CUDA, from quant_stub.cpp without it (every call throws NotCompiled).
@@ -8,16 +8,12 @@
 
 #include <cstdint>
 
-#include "sim/ref/quant.h"
+#include "sim/kernels/quant.h"
 
 namespace kvsim::cuda {
 
-// Host pointers in and out: upload, kernels, download, synchronize. Argument rules and errors
-// (UsageError) as in kvsim::ref; CudaError when the device fails.
-UniformQuantized quant_uniform(const float* x, int64_t n_t, int64_t D, int bits, QuantAxis axis, int64_t group);
-void dequant_uniform(const UniformQuantized& q, float* y);  // y: [n_t, D]
-Nf4Quantized quant_nf4(const float* x, int64_t n_t, int64_t D, QuantAxis axis, int64_t block, bool double_quant);
-void dequant_nf4(const Nf4Quantized& q, float* y);  // y: [n_t, D]
+// The host-pointer forms (upload, kernels, download, synchronize) are declared with ref's in
+// sim/kernels/quant.h.
 
 // Device pointers, asynchronous on `stream` (for benchmarks and device-resident pipelines).
 // Sizes as in UniformQuantized / Nf4Quantized; arguments are checked as in kvsim::ref.

@@ -3,8 +3,8 @@
 // the host emulation (cuda/quant_emulate.h) runs the same items in the same order on the CPU, so the
 // tests check, on machines without a GPU, the exact arithmetic the GPU runs against sim/ref.
 //
-// Layouts, rounding and tie rules are sim/ref/quant.h's; every step below repeats the step of
-// sim/quant_common.h it names, operation for operation (std::min/max/clamp written out with the
+// Layouts, rounding and tie rules are sim/kernels/ref/quant.h's; every step below repeats the step of
+// sim/kernels/quant_common.h it names, operation for operation (std::min/max/clamp written out with the
 // same comparisons, so signed zeros pick the same operand). Needs -ffp-contract=off on the host and
 // --fmad=false on the device (both set by CMake): `code * scale + min` must not become an FMA.
 //
@@ -23,11 +23,11 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cuda/hd.h"
+#include "sim/base/hd.h"
 
 namespace kvsim::cuda::core {
 
-// ---- fp16, bit-identical to sim/half.h (round to nearest, ties to even) ------------------------
+// ---- fp16, bit-identical to sim/base/half.h (round to nearest, ties to even) ------------------------
 
 KVSIM_HD uint32_t f32_bits(float f) {
 #if defined(__CUDA_ARCH__)
@@ -94,7 +94,7 @@ KVSIM_HD float floor_f32(float v) { return ::floorf(v); }
 
 // ---- uniform asymmetric b-bit ------------------------------------------------------------------
 
-// A [n_t, D] tile cut into blocks of `group` elements along one axis (sim/ref/quant.h).
+// A [n_t, D] tile cut into blocks of `group` elements along one axis (sim/kernels/ref/quant.h).
 struct UniformShape {
   int64_t n_t = 0, D = 0, group = 32;
   int bits = 4;
@@ -198,8 +198,8 @@ KVSIM_HD void uniform_decode_item(const uint8_t* codes,       // [n_t * D * bits
 
 // ---- NF4 (QLoRA) -------------------------------------------------------------------------------
 
-// The 16 NormalFloat-4 values (the digits of kNf4Values in sim/ref/quant.cpp; a test checks the
-// bits) and the midpoints between neighbours, computed as sim/quant_common.h computes them.
+// The 16 NormalFloat-4 values (the digits of kNf4Values in sim/kernels/ref/quant.cpp; a test checks the
+// bits) and the midpoints between neighbours, computed as sim/kernels/quant_common.h computes them.
 struct Nf4Table {
   float values[16];
   float mids[15];

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "cuda/quant_core.h"
-#include "sim/quant_common.h"
-#include "sim/ref/quant.h"
+#include "sim/kernels/quant_common.h"
+#include "sim/kernels/quant.h"
 
 namespace kvsim::cuda::emulate {
 

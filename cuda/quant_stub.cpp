@@ -1,6 +1,6 @@
 // Built instead of cuda/quant.cu when KVSIM_CUDA is off: every call throws NotCompiled.
 #include "cuda/quant.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::cuda {
 

@@ -1,6 +1,6 @@
 // Built instead of the .cu files when KVSIM_CUDA is off.
 #include "cuda/device.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::cuda {
 

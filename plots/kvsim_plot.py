@@ -58,7 +58,7 @@ def parse(argv):
                 epilog="kinds:\n" + "\n".join(f"  {k:9s} {v}" for k, v in KINDS.items()) +
                 "\n\nmetrics: " + ", ".join(QUALITY_METRICS))
     ap.add_argument("kind", metavar="KIND", help="one of: " + ", ".join(KINDS))
-    ap.add_argument("--db", help="results store (sim/STORE.md)")
+    ap.add_argument("--db", help="results store (sim/store/STORE.md)")
     ap.add_argument("--trace", help="trace file (traces/FORMAT.md)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--name", help="file name stem (default: KIND)")

@@ -1,4 +1,4 @@
-"""Reading the kvsim results store (sim/STORE.md, schema version 1) for plots.
+"""Reading the kvsim results store (sim/store/STORE.md, schema version 1) for plots.
 
 Only sqlite3 is imported at module level so that bad input is refused before pandas and matplotlib
 load. Every user-facing problem raises PlotError with a one-line message.

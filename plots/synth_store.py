@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes a SYNTHETIC results store that follows sim/STORE.md (schema version 1) exactly: for tests of the
+"""Writes a SYNTHETIC results store that follows sim/store/STORE.md (schema version 1) exactly: for tests of the
 plots and for trying them before a sweep has run. The numbers come from a made-up model of how eviction,
 merging and quantization trade memory for error (plausible shapes, not measurements); the trace row is
 marked synthetic = 1, so every figure made from it says "synthetic data".
@@ -57,7 +57,7 @@ HIGHER = ["out_cos", "mass", "topk8_recall", "topk32_recall"]
 
 
 def fnv1a(text):
-    """64-bit FNV-1a as 16 hex digits, like sim/store.cpp's content_hash_hex."""
+    """64-bit FNV-1a as 16 hex digits, like sim/store/store.cpp's content_hash_hex."""
     h = 0xcbf29ce484222325
     for b in text.encode():
         h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF

@@ -1,11 +1,11 @@
 #include "sim/metrics.h"
 
-#include "sim/attend_views.h"
+#include "sim/kernels/attend_views.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "sim/slot.h"
+#include "sim/strategies/slot.h"
 
 namespace kvsim {
 

@@ -6,9 +6,9 @@
 #include <memory>
 
 #include "cuda/attend.h"
-#include "sim/error.h"
-#include "sim/omp/attend.h"
-#include "sim/ref/attend.h"
+#include "sim/base/error.h"
+#include "sim/instance.h"
+#include "sim/kernels/kernels.h"
 #include "sim/stats_cache.h"
 #include "traces/reader.h"
 
@@ -19,12 +19,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-using AttendFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, int64_t,
-                          double*, float*, float*, const int32_t*, int64_t);
-
 struct Job {
-  int64_t config = 0, kv0 = 0, n_caches = 1;
-  std::unique_ptr<StrategyState> state;
+  int64_t config = 0;
+  InstanceContext ctx;
 };
 
 // Collects per-step metric values of one query head, then summarizes them.
@@ -50,101 +47,45 @@ void summarize_head(const HeadTrace& ht, const std::vector<int64_t>& edges, Head
   }
 }
 
-// One instance's replay (design.md §3), step by step: prefill in the constructor, then per decode
-// step append -> attention (attend(), or the cuda batch: add_requests + take_results) -> end_step
-// (measure, observe, evict), and finish() for the summaries. ref and omp run the steps of one
-// instance back to back; the cuda path advances every instance of a layer in lockstep so that one
-// launch evaluates all their caches at a step.
-class InstanceRun {
+// The offline replay's measuring hook around one Instance (sim/instance.h, which runs the
+// protocol): on every stride-th decode step, after attention and before observe/evict, each query
+// head's compressed attention is compared with the exact statistics (design.md §4).
+class InstanceMetrics {
  public:
-  InstanceRun(const LayerView& lv, const RefStats& rs, int64_t P, const Strategy& strat, Job& job,
-              const ReplayOptions& opt)
-      : lv_(lv), rs_(rs), job_(job), opt_(opt), P_(P), G_(lv.G()), D_(lv.D), T_(lv.T),
-        nc_(job.n_caches) {
-    caches_.reserve(nc_);
-    for (int64_t c = 0; c < nc_; ++c) {
-      caches_.emplace_back(D_, P + 1);
-      codec_.push_back(strat.codec().make_state(D_, T_));
-      const int64_t kv = job.kv0 + c;
-      for (int64_t t = 0; t < P; ++t)
-        codec_[c]->store(caches_[c], static_cast<int32_t>(t), lv.k_head(kv) + t * D_, lv.v_head(kv) + t * D_);
-    }
-    job.state->prefill(caches_, lv, P);
-    logit_.resize(nc_), w_.resize(nc_), o_hat_.assign(nc_, std::vector<float>(G_ * D_));
-    wptr_.resize(nc_), present_.assign(T_, 0), heads_.resize(nc_ * G_);
+  InstanceMetrics(const LayerView& lv, const ExactStats& rs, const ReplayOptions& opt, int64_t layer)
+      : lv_(lv), rs_(rs), opt_(opt), layer_(layer), present_(static_cast<size_t>(lv.T), 0) {}
+
+  void operator()(const Instance& inst, int64_t t) {
+    if (opt_.on_step) opt_.on_step(layer_, inst, t);
+    if ((t - inst.context().P) % opt_.stride != 0) return;
+    if (heads_.empty()) heads_.resize(static_cast<size_t>(inst.n_caches() * lv_.G()));
+    for (int64_t c = 0; c < inst.n_caches(); ++c) measure(inst, c, t);
   }
 
-  // Token t enters every cache (through the codec).
-  void append(int64_t t) {
-    for (int64_t c = 0; c < nc_; ++c) {
-      const int64_t kv = job_.kv0 + c;
-      codec_[c]->store(caches_[c], static_cast<int32_t>(t), lv_.k_head(kv) + t * D_, lv_.v_head(kv) + t * D_);
-      const int64_t n = caches_[c].size();
-      logit_[c].resize(G_ * n), w_[c].resize(G_ * n);
-      wptr_[c] = w_[c].data();
-    }
-  }
-
-  void attend(AttendFn fn, int64_t t) {
-    for (int64_t c = 0; c < nc_; ++c) {
-      const SlotCache& cc = caches_[c];
-      fn(query(c, t), T_ * D_, G_, D_, cc.keys(), cc.values(), cc.biases(), cc.size(), logit_[c].data(),
-         w_[c].data(), o_hat_[c].data(), cc.views(), cc.n_views());
-    }
-  }
-
-  // The cuda path: this instance's requests go into `b` (indices from *first on), results come back.
-  int64_t add_requests(cuda::AttendBatch& b, int64_t t) const {
-    int64_t first = -1;
-    for (int64_t c = 0; c < nc_; ++c) {
-      const SlotCache& cc = caches_[c];
-      const int64_t r = b.add(query(c, t), T_ * D_, G_, cc.keys(), cc.values(), cc.biases(), cc.size(), cc.views(),
-                              cc.n_views());
-      if (c == 0) first = r;
-    }
-    return first;
-  }
-  void take_results(const cuda::AttendBatch& b, int64_t first) {
-    for (int64_t c = 0; c < nc_; ++c) {
-      const int64_t r = first + c, n = G_ * caches_[c].size();
-      std::copy(b.logit_of(r), b.logit_of(r) + n, logit_[c].begin());
-      std::copy(b.w_of(r), b.w_of(r) + n, w_[c].begin());
-      std::copy(b.o_hat_of(r), b.o_hat_of(r) + G_ * D_, o_hat_[c].begin());
-    }
-  }
-
-  // Metrics (every stride-th step), then the strategy observes the weights and evicts.
-  void end_step(int64_t t) {
-    if ((t - P_) % opt_.stride == 0)
-      for (int64_t c = 0; c < nc_; ++c) measure(c, t);
-    job_.state->observe(std::span<const SlotCache>(caches_.data(), caches_.size()), wptr_, t);
-    job_.state->evict(caches_, t);
-  }
-
-  void finish(int64_t layer, const std::vector<int64_t>& edges, ConfigResult& result) const {
-    for (int64_t c = 0; c < nc_; ++c)
-      for (int64_t g = 0; g < G_; ++g) {
-        const int64_t h = (job_.kv0 + c) * G_ + g;
-        HeadResult& hr = result.heads[layer * lv_.H + h];
-        hr.layer = layer, hr.head = h;
-        summarize_head(heads_[c * G_ + g], edges, hr);
+  void finish(const Instance& inst, const std::vector<int64_t>& edges, ConfigResult& result) {
+    const int64_t G = lv_.G();
+    heads_.resize(static_cast<size_t>(inst.n_caches() * G));
+    for (int64_t c = 0; c < inst.n_caches(); ++c)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = (inst.kv0() + c) * G + g;
+        HeadResult& hr = result.heads[layer_ * lv_.H + h];
+        hr.layer = layer_, hr.head = h;
+        summarize_head(heads_[c * G + g], edges, hr);
       }
   }
 
  private:
-  const float* query(int64_t c, int64_t t) const { return lv_.q_head((job_.kv0 + c) * G_) + t * D_; }
-
-  void measure(int64_t c, int64_t t) {
-    const int64_t kv = job_.kv0 + c, D = D_, T = T_;
-    const SlotCache& cc = caches_[c];
+  void measure(const Instance& inst, int64_t c, int64_t t) {
+    const int64_t kv = inst.kv0() + c, D = lv_.D, T = lv_.T, G = lv_.G();
+    const SlotCache& cc = inst.cache(c);
     const int64_t n = cc.size();
     for (int64_t s = 0; s < n; ++s)
       for (int64_t j = 0; j < cc.n_members(s); ++j) present_[cc.member(s, j)] = 1;
     const CacheErrors ce = cache_errors(cc, lv_.k_head(kv), lv_.v_head(kv), lv_.k_norm + kv * T, D);
-    const double bytes = codec_[c]->bytes(cc) + job_.state->state_bytes(c);
+    const double bytes = inst.bytes(c);
     MetricRow row{};
-    for (int64_t g = 0; g < G_; ++g) {
-      const int64_t h = kv * G_ + g;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = kv * G + g;
       StepInputs in;
       in.t = t, in.D = D, in.K = rs_.K, in.eps = opt_.eps;
       in.q = lv_.q_head(h) + t * D;
@@ -153,14 +94,14 @@ class InstanceRun {
       in.top_pos = rs_.top_pos.data() + (h * T + t) * rs_.K;
       in.k_orig = lv_.k_head(kv), in.v_orig = lv_.v_head(kv), in.k_norm = lv_.k_norm + kv * T;
       in.cache = &cc;
-      in.logit = logit_[c].data() + g * n;
-      in.w = w_[c].data() + g * n;
-      in.o_hat = o_hat_[c].data() + g * D;
+      in.logit = inst.logit(c) + g * n;
+      in.w = inst.weights(c) + g * n;
+      in.o_hat = inst.o_hat(c) + g * D;
       in.present = present_.data();
       measure_step(in, ce, row);
       row[int(Metric::bytes)] = bytes;
-      row[int(Metric::ratio)] = bytes / (4.0 * static_cast<double>(D) * static_cast<double>(t + 1));
-      HeadTrace& ht = heads_[c * G_ + g];
+      row[int(Metric::ratio)] = cache_ratio(bytes, D, t);
+      HeadTrace& ht = heads_[c * G + g];
       ht.steps.push_back(t);
       for (int m = 0; m < kNumMetrics; ++m) ht.values[m].push_back(row[m]);
     }
@@ -169,29 +110,21 @@ class InstanceRun {
   }
 
   const LayerView& lv_;
-  const RefStats& rs_;
-  Job& job_;
+  const ExactStats& rs_;
   const ReplayOptions& opt_;
-  const int64_t P_, G_, D_, T_, nc_;
-  std::vector<SlotCache> caches_;
-  std::vector<std::unique_ptr<CodecState>> codec_;  // per cache (validated before the parallel region)
-  std::vector<std::vector<double>> logit_;
-  std::vector<std::vector<float>> w_, o_hat_;
-  std::vector<const float*> wptr_;
+  const int64_t layer_;
   std::vector<uint8_t> present_;
-  std::vector<HeadTrace> heads_;
+  std::vector<HeadTrace> heads_;  // [n_caches * G]
 };
 
-void run_instance(const LayerView& lv, const RefStats& rs, int64_t layer, int64_t P, const Strategy& strat, Job& job,
-                  const ReplayOptions& opt, AttendFn attend, const std::vector<int64_t>& edges,
+void run_instance(const LayerView& lv, const ExactStats& rs, int64_t layer, const Strategy& strat, const Job& job,
+                  const ReplayOptions& opt, AttendSlotsFn attend, const std::vector<int64_t>& edges,
                   ConfigResult& result) {
-  InstanceRun run(lv, rs, P, strat, job, opt);
-  for (int64_t t = P; t < lv.T; ++t) {
-    run.append(t);
-    run.attend(attend, t);
-    run.end_step(t);
-  }
-  run.finish(layer, edges, result);
+  Instance inst(strat, job.ctx);
+  InstanceMetrics metrics(lv, rs, opt, layer);
+  inst.prefill_from(lv);
+  for (int64_t t = job.ctx.P; t < lv.T; ++t) inst.step(lv, t, attend, metrics);
+  metrics.finish(inst, edges, result);
 }
 
 // Runs body(i) for i in [0, n) on OpenMP threads, rethrowing the first exception on the caller's.
@@ -212,41 +145,58 @@ void parallel_jobs(int64_t n, F&& body) {
 
 // The cuda path: all instances of the layer in lockstep; per step one batched attention launch,
 // the strategies' host work (append, measure, observe, evict) spread over OpenMP threads.
-void replay_layer_lockstep(const LayerView& lv, const RefStats& rs, int64_t layer, int64_t P,
+void replay_layer_lockstep(const LayerView& lv, const ExactStats& rs, int64_t layer,
                            std::span<const Strategy* const> strategies, const ReplayOptions& opt,
                            const std::vector<int64_t>& edges, std::vector<Job>& jobs,
                            std::vector<ConfigResult>& results) {
   const int64_t n_jobs = static_cast<int64_t>(jobs.size());
-  std::vector<std::unique_ptr<InstanceRun>> runs(jobs.size());
+  std::vector<std::unique_ptr<Instance>> insts(jobs.size());
+  std::vector<std::unique_ptr<InstanceMetrics>> metrics(jobs.size());
   std::vector<double> seconds(jobs.size(), 0.0);
   parallel_jobs(n_jobs, [&](int64_t i) {
     const auto t0 = Clock::now();
-    runs[i] = std::make_unique<InstanceRun>(lv, rs, P, *strategies[jobs[i].config], jobs[i], opt);
+    insts[i] = std::make_unique<Instance>(*strategies[jobs[i].config], jobs[i].ctx);
+    metrics[i] = std::make_unique<InstanceMetrics>(lv, rs, opt, layer);
+    insts[i]->prefill_from(lv);
     seconds[i] += since(t0);
   });
   cuda::AttendBatch batch;
   std::vector<int64_t> first(jobs.size());
   double shared = 0;  // packing and the launch, split evenly over the instances
-  for (int64_t t = P; t < lv.T; ++t) {
+  const int64_t G = lv.G(), D = lv.D;
+  for (int64_t t = jobs.empty() ? lv.T : jobs[0].ctx.P; t < lv.T; ++t) {
     parallel_jobs(n_jobs, [&](int64_t i) {
       const auto t0 = Clock::now();
-      runs[i]->append(t);
+      insts[i]->store_from(lv, t);
       seconds[i] += since(t0);
     });
     const auto t0 = Clock::now();
-    batch.clear(lv.D);
-    for (int64_t i = 0; i < n_jobs; ++i) first[i] = runs[i]->add_requests(batch, t);
+    batch.clear(D);
+    for (int64_t i = 0; i < n_jobs; ++i)
+      for (int64_t c = 0; c < insts[i]->n_caches(); ++c) {
+        const int64_t r = batch.add(lv.q_head((insts[i]->kv0() + c) * G) + t * D, lv.T * D, G,
+                                    insts[i]->cache(c).slots_view());
+        if (c == 0) first[i] = r;
+      }
     (opt.attend_batch ? opt.attend_batch : &cuda::run_attend_batch)(batch);
     shared += since(t0);
     parallel_jobs(n_jobs, [&](int64_t i) {
       const auto t1 = Clock::now();
-      runs[i]->take_results(batch, first[i]);
-      runs[i]->end_step(t);
+      Instance& inst = *insts[i];
+      for (int64_t c = 0; c < inst.n_caches(); ++c) {
+        const int64_t r = first[i] + c, n = G * inst.cache(c).size();
+        inst.prepare_attention(c);
+        std::copy(batch.logit_of(r), batch.logit_of(r) + n, inst.logit(c));
+        std::copy(batch.w_of(r), batch.w_of(r) + n, inst.weights(c));
+        std::copy(batch.o_hat_of(r), batch.o_hat_of(r) + G * D, inst.o_hat(c));
+      }
+      (*metrics[i])(inst, t);
+      inst.finish_step(t);
       seconds[i] += since(t1);
     });
   }
   for (int64_t i = 0; i < n_jobs; ++i) {
-    runs[i]->finish(layer, edges, results[jobs[i].config]);
+    metrics[i]->finish(*insts[i], edges, results[jobs[i].config]);
     results[jobs[i].config].seconds += seconds[i] + shared / static_cast<double>(n_jobs);
   }
 }
@@ -254,8 +204,7 @@ void replay_layer_lockstep(const LayerView& lv, const RefStats& rs, int64_t laye
 }  // namespace
 
 void check_replay_args(int64_t T, int64_t P, int64_t stride) {
-  if (P < 1 || P >= T)
-    throw UsageError("prefill P = " + std::to_string(P) + " must satisfy 1 <= P < T = " + std::to_string(T));
+  check_prefill(T, P);
   if (stride <= 0) throw UsageError("stride = " + std::to_string(stride) + " must be >= 1");
 }
 
@@ -266,39 +215,30 @@ std::vector<int64_t> bin_edges(int64_t P, int64_t T, int64_t bins) {
   return e;
 }
 
-void replay_layer(const LayerView& lv, const RefStats& rs, int64_t layer, int64_t L, int64_t P,
+void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int64_t L, int64_t P,
                   std::span<const Strategy* const> strategies, const ReplayOptions& opt,
                   std::vector<ConfigResult>& results) {
   KVSIM_ASSERT(results.size() == strategies.size());
   const auto edges = bin_edges(P, lv.T, opt.bins);
-  // States are made serially: resolving budgets may throw UsageError, which must not leave a thread.
+  const ModelShape shape{L, lv.H, lv.Hkv, lv.D};
   std::vector<Job> jobs;
   for (size_t c = 0; c < strategies.size(); ++c) {
     const Strategy& s = *strategies[c];
     KVSIM_ASSERT(!s.needs_prompt_colsums() || lv.prompt_colsums);
-    const int64_t n_inst = s.layer_coupled() ? 1 : lv.Hkv;
-    for (int64_t i = 0; i < n_inst; ++i) {
-      InstanceContext ctx;
-      ctx.layer = layer, ctx.n_layers = L, ctx.kv0 = s.layer_coupled() ? 0 : i;
-      ctx.n_caches = s.layer_coupled() ? lv.Hkv : 1;
-      ctx.T = lv.T, ctx.P = P, ctx.D = lv.D, ctx.G = lv.G();
-      Job j;
-      j.config = static_cast<int64_t>(c), j.kv0 = ctx.kv0, j.n_caches = ctx.n_caches;
-      j.state = s.make_state(ctx);
-      jobs.push_back(std::move(j));
-    }
+    for (int64_t i = 0; i < instances_per_layer(s, lv.Hkv); ++i)
+      jobs.push_back(Job{static_cast<int64_t>(c), make_context(s, shape, layer, i, lv.T, P)});
   }
   if (opt.backend == Backend::cuda || opt.attend_batch) {
-    replay_layer_lockstep(lv, rs, layer, P, strategies, opt, edges, jobs, results);
+    replay_layer_lockstep(lv, rs, layer, strategies, opt, edges, jobs, results);
     return;
   }
-  const AttendFn attend = opt.backend == Backend::omp ? &omp::attend_slots : &ref::attend_slots;
+  const AttendSlotsFn attend = kernels(opt.backend).attend_slots;
   std::vector<double> seconds(jobs.size(), 0.0);
   const int64_t n_jobs = static_cast<int64_t>(jobs.size());
   auto body = [&](int64_t i) {
     const auto t0 = Clock::now();
-    Job& j = jobs[i];
-    run_instance(lv, rs, layer, P, *strategies[j.config], j, opt, attend, edges, results[j.config]);
+    const Job& j = jobs[i];
+    run_instance(lv, rs, layer, *strategies[j.config], j, opt, attend, edges, results[j.config]);
     seconds[i] = since(t0);
   };
   if (opt.backend == Backend::omp) {
@@ -351,13 +291,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   check_replay_args(res.T, res.P, res.stride);
   res.bin_edges = bin_edges(res.P, res.T, opt.bins);
   // Resolve every budget against T before any work (bad budgets fail fast, exit 2).
-  for (const Strategy* s : strategies) {
-    InstanceContext ctx;
-    ctx.n_layers = res.L, ctx.T = res.T, ctx.P = res.P, ctx.D = res.D, ctx.G = res.H / res.Hkv;
-    ctx.n_caches = s->layer_coupled() ? res.Hkv : 1;
-    (void)s->make_state(ctx);
-    (void)s->codec().make_state(res.D, res.T);  // a codec group that does not fit D fails here, not in a thread
-  }
+  for (const Strategy* s : strategies) check_fits(*s, ModelShape{res.L, res.H, res.Hkv, res.D}, res.T, res.P);
   bool need_colsums = false;
   for (const Strategy* s : strategies) {
     need_colsums = need_colsums || s->needs_prompt_colsums();
@@ -368,7 +302,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   }
   StatsCache cache(reader.path(), opt.seq, opt.backend, res.L, res.H, res.T, res.D, opt.stats_cache);
   res.stats_from_cache = cache.hit();
-  RefStats rs;
+  ExactStats rs;
   std::vector<float> k_norm, colsums;
   for (int64_t l = 0; l < res.L; ++l) {
     auto t0 = Clock::now();
@@ -388,7 +322,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     lv.k_norm = k_norm.data();
     t0 = Clock::now();
     if (!cache.load(l, rs)) {
-      compute_ref_stats(lv, opt.backend, rs);
+      compute_exact_stats(lv, opt.backend, rs);
       cache.store(l, rs);
     }
     lv.entropy = rs.entropy.data();

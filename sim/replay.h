@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "sim/backend.h"
+#include "sim/kernels/backend.h"
 #include "sim/metrics.h"
-#include "sim/ref_stats.h"
-#include "sim/strategy.h"
+#include "sim/exact_stats.h"
+#include "sim/strategies/strategy.h"
 
 namespace kvsim::traces {
 class TraceReader;
@@ -26,6 +26,8 @@ struct AttendBatch;
 }
 
 namespace kvsim {
+
+class Instance;  // sim/instance.h
 
 struct ReplayOptions {
   int64_t prefill = -1;  // -1: the sequence's prefill_len
@@ -42,6 +44,10 @@ struct ReplayOptions {
   // backend cuda. Set, the lockstep replay runs with this function on any backend: the tests pass
   // the host emulation of the kernel to check the cuda path's bookkeeping without a GPU.
   void (*attend_batch)(cuda::AttendBatch&) = nullptr;
+  // Called at every decode step of every instance after attention, before observe and evict (the
+  // point where metrics are taken), from the replay's threads (serially with backend ref). For
+  // tests that compare the replay with other drivers of the same instance; null: none.
+  std::function<void(int64_t layer, const Instance& inst, int64_t t)> on_step;
 };
 
 struct HeadResult {
@@ -77,7 +83,7 @@ std::vector<int64_t> bin_edges(int64_t P, int64_t T, int64_t bins);
 // Runs every configuration on one layer. `results` has one entry per strategy, each with heads
 // sized L * H; this fills heads [layer * H, (layer + 1) * H). lv.k_norm must be set, and
 // lv.prompt_colsums when any strategy needs_prompt_colsums().
-void replay_layer(const LayerView& lv, const RefStats& rs, int64_t layer, int64_t L, int64_t P,
+void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int64_t L, int64_t P,
                   std::span<const Strategy* const> strategies, const ReplayOptions& opt,
                   std::vector<ConfigResult>& results);
 

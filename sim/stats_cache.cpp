@@ -9,7 +9,7 @@
 #include <mutex>
 #include <vector>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim {
 
@@ -20,7 +20,7 @@ constexpr uint32_t kVersion = 2;  // 2: lse in float64
 struct Header {
   char magic[8];
   uint32_t version, backend;
-  uint32_t revision, pad;  // kRefStatsRevision: results of older kernels are recomputed
+  uint32_t revision, pad;  // kExactStatsRevision: results of older kernels are recomputed
   uint64_t hash;
   int64_t seq, L, H, T, D, K;
 };
@@ -110,7 +110,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
   if (in_) {
     Header h{};
     hit_ = read_all(in_, &h, sizeof h) && std::memcmp(h.magic, kMagic, 8) == 0 && h.version == kVersion &&
-           h.backend == static_cast<uint32_t>(b) && h.revision == kRefStatsRevision && h.hash == hash_ && h.seq == seq && h.L == L && h.H == H &&
+           h.backend == static_cast<uint32_t>(b) && h.revision == kExactStatsRevision && h.hash == hash_ && h.seq == seq && h.L == L && h.H == H &&
            h.T == T && h.D == D && h.K == K_;
     std::error_code ec;
     if (hit_ && static_cast<int64_t>(fs::file_size(path_, ec)) != static_cast<int64_t>(sizeof h) + L * layer_bytes())
@@ -123,7 +123,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
     Header h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kVersion, h.backend = static_cast<uint32_t>(b), h.hash = hash_;
-    h.revision = kRefStatsRevision;
+    h.revision = kExactStatsRevision;
     h.seq = seq, h.L = L, h.H = H, h.T = T, h.D = D, h.K = K_;
     if (out_ && !write_all(out_, &h, sizeof h)) std::fclose(out_), out_ = nullptr;
     if (!out_) {  // read-only folder: run without the cache
@@ -145,7 +145,7 @@ int64_t StatsCache::layer_bytes() const {
   return 4 * (H_ * T_ * D_ + H_ * T_ + 2 * H_ * T_ * K_) + 8 * H_ * T_;
 }
 
-bool StatsCache::load(int64_t layer, RefStats& rs) {
+bool StatsCache::load(int64_t layer, ExactStats& rs) {
   if (!hit_) return false;
   rs.resize(H_, T_, D_, K_);
   if (std::fseek(in_, static_cast<long>(sizeof(Header) + layer * layer_bytes()), SEEK_SET) != 0)
@@ -158,7 +158,7 @@ bool StatsCache::load(int64_t layer, RefStats& rs) {
   return true;
 }
 
-void StatsCache::store(int64_t layer, const RefStats& rs) {
+void StatsCache::store(int64_t layer, const ExactStats& rs) {
   if (!out_) return;
   KVSIM_ASSERT(layer == stored_);
   bool ok = write_all(out_, rs.o.data(), 4 * rs.o.size()) && write_all(out_, rs.lse.data(), 8 * rs.lse.size()) &&

@@ -2,7 +2,7 @@
 // sequence and the backend: `<dir>/<trace name>.<hash>.s<seq>.<backend>.kvstats`, in a cache folder
 // (default_cache_dir(); never next to the trace, so a repository's traces stay clean). Format
 // "KVSTATS" version 2: a fixed header (magic, version, backend, kernel revision, hash, seq, L, H, T, D, K) then one
-// block per layer (o f32, lse f64, entropy f32, top_pos i32, top_w f32, as in RefStats). Written to `.partial.<pid>`
+// block per layer (o f32, lse f64, entropy f32, top_pos i32, top_w f32, as in ExactStats). Written to `.partial.<pid>`
 // layer by layer and renamed only when every layer is in, so a reader never sees a torn file.
 #pragma once
 
@@ -10,8 +10,8 @@
 #include <cstdio>
 #include <string>
 
-#include "sim/backend.h"
-#include "sim/ref_stats.h"
+#include "sim/kernels/backend.h"
+#include "sim/exact_stats.h"
 
 namespace kvsim {
 
@@ -36,14 +36,14 @@ class StatsCache {
   bool enabled() const { return !path_.empty(); }
   bool hit() const { return hit_; }
   const std::string& path() const { return path_; }
-  bool load(int64_t layer, RefStats& rs);        // false unless the sidecar was found valid
-  void store(int64_t layer, const RefStats& rs);  // layers in order 0..L-1; no-op on a hit
+  bool load(int64_t layer, ExactStats& rs);        // false unless the sidecar was found valid
+  void store(int64_t layer, const ExactStats& rs);  // layers in order 0..L-1; no-op on a hit
   void finish();                                  // renames the partial file once complete
 
  private:
   int64_t layer_bytes() const;
   std::string path_, partial_;
-  int64_t seq_, L_, H_, T_, D_, K_ = kRefTopK;
+  int64_t seq_, L_, H_, T_, D_, K_ = kExactTopK;
   Backend backend_;
   uint64_t hash_ = 0;
   bool hit_ = false;

@@ -15,7 +15,7 @@
 
 #include "cuda/forward_core.h"
 #include "model_test_util.h"
-#include "sim/kv_cache.h"
+#include "sim/base/kv_cache.h"
 
 namespace kvsim_test::cuda_fwd {
 

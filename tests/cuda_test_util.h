@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <string>
 
-#include "sim/backend.h"
+#include "sim/kernels/backend.h"
 
 namespace kvsim::test {
 

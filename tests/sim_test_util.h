@@ -14,12 +14,11 @@
 #include <string>
 #include <vector>
 
-#include "cuda/attend.h"
-#include "sim/omp/attend.h"
-#include "sim/ref/attend.h"
-#include "sim/ref_stats.h"
-#include "sim/slot.h"
-#include "sim/strategy.h"
+#include "sim/exact_stats.h"
+#include "sim/instance.h"
+#include "sim/kernels/kernels.h"
+#include "sim/strategies/slot.h"
+#include "sim/strategies/strategy.h"
 
 namespace kvsim::test {
 
@@ -72,100 +71,65 @@ std::vector<float> weights_by_pos(const SlotCache& c, int64_t G, F f) {
   return w;
 }
 
-// Runs a strategy through prefill and decode like the engine (append, attend, observe, evict) and
+// Runs a strategy through prefill and decode on the one instance driver (sim/instance.h) and
 // returns the kept position set of every cache after every step: [step][cache].
 inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, Layer& L, int64_t P, Backend b,
                                                               int64_t layer = 0, int64_t n_layers = 1) {
   LayerView lv = L.view();
   if (s.needs_prompt_colsums()) {
-    RefStats rs;
-    compute_ref_stats(lv, Backend::ref, rs);
+    ExactStats rs;
+    compute_exact_stats(lv, Backend::ref, rs);
     compute_prompt_colsums(lv, rs, P, Backend::ref, L.colsums);
     lv.prompt_colsums = L.colsums.data();
   }
-  std::vector<std::vector<std::set<int32_t>>> out;
-  const int64_t G = L.H / L.Hkv, D = L.D;
-  const int64_t n_inst = s.layer_coupled() ? 1 : L.Hkv;
-  out.resize(L.T - P + 1, std::vector<std::set<int32_t>>(L.Hkv));
-  for (int64_t i = 0; i < n_inst; ++i) {
-    InstanceContext ctx;
-    ctx.layer = layer, ctx.n_layers = n_layers, ctx.kv0 = s.layer_coupled() ? 0 : i;
-    ctx.n_caches = s.layer_coupled() ? L.Hkv : 1;
-    ctx.T = L.T, ctx.P = P, ctx.D = D, ctx.G = G;
-    auto st = s.make_state(ctx);
-    std::vector<SlotCache> caches;
-    std::vector<std::unique_ptr<CodecState>> codec;
-    for (int64_t c = 0; c < ctx.n_caches; ++c) {
-      caches.emplace_back(D, P + 1);
-      codec.push_back(s.codec().make_state(D, L.T));
-      for (int64_t t = 0; t < P; ++t)
-        codec[c]->store(caches[c], int32_t(t), lv.k_head(ctx.kv0 + c) + t * D, lv.v_head(ctx.kv0 + c) + t * D);
-    }
-    st->prefill(caches, lv, P);
-    for (int64_t c = 0; c < ctx.n_caches; ++c) out[0][ctx.kv0 + c] = positions(caches[c]);
+  std::vector<std::vector<std::set<int32_t>>> out(L.T - P + 1, std::vector<std::set<int32_t>>(L.Hkv));
+  const ModelShape shape{n_layers, L.H, L.Hkv, L.D};
+  for (int64_t i = 0; i < instances_per_layer(s, L.Hkv); ++i) {
+    Instance inst(s, make_context(s, shape, layer, i, L.T, P));
+    auto record = [&](int64_t step) {
+      for (int64_t c = 0; c < inst.n_caches(); ++c) out[step][inst.kv0() + c] = positions(inst.cache(c));
+    };
+    inst.prefill_from(lv);
+    record(0);
     for (int64_t t = P; t < L.T; ++t) {
-      std::vector<std::vector<double>> lg(ctx.n_caches);
-      std::vector<std::vector<float>> w(ctx.n_caches), oh(ctx.n_caches, std::vector<float>(G * D));
-      std::vector<const float*> wp(ctx.n_caches);
-      for (int64_t c = 0; c < ctx.n_caches; ++c) {
-        const int64_t kv = ctx.kv0 + c;
-        codec[c]->store(caches[c], int32_t(t), lv.k_head(kv) + t * D, lv.v_head(kv) + t * D);
-        const int64_t n = caches[c].size();
-        lg[c].resize(G * n), w[c].resize(G * n);
-        auto fn = b == Backend::cuda ? &cuda::attend_slots : b == Backend::omp ? &omp::attend_slots : &ref::attend_slots;
-        fn(lv.q_head(kv * G) + t * D, L.T * D, G, D, caches[c].keys(), caches[c].values(), caches[c].biases(), n,
-           lg[c].data(), w[c].data(), oh[c].data(), caches[c].views(), caches[c].n_views());
-        wp[c] = w[c].data();
-      }
-      st->observe(std::span<const SlotCache>(caches.data(), caches.size()), wp, t);
-      st->evict(caches, t);
-      for (int64_t c = 0; c < ctx.n_caches; ++c) out[t - P + 1][ctx.kv0 + c] = positions(caches[c]);
+      inst.step(lv, t, kernels(b).attend_slots, [](const Instance&, int64_t) {});
+      record(t - P + 1);
     }
   }
   return out;
 }
 
-// One instance driven by hand: caches of the first `n_caches` KV heads, tokens 0..P-1 stored.
+// One instance driven by hand: the caches of the first n_caches KV heads with tokens 0..P-1 stored
+// exactly (identity codec), observing weights the test gives.
 struct Driver {
   std::unique_ptr<Strategy> strat;
-  std::unique_ptr<StrategyState> st;
-  std::vector<SlotCache> caches;
   Layer& L;
   LayerView lv;
+  std::unique_ptr<Instance> inst;
   Driver(const std::string& spec, Layer& layer, int64_t P, int64_t layer_index = 0, int64_t n_layers = 1)
       : strat(make_strategy(spec)), L(layer) {
     lv = L.view();
-    InstanceContext ctx;
-    ctx.layer = layer_index, ctx.n_layers = n_layers, ctx.T = L.T, ctx.P = P, ctx.D = L.D, ctx.G = L.H / L.Hkv;
-    ctx.n_caches = strat->layer_coupled() ? L.Hkv : 1;
-    st = strat->make_state(ctx);
-    for (int64_t c = 0; c < ctx.n_caches; ++c) {
-      caches.emplace_back(L.D, P + 1);
-      for (int64_t t = 0; t < P; ++t) caches[c].append_exact(int32_t(t), lv.k_head(c) + t * L.D, lv.v_head(c) + t * L.D);
-    }
-    st->prefill(caches, lv, P);
-  }
-  void append(int64_t t) {
-    for (size_t c = 0; c < caches.size(); ++c)
-      caches[c].append_exact(int32_t(t), lv.k_head(c) + t * L.D, lv.v_head(c) + t * L.D);
+    inst = std::make_unique<Instance>(*strat, make_context(*strat, ModelShape{n_layers, L.H, L.Hkv, L.D},
+                                                          layer_index, 0, L.T, P));
+    inst->prefill_from(lv);
   }
   // Observe weights given per cache as position -> weight (same for all G query heads), then evict.
   void step(int64_t t, const std::vector<std::map<int32_t, float>>& w_by_pos) {
-    append(t);
-    std::vector<std::vector<float>> w(caches.size());
+    inst->store_from(lv, t);
+    std::vector<std::vector<float>> w(inst->n_caches());
     std::vector<const float*> wp;
-    for (size_t c = 0; c < caches.size(); ++c) {
+    for (int64_t c = 0; c < inst->n_caches(); ++c) {
       const auto& m = w_by_pos[c];
-      w[c] = weights_by_pos(caches[c], L.H / L.Hkv, [&](int64_t, int32_t p) {
+      w[c] = weights_by_pos(inst->cache(c), L.H / L.Hkv, [&](int64_t, int32_t p) {
         auto it = m.find(p);
         return it == m.end() ? 0.0f : it->second;
       });
       wp.push_back(w[c].data());
     }
-    st->observe(std::span<const SlotCache>(caches.data(), caches.size()), wp, t);
-    st->evict(caches, t);
+    inst->finish_step(t, wp);
   }
-  std::set<int32_t> pos(size_t c = 0) const { return positions(caches[c]); }
+  const SlotCache& cache(int64_t c = 0) const { return inst->cache(c); }
+  std::set<int32_t> pos(size_t c = 0) const { return positions(inst->cache(static_cast<int64_t>(c))); }
 };
 
 

@@ -1,12 +1,12 @@
-// Count-Min Sketch (sim/cms.h). Expected values: exact counts kept beside the sketch in the test.
+// Count-Min Sketch (sim/strategies/cms.h). Expected values: exact counts kept beside the sketch in the test.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <map>
 #include <random>
 
-#include "sim/cms.h"
-#include "sim/error.h"
+#include "sim/strategies/cms.h"
+#include "sim/base/error.h"
 
 using namespace kvsim;
 

@@ -1,13 +1,13 @@
-// Codec states (sim/codecs.h): which tokens are quantized when, what attention then sees, and the
+// Codec states (sim/strategies/quant_codecs.h): which tokens are quantized when, what attention then sees, and the
 // bytes counted. Expected values are worked out by hand in the comments.
 #include <doctest/doctest.h>
 
 #include <cmath>
 
-#include "sim/codecs.h"
-#include "sim/error.h"
-#include "sim/spec.h"
-#include "sim/strategy.h"
+#include "sim/strategies/quant_codecs.h"
+#include "sim/base/error.h"
+#include "sim/base/spec.h"
+#include "sim/strategies/strategy.h"
 
 using namespace kvsim;
 

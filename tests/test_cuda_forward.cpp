@@ -15,7 +15,7 @@
 #include "cuda/forward_core.h"
 #include "cuda_forward_test_util.h"
 #include "model_test_util.h"
-#include "sim/ref/forward_ops.h"
+#include "sim/kernels/forward_ops.h"
 #include "traces/model/model.h"
 #include "traces/model/runner.h"
 

@@ -1,5 +1,5 @@
 // CUDA quantization kernels (cuda/quant.h) against sim/ref. Every expected value here comes from
-// kvsim::ref (sim/ref/quant.h), the ground truth, and is compared bit for bit: packed codes, fp16
+// kvsim::ref (sim/kernels/ref/quant.h), the ground truth, and is compared bit for bit: packed codes, fp16
 // min and scale, absmax, the double-quantization state and the decoded floats (as bit patterns, so
 // -0.0 against 0.0 counts as a difference).
 //   "cuda-host: ..."  the kernels' work items (cuda/quant_core.h) run by the host emulation
@@ -23,10 +23,10 @@
 
 #include "cuda/quant.h"
 #include "cuda/quant_emulate.h"
-#include "sim/error.h"
-#include "sim/half.h"
-#include "sim/quant_common.h"
-#include "sim/ref/quant.h"
+#include "sim/base/error.h"
+#include "sim/base/half.h"
+#include "sim/kernels/quant_common.h"
+#include "sim/kernels/quant.h"
 #include "tests/cuda_test_util.h"
 
 using namespace kvsim;
@@ -255,7 +255,7 @@ void run_nf4_cases(const Impl& impl) {
 
 }  // namespace
 
-TEST_CASE("cuda-host: fp16 conversion equals sim/half.h on every half and a sweep of floats") {
+TEST_CASE("cuda-host: fp16 conversion equals sim/base/half.h on every half and a sweep of floats") {
   for (uint32_t h = 0; h < 65536; ++h) {
     const float want = f16_to_f32(static_cast<uint16_t>(h)), got = cuda::core::f16_to_f32(static_cast<uint16_t>(h));
     if (f32_bits(want) != f32_bits(got)) FAIL_CHECK("f16_to_f32(" << h << ")");

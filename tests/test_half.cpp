@@ -1,4 +1,4 @@
-// fp16 / bf16 rounding in sim/half.h against independent derivations:
+// fp16 / bf16 rounding in sim/base/half.h against independent derivations:
 //  - fp16: the compiler's _Float16 conversion (hardware/libgcc rounding, round to nearest even);
 //  - bf16: brute force: of the two bf16 neighbours of x, take the nearer in exact double
 //    arithmetic, ties to the even bit pattern.
@@ -11,7 +11,7 @@
 #include <limits>
 #include <random>
 
-#include "sim/half.h"
+#include "sim/base/half.h"
 
 using namespace kvsim;
 

@@ -1,4 +1,4 @@
-// The merge pass behind entropy_merge (sim/merge.h). Expected slots are worked out by hand in the
+// The merge pass behind entropy_merge (sim/strategies/merge.h). Expected slots are worked out by hand in the
 // comments; the property test checks the rule's monotonicity in the threshold.
 #include <doctest/doctest.h>
 
@@ -6,7 +6,7 @@
 #include <cmath>
 #include <random>
 
-#include "sim/merge.h"
+#include "sim/strategies/merge.h"
 
 using namespace kvsim;
 

@@ -1,4 +1,4 @@
-// The runner's KvCache interface (sim/kv_cache.h), exercised by caches written here the way a
+// The runner's KvCache interface (sim/base/kv_cache.h), exercised by caches written here the way a
 // strategy would own the live cache. Expected values come from identities derived by hand.
 #include <doctest/doctest.h>
 
@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "model_test_util.h"
-#include "sim/kv_cache.h"
+#include "sim/base/kv_cache.h"
 #include "traces/model/model.h"
 #include "traces/model/runner.h"
 

@@ -11,7 +11,7 @@
 #include <iterator>
 
 #include "model_test_util.h"
-#include "sim/half.h"
+#include "sim/base/half.h"
 #include "traces/model/model.h"
 #include "traces/model/runner.h"
 #include "traces/model/safetensors.h"

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "model_test_util.h"
-#include "sim/omp/forward_ops.h"
-#include "sim/ref/forward_ops.h"
+#include "sim/kernels/forward_ops.h"
+#include "sim/kernels/forward_ops.h"
 
 using namespace kvsim;
 

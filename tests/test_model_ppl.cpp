@@ -2,7 +2,7 @@
 // Oracles, each computed here independently of the strategy cache:
 //   - full: the plain Runner's one all-logits forward over all T ids (one batched prefill: another
 //     code path than the adapter's prompt + token-by-token attend_slots), log-softmax in the test;
-//   - window:budget=B: a KvCache written here that keeps, as the replay does (sim/strategy_window.cpp,
+//   - window:budget=B: a KvCache written here that keeps, as the replay does (sim/strategies/window.cpp,
 //     sim/replay.cpp order store -> attend -> evict), the newest B tokens after every step, hence the
 //     newest B+1 at attention, driven token by token by the plain Runner and its own attention kernel;
 //   - ratio: by hand, (min(B, t) + 1) / (t + 1) per decode step for strategies that hold B slots;
@@ -17,10 +17,10 @@
 #include <memory>
 
 #include "model_test_util.h"
-#include "sim/error.h"
-#include "sim/kv_cache.h"
-#include "sim/ref_stats.h"
-#include "sim/strategy.h"
+#include "sim/base/error.h"
+#include "sim/base/kv_cache.h"
+#include "sim/exact_stats.h"
+#include "sim/strategies/strategy.h"
 #include "traces/model/model.h"
 #include "traces/model/perplexity.h"
 #include "traces/model/runner.h"
@@ -343,8 +343,8 @@ TEST_CASE("ppl: a strategy is handed k_norm and entropy of every token and the p
       }
       LayerView lv;
       lv.H = H, lv.Hkv = Hkv, lv.T = T, lv.D = D, lv.q = q.data(), lv.k = k.data(), lv.v = v.data();
-      RefStats rs;
-      compute_ref_stats(lv, Backend::ref, rs);
+      ExactStats rs;
+      compute_exact_stats(lv, Backend::ref, rs);
       std::vector<float> colsums;
       compute_prompt_colsums(lv, rs, P, Backend::ref, colsums);
       const size_t l = static_cast<size_t>(lt.layer);

@@ -1,4 +1,4 @@
-// Quantization kernels (sim/ref/quant.h, sim/omp/quant.h). Expected values are computed by hand
+// Quantization kernels (sim/kernels/ref/quant.h, sim/kernels/omp/quant.h). Expected values are computed by hand
 // in the comments, or from the NormalFloat-4 table as printed in the QLoRA paper (Appendix E),
 // copied here independently of the kernel's table.
 #include <doctest/doctest.h>
@@ -8,9 +8,9 @@
 #include <random>
 #include <vector>
 
-#include "sim/error.h"
-#include "sim/omp/quant.h"
-#include "sim/ref/quant.h"
+#include "sim/base/error.h"
+#include "sim/kernels/quant.h"
+#include "sim/kernels/quant.h"
 
 using namespace kvsim;
 

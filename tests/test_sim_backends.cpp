@@ -7,13 +7,13 @@
 #include <functional>
 #include <string>
 
-#include "sim/backend.h"
-#include "sim/omp/attend.h"
-#include "sim/omp/attn_stats.h"
-#include "sim/omp/exp_f64.h"
-#include "sim/ref/attend.h"
-#include "sim/ref/attn_stats.h"
-#include "sim/strategy.h"
+#include "sim/kernels/backend.h"
+#include "sim/kernels/attend.h"
+#include "sim/kernels/attn_stats.h"
+#include "sim/kernels/omp/exp_f64.h"
+#include "sim/kernels/attend.h"
+#include "sim/kernels/attn_stats.h"
+#include "sim/strategies/strategy.h"
 #include "tests/cuda_emulation.h"
 #include "tests/cuda_test_util.h"
 #include "tests/sim_test_util.h"
@@ -89,15 +89,15 @@ const std::vector<StatsCase>& stats_cases() {
 // (tests/cuda_emulation.h): same arithmetic in the same order as ref, so it must agree bit for bit.
 enum class StatsImpl { omp, cuda_host, cuda };
 
-void stats_with(StatsImpl impl, const LayerView& lv, const RefStats& r, int64_t P, RefStats& o,
+void stats_with(StatsImpl impl, const LayerView& lv, const ExactStats& r, int64_t P, ExactStats& o,
                 std::vector<float>& colsums) {
   switch (impl) {
     case StatsImpl::omp:
-      compute_ref_stats(lv, Backend::omp, o);
+      compute_exact_stats(lv, Backend::omp, o);
       compute_prompt_colsums(lv, r, P, Backend::omp, colsums);
       return;
     case StatsImpl::cuda:
-      compute_ref_stats(lv, Backend::cuda, o);
+      compute_exact_stats(lv, Backend::cuda, o);
       compute_prompt_colsums(lv, r, P, Backend::cuda, colsums);
       return;
     case StatsImpl::cuda_host:
@@ -117,8 +117,8 @@ void check_stats_backend(StatsImpl impl) {
       Layer L(c.H, c.Hkv, c.T, c.D);
       fill(L, c.data, c.seed);
       LayerView lv = L.view();
-      RefStats r, o;
-      compute_ref_stats(lv, Backend::ref, r);
+      ExactStats r, o;
+      compute_exact_stats(lv, Backend::ref, r);
       std::vector<float> cr, co;
       const int64_t P = std::max<int64_t>(1, c.T / 2);
       compute_prompt_colsums(lv, r, P, Backend::ref, cr);
@@ -180,8 +180,8 @@ TEST_CASE("backends: ref attn_stats agrees with a direct softmax (T x T, tiny)")
   Layer L(2, 1, 70, 5);
   L.fill_random(11);
   LayerView lv = L.view();
-  RefStats r;
-  compute_ref_stats(lv, Backend::ref, r);
+  ExactStats r;
+  compute_exact_stats(lv, Backend::ref, r);
   for (int64_t h = 0; h < 2; ++h)
     for (int64_t t : {0, 1, 63, 64, 65, 69}) {
       std::vector<double> z(t + 1);
@@ -213,7 +213,7 @@ struct AttendCase {
   int64_t G, n, D;
   Data data;
   uint64_t seed;
-  int64_t n_views;  // > 1: slots alternate between views 0..n_views (sim/slot.h)
+  int64_t n_views;  // > 1: slots alternate between views 0..n_views (sim/strategies/slot.h)
 };
 
 const AttendCase kAttendCases[] = {
@@ -238,23 +238,24 @@ struct AttendInput {
       for (int64_t s = 0; s < c.n; ++s) view[s] = static_cast<int32_t>(s % (c.n_views + 1));
   }
   const int32_t* views(const AttendCase& c) const { return c.n_views > 1 ? view.data() : nullptr; }
+  SlotsView slots(const AttendCase& c) const {
+    return SlotsView{L.k.data(), L.v.data(), bias.data(), views(c), c.n, c.n_views};
+  }
 };
 
 template <class Fn>
 AttendOut attend_with(Fn fn, const AttendCase& c, const AttendInput& in) {
   AttendOut out{std::vector<double>(c.G * c.n), std::vector<float>(c.G * c.n), std::vector<float>(c.G * c.D)};
-  fn(in.L.q.data(), c.D, c.G, c.D, in.L.k.data(), in.L.v.data(), in.bias.data(), c.n, out.logit.data(), out.w.data(),
-     out.o.data(), in.views(c), c.n_views);
+  fn(in.L.q.data(), c.D, c.G, c.D, in.slots(c), out.logit.data(), out.w.data(), out.o.data());
   return out;
 }
 
 // The CUDA kernel's arithmetic on the host, behind attend_slots' signature (one-request batch).
-void emulated_attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const float* key,
-                           const float* value, const float* bias, int64_t n, double* logit, float* w, float* o_hat,
-                           const int32_t* view, int64_t n_views) {
+void emulated_attend_slots(const float* q, int64_t q_stride, int64_t G, int64_t D, const SlotsView& slots,
+                           double* logit, float* w, float* o_hat) {
   cuda::AttendBatch b;
   b.clear(D);
-  b.add(q, q_stride, G, key, value, bias, n, view, n_views);
+  b.add(q, q_stride, G, slots);
   test::emulate_attend_batch(b);
   std::copy(b.logit.begin(), b.logit.end(), logit);
   std::copy(b.w.begin(), b.w.end(), w);
@@ -296,8 +297,7 @@ TEST_CASE("cuda-host: attend kernel arithmetic (host emulation) equals ref bit f
     if (c.D == 8) {
       ins.push_back(std::make_unique<AttendInput>(c));
       used.push_back(&c);
-      b.add(ins.back()->L.q.data(), c.D, c.G, ins.back()->L.k.data(), ins.back()->L.v.data(), ins.back()->bias.data(),
-            c.n, ins.back()->views(c), c.n_views);
+      b.add(ins.back()->L.q.data(), c.D, c.G, ins.back()->slots(c));
     }
   REQUIRE(used.size() >= 3);
   test::emulate_attend_batch(b);

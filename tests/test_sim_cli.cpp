@@ -12,7 +12,7 @@
 #include <sstream>
 #include <string>
 
-#include "sim/backend.h"
+#include "sim/kernels/backend.h"
 #include "traces/synth.h"
 
 namespace fs = std::filesystem;

@@ -6,10 +6,10 @@
 #include <random>
 #include <vector>
 
-#include "sim/codec.h"
+#include "sim/strategies/codec.h"
 #include "sim/metrics.h"
-#include "sim/ref/attend.h"
-#include "sim/slot.h"
+#include "sim/kernels/attend.h"
+#include "sim/strategies/slot.h"
 
 using namespace kvsim;
 
@@ -36,7 +36,7 @@ struct Hand {
     const int64_t n = c.size();
     std::vector<double> logit(n);
     std::vector<float> w(n), oh(D);
-    ref::attend_slots(q, D, 1, D, c.keys(), c.values(), c.biases(), n, logit.data(), w.data(), oh.data());
+    ref::attend_slots(q, D, 1, D, c.slots_view(), logit.data(), w.data(), oh.data());
     std::vector<uint8_t> present(T, 0);
     for (int64_t s = 0; s < n; ++s)
       for (int64_t j = 0; j < c.n_members(s); ++j) present[c.member(s, j)] = 1;
@@ -139,7 +139,7 @@ TEST_CASE("metrics: a dequantized key gives logit and key reconstruction errors"
   c.append(kh, &v[4], 0.0f, {1}, false);
   std::vector<double> logit(2);
   std::vector<float> w(2), oh(4);
-  ref::attend_slots(q, 4, 1, 4, c.keys(), c.values(), c.biases(), 2, logit.data(), w.data(), oh.data());
+  ref::attend_slots(q, 4, 1, 4, c.slots_view(), logit.data(), w.data(), oh.data());
   // Exact P = (e^1, e^2) / (e^1 + e^2); lse = ln(e + e^2) = 2 + ln(1 + 1/e).
   const double lse = 2.0 + std::log(1.0 + std::exp(-1.0));
   const float o[4] = {float(std::exp(1 - lse)), float(std::exp(2 - lse)), 0, 0};

@@ -11,10 +11,10 @@
 #include <string>
 #include <unistd.h>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "sim/replay.h"
 #include "sim/stats_cache.h"
-#include "sim/strategy.h"
+#include "sim/strategies/strategy.h"
 #include "traces/reader.h"
 #include "traces/synth.h"
 #include "tests/cuda_emulation.h"
@@ -302,8 +302,8 @@ TEST_CASE("replay: reference outputs equal the model's own attention output o (r
       LayerView lv;
       lv.H = r.header().n_heads, lv.Hkv = r.header().n_kv_heads, lv.T = r.sequence(seq).n_tokens;
       lv.D = r.header().head_dim, lv.q = q.data(), lv.k = k.data(), lv.v = v.data();
-      RefStats rs;
-      compute_ref_stats(lv, Backend::ref, rs);
+      ExactStats rs;
+      compute_exact_stats(lv, Backend::ref, rs);
       double worst = 0;
       for (size_t i = 0; i < rs.o.size(); ++i) worst = std::max(worst, double(std::fabs(rs.o[i] - o.data()[i])));
       INFO("sequence " << seq << " layer " << l << " max |o_ref - o_model| = " << worst);

@@ -5,9 +5,9 @@
 #include <cmath>
 #include <map>
 
-#include "sim/error.h"
-#include "sim/evict.h"
-#include "sim/strategy.h"
+#include "sim/base/error.h"
+#include "sim/strategies/evict.h"
+#include "sim/strategies/strategy.h"
 #include "tests/sim_test_util.h"
 
 using namespace kvsim;
@@ -160,10 +160,10 @@ TEST_CASE("strategy pyramidkv: arithmetic per-layer budgets") {
   // budget_l = max - l (max - min)/4 + w: l=0: 109.2 -> 109 + 8 = 117; l=2: 56 + 8 = 64; l=4: 3 + 8 = 11.
   Layer L(1, 1, 220, 4);
   L.fill_random(7);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 0, 5).caches[0].size() == 117);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 2, 5).caches[0].size() == 64);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 4, 5).caches[0].size() == 11);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 0, 1).caches[0].size() == 64);  // one layer: C
+  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 0, 5).cache(0).size() == 117);
+  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 2, 5).cache(0).size() == 64);
+  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 4, 5).cache(0).size() == 11);
+  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 0, 1).cache(0).size() == 64);  // one layer: C
 }
 
 TEST_CASE("strategy knorm keeps the smallest key norms") {

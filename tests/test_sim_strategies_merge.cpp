@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "sim/strategy.h"
+#include "sim/strategies/strategy.h"
 #include "tests/sim_test_util.h"
 
 using namespace kvsim;
@@ -25,7 +25,7 @@ TEST_CASE("strategy entropy_merge: runs of high-entropy tokens merge, then the l
   // {4,5} = 0.6 -> 3 is evicted.
   Driver d("entropy_merge:budget=5,sinks=1,recent=2,threshold=0.5", L, 8);
   CHECK(d.pos() == S{0, 1, 4, 6, 7});
-  const SlotCache& c = d.caches[0];
+  const SlotCache& c = d.cache(0);
   const int64_t a = c.find(1);
   CHECK(c.n_members(a) == 2);
   CHECK(c.key(a)[0] == 1.5f);  // mean of keys 1 and 2
@@ -36,7 +36,7 @@ TEST_CASE("strategy entropy_merge: runs of high-entropy tokens merge, then the l
   // 3 (0.2), 5 (0.3, higher position of the tie), 4 (0.3).
   Driver e("entropy_merge:budget=5,sinks=1,recent=2,threshold=0.95", L, 8);
   CHECK(e.pos() == S{0, 1, 2, 6, 7});
-  CHECK(e.caches[0].size() == 5);
+  CHECK(e.cache(0).size() == 5);
 }
 
 TEST_CASE("strategy kvmerger: adjacent similar keys cluster around the highest-attention pivot") {
@@ -52,7 +52,7 @@ TEST_CASE("strategy kvmerger: adjacent similar keys cluster around the highest-a
   // Slots 0, {1,2}, {3,4}, 5 = 4 > 3: the lowest unprotected ({3,4}, 0.6) is evicted.
   Driver d("kvmerger:budget=3,sinks=1,recent=1,threshold=0.9", L, 6);
   CHECK(d.pos() == S{0, 1, 5});
-  const SlotCache& c = d.caches[0];
+  const SlotCache& c = d.cache(0);
   const int64_t m = c.find(1);
   CHECK(c.n_members(m) == 2);
   CHECK(c.key(m)[0] == doctest::Approx(1.0));
@@ -70,7 +70,7 @@ TEST_CASE("strategy cam: the victim's value goes to the next kept tokens with p 
     L.colsums = {3, 1, 1, .5f};
     Driver d("cam:budget=3,recent=1,m=2", L, 4);
     CHECK(d.pos() == S{0, 1, 3});
-    const SlotCache& c = d.caches[0];
+    const SlotCache& c = d.cache(0);
     const float* v3 = c.value(c.find(3));
     CHECK(v3[2] == 1.0f);
     CHECK(v3[3] == 1.0f);
@@ -82,7 +82,7 @@ TEST_CASE("strategy cam: the victim's value goes to the next kept tokens with p 
     L.colsums = {3, 0, 1, 1};
     Driver d("cam:budget=3,recent=1,m=2", L, 4);
     CHECK(d.pos() == S{0, 2, 3});
-    const SlotCache& c = d.caches[0];
+    const SlotCache& c = d.cache(0);
     CHECK(c.exact(c.find(2)));
     CHECK(c.exact(c.find(3)));
   }
@@ -105,7 +105,7 @@ TEST_CASE("strategy cms_topk: a collision-free sketch is h2o and a one-bucket sk
   }
 }
 
-#include "sim/attend_views.h"
+#include "sim/kernels/attend_views.h"
 #include "sim/replay.h"
 #include "traces/reader.h"
 #include "traces/synth.h"
@@ -130,7 +130,7 @@ TEST_CASE("strategy cms_aggregate: evicted tokens fold into their bucket and eve
   for (int i = 0; i < 6; ++i) L.K(0, i, 0) = static_cast<float>(i), L.V(0, i, 1) = static_cast<float>(i);
   L.colsums = {.1f, .2f, .3f, .4f};
   Driver d("cms_aggregate:budget=2,sinks=0,recent=1,width=1,depth=1", L, 4);
-  const SlotCache& c = d.caches[0];
+  const SlotCache& c = d.cache(0);
   CHECK(c.size() == 3);
   const int64_t b = c.find(0);
   REQUIRE(b >= 0);

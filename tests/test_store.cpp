@@ -1,11 +1,11 @@
-// The SQLite results store (sim/store.h). Expected rows are the ones the test itself wrote.
+// The SQLite results store (sim/store/store.h). Expected rows are the ones the test itself wrote.
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
 #include <fstream>
 
-#include "sim/error.h"
-#include "sim/store.h"
+#include "sim/base/error.h"
+#include "sim/store/store.h"
 #include "tests/trace_helpers.h"
 
 using namespace kvsim;

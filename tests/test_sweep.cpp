@@ -4,7 +4,7 @@
 
 #include <fstream>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tests/trace_helpers.h"
 #include "tools/best.h"
 #include "tools/sweep.h"

@@ -4,7 +4,7 @@
 
 #include <fstream>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tests/trace_helpers.h"
 #include "tools/sweep_config.h"
 

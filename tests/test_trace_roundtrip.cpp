@@ -1,6 +1,6 @@
 // Trace writer -> reader round trips. Expected values: float32 exact; float16 equal to the
 // compiler's _Float16 rounding of the input; bfloat16 equal to the nearest bf16 found by
-// comparing both neighbours in double (ties to even), i.e. independent of sim/half.h.
+// comparing both neighbours in double (ties to even), i.e. independent of sim/base/half.h.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <random>
 
-#include "sim/error.h"
-#include "sim/half.h"
+#include "sim/base/error.h"
+#include "sim/base/half.h"
 #include "tests/trace_helpers.h"
 #include "traces/reader.h"
 #include "traces/synth.h"

@@ -6,9 +6,9 @@
 #include <cmath>
 #include <filesystem>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "sim/metrics.h"
-#include "sim/store.h"
+#include "sim/store/store.h"
 
 namespace kvsim::tools {
 

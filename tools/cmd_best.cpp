@@ -8,7 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "sim/metrics.h"
 #include "tools/best.h"
 #include "tools/commands.h"

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/commands.h"
 #include "traces/model/model.h"
 

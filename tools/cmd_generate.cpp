@@ -3,8 +3,8 @@
 #include <chrono>
 #include <cstdio>
 
-#include "sim/backend.h"
-#include "sim/error.h"
+#include "sim/kernels/backend.h"
+#include "sim/base/error.h"
 #include "tools/commands.h"
 #include "traces/model/model.h"
 #include "traces/model/runner.h"

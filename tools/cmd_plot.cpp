@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/commands.h"
 
 #ifndef KVSIM_PLOTS_DIR

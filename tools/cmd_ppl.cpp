@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "sim/error.h"
-#include "sim/strategy.h"
+#include "sim/base/error.h"
+#include "sim/strategies/strategy.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
 #include "traces/model/model.h"

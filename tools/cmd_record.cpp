@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cuda/device.h"
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/commands.h"
 #include "tools/version.h"
 #include "traces/model/recorder.h"

@@ -6,9 +6,9 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "sim/replay.h"
-#include "sim/strategy.h"
+#include "sim/strategies/strategy.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
 #include "tools/sweep.h"
@@ -117,7 +117,7 @@ int run_run(const RunArgs& a) {
   opt.progress = [&](const std::string&) { progress.advance(); };
   ReplayResult r = replay_trace(reader, strategies, opt);
   progress.finish();
-  if (store) {  // the same rows as kvsim sweep writes (sim/STORE.md)
+  if (store) {  // the same rows as kvsim sweep writes (sim/store/STORE.md)
     const auto& h = reader.header();
     const int64_t trace_id =
         store->add_trace(store_trace_of(a.trace, h.model, h.synthetic, h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim));
@@ -154,7 +154,7 @@ void add_run(CLI::App& app) {
   c->add_option("--stats-cache", a->stats_cache,
                 "folder of the reference-statistics sidecar cache (default: $KVSIM_CACHE_DIR, else "
                 "~/.cache/kvsim; 'off': none)");
-  c->add_option("--db", a->db, "also commit the runs to this results store (sim/STORE.md), as kvsim sweep does");
+  c->add_option("--db", a->db, "also commit the runs to this results store (sim/store/STORE.md), as kvsim sweep does");
   c->add_flag("--json", a->json, "print JSON instead of a table");
   c->add_flag("--per-head", a->per_head, "with --json: include per-(layer, head) summaries");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");

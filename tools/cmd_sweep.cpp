@@ -4,7 +4,7 @@
 // (143 on SIGTERM).
 #include <memory>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/commands.h"
 #include "tools/sweep.h"
 

@@ -1,7 +1,7 @@
 // kvsim synth --shape NAME --tokens T --seed S --out F: a synthetic trace with realistic structure.
 #include <cstdio>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/commands.h"
 #include "traces/synth.h"
 

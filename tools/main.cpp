@@ -3,7 +3,7 @@
 #include <exception>
 #include <string>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/commands.h"
 #include "tools/version.h"
 

@@ -12,10 +12,11 @@
 #include <set>
 #include <sstream>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "sim/metrics.h"
+#include "sim/instance.h"
 #include "sim/replay.h"
-#include "sim/spec.h"
+#include "sim/base/spec.h"
 #include "sim/stats_cache.h"
 #include "tools/progress.h"
 #include "tools/version.h"
@@ -326,11 +327,7 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
   for (size_t i = 0; i < out.size(); ++i) {
     const Strategy* s = w.configs.at(out[i].config).strategy_obj.get();
     try {
-      InstanceContext ctx;
-      ctx.n_layers = h.n_layers, ctx.T = g.n_tokens, ctx.P = g.prefill, ctx.D = h.head_dim;
-      ctx.G = h.n_heads / h.n_kv_heads;
-      ctx.n_caches = s->layer_coupled() ? h.n_kv_heads : 1;
-      (void)s->make_state(ctx);
+      check_fits(*s, ModelShape{h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim}, g.n_tokens, g.prefill);
       strategies.push_back(s);
       index.push_back(i);
     } catch (const std::exception& e) {

@@ -1,5 +1,5 @@
 // `kvsim sweep`: every configuration of a sweep config (tools/sweep_config.h) x every trace,
-// sequence and prefill, into the results store (sim/STORE.md), resumable.
+// sequence and prefill, into the results store (sim/store/STORE.md), resumable.
 //
 // The unit of work is a *run* (configuration x trace x sequence x prefill x stride). Runs are
 // enumerated in a fixed order (trace, sequence, prefill, then the config's spec order); a run with
@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "sim/backend.h"
+#include "sim/kernels/backend.h"
 #include "sim/replay.h"
-#include "sim/store.h"
-#include "sim/strategy.h"
+#include "sim/store/store.h"
+#include "sim/strategies/strategy.h"
 #include "tools/sweep_config.h"
 
 namespace kvsim::tools {

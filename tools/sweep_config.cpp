@@ -10,7 +10,7 @@
 #include <set>
 #include <sstream>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::tools {
 

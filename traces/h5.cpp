@@ -2,7 +2,7 @@
 
 #include <mutex>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::traces::h5 {
 

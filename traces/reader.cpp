@@ -5,8 +5,8 @@
 #include <filesystem>
 #include <vector>
 
-#include "sim/error.h"
-#include "sim/half.h"
+#include "sim/base/error.h"
+#include "sim/base/half.h"
 #include "traces/h5.h"
 
 namespace kvsim::traces {

@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <ctime>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::traces {
 

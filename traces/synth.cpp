@@ -4,8 +4,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "sim/error.h"
-#include "sim/rope.h"
+#include "sim/base/error.h"
+#include "sim/base/rope.h"
 
 namespace kvsim::traces {
 

@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <map>
 
-#include "sim/error.h"
-#include "sim/half.h"
+#include "sim/base/error.h"
+#include "sim/base/half.h"
 #include "traces/h5.h"
 
 namespace kvsim::traces {

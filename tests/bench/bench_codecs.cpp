@@ -8,8 +8,8 @@
 #include <random>
 #include <vector>
 
-#include "sim/omp/quant.h"
-#include "sim/ref/quant.h"
+#include "sim/kernels/quant.h"
+#include "sim/kernels/quant.h"
 
 using namespace kvsim;
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "sim/strategy.h"
+#include "sim/strategies/strategy.h"
 #include "traces/reader.h"
 #include "traces/synth.h"
 

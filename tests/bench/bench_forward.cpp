@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <memory>
 
-#include "sim/backend.h"
+#include "sim/kernels/backend.h"
 #include "tests/bench/bench_models.h"
 #include "traces/model/model.h"
 #include "traces/model/recorder.h"

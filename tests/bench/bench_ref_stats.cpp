@@ -11,8 +11,8 @@
 #include <string>
 
 #include "cuda/device.h"
-#include "sim/backend.h"
-#include "sim/ref_stats.h"
+#include "sim/kernels/backend.h"
+#include "sim/exact_stats.h"
 #include "tests/bench/bench_common.h"
 
 namespace {
@@ -22,9 +22,9 @@ double g_peak32 = 0, g_peak64 = 0;
 void run(benchmark::State& st, kvsim::Backend b) {
   const int64_t T = st.range(0);
   auto& s = kvsim::bench::llama3_slice(T);
-  kvsim::RefStats rs;
+  kvsim::ExactStats rs;
   for (auto _ : st) {
-    kvsim::compute_ref_stats(s.lv, b, rs);
+    kvsim::compute_exact_stats(s.lv, b, rs);
     benchmark::DoNotOptimize(rs.lse.data());
   }
   const double flops = 4.0 * s.lv.D * s.lv.H * double(T) * double(T + 1) / 2.0;

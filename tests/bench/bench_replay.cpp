@@ -6,9 +6,9 @@
 
 #include <memory>
 
-#include "sim/backend.h"
+#include "sim/kernels/backend.h"
 #include "sim/replay.h"
-#include "sim/strategy.h"
+#include "sim/strategies/strategy.h"
 #include "tests/bench/bench_common.h"
 
 namespace {
@@ -17,12 +17,12 @@ using namespace kvsim;
 
 constexpr int64_t kT = 2048, kP = 1024;
 
-void replay_n(const std::vector<std::string>& specs, bool with_reference, RefStats& rs, std::vector<float>& colsums,
+void replay_n(const std::vector<std::string>& specs, bool with_reference, ExactStats& rs, std::vector<float>& colsums,
               Backend b) {
   auto& s = bench::llama3_slice(kT);
   LayerView lv = s.lv;
   if (with_reference) {
-    compute_ref_stats(lv, b, rs);
+    compute_exact_stats(lv, b, rs);
     compute_prompt_colsums(lv, rs, kP, b, colsums);
   }
   lv.prompt_colsums = colsums.data();
@@ -42,7 +42,7 @@ void replay_n(const std::vector<std::string>& specs, bool with_reference, RefSta
 
 void BM_replay_h2o_B256(benchmark::State& st) {
   const Backend b = st.range(0) ? Backend::omp : Backend::ref;
-  RefStats rs;
+  ExactStats rs;
   std::vector<float> colsums;
   replay_n({"h2o:budget=256"}, true, rs, colsums, b);  // reference outside the timed loop
   for (auto _ : st) replay_n({"h2o:budget=256"}, false, rs, colsums, b);
@@ -56,7 +56,7 @@ void BM_n_configs(benchmark::State& st) {
   const int64_t N = st.range(0);
   std::vector<std::string> specs;
   for (int64_t i = 0; i < N; ++i) specs.push_back("h2o:budget=" + std::to_string(128 + 16 * i));
-  RefStats rs;
+  ExactStats rs;
   std::vector<float> colsums;
   for (auto _ : st) replay_n(specs, true, rs, colsums, Backend::omp);
   st.counters["configs_per_s"] = benchmark::Counter(double(N) * st.iterations(), benchmark::Counter::kIsRate);

@@ -1,5 +1,5 @@
 """`kvsim plot`: every kind renders from a small synthetic results store (plots/synth_store.py, which follows
-sim/STORE.md) and a small synthetic trace; each PNG has the expected size in pixels and is not blank, each
+sim/store/STORE.md) and a small synthetic trace; each PNG has the expected size in pixels and is not blank, each
 PDF is a PDF; bad input is one line on stderr with exit status 2 (1 for a missing plots folder).
 
 The renders run a few at a time: each is a Python process that spends most of its time importing matplotlib."""

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <exception>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/mpi/sweep_mpi.h"
 #include "tools/version.h"
 

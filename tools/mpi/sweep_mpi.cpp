@@ -6,7 +6,7 @@
 #include <cstring>
 #include <set>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "tools/progress.h"
 
 namespace kvsim::tools {

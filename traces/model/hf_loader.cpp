@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "traces/model/model.h"
 #include "traces/model/safetensors.h"
 

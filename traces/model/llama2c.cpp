@@ -3,7 +3,7 @@
 // tables instead of being tied to the embedding.
 #include <cstring>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "traces/model/mapped_file.h"
 #include "traces/model/model.h"
 

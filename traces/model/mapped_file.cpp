@@ -9,7 +9,7 @@
 #include <cstring>
 #include <utility>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::model {
 

@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <numbers>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::model {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "sim/rope.h"
+#include "sim/base/rope.h"
 
 namespace kvsim::model {
 

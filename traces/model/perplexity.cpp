@@ -4,7 +4,8 @@
 #include <cmath>
 #include <memory>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
+#include "sim/instance.h"
 #include "traces/model/runner.h"
 #include "traces/model/strategy_cache.h"
 
@@ -22,8 +23,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, in
                             Backend backend, const std::function<void(int64_t)>& progress) {
   const ModelConfig& c = model.config;
   const int64_t T = static_cast<int64_t>(ids.size());
-  if (P < 1 || P >= T)
-    throw UsageError("prefill P = " + std::to_string(P) + " must satisfy 1 <= P < T = " + std::to_string(T));
+  check_prefill(T, P);
   if (T > c.seq_len)
     throw UsageError(c.name + ": " + std::to_string(T) + " tokens exceed the context length seq_len = " +
                      std::to_string(c.seq_len));

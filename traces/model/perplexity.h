@@ -25,8 +25,8 @@
 #include <span>
 #include <string>
 
-#include "sim/backend.h"
-#include "sim/strategy.h"
+#include "sim/kernels/backend.h"
+#include "sim/strategies/strategy.h"
 #include "traces/model/model.h"
 
 namespace kvsim::model {

@@ -2,7 +2,7 @@
 
 #include <chrono>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 
 namespace kvsim::model {
 

@@ -5,27 +5,12 @@
 
 #include "cuda/device.h"
 #include "cuda/forward_runner.h"
-#include "sim/error.h"
-#include "sim/omp/forward_ops.h"
-#include "sim/ref/forward_ops.h"
+#include "sim/base/error.h"
+#include "sim/kernels/kernels.h"
 
 namespace kvsim::model {
 
 namespace {
-
-// The kernels of one backend; ref and omp have the same signatures by construction.
-struct Ops {
-  decltype(&ref::matmul) matmul;
-  decltype(&ref::rmsnorm) rmsnorm;
-  decltype(&ref::rope) rope;
-  decltype(&ref::swiglu) swiglu;
-  decltype(&ref::attention) attention;
-};
-
-Ops ops_for(Backend b) {
-  if (b == Backend::omp) return {omp::matmul, omp::rmsnorm, omp::rope, omp::swiglu, omp::attention};
-  return {ref::matmul, ref::rmsnorm, ref::rope, ref::swiglu, ref::attention};
-}
 
 template <typename V>
 void grow(V& v, int64_t n) {
@@ -161,7 +146,7 @@ const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, 
     return logits;
   }
   ensure_buffers(T);
-  const Ops op = ops_for(backend_);
+  const Kernels& op = kernels(backend_);
   const int64_t dim = c.dim, H = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim, hid = c.hidden_dim;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
   const float* inv_freq = c.inv_freq.empty() ? nullptr : c.inv_freq.data();

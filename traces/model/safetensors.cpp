@@ -5,8 +5,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "sim/error.h"
-#include "sim/half.h"
+#include "sim/base/error.h"
+#include "sim/base/half.h"
 
 namespace kvsim::model {
 

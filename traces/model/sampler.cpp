@@ -4,8 +4,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "sim/error.h"
-#include "sim/ref/forward_ops.h"
+#include "sim/base/error.h"
+#include "sim/kernels/forward_ops.h"
 
 namespace kvsim::model {
 

@@ -1,6 +1,6 @@
 #include <sentencepiece_processor.h>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "traces/model/tokenizer.h"
 
 namespace kvsim::model {

@@ -4,16 +4,14 @@
 #include <cmath>
 #include <span>
 
-#include "sim/error.h"
-#include "sim/omp/attend.h"
-#include "sim/ref/attend.h"
-#include "sim/ref_stats.h"
+#include "sim/base/error.h"
+#include "sim/exact_stats.h"
+#include "sim/instance.h"
+#include "sim/kernels/kernels.h"
 
 namespace kvsim::model {
 
 namespace {
-
-using AttendFn = decltype(&ref::attend_slots);
 
 float key_norm(const float* k, int64_t D) {  // as the replay computes LayerView::k_norm
   double s = 0;
@@ -44,22 +42,17 @@ float exact_row_entropy(const float* q,  // [D]
   return static_cast<float>(std::max(0.0, mx + std::log(l) - a / l));
 }
 
-InstanceContext context_for(const ModelConfig& c, int64_t layer, int64_t kv0, int64_t n_caches, int64_t T, int64_t P) {
-  InstanceContext ctx;  // as replay_layer fills it (seed 0)
-  ctx.layer = layer, ctx.n_layers = c.n_layers, ctx.kv0 = kv0, ctx.n_caches = n_caches;
-  ctx.T = T, ctx.P = P, ctx.D = c.head_dim, ctx.G = c.n_heads / c.n_kv_heads;
-  return ctx;
-}
-
 }  // namespace
 
-// The slots, codec states and strategy states of one layer, shared by its Hkv KvCache proxies.
+// The instances of one layer (sim/instance.h: slots, codec and strategy states), shared by its Hkv
+// KvCache proxies: KV head kv is cache kv % per_state of instance kv / per_state.
 class StrategyLayer {
  public:
-  StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b)
-      : strat_(s), config_(c), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads),
-        D_(c.head_dim), T_(T), P_(P), backend_(b),
-        attend_fn_(b == Backend::omp ? &omp::attend_slots : &ref::attend_slots),
+  StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b,
+                const StepHook* hook)
+      : strat_(s), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads), D_(c.head_dim),
+        T_(T), P_(P), backend_(b), attend_fn_(kernels(b).attend_slots), hook_(hook),
+        shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
         per_state_(s.layer_coupled() ? c.n_kv_heads : 1) {
     reset();
   }
@@ -67,13 +60,9 @@ class StrategyLayer {
   // A new sequence: fresh slots, codec and strategy states (idempotent until the next append).
   void reset() {
     if (fresh_) return;
-    slots_.clear(), codec_.clear(), states_.clear();
-    for (int64_t kv = 0; kv < Hkv_; ++kv) {
-      slots_.emplace_back(D_, P_ + 1);
-      codec_.push_back(strat_.codec().make_state(D_, T_));
-    }
-    for (int64_t kv0 = 0; kv0 < Hkv_; kv0 += per_state_)
-      states_.push_back(strat_.make_state(context_for(config_, layer_, kv0, per_state_, T_, P_)));
+    insts_.clear();
+    for (int64_t i = 0; i < instances_per_layer(strat_, Hkv_); ++i)
+      insts_.push_back(std::make_unique<Instance>(strat_, make_context(strat_, shape_, layer_, i, T_, P_)));
     q_.assign(static_cast<size_t>(H_ * T_ * D_), 0.0f);
     k_.assign(static_cast<size_t>(Hkv_ * T_ * D_), 0.0f);
     v_.assign(k_.size(), 0.0f);
@@ -82,9 +71,6 @@ class StrategyLayer {
     prompt_pos_.resize(static_cast<size_t>(P_));
     for (int64_t t = 0; t < P_; ++t) prompt_pos_[t] = t;
     slot_pos_.assign(static_cast<size_t>(Hkv_), {});
-    logit_.assign(static_cast<size_t>(Hkv_), {});
-    w_.assign(static_cast<size_t>(Hkv_), {});
-    wptr_.assign(static_cast<size_t>(Hkv_), nullptr);
     lv_ = LayerView{};
     prefilled_ = false, next_t_ = 0, ended_ = 0, ratio_sum_ = 0, ratio_n_ = 0;
     fresh_ = true;
@@ -107,7 +93,7 @@ class StrategyLayer {
       k_norm_[kv * T_ + t] = key_norm(kt, D_);
       if (!prefilled_ || !entropy_.empty()) std::copy_n(kt, D_, k_.data() + (kv * T_ + t) * D_);
       if (!prefilled_) std::copy_n(vt, D_, v_.data() + (kv * T_ + t) * D_);
-      codec_[kv]->store(slots_[kv], static_cast<int32_t>(t), kt, vt);
+      inst(kv).store(kv % per_state_, t, kt, vt);
     }
   }
 
@@ -115,7 +101,7 @@ class StrategyLayer {
   // slots (bias included, alternative views not expressible; the runner uses attend() then).
   KvView view(int64_t kv) const {
     if (!prefilled_) return KvView{k_.data() + kv * T_ * D_, v_.data() + kv * T_ * D_, nullptr, prompt_pos_.data(), P_};
-    const SlotCache& c = slots_[kv];
+    const SlotCache& c = inst(kv).cache(kv % per_state_);
     auto& pos = slot_pos_[kv];
     pos.resize(static_cast<size_t>(c.size()));
     for (int64_t s = 0; s < c.size(); ++s) pos[s] = c.member(s, c.n_members(s) - 1);
@@ -131,16 +117,10 @@ class StrategyLayer {
       return false;
     }
     KVSIM_ASSERT(Tq == 1);
-    const int64_t t = pos0;
-    const SlotCache& c = slots_[kv];
-    const int64_t n = c.size();
-    logit_[kv].resize(static_cast<size_t>(G_ * n));
-    w_[kv].resize(static_cast<size_t>(G_ * n));
-    wptr_[kv] = w_[kv].data();
-    attend_fn_(q, D_, G_, D_, c.keys(), c.values(), c.biases(), n, logit_[kv].data(), w_[kv].data(), o, c.views(),
-               c.n_views());
-    const double bytes = codec_[kv]->bytes(c) + states_[kv / per_state_]->state_bytes(kv % per_state_);
-    ratio_sum_ += bytes / (4.0 * static_cast<double>(D_) * static_cast<double>(t + 1));
+    const int64_t t = pos0, c = kv % per_state_;
+    Instance& in = inst(kv);
+    in.attend(c, attend_fn_, q, D_, o);
+    ratio_sum_ += cache_ratio(in.bytes(c), D_, t);
     ++ratio_n_;
     for (int64_t g = 0; g < G_ && !entropy_.empty(); ++g)
       entropy_[(kv * G_ + g) * T_ + t] = exact_row_entropy(q + g * D_, k_.data() + kv * T_ * D_, t + 1, D_, z_);
@@ -155,11 +135,9 @@ class StrategyLayer {
       prefill();
       return;
     }
-    for (size_t i = 0; i < states_.size(); ++i) {
-      const std::span<SlotCache> caches(slots_.data() + i * per_state_, static_cast<size_t>(per_state_));
-      const std::span<const float* const> attn(wptr_.data() + i * per_state_, static_cast<size_t>(per_state_));
-      states_[i]->observe(std::span<const SlotCache>(caches.data(), caches.size()), attn, next_t_);
-      states_[i]->evict(caches, next_t_);
+    for (auto& in : insts_) {
+      if (*hook_) (*hook_)(layer_, *in, next_t_);
+      in->finish_step(next_t_);
     }
     ++next_t_;
   }
@@ -169,25 +147,23 @@ class StrategyLayer {
 
  private:
   void prefill();
+  Instance& inst(int64_t kv) { return *insts_[static_cast<size_t>(kv / per_state_)]; }
+  const Instance& inst(int64_t kv) const { return *insts_[static_cast<size_t>(kv / per_state_)]; }
 
   const Strategy& strat_;
-  const ModelConfig& config_;
   const int64_t layer_, H_, Hkv_, G_, D_, T_, P_;
   const Backend backend_;
-  const AttendFn attend_fn_;
-  const int64_t per_state_;  // caches per strategy state: Hkv for layer-coupled strategies, else 1
-  std::vector<SlotCache> slots_;                    // [Hkv]
-  std::vector<std::unique_ptr<CodecState>> codec_;  // [Hkv]
-  std::vector<std::unique_ptr<StrategyState>> states_;
+  const AttendSlotsFn attend_fn_;
+  const StepHook* hook_;
+  const ModelShape shape_;
+  const int64_t per_state_;  // caches per instance: Hkv for layer-coupled strategies, else 1
+  std::vector<std::unique_ptr<Instance>> insts_;
   // The prompt's q [H, T, D], k and v [Hkv, T, D] (rows < P; k keeps the decode keys when the
   // strategy needs entropy), per-token k_norm [Hkv, T] and entropy [H, T], colsums [H, P].
   std::vector<float> q_, k_, v_, k_norm_, entropy_, colsums_;
   LayerView lv_;
   std::vector<int64_t> prompt_pos_;
   mutable std::vector<std::vector<int64_t>> slot_pos_;
-  std::vector<std::vector<double>> logit_;
-  std::vector<std::vector<float>> w_;
-  std::vector<const float*> wptr_;
   std::vector<double> z_;
   bool prefilled_ = false, fresh_ = false;
   int64_t next_t_ = 0, ended_ = 0;
@@ -207,8 +183,8 @@ void StrategyLayer::prefill() {
     }
     LayerView lp;
     lp.H = H_, lp.Hkv = Hkv_, lp.T = P_, lp.D = D_, lp.q = q.data(), lp.k = k.data(), lp.v = v.data();
-    RefStats rs;
-    compute_ref_stats(lp, backend_, rs);
+    ExactStats rs;
+    compute_exact_stats(lp, backend_, rs);
     if (entropy)
       for (int64_t h = 0; h < H_; ++h) std::copy_n(rs.entropy.data() + h * P_, P_, entropy_.data() + h * T_);
     if (colsums) compute_prompt_colsums(lp, rs, P_, backend_, colsums_);
@@ -217,9 +193,8 @@ void StrategyLayer::prefill() {
   lv_.q = q_.data(), lv_.k = k_.data(), lv_.v = v_.data(), lv_.k_norm = k_norm_.data();
   lv_.prompt_colsums = colsums ? colsums_.data() : nullptr;
   lv_.entropy = entropy ? entropy_.data() : nullptr;
-  for (size_t i = 0; i < states_.size(); ++i)
-    states_[i]->prefill(std::span<SlotCache>(slots_.data() + i * per_state_, static_cast<size_t>(per_state_)), lv_, P_);
-  // Strategies read q, k, v in prefill only (sim/strategy.h); k stays for the decode entropies.
+  for (auto& in : insts_) in->prefill(lv_);
+  // Strategies read q, k, v in prefill only (sim/strategies/strategy.h); k stays for the decode entropies.
   std::vector<float>().swap(q_);
   std::vector<float>().swap(v_);
   if (!entropy) std::vector<float>().swap(k_);
@@ -252,12 +227,7 @@ class StrategyKvCache final : public KvCache {
 }  // namespace
 
 void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P) {
-  if (P < 1 || P >= T)
-    throw UsageError("prefill P = " + std::to_string(P) + " must satisfy 1 <= P < T = " + std::to_string(T));
-  const int64_t n_caches = strategy.layer_coupled() ? config.n_kv_heads : 1;
-  for (int64_t l = 0; l < config.n_layers; ++l)  // per-layer budgets (pyramidkv) fail here, not mid-run
-    (void)strategy.make_state(context_for(config, l, 0, n_caches, T, P));
-  (void)strategy.codec().make_state(config.head_dim, T);
+  check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P);
 }
 
 StrategyCaches::StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
@@ -275,7 +245,7 @@ KvCacheFactory StrategyCaches::factory() {
   return [this](int64_t layer, int64_t kv_head, int64_t D, int64_t) -> std::unique_ptr<KvCache> {
     KVSIM_ASSERT(layer >= 0 && layer < config_.n_layers && D == config_.head_dim);
     auto& l = layers_[static_cast<size_t>(layer)];
-    if (!l) l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_);
+    if (!l) l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_, &hook_);
     return std::make_unique<StrategyKvCache>(l, kv_head);
   };
 }

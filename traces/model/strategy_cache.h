@@ -5,7 +5,7 @@
 //            tokens are stored through the strategy's codec, and once the layer's queries are known
 //            the strategy's prefill compresses, handed a LayerView of the prompt's q, k, v
 //            (head-major) with k_norm, entropy and prompt_colsums computed by the reference kernels
-//            (compute_ref_stats, compute_prompt_colsums) of the runner's backend;
+//            (compute_exact_stats, compute_prompt_colsums) of the runner's backend;
 //   decode   one token t >= P per forward call: codec store of (k_t, v_t) -> attention of the G
 //            query heads over the slots with attend_slots (slot bias, alternative views) ->
 //            observe(weights) -> evict, the last two once every KV head of the layer has attended
@@ -16,17 +16,23 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
-#include "sim/backend.h"
-#include "sim/kv_cache.h"
-#include "sim/strategy.h"
+#include "sim/instance.h"
+#include "sim/kernels/backend.h"
+#include "sim/base/kv_cache.h"
+#include "sim/strategies/strategy.h"
 #include "traces/model/model.h"
 
 namespace kvsim::model {
 
-class StrategyLayer;  // one layer's slots, codec and strategy states (strategy_cache.cpp)
+class StrategyLayer;  // one layer's instances (strategy_cache.cpp)
+
+// Called at every decode step of every instance after attention, before observe and evict: the
+// point where the offline replay measures (ReplayOptions::on_step). For tests; empty: none.
+using StepHook = std::function<void(int64_t layer, const Instance& inst, int64_t t)>;
 
 // Throws UsageError when `strategy` cannot run on a sequence of T tokens with prefill P for this
 // model (a budget that does not fit, a codec group that does not divide D), before any work.
@@ -45,12 +51,14 @@ class StrategyCaches {
   // bytes) / (4 D (t+1)), measured at attention time of step t, before observe and evict.
   double mean_ratio() const;
   int64_t decode_steps() const;  // decode steps attended so far
+  void set_step_hook(StepHook hook) { hook_ = std::move(hook); }
 
  private:
   const Strategy& strategy_;
   const ModelConfig& config_;
   int64_t T_, P_;
   Backend backend_;
+  StepHook hook_;
   std::vector<std::shared_ptr<StrategyLayer>> layers_;  // [L]
 };
 

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "sim/error.h"
+#include "sim/base/error.h"
 #include "traces/model/mapped_file.h"
 
 namespace kvsim::model {

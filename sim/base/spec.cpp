@@ -1,0 +1,109 @@
+#include "sim/base/spec.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+#include "sim/base/error.h"
+
+namespace kvsim {
+
+namespace {
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+std::string fmt_double(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+}  // namespace
+
+StrategySpec parse_spec(const std::string& text) {
+  StrategySpec spec;
+  spec.text = text;
+  size_t colon = text.find(':');
+  spec.name = trim(text.substr(0, colon));
+  if (spec.name.empty()) throw UsageError("strategy '" + text + "': empty name (expected name:key=value,...)");
+  if (colon == std::string::npos) return spec;
+  std::string rest = text.substr(colon + 1);
+  std::stringstream ss(rest);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item = trim(item);
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+      throw UsageError("strategy '" + text + "': parameter '" + item + "' is not key=value");
+    std::string k = trim(item.substr(0, eq)), v = trim(item.substr(eq + 1));
+    if (spec.params.count(k)) throw UsageError("strategy '" + text + "': parameter '" + k + "' given twice");
+    spec.params[k] = v;
+  }
+  return spec;
+}
+
+const std::string* ParamReader::raw(const std::string& key) {
+  if (std::find(known_.begin(), known_.end(), key) == known_.end()) known_.push_back(key);
+  auto it = spec_.params.find(key);
+  return it == spec_.params.end() ? nullptr : &it->second;
+}
+
+bool ParamReader::has(const std::string& key) {
+  return raw(key) != nullptr;
+}
+
+int64_t ParamReader::get_int(const std::string& key, int64_t def, const std::string&) {
+  const std::string* s = raw(key);
+  int64_t v = def;
+  if (s) {
+    char* end = nullptr;
+    errno = 0;
+    long long x = std::strtoll(s->c_str(), &end, 10);
+    if (errno || end == s->c_str() || *end != '\0')
+      throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s + " is not an integer");
+    v = x;
+  }
+  resolved_[key] = std::to_string(v);
+  return v;
+}
+
+double ParamReader::get_double(const std::string& key, double def, const std::string&) {
+  const std::string* s = raw(key);
+  double v = def;
+  if (s) {
+    char* end = nullptr;
+    errno = 0;
+    v = std::strtod(s->c_str(), &end);
+    if (errno || end == s->c_str() || *end != '\0' || !std::isfinite(v))
+      throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s + " is not a number");
+  }
+  resolved_[key] = fmt_double(v);
+  return v;
+}
+
+std::string ParamReader::get_choice(const std::string& key, const std::vector<std::string>& choices) {
+  const std::string* s = raw(key);
+  std::string v = s ? *s : choices.front();
+  if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
+    std::string list;
+    for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
+    throw UsageError("strategy '" + spec_.text + "': " + key + "=" + v + " is not one of " + list);
+  }
+  resolved_[key] = v;
+  return v;
+}
+
+void ParamReader::finish() const {
+  for (const auto& [k, v] : spec_.params) {
+    if (std::find(known_.begin(), known_.end(), k) != known_.end()) continue;
+    std::string list;
+    for (const auto& c : known_) list += (list.empty() ? "" : ", ") + c;
+    throw UsageError("strategy '" + spec_.text + "': unknown parameter '" + k + "' for " + spec_.name +
+                     (list.empty() ? " (it takes no parameters)" : " (valid: " + list + ")"));
+  }
+}
+
+}  // namespace kvsim

@@ -1,0 +1,109 @@
+// The one instance driver (design.md §3). An instance is one (layer, KV head), or one whole layer
+// for a layer-coupled strategy (tova), which then manages the Hkv caches of the layer together. It
+// owns those caches, their codec states and the strategy state, and runs the replay protocol
+//   prefill: store tokens 0..P-1 through the codec -> strategy.prefill
+//   step t:  store token t through the codec -> attend (G query heads per cache) -> [measure]
+//            -> observe -> evict
+// Every caller drives this class and nothing else: the offline replay (sim/replay.cpp, with the
+// metrics as its measuring hook), the live model runner (traces/model/strategy_cache.cpp, whose
+// tokens and queries arrive one KV head at a time) and the tests (tests/sim_test_util.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "sim/kernels/kernels.h"
+#include "sim/strategies/slot.h"
+#include "sim/strategies/strategy.h"
+
+namespace kvsim {
+
+// The dimensions of a model or trace that an instance's context needs.
+struct ModelShape {
+  int64_t L = 1, H = 1, Hkv = 1, D = 0;
+  int64_t G() const { return H / Hkv; }
+};
+
+// Instances of `s` per layer: 1 for a layer-coupled strategy, else Hkv.
+int64_t instances_per_layer(const Strategy& s, int64_t Hkv);
+// The context of instance `i` (< instances_per_layer) of `layer`, on a sequence of T tokens with
+// prefill P (seed 0).
+InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T,
+                             int64_t P);
+// UsageError unless 1 <= P < T.
+void check_prefill(int64_t T, int64_t P);
+// UsageError when `s` cannot run on T tokens with prefill P: P out of range, a budget that does not
+// fit some layer (per-layer budgets), a codec group that does not divide D. Call before any work.
+void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P);
+// design.md §4 `ratio`: bytes over those of an fp16 full cache of t + 1 tokens (key and value).
+inline double cache_ratio(double bytes, int64_t D, int64_t t) {
+  return bytes / (4.0 * static_cast<double>(D) * static_cast<double>(t + 1));
+}
+
+class Instance {
+ public:
+  Instance(const Strategy& s, const InstanceContext& ctx);
+
+  const InstanceContext& context() const { return ctx_; }
+  int64_t n_caches() const { return ctx_.n_caches; }
+  int64_t kv0() const { return ctx_.kv0; }
+  bool prefilled() const { return prefilled_; }
+  const SlotCache& cache(int64_t c) const { return caches_[c]; }
+  std::span<const SlotCache> caches() const { return {caches_.data(), caches_.size()}; }
+
+  // Token t of cache c (KV head kv0 + c) enters through the codec: key k, value v [D].
+  void store(int64_t c, int64_t t, const float* k, const float* v);
+  // Every cache holds tokens 0..P-1: the strategy compresses to its budget. `lv` is the layer's
+  // plain data as strategy.h describes (the prompt's q, k, v; k_norm, entropy, colsums).
+  void prefill(const LayerView& lv);
+
+  // Attention of the G query heads of cache c over its slots (design.md §3 step b): rows g of q at
+  // q + g * q_stride; o_hat [G, D] into `o` (the instance's own buffer when null).
+  void attend(int64_t c, AttendSlotsFn fn, const float* q, int64_t q_stride, float* o = nullptr);
+  // For attention computed elsewhere (the cuda batch): sizes cache c's buffers to its slots; the
+  // caller fills logit(c), weights(c) and o_hat(c).
+  void prepare_attention(int64_t c);
+  const double* logit(int64_t c) const { return logit_[c].data(); }  // [G, n]
+  const float* weights(int64_t c) const { return w_[c].data(); }     // [G, n]
+  const float* o_hat(int64_t c) const { return o_hat_[c].data(); }   // [G, D]
+  double* logit(int64_t c) { return logit_[c].data(); }
+  float* weights(int64_t c) { return w_[c].data(); }
+  float* o_hat(int64_t c) { return o_hat_[c].data(); }
+
+  // The strategy observes this step's weights over its slots (design.md §3 step c), then evicts
+  // back to its budget (step d). The second form observes weights given by the caller.
+  void finish_step(int64_t t);
+  void finish_step(int64_t t, std::span<const float* const> attn);
+
+  // Physical bytes of cache c now: the codec's payload and metadata plus the strategy's state.
+  double bytes(int64_t c) const;
+
+  // The protocol on data laid out as a LayerView (offline replay, tests): cache c stores KV head
+  // kv0 + c, query head h = (kv0 + c) * G + g attends with row t of lv.q_head(h).
+  void prefill_from(const LayerView& lv);
+  void store_from(const LayerView& lv, int64_t t);
+  void attend_from(const LayerView& lv, int64_t t, AttendSlotsFn fn);
+  // store -> attend -> measure(*this, t) -> observe -> evict.
+  template <class Measure>
+  void step(const LayerView& lv, int64_t t, AttendSlotsFn fn, Measure&& measure) {
+    store_from(lv, t);
+    attend_from(lv, t, fn);
+    measure(static_cast<const Instance&>(*this), t);
+    finish_step(t);
+  }
+
+ private:
+  const Strategy& strat_;
+  InstanceContext ctx_;
+  std::vector<SlotCache> caches_;                   // [n_caches]
+  std::vector<std::unique_ptr<CodecState>> codec_;  // [n_caches]
+  std::unique_ptr<StrategyState> state_;
+  std::vector<std::vector<double>> logit_;
+  std::vector<std::vector<float>> w_, o_hat_;
+  std::vector<const float*> wptr_;
+  bool prefilled_ = false;
+};
+
+}  // namespace kvsim

@@ -1,0 +1,260 @@
+#include "sim/store/store.h"
+
+#include <sqlite3.h>
+
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+
+#include "sim/base/error.h"
+
+namespace kvsim {
+
+namespace {
+
+const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS traces(id INTEGER PRIMARY KEY, path TEXT, content_hash TEXT UNIQUE, model TEXT,
+  synthetic INTEGER, n_layers INTEGER, n_heads INTEGER, n_kv_heads INTEGER, head_dim INTEGER);
+CREATE TABLE IF NOT EXISTS configs(id INTEGER PRIMARY KEY, strategy TEXT, spec TEXT, params_json TEXT,
+  content_hash TEXT UNIQUE);
+CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, config_id INTEGER REFERENCES configs(id),
+  trace_id INTEGER REFERENCES traces(id), sequence TEXT, prefill INTEGER, stride INTEGER, n_tokens INTEGER,
+  status TEXT, error TEXT, seconds REAL, host TEXT, kvsim_version TEXT, backend TEXT, finished TEXT,
+  UNIQUE(config_id, trace_id, sequence, prefill, stride));
+CREATE TABLE IF NOT EXISTS summaries(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, layer INTEGER,
+  head INTEGER, metric TEXT, mean REAL, p5 REAL, p50 REAL, p95 REAL, worst REAL, n INTEGER,
+  PRIMARY KEY(run_id, layer, head, metric));
+CREATE TABLE IF NOT EXISTS curves(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, metric TEXT,
+  bin INTEGER, pos_lo INTEGER, pos_hi INTEGER, value REAL, PRIMARY KEY(run_id, metric, bin));
+CREATE VIEW IF NOT EXISTS results AS
+  SELECT r.id AS run_id, c.strategy, c.spec, c.params_json, t.path AS trace, t.model, r.sequence,
+         r.prefill, r.stride, s.metric, s.mean, s.p5, s.p50, s.p95, s.worst
+  FROM runs r JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id
+  JOIN summaries s ON s.run_id = r.id
+  WHERE r.status = 'done' AND s.layer = -1;
+)sql";
+
+// RAII prepared statement.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql, const std::string& path) : db_(db), path_(path) {
+    if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK)
+      throw IoError(path + ": SQL error: " + sqlite3_errmsg(db));
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt& bind(int i, int64_t v) { return check(sqlite3_bind_int64(s_, i, v)); }
+  Stmt& bind(int i, double v) { return check(sqlite3_bind_double(s_, i, v)); }
+  Stmt& bind(int i, const std::string& v) { return check(sqlite3_bind_text(s_, i, v.c_str(), -1, SQLITE_TRANSIENT)); }
+  bool step() {
+    int rc = sqlite3_step(s_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw IoError(path_ + ": SQL error: " + sqlite3_errmsg(db_));
+  }
+  void reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  int64_t col_int(int i) { return sqlite3_column_int64(s_, i); }
+  std::string col_text(int i) {
+    const unsigned char* p = sqlite3_column_text(s_, i);
+    return p ? reinterpret_cast<const char*>(p) : "";
+  }
+
+ private:
+  Stmt& check(int rc) {
+    if (rc != SQLITE_OK) throw IoError(path_ + ": SQL bind error: " + sqlite3_errmsg(db_));
+    return *this;
+  }
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+  std::string path_;
+};
+
+std::string now_iso() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+std::string content_hash_hex(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+ResultsStore::ResultsStore(const std::string& path) : path_(path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool existed = fs::exists(path, ec) && fs::file_size(path, ec) > 0;
+  fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent, ec))
+    throw UsageError(path + ": directory " + parent.string() + " does not exist");
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw IoError(path + ": cannot open results store: " + msg);
+  }
+  sqlite3_busy_timeout(db_, 120000);
+  try {
+    if (existed) {
+      // Must be a kvsim store of our schema version before we touch anything.
+      char* err = nullptr;
+      if (sqlite3_exec(db_, "SELECT count(*) FROM sqlite_master", nullptr, nullptr, &err) != SQLITE_OK) {
+        std::string m = err ? err : "?";
+        sqlite3_free(err);
+        throw FormatError(path + ": not an SQLite database (" + m + ")");
+      }
+      bool has_meta = false, has_tables = false;
+      {
+        Stmt s(db_, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", path_);
+        has_meta = s.step();
+        Stmt t(db_, "SELECT 1 FROM sqlite_master", path_);
+        has_tables = t.step();
+      }
+      // A database without any table is one whose creation was killed before the schema
+      // transaction committed (only the WAL header got written): create the schema below.
+      if (!has_meta && has_tables)
+        throw FormatError(path + ": an SQLite database but not a kvsim results store (no meta table)");
+      std::string v = std::to_string(kStoreSchemaVersion);
+      if (has_meta) {
+        Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
+        v = s.step() ? s.col_text(0) : "";
+      }
+      if (v != std::to_string(kStoreSchemaVersion))
+        throw FormatError(path + ": results store schema_version = '" + v + "' but this kvsim writes version " +
+                          std::to_string(kStoreSchemaVersion) + " (use a new --db file)");
+    }
+    exec("PRAGMA journal_mode=WAL");
+    exec("PRAGMA synchronous=NORMAL");
+    exec("PRAGMA foreign_keys=ON");
+    exec(std::string("BEGIN IMMEDIATE;") + kSchema +
+         "INSERT OR IGNORE INTO meta VALUES('schema', 'kvsim-results');"
+         "INSERT OR IGNORE INTO meta VALUES('schema_version', '" + std::to_string(kStoreSchemaVersion) + "');"
+         "INSERT OR IGNORE INTO meta VALUES('created', '" + now_iso() + "');COMMIT;");
+  } catch (...) {
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw;
+  }
+}
+
+ResultsStore::~ResultsStore() {
+  if (db_) sqlite3_close(db_);
+}
+
+void ResultsStore::exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "?";
+    sqlite3_free(err);
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw IoError(path_ + ": SQL error: " + m);
+  }
+}
+
+int64_t ResultsStore::add_trace(const StoreTrace& t) {
+  Stmt ins(db_,
+           "INSERT INTO traces(path, content_hash, model, synthetic, n_layers, n_heads, n_kv_heads, head_dim) "
+           "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(content_hash) DO UPDATE SET path=excluded.path",
+           path_);
+  ins.bind(1, t.path).bind(2, t.content_hash).bind(3, t.model).bind(4, int64_t{t.synthetic}).bind(5, t.n_layers);
+  ins.bind(6, t.n_heads).bind(7, t.n_kv_heads).bind(8, t.head_dim);
+  ins.step();
+  Stmt q(db_, "SELECT id FROM traces WHERE content_hash = ?", path_);
+  q.bind(1, t.content_hash);
+  KVSIM_ASSERT(q.step());
+  return q.col_int(0);
+}
+
+int64_t ResultsStore::add_config(const StoreConfig& c) {
+  const std::string hash = content_hash_hex(c.spec);
+  Stmt ins(db_, "INSERT OR IGNORE INTO configs(strategy, spec, params_json, content_hash) VALUES(?,?,?,?)", path_);
+  ins.bind(1, c.strategy).bind(2, c.spec).bind(3, c.params_json).bind(4, hash);
+  ins.step();
+  Stmt q(db_, "SELECT id, spec FROM configs WHERE content_hash = ?", path_);
+  q.bind(1, hash);
+  KVSIM_ASSERT(q.step());
+  if (q.col_text(1) != c.spec)
+    throw InternalError(path_ + ": configuration hash collision between '" + c.spec + "' and '" + q.col_text(1) + "'");
+  return q.col_int(0);
+}
+
+std::vector<int64_t> ResultsStore::add_configs(const std::vector<StoreConfig>& cs) {
+  std::vector<int64_t> ids;
+  ids.reserve(cs.size());
+  exec("BEGIN IMMEDIATE");
+  try {
+    for (const auto& c : cs) ids.push_back(add_config(c));
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  return ids;
+}
+
+std::set<RunKey> ResultsStore::done_runs() {
+  std::set<RunKey> out;
+  Stmt q(db_, "SELECT config_id, trace_id, sequence, prefill, stride FROM runs WHERE status = 'done'", path_);
+  while (q.step()) out.insert({q.col_int(0), q.col_int(1), q.col_text(2), q.col_int(3), q.col_int(4)});
+  return out;
+}
+
+int64_t ResultsStore::count_runs(const std::string& status) {
+  Stmt q(db_, status.empty() ? "SELECT count(*) FROM runs" : "SELECT count(*) FROM runs WHERE status = ?", path_);
+  if (!status.empty()) q.bind(1, status);
+  q.step();
+  return q.col_int(0);
+}
+
+void ResultsStore::commit_run(const StoreRun& r) {
+  exec("BEGIN IMMEDIATE");
+  try {
+    {
+      Stmt del(db_, "DELETE FROM runs WHERE config_id=? AND trace_id=? AND sequence=? AND prefill=? AND stride=?", path_);
+      del.bind(1, r.config_id).bind(2, r.trace_id).bind(3, r.sequence).bind(4, r.prefill).bind(5, r.stride);
+      del.step();
+    }
+    Stmt ins(db_,
+             "INSERT INTO runs(config_id, trace_id, sequence, prefill, stride, n_tokens, status, error, seconds, host, "
+             "kvsim_version, backend, finished) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             path_);
+    ins.bind(1, r.config_id).bind(2, r.trace_id).bind(3, r.sequence).bind(4, r.prefill).bind(5, r.stride);
+    ins.bind(6, r.n_tokens).bind(7, r.status).bind(8, r.error).bind(9, r.seconds).bind(10, r.host);
+    ins.bind(11, r.kvsim_version).bind(12, r.backend).bind(13, now_iso());
+    ins.step();
+    const int64_t run_id = sqlite3_last_insert_rowid(db_);
+    Stmt s(db_, "INSERT INTO summaries VALUES(?,?,?,?,?,?,?,?,?,?)", path_);
+    for (const auto& row : r.summaries) {
+      s.bind(1, run_id).bind(2, row.layer).bind(3, row.head).bind(4, row.metric).bind(5, row.mean).bind(6, row.p5);
+      s.bind(7, row.p50).bind(8, row.p95).bind(9, row.worst).bind(10, row.n);
+      s.step();
+      s.reset();
+    }
+    Stmt c(db_, "INSERT INTO curves VALUES(?,?,?,?,?,?)", path_);
+    for (const auto& p : r.curves) {
+      c.bind(1, run_id).bind(2, p.metric).bind(3, p.bin).bind(4, p.pos_lo).bind(5, p.pos_hi).bind(6, p.value);
+      c.step();
+      c.reset();
+    }
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+}  // namespace kvsim

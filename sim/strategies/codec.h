@@ -1,0 +1,52 @@
+// Storage codec of a strategy's slots (design.md §5 "quantization, composable with any eviction or
+// merging strategy"). The engine stores every new token through its strategy's codec, and bytes are
+// counted by it: the identity codec here (fp16 storage, values kept exactly in float32), and
+// quant / kivi / nf4 in sim/strategies/quant_codecs.h.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "sim/strategies/slot.h"
+
+namespace kvsim {
+
+// Per-cache state of a codec: which tokens are still in full precision, which were quantized.
+class CodecState {
+ public:
+  virtual ~CodecState() = default;
+  // Appends token t with key k and value v [D] to the cache, as attention will see it.
+  virtual void store(SlotCache& cache, int32_t t, const float* k, const float* v) = 0;
+  // Physical bytes of `cache` (payload at the real bit width, scales, residual windows, ...).
+  virtual double bytes(const SlotCache& cache) const = 0;
+};
+
+class Codec {
+ public:
+  virtual ~Codec() = default;
+  virtual std::string name() const = 0;
+  // State for one cache of head dim D in a sequence of T tokens. Throws UsageError when the
+  // codec's parameters do not fit D (a group that does not divide it).
+  virtual std::unique_ptr<CodecState> make_state(int64_t D, int64_t T) const = 0;
+};
+
+// fp16 payload: 2 bytes per element of key and value, no metadata. Values stay exact (the trace
+// holds the model's own numbers; rounding them would make `full` inexact).
+class IdentityCodecState final : public CodecState {
+ public:
+  void store(SlotCache& cache, int32_t t, const float* k, const float* v) override { cache.append_exact(t, k, v); }
+  double bytes(const SlotCache& cache) const override { return 2.0 * 2.0 * cache.D() * cache.size(); }
+};
+
+class IdentityCodec final : public Codec {
+ public:
+  std::string name() const override { return "identity"; }
+  std::unique_ptr<CodecState> make_state(int64_t, int64_t) const override {
+    return std::make_unique<IdentityCodecState>();
+  }
+};
+
+const Codec& identity_codec();
+
+}  // namespace kvsim

@@ -1,0 +1,95 @@
+#include "sim/strategies/evict.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+
+#include "sim/base/error.h"
+
+namespace kvsim {
+
+void EvictionParams::read(ParamReader& p, bool with_sinks, int64_t def_sinks, bool with_recent,
+                          int64_t def_recent, bool with_gqa) {
+  spec = p.spec().text;
+  bool hb = p.has("budget"), hr = p.has("ratio");
+  if (hb == hr)
+    throw UsageError("strategy '" + spec + "': give exactly one of budget=SLOTS or ratio=FRACTION_OF_T");
+  if (hb) {
+    budget = p.get_int("budget", 0);
+    if (budget <= 0) throw UsageError("strategy '" + spec + "': budget=" + std::to_string(budget) + " must be > 0");
+  } else {
+    ratio = p.get_double("ratio", 0);
+    if (!(ratio > 0 && ratio <= 1))
+      throw UsageError("strategy '" + spec + "': ratio=" + p.resolved().at("ratio") + " must be in (0, 1]");
+  }
+  if (with_sinks) {
+    sinks = p.get_int("sinks", def_sinks);
+    if (sinks < 0) throw UsageError("strategy '" + spec + "': sinks must be >= 0");
+  }
+  if (with_recent) {
+    recent = p.get_int("recent", def_recent);
+    if (recent < -1) throw UsageError("strategy '" + spec + "': recent must be >= 0");
+    if (recent == -1) p.set_resolved("recent", "budget/2");
+  }
+  if (with_gqa) gqa = parse_gqa(p.get_choice("gqa", {"mean", "max", "sum"}));
+  if (budget > 0) resolve_budget(budget);  // validates sinks + recent against a slot budget now
+}
+
+int64_t EvictionParams::resolve_budget(int64_t T) const {
+  int64_t B = budget > 0 ? budget : std::max<int64_t>(1, std::llround(ratio * static_cast<double>(T)));
+  int64_t r = resolve_recent(B);
+  if (B <= sinks + r)
+    throw UsageError("strategy '" + spec + "': budget " + std::to_string(B) + " must exceed sinks + recent = " +
+                     std::to_string(sinks) + " + " + std::to_string(r));
+  return B;
+}
+
+void evict_positions(SlotCache& cache, const std::vector<int32_t>& positions) {
+  if (positions.empty()) return;
+  std::unordered_set<int32_t> drop(positions.begin(), positions.end());
+  std::vector<uint8_t> keep(cache.size(), 1);
+  for (int64_t s = 0; s < cache.size(); ++s)
+    if (drop.count(cache.pos(s))) keep[s] = 0;
+  cache.remove_unless(keep);
+}
+
+void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j0, int64_t j1, Gqa how,
+                           std::vector<float>& rows) {
+  const int64_t G = lv.G(), D = lv.D, nq = j1 - j0;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  rows.assign(nq * P, 0.0f);
+  std::vector<double> z(P);
+  std::vector<float> per_g(G * P);
+  const float* kk = lv.k_head(kv);
+  for (int64_t j = j0; j < j1; ++j) {
+    std::fill(per_g.begin(), per_g.end(), 0.0f);
+    for (int64_t g = 0; g < G; ++g) {
+      const float* q = lv.q_head(kv * G + g) + j * D;
+      double mx = -INFINITY;
+      for (int64_t i = 0; i <= j; ++i) {
+        float d = 0;
+        for (int64_t x = 0; x < D; ++x) d += q[x] * kk[i * D + x];
+        z[i] = d * scale;
+        mx = std::max(mx, z[i]);
+      }
+      double sum = 0;
+      for (int64_t i = 0; i <= j; ++i) sum += (z[i] = std::exp(z[i] - mx));
+      for (int64_t i = 0; i <= j; ++i) per_g[g * P + i] = static_cast<float>(z[i] / sum);
+    }
+    combine_gqa(per_g.data(), G, P, how, rows.data() + (j - j0) * P);
+  }
+}
+
+void AccumulatedAttention::start(const LayerView& lv, int64_t P) {
+  KVSIM_ASSERT(lv.prompt_colsums != nullptr);
+  combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
+  for (int64_t i = 0; i < P; ++i) score_[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
+}
+
+void AccumulatedAttention::add(const SlotCache& cache, const float* attn, bool view0_only) {
+  combine_gqa(attn, G_, cache.size(), gqa_, tmp_.data());
+  for (int64_t s = 0; s < cache.size(); ++s)
+    if (!view0_only || cache.view(s) == 0) score_[static_cast<size_t>(cache.pos(s))] += tmp_[static_cast<size_t>(s)];
+}
+
+}  // namespace kvsim

@@ -1,0 +1,112 @@
+// Building blocks shared by eviction strategies: the common parameters (budget or ratio, sinks,
+// recent, gqa), protection of sinks and recent tokens, and "evict the lowest-scored slots" with the
+// one tie-break rule of design.md §3 (keep the higher score, then the lower position).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/strategies/slot.h"
+#include "sim/base/spec.h"
+#include "sim/strategies/strategy.h"
+
+namespace kvsim {
+
+struct EvictionParams {
+  int64_t budget = -1;  // slots, or -1 when given as a ratio
+  double ratio = -1;    // of the sequence length T
+  int64_t sinks = 0;    // protected first tokens
+  int64_t recent = 0;   // protected newest tokens; -1: half the budget
+  Gqa gqa = Gqa::mean;
+  std::string spec;
+
+  // Reads budget|ratio (exactly one required), and sinks / recent / gqa when `with_*`.
+  void read(ParamReader& p, bool with_sinks, int64_t def_sinks, bool with_recent, int64_t def_recent,
+            bool with_gqa);
+  // Budget in slots for a sequence of T tokens; throws UsageError if it is not > sinks + recent.
+  int64_t resolve_budget(int64_t T) const;
+  int64_t resolve_recent(int64_t B) const { return recent < 0 ? B / 2 : recent; }
+};
+
+inline bool is_protected(int32_t pos, int64_t t, int64_t sinks, int64_t recent) {
+  return pos < sinks || pos > t - recent;
+}
+
+// a is a better slot to keep than b: higher score, then lower position.
+inline bool keep_before(double sa, int32_t pa, double sb, int32_t pb) {
+  return sa > sb || (sa == sb && pa < pb);
+}
+
+// Evicts slots of `cache` until it holds at most `B`, lowest score(slot) first, never a slot with
+// is_protected(pos, t, sinks, recent). If `at_least` > size - B, evicts that many instead.
+template <class ScoreFn>
+void evict_lowest(SlotCache& cache, int64_t B, int64_t t, int64_t sinks, int64_t recent, ScoreFn score,
+                  int64_t at_least = 0);
+
+// Evicts exactly the slots whose representative positions are in `positions` (those present).
+void evict_positions(SlotCache& cache, const std::vector<int32_t>& positions);
+
+// Attention rows of prompt queries j in [j0, j1) of the G query heads of KV head kv, over keys
+// 0..j (causal), combined over G by `how`, written into rows[(j - j0) * P + i] for i <= j (0 past j).
+void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j0, int64_t j1, Gqa how,
+                           std::vector<float>& rows /* [j1 - j0, P] */);
+
+// Accumulated attention per position (h2o and kin): started from the prompt's own attention (column
+// sums over the prompt queries) and grown by each step's attention over the slots, both combined over
+// the G query heads of KV head `kv` by `gqa`. A slot's score lives at its representative position.
+class AccumulatedAttention {
+ public:
+  AccumulatedAttention(int64_t T, int64_t kv, int64_t G, Gqa gqa)
+      : kv_(kv), G_(G), gqa_(gqa), score_(static_cast<size_t>(T), 0.0), tmp_(static_cast<size_t>(T)) {}
+  // score[i] = the prompt's combined column sum, i < P (lv.prompt_colsums must be set).
+  void start(const LayerView& lv, int64_t P);
+  // Adds attn [G, n] over the slots of `cache`; only slots whose view is 0 when `view0_only`.
+  void add(const SlotCache& cache, const float* attn, bool view0_only = false);
+  double& operator[](int32_t pos) { return score_[static_cast<size_t>(pos)]; }
+  double operator[](int32_t pos) const { return score_[static_cast<size_t>(pos)]; }
+
+ private:
+  int64_t kv_, G_;
+  Gqa gqa_;
+  std::vector<double> score_;
+  std::vector<float> tmp_;
+};
+
+// ---------------------------------------------------------------------------------------------
+template <class ScoreFn>
+void evict_lowest(SlotCache& cache, int64_t B, int64_t t, int64_t sinks, int64_t recent, ScoreFn score,
+                  int64_t at_least) {
+  int64_t n_evict = std::max(cache.size() - B, at_least);
+  if (n_evict <= 0) return;
+  if (n_evict == 1) {
+    int64_t worst = -1;
+    double ws = 0;
+    for (int64_t s = 0; s < cache.size(); ++s) {
+      int32_t p = cache.pos(s);
+      if (is_protected(p, t, sinks, recent)) continue;
+      double sc = score(s);
+      if (worst < 0 || keep_before(ws, cache.pos(worst), sc, p)) worst = s, ws = sc;
+    }
+    if (worst >= 0) cache.remove(worst);
+    return;
+  }
+  struct Cand {
+    double score;
+    int32_t pos;
+    int64_t slot;
+  };
+  std::vector<Cand> c;
+  c.reserve(cache.size());
+  for (int64_t s = 0; s < cache.size(); ++s)
+    if (!is_protected(cache.pos(s), t, sinks, recent)) c.push_back({score(s), cache.pos(s), s});
+  n_evict = std::min<int64_t>(n_evict, static_cast<int64_t>(c.size()));
+  auto worse = [](const Cand& a, const Cand& b) { return keep_before(b.score, b.pos, a.score, a.pos); };
+  std::nth_element(c.begin(), c.begin() + (n_evict - 1), c.end(), worse);
+  std::vector<uint8_t> keep(cache.size(), 1);
+  for (int64_t i = 0; i < n_evict; ++i) keep[c[i].slot] = 0;
+  cache.remove_unless(keep);
+}
+
+}  // namespace kvsim

@@ -1,0 +1,31 @@
+// Storage codecs for cache slots (design.md §5): quant, kivi, nf4. A codec composes with any
+// eviction or merging strategy (`h2o:budget=256+kivi:bits=2`); alone (`kivi:bits=2`) it composes
+// with `full`. Per cache, a CodecState keeps the newest tokens in fp16 until a quantization group
+// is complete, then replaces their slots' keys and values with the dequantized ones (so attention
+// and every metric see the quantization error) and marks them inexact.
+//
+// Byte accounting (`bytes`, per cache, keys and values): fp16 slots (the residual window and
+// merged slots) 2 bytes per element; quantized slots the payload at its bit width plus their
+// share of the group's parameters (fp16 scale + fp16 min per group for quant and kivi, fp32 absmax
+// per 64-block for nf4, or an int8 absmax plus an fp32 scale per 256 blocks with dq=1, and one
+// fp32 mean per cache). A group whose members were partly evicted is counted by its remaining
+// members' share.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <vector>
+#include <string>
+
+#include "sim/strategies/codec.h"
+#include "sim/base/spec.h"
+
+namespace kvsim {
+
+// Builds the codec of a spec (`quant:bits=4,axis=channel`, `kivi:bits=2`, `nf4:dq=1`), or throws
+// UsageError naming the valid codecs / parameters.
+std::unique_ptr<Codec> make_codec(const StrategySpec& spec, std::map<std::string, std::string>* resolved = nullptr);
+bool is_codec_name(const std::string& name);
+std::vector<std::string> codec_names();
+
+}  // namespace kvsim

@@ -1,0 +1,28 @@
+// Factories of the built-in strategies, one file each (sim/strategies/NAME.cpp), registered in
+// sim/strategies/strategy.cpp. Each reads its parameters from the ParamReader; unknown ones are rejected there.
+#pragma once
+
+#include <memory>
+
+#include "sim/base/spec.h"
+#include "sim/strategies/strategy.h"
+
+namespace kvsim {
+
+std::unique_ptr<Strategy> make_full(ParamReader& p);
+std::unique_ptr<Strategy> make_window(ParamReader& p);
+std::unique_ptr<Strategy> make_streaming(ParamReader& p);
+std::unique_ptr<Strategy> make_h2o(ParamReader& p);
+std::unique_ptr<Strategy> make_tova(ParamReader& p);
+std::unique_ptr<Strategy> make_scissorhands(ParamReader& p);
+std::unique_ptr<Strategy> make_snapkv(ParamReader& p);
+std::unique_ptr<Strategy> make_pyramidkv(ParamReader& p);
+std::unique_ptr<Strategy> make_knorm(ParamReader& p);
+std::unique_ptr<Strategy> make_random(ParamReader& p);
+std::unique_ptr<Strategy> make_entropy_merge(ParamReader& p);
+std::unique_ptr<Strategy> make_cam(ParamReader& p);
+std::unique_ptr<Strategy> make_cms_topk(ParamReader& p);
+std::unique_ptr<Strategy> make_kvmerger(ParamReader& p);
+std::unique_ptr<Strategy> make_cms_aggregate(ParamReader& p);
+
+}  // namespace kvsim

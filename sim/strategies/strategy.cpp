@@ -1,0 +1,130 @@
+#include "sim/strategies/strategy.h"
+
+#include <algorithm>
+#include <functional>
+
+#include "sim/base/error.h"
+#include "sim/strategies/quant_codecs.h"
+#include "sim/strategies/registry.h"
+
+namespace kvsim {
+
+const Codec& identity_codec() {
+  static const IdentityCodec c;
+  return c;
+}
+
+Gqa parse_gqa(const std::string& s) {
+  if (s == "mean") return Gqa::mean;
+  if (s == "max") return Gqa::max;
+  if (s == "sum") return Gqa::sum;
+  throw UsageError("gqa=" + s + " is not one of mean, max, sum");
+}
+
+void combine_gqa(const float* w, int64_t G, int64_t n, Gqa how, float* out) {
+  for (int64_t s = 0; s < n; ++s) {
+    float acc = how == Gqa::max ? w[s] : 0.0f;
+    for (int64_t g = 0; g < G; ++g) {
+      float x = w[g * n + s];
+      if (how == Gqa::max)
+        acc = std::max(acc, x);
+      else
+        acc += x;
+    }
+    out[s] = how == Gqa::mean ? acc / static_cast<float>(G) : acc;
+  }
+}
+
+namespace {
+using Factory = std::unique_ptr<Strategy> (*)(ParamReader&);
+const std::vector<std::pair<std::string, Factory>>& registry() {
+  static const std::vector<std::pair<std::string, Factory>> r = {
+      {"full", make_full},       {"window", make_window},   {"streaming", make_streaming},
+      {"h2o", make_h2o},         {"tova", make_tova},       {"scissorhands", make_scissorhands},
+      {"snapkv", make_snapkv},   {"pyramidkv", make_pyramidkv}, {"knorm", make_knorm},
+      {"random", make_random},   {"entropy_merge", make_entropy_merge},
+      {"cam", make_cam},         {"cms_topk", make_cms_topk},
+      {"kvmerger", make_kvmerger}, {"cms_aggregate", make_cms_aggregate},
+  };
+  return r;
+}
+}  // namespace
+
+std::vector<std::string> strategy_names() {
+  std::vector<std::string> n;
+  for (const auto& [name, f] : registry()) n.push_back(name);
+  return n;
+}
+
+std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
+  for (const auto& [name, factory] : registry()) {
+    if (name != spec.name) continue;
+    ParamReader p(spec);
+    auto s = factory(p);
+    p.finish();
+    return s;
+  }
+  std::string list, codecs;
+  for (const auto& n : strategy_names()) list += (list.empty() ? "" : ", ") + n;
+  for (const auto& n : codec_names()) codecs += (codecs.empty() ? "" : ", ") + n;
+  throw UsageError("unknown strategy '" + spec.name + "' (valid: " + list + "; codecs: " + codecs + ")");
+}
+
+namespace {
+
+// A strategy whose slots are stored through a codec: everything but the codec comes from `base`.
+class Composed final : public Strategy {
+ public:
+  Composed(std::unique_ptr<Strategy> base, std::unique_ptr<Codec> codec, const std::string& text,
+           const std::map<std::string, std::string>& codec_params)
+      : base_(std::move(base)), codec_(std::move(codec)) {
+    name_ = base_->name() + "+" + codec_->name();
+    spec_text_ = text;
+    params_ = base_->params();
+    for (const auto& [k, v] : codec_params) params_[codec_->name() + "." + k] = v;
+  }
+  bool layer_coupled() const override { return base_->layer_coupled(); }
+  bool needs_prompt_colsums() const override { return base_->needs_prompt_colsums(); }
+  bool needs_entropy() const override { return base_->needs_entropy(); }
+  const Codec& codec() const override { return *codec_; }
+  std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
+    return base_->make_state(ctx);
+  }
+
+ private:
+  std::unique_ptr<Strategy> base_;
+  std::unique_ptr<Codec> codec_;
+};
+
+}  // namespace
+
+std::unique_ptr<Strategy> make_strategy(const std::string& spec_text) {
+  // "strategy[:params]+codec[:params]", "codec[:params]" (= full + codec), or "strategy[:params]".
+  const size_t plus = spec_text.find('+');
+  std::string base_text = spec_text, codec_text;
+  if (plus != std::string::npos) {
+    base_text = spec_text.substr(0, plus);
+    codec_text = spec_text.substr(plus + 1);
+    if (codec_text.find('+') != std::string::npos)
+      throw UsageError("'" + spec_text + "': a strategy composes with one codec at most (strategy+codec)");
+  }
+  StrategySpec base = parse_spec(base_text);
+  if (is_codec_name(base.name)) {
+    if (!codec_text.empty())
+      throw UsageError("'" + spec_text + "': two codecs cannot be composed ('" + base.name + "' is a codec)");
+    codec_text = base_text;
+    base = parse_spec("full");
+  }
+  if (codec_text.empty()) return make_strategy(base);
+  StrategySpec cs = parse_spec(codec_text);
+  if (!is_codec_name(cs.name)) {
+    std::string list;
+    for (const auto& n : codec_names()) list += (list.empty() ? "" : ", ") + n;
+    throw UsageError("'" + spec_text + "': '" + cs.name + "' after '+' is not a codec (valid: " + list + ")");
+  }
+  std::map<std::string, std::string> codec_params;
+  auto codec = make_codec(cs, &codec_params);
+  return std::make_unique<Composed>(make_strategy(base), std::move(codec), spec_text, codec_params);
+}
+
+}  // namespace kvsim

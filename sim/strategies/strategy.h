@@ -1,0 +1,102 @@
+// The strategy interface (design.md §3, §5). A `Strategy` is one configured strategy, immutable
+// and shared by all instances and threads; `make_state` creates the mutable state of one instance:
+// one (layer, KV head), or one whole layer for layer-coupled strategies (tova), which then manage
+// Hkv caches at once. The engine drives an instance through
+//     prefill -> for t = P..T-1: [append via codec] -> [attend, measure] -> observe -> evict
+// and hands it plain data only (LayerView), so the same code can run inside a model runner.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "sim/strategies/codec.h"
+#include "sim/strategies/slot.h"
+#include "sim/base/spec.h"
+
+namespace kvsim {
+
+// How per-query-head attention is combined into one per-KV-head score (design.md §3).
+enum class Gqa { mean, max, sum };
+Gqa parse_gqa(const std::string& s);
+// out[s] = combine over g of w[g * n + s].
+void combine_gqa(const float* w,  // [G, n]
+                 int64_t G, int64_t n, Gqa how, float* out /* [n] */);
+
+// Plain data of one layer of one sequence (prefix 0..T-1 of the tokens). A strategy reads q, k, v
+// and prompt_colsums of the prompt (positions < P) in prefill only, and the per-token k_norm and
+// entropy of token t from step t on, never ahead: inside the model runner (traces/model/
+// strategy_cache.h) these arrays are filled as the tokens arrive.
+struct LayerView {
+  int64_t H = 0, Hkv = 0, T = 0, D = 0;
+  const float* q = nullptr;       // [H, T, D] after RoPE
+  const float* k = nullptr;       // [Hkv, T, D] after RoPE
+  const float* v = nullptr;       // [Hkv, T, D]
+  const float* k_norm = nullptr;  // [Hkv, T] L2 norm of each key
+  // Column sums of the prompt's exact causal attention: colsum[h, i] = sum_{j=i}^{P-1} P_j,i for
+  // query head h, or nullptr when no strategy asked for them (Strategy::needs_prompt_colsums()).
+  const float* prompt_colsums = nullptr;  // [H, P]
+  // Entropy (nats) of each query's exact attention row over 0..t, from the reference statistics.
+  const float* entropy = nullptr;  // [H, T]
+  int64_t G() const { return H / Hkv; }
+  const float* q_head(int64_t h) const { return q + h * T * D; }
+  const float* k_head(int64_t kv) const { return k + kv * T * D; }
+  const float* v_head(int64_t kv) const { return v + kv * T * D; }
+};
+
+struct InstanceContext {
+  int64_t layer = 0, n_layers = 1;
+  int64_t kv0 = 0;      // first KV head of this instance
+  int64_t n_caches = 1; // 1, or Hkv for a layer-coupled strategy
+  int64_t T = 0, P = 0, D = 0, G = 1;
+  uint64_t seed = 0;
+};
+
+class StrategyState {
+ public:
+  virtual ~StrategyState() = default;
+  // caches[c] (KV head kv0 + c) holds tokens 0..P-1 exactly; compress to the budget.
+  virtual void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) = 0;
+  // attn[c] is the compressed attention [G, n_c] of step t over the slots of caches[c], where
+  // slot s of cache c has position caches[c].pos(s). Called every step, evaluated or not.
+  virtual void observe(std::span<const SlotCache> caches, std::span<const float* const> attn, int64_t t) {
+    (void)caches, (void)attn, (void)t;
+  }
+  // Reduce every cache to at most its budget.
+  virtual void evict(std::span<SlotCache> caches, int64_t t) = 0;
+  // Bytes of the strategy's own state for cache c (scores, counters), counted in `bytes`.
+  virtual double state_bytes(int64_t c) const { (void)c; return 0; }
+};
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  const std::string& name() const { return name_; }
+  const std::string& spec_text() const { return spec_text_; }
+  // Every parameter with its resolved value (defaults filled in).
+  const std::map<std::string, std::string>& params() const { return params_; }
+  virtual bool layer_coupled() const { return false; }
+  virtual bool needs_prompt_colsums() const { return false; }
+  // Reads LayerView::entropy (the model runner then computes each decode token's exact row entropy).
+  virtual bool needs_entropy() const { return false; }
+  virtual const Codec& codec() const { return identity_codec(); }
+  virtual std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const = 0;
+
+ protected:
+  void set_identity(const ParamReader& p) {
+    name_ = p.spec().name;
+    spec_text_ = p.spec().text;
+    params_ = p.resolved();
+  }
+  std::string name_, spec_text_;
+  std::map<std::string, std::string> params_;
+};
+
+// Parses a spec and builds the strategy; UsageError lists valid names / parameters.
+std::unique_ptr<Strategy> make_strategy(const std::string& spec_text);
+std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec);
+std::vector<std::string> strategy_names();
+
+}  // namespace kvsim
