@@ -134,7 +134,7 @@ class CmsAggregateState final : public StrategyState {
 class CmsAggregate final : public Strategy {
  public:
   explicit CmsAggregate(ParamReader& p) {
-    ep_.read(p, true, 4, true, -1, true);
+    ep_.read(p, {.sinks = 4, .recent = -1, .gqa = true});
     ap_.width = p.get_int("width", 16, "buckets per sketch row (w)");
     ap_.depth = p.get_int("depth", 2, "sketch rows (d): attention views averaged");
     ap_.seed = static_cast<uint64_t>(p.get_int("seed", 0, "hash seed"));

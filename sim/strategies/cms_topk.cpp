@@ -49,7 +49,7 @@ class CmsTopkState final : public StrategyState {
 class CmsTopk final : public Strategy {
  public:
   explicit CmsTopk(ParamReader& p) {
-    ep_.read(p, true, 0, true, -1, true);
+    ep_.read(p, {.sinks = 0, .recent = -1, .gqa = true});
     width_ = p.get_int("width", 256, "sketch width w (counters per row)");
     depth_ = p.get_int("depth", 4, "sketch depth d (rows, independent hashes)");
     seed_ = static_cast<uint64_t>(p.get_int("seed", 0, "hash seed"));

@@ -92,7 +92,7 @@ class EntropyMergeState final : public StrategyState {
 class EntropyMerge final : public Strategy {
  public:
   explicit EntropyMerge(ParamReader& p) {
-    ep_.read(p, true, 4, true, 8, true);
+    ep_.read(p, {.sinks = 4, .recent = 8, .gqa = true});
     rule_.sinks = ep_.sinks;
     rule_.recent = ep_.recent;
     rule_.threshold = p.get_double("threshold", 0.5, "normalized entropy at or above which a token is mergeable");

@@ -8,8 +8,7 @@
 
 namespace kvsim {
 
-void EvictionParams::read(ParamReader& p, bool with_sinks, int64_t def_sinks, bool with_recent,
-                          int64_t def_recent, bool with_gqa) {
+void EvictionParams::read(ParamReader& p, const EvictionParamDefaults& takes) {
   spec = p.spec().text;
   bool hb = p.has("budget"), hr = p.has("ratio");
   if (hb == hr)
@@ -22,16 +21,16 @@ void EvictionParams::read(ParamReader& p, bool with_sinks, int64_t def_sinks, bo
     if (!(ratio > 0 && ratio <= 1))
       throw UsageError("strategy '" + spec + "': ratio=" + p.resolved().at("ratio") + " must be in (0, 1]");
   }
-  if (with_sinks) {
-    sinks = p.get_int("sinks", def_sinks);
+  if (takes.sinks) {
+    sinks = p.get_int("sinks", *takes.sinks);
     if (sinks < 0) throw UsageError("strategy '" + spec + "': sinks must be >= 0");
   }
-  if (with_recent) {
-    recent = p.get_int("recent", def_recent);
+  if (takes.recent) {
+    recent = p.get_int("recent", *takes.recent);
     if (recent < -1) throw UsageError("strategy '" + spec + "': recent must be >= 0");
     if (recent == -1) p.set_resolved("recent", "budget/2");
   }
-  if (with_gqa) gqa = parse_gqa(p.get_choice("gqa", {"mean", "max", "sum"}));
+  if (takes.gqa) gqa = parse_gqa(p.get_choice("gqa", {"mean", "max", "sum"}));
   if (budget > 0) resolve_budget(budget);  // validates sinks + recent against a slot budget now
 }
 

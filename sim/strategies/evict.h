@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,14 @@
 
 namespace kvsim {
 
+// The common eviction parameters a strategy takes, with its defaults (EvictionParams::read). An
+// empty default means the strategy does not take that parameter (giving it is then an error).
+struct EvictionParamDefaults {
+  std::optional<int64_t> sinks;   // `sinks`: protected first tokens
+  std::optional<int64_t> recent;  // `recent`: protected newest tokens (-1: half the budget)
+  bool gqa = false;               // `gqa = mean | max | sum`
+};
+
 struct EvictionParams {
   int64_t budget = -1;  // slots, or -1 when given as a ratio
   double ratio = -1;    // of the sequence length T
@@ -22,9 +31,9 @@ struct EvictionParams {
   Gqa gqa = Gqa::mean;
   std::string spec;
 
-  // Reads budget|ratio (exactly one required), and sinks / recent / gqa when `with_*`.
-  void read(ParamReader& p, bool with_sinks, int64_t def_sinks, bool with_recent, int64_t def_recent,
-            bool with_gqa);
+  // Reads budget|ratio (exactly one required), and sinks / recent / gqa where `takes` has them:
+  // read(p, {.sinks = 4, .recent = -1, .gqa = true}).
+  void read(ParamReader& p, const EvictionParamDefaults& takes);
   // Budget in slots for a sequence of T tokens; throws UsageError if it is not > sinks + recent.
   int64_t resolve_budget(int64_t T) const;
   int64_t resolve_recent(int64_t B) const { return recent < 0 ? B / 2 : recent; }

@@ -57,7 +57,7 @@ class H2oState final : public StrategyState {
 class H2o final : public Strategy {
  public:
   explicit H2o(ParamReader& p) {
-    ep_.read(p, true, 0, true, -1, true);
+    ep_.read(p, {.sinks = 0, .recent = -1, .gqa = true});
     mean_ = p.get_choice("norm", {"sum", "mean"}) == "mean";
     set_identity(p);
   }

@@ -27,7 +27,7 @@ class KnormState final : public StrategyState {
 class Knorm final : public Strategy {
  public:
   explicit Knorm(ParamReader& p) {
-    ep_.read(p, true, 0, true, 0, false);
+    ep_.read(p, {.sinks = 0, .recent = 0, .gqa = false});
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {

@@ -139,7 +139,7 @@ class KvMergerState final : public StrategyState {
 class KvMerger final : public Strategy {
  public:
   explicit KvMerger(ParamReader& p) {
-    ep_.read(p, true, 4, true, 8, true);
+    ep_.read(p, {.sinks = 4, .recent = 8, .gqa = true});
     mp_.threshold = p.get_double("threshold", 0.8, "key cosine similarity at or above which adjacent slots cluster");
     if (!(mp_.threshold >= -1 && mp_.threshold <= 1))
       throw UsageError("kvmerger: threshold=" + std::to_string(mp_.threshold) + " must be in [-1, 1]");

@@ -34,7 +34,7 @@ class RandomState final : public StrategyState {
 class Random final : public Strategy {
  public:
   explicit Random(ParamReader& p) {
-    ep_.read(p, true, 0, true, 0, false);
+    ep_.read(p, {.sinks = 0, .recent = 0, .gqa = false});
     seed_ = static_cast<uint64_t>(p.get_int("seed", 0));
     set_identity(p);
   }

@@ -72,7 +72,7 @@ class ScissorhandsState final : public StrategyState {
 class Scissorhands final : public Strategy {
  public:
   explicit Scissorhands(ParamReader& p) {
-    ep_.read(p, true, 0, true, 10, true);
+    ep_.read(p, {.sinks = 0, .recent = 10, .gqa = true});
     history_ = p.get_int("history", 400);
     drop_ = p.get_double("drop", 0.4);
     if (history_ <= 0) throw UsageError("strategy '" + p.spec().text + "': history must be > 0");

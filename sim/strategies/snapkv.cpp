@@ -69,7 +69,7 @@ class SnapkvState final : public StrategyState {
 class Snapkv final : public Strategy {
  public:
   Snapkv(ParamReader& p, bool pyramid) : pyramid_(pyramid) {
-    ep_.read(p, false, 0, false, 0, true);
+    ep_.read(p, {.sinks = {}, .recent = {}, .gqa = true});
     window_ = p.get_int("window", 32);
     kernel_ = p.get_int("kernel", 7);
     max_pool_ = p.get_choice("pool", {"max", "avg"}) == "max";

@@ -26,10 +26,10 @@ class Streaming final : public Strategy {
     if (prefix_) {
       block_ = p.get_int("block", -1);
       if (block_ == -1) p.set_resolved("block", "budget/2");
-      ep_.read(p, false, 0, false, 0, false);
+      ep_.read(p, {});
       if (block_ == 0 || block_ < -1) throw UsageError("strategy '" + p.spec().text + "': block must be > 0");
     } else {
-      ep_.read(p, true, 4, false, 0, false);
+      ep_.read(p, {.sinks = 4, .recent = {}, .gqa = false});
     }
     set_identity(p);
   }

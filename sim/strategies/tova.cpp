@@ -69,7 +69,7 @@ class TovaState final : public StrategyState {
 class Tova final : public Strategy {
  public:
   explicit Tova(ParamReader& p) {
-    ep_.read(p, true, 0, true, 0, false);
+    ep_.read(p, {.sinks = 0, .recent = 0, .gqa = false});
     set_identity(p);
   }
   bool layer_coupled() const override { return true; }

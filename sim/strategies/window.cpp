@@ -20,7 +20,7 @@ class WindowState final : public StrategyState {
 class Window final : public Strategy {
  public:
   explicit Window(ParamReader& p) {
-    ep_.read(p, false, 0, false, 0, false);
+    ep_.read(p, {});
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
