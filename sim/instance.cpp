@@ -9,12 +9,13 @@ namespace kvsim {
 int64_t instances_per_layer(const Strategy& s, int64_t Hkv) { return s.layer_coupled() ? 1 : Hkv; }
 
 InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T,
-                             int64_t P) {
+                             int64_t P, Protocol protocol) {
   InstanceContext ctx;
   ctx.layer = layer, ctx.n_layers = shape.L;
   ctx.kv0 = s.layer_coupled() ? 0 : i;
   ctx.n_caches = s.layer_coupled() ? shape.Hkv : 1;
   ctx.T = T, ctx.P = P, ctx.D = shape.D, ctx.G = shape.G();
+  ctx.protocol = protocol;
   return ctx;
 }
 
@@ -23,10 +24,17 @@ void check_prefill(int64_t T, int64_t P) {
     throw UsageError("prefill P = " + std::to_string(P) + " must satisfy 1 <= P < T = " + std::to_string(T));
 }
 
-void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P) {
+void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P, Protocol protocol) {
   check_prefill(T, P);
+  if (s.is_selector() && protocol != Protocol::sparse)
+    throw UsageError("strategy '" + s.spec_text() + "' is a query-aware selector: it runs under --protocol sparse, not " +
+                     protocol_name(protocol));
+  if (!s.is_selector() && protocol == Protocol::sparse)
+    throw UsageError("strategy '" + s.spec_text() +
+                     "' evicts or merges: it runs under --protocol evict or prefill; --protocol sparse takes a "
+                     "selector (oracle_topk, ...)");
   for (int64_t l = 0; l < shape.L; ++l)  // per-layer budgets (pyramidkv) fail here, not mid-run
-    (void)s.make_state(make_context(s, shape, l, 0, T, P));
+    (void)s.make_state(make_context(s, shape, l, 0, T, P, protocol));
   (void)s.codec().make_state(shape.D, T);  // a codec group that does not fit D fails here, not in a thread
 }
 
@@ -39,6 +47,13 @@ Instance::Instance(const Strategy& s, const InstanceContext& ctx) : strat_(s), c
   state_ = s.make_state(ctx);
   logit_.resize(caches_.size()), w_.resize(caches_.size()), wptr_.assign(caches_.size(), nullptr);
   o_hat_.assign(caches_.size(), std::vector<float>(static_cast<size_t>(ctx.G * ctx.D)));
+  if (sparse()) {
+    const auto per_cache = [&](auto v) { return decltype(v)(static_cast<size_t>(ctx.G)); };
+    sel_.assign(caches_.size(), per_cache(std::vector<Selection>{}));
+    read_.assign(caches_.size(), per_cache(std::vector<SlotCache>{}));
+    read_logit_.assign(caches_.size(), per_cache(std::vector<std::vector<double>>{}));
+    read_w_.assign(caches_.size(), per_cache(std::vector<std::vector<float>>{}));
+  }
 }
 
 void Instance::store(int64_t c, int64_t t, const float* k, const float* v) {
@@ -57,20 +72,61 @@ void Instance::prepare_attention(int64_t c) {
   wptr_[c] = w_[c].data();
 }
 
-void Instance::attend(int64_t c, AttendSlotsFn fn, const float* q, int64_t q_stride, float* o) {
-  prepare_attention(c);
-  fn(q, q_stride, ctx_.G, ctx_.D, caches_[c].slots_view(), logit_[c].data(), w_[c].data(), o ? o : o_hat_[c].data());
+void Instance::attend(int64_t c, int64_t t, AttendSlotsFn fn, const float* q, int64_t q_stride, float* o) {
+  float* out = o ? o : o_hat_[c].data();
+  if (!sparse()) {
+    prepare_attention(c);
+    fn(q, q_stride, ctx_.G, ctx_.D, caches_[c].slots_view(), logit_[c].data(), w_[c].data(), out);
+    return;
+  }
+  state_->select(caches_[c], c, q, q_stride, t, sel_[c]);
+  for (int64_t g = 0; g < ctx_.G; ++g) {
+    const Selection& sel = sel_[c][g];
+    KVSIM_ASSERT(!sel.empty());
+    SlotCache& r = read_[c][g];
+    r.assign_subset(caches_[c], sel.data(), static_cast<int64_t>(sel.size()));
+    read_logit_[c][g].resize(sel.size()), read_w_[c][g].resize(sel.size());
+    fn(q + g * q_stride, q_stride, 1, ctx_.D, r.slots_view(), read_logit_[c][g].data(), read_w_[c][g].data(),
+       out + g * ctx_.D);
+  }
+}
+
+const double* Instance::logit(int64_t c, int64_t g) const {
+  return sparse() ? read_logit_[c][g].data() : logit_[c].data() + g * caches_[c].size();
+}
+
+const float* Instance::weights(int64_t c, int64_t g) const {
+  return sparse() ? read_w_[c][g].data() : w_[c].data() + g * caches_[c].size();
 }
 
 void Instance::finish_step(int64_t t) { finish_step(t, wptr_); }
 
 void Instance::finish_step(int64_t t, std::span<const float* const> attn) {
   KVSIM_ASSERT(prefilled_ && static_cast<int64_t>(attn.size()) == ctx_.n_caches);
+  if (ctx_.protocol != Protocol::evict) return;  // prefill: the cut was the only one; sparse: none
   state_->observe(caches(), attn, t);
   state_->evict(caches_, t);
 }
 
-double Instance::bytes(int64_t c) const { return codec_[c]->bytes(caches_[c]) + state_->state_bytes(c); }
+double Instance::bytes(int64_t c) const {
+  const double held = codec_[c]->bytes(caches_[c]);
+  if (ctx_.protocol == Protocol::prefill && prefilled_) return held + state_->frozen_state_bytes(c);
+  return held + state_->state_bytes(c);
+}
+
+double Instance::read_bytes(int64_t c) const {
+  const double held = codec_[c]->bytes(caches_[c]);
+  if (!sparse()) return held;
+  // The union of the G query heads' selections is loaded once per KV head; each slot read costs
+  // its share of what the codec holds (exact for fp16 slots, the average for quantized ones).
+  std::vector<uint8_t> read(static_cast<size_t>(caches_[c].size()), 0);
+  int64_t n_read = 0;
+  for (const Selection& sel : sel_[c])
+    for (int32_t s : sel)
+      if (!read[s]) read[s] = 1, ++n_read;
+  const double slots = held * static_cast<double>(n_read) / static_cast<double>(caches_[c].size());
+  return slots + state_->metadata_read_bytes(caches_[c], c, sel_[c]);
+}
 
 void Instance::prefill_from(const LayerView& lv) {
   for (int64_t c = 0; c < ctx_.n_caches; ++c)
@@ -85,7 +141,7 @@ void Instance::store_from(const LayerView& lv, int64_t t) {
 
 void Instance::attend_from(const LayerView& lv, int64_t t, AttendSlotsFn fn) {
   for (int64_t c = 0; c < ctx_.n_caches; ++c)
-    attend(c, fn, lv.q_head((ctx_.kv0 + c) * ctx_.G) + t * ctx_.D, lv.T * ctx_.D);
+    attend(c, t, fn, lv.q_head((ctx_.kv0 + c) * ctx_.G) + t * ctx_.D, lv.T * ctx_.D);
 }
 
 }  // namespace kvsim

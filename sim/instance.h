@@ -4,6 +4,9 @@
 //   prefill: store tokens 0..P-1 through the codec -> strategy.prefill
 //   step t:  store token t through the codec -> attend (G query heads per cache) -> [measure]
 //            -> observe -> evict
+// under one of three protocols (sim/strategies/strategy.h, Protocol): evict (A, as above), prefill
+// (B: the cut at prefill is the only one; no observe or evict after it) and sparse (C: a selector
+// picks the slots each query head reads; nothing is evicted).
 // Every caller drives this class and nothing else: the offline replay (sim/replay.cpp, with the
 // metrics as its measuring hook), the live model runner (traces/model/strategy_cache.cpp, whose
 // tokens and queries arrive one KV head at a time) and the tests (tests/sim_test_util.h).
@@ -31,12 +34,14 @@ int64_t instances_per_layer(const Strategy& s, int64_t Hkv);
 // The context of instance `i` (< instances_per_layer) of `layer`, on a sequence of T tokens with
 // prefill P (seed 0).
 InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T,
-                             int64_t P);
+                             int64_t P, Protocol protocol = Protocol::evict);
 // UsageError unless 1 <= P < T.
 void check_prefill(int64_t T, int64_t P);
 // UsageError when `s` cannot run on T tokens with prefill P: P out of range, a budget that does not
-// fit some layer (per-layer budgets), a codec group that does not divide D. Call before any work.
-void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P);
+// fit some layer (per-layer budgets), a codec group that does not divide D, a selector outside
+// protocol sparse or a cache strategy inside it. Call before any work.
+void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P,
+                Protocol protocol = Protocol::evict);
 // design.md §4 `ratio`: bytes over those of an fp16 full cache of t + 1 tokens (key and value).
 inline double cache_ratio(double bytes, int64_t D, int64_t t) {
   return bytes / (4.0 * static_cast<double>(D) * static_cast<double>(t + 1));
@@ -59,32 +64,42 @@ class Instance {
   // plain data as strategy.h describes (the prompt's q, k, v; k_norm, entropy, colsums).
   void prefill(const LayerView& lv);
 
-  // Attention of the G query heads of cache c over its slots (design.md §3 step b): rows g of q at
-  // q + g * q_stride; o_hat [G, D] into `o` (the instance's own buffer when null).
-  void attend(int64_t c, AttendSlotsFn fn, const float* q, int64_t q_stride, float* o = nullptr);
-  // For attention computed elsewhere (the cuda batch): sizes cache c's buffers to its slots; the
-  // caller fills logit(c), weights(c) and o_hat(c).
+  // Attention of the G query heads of cache c at step t (design.md §3 step b): rows g of q at
+  // q + g * q_stride; o_hat [G, D] into `o` (the instance's own buffer when null). Under protocol
+  // sparse each query head attends over the slots its selector picked (attended(c, g)).
+  void attend(int64_t c, int64_t t, AttendSlotsFn fn, const float* q, int64_t q_stride, float* o = nullptr);
+  // For attention computed elsewhere (the cuda batch, protocols evict and prefill): sizes cache c's
+  // buffers to its slots; the caller fills logit(c), weights(c) and o_hat(c).
   void prepare_attention(int64_t c);
-  const double* logit(int64_t c) const { return logit_[c].data(); }  // [G, n]
-  const float* weights(int64_t c) const { return w_[c].data(); }     // [G, n]
-  const float* o_hat(int64_t c) const { return o_hat_[c].data(); }   // [G, D]
   double* logit(int64_t c) { return logit_[c].data(); }
   float* weights(int64_t c) { return w_[c].data(); }
   float* o_hat(int64_t c) { return o_hat_[c].data(); }
+  // What query head g of cache c attended over at this step (the cache itself, or under protocol
+  // sparse the slots it read, in selection order) with its logits and weights [n_g] and output [D].
+  const SlotCache& attended(int64_t c, int64_t g) const { return sparse() ? read_[c][g] : caches_[c]; }
+  const double* logit(int64_t c, int64_t g) const;
+  const float* weights(int64_t c, int64_t g) const;
+  const float* o_hat(int64_t c) const { return o_hat_[c].data(); }  // [G, D]
+  const float* weights(int64_t c) const { return w_[c].data(); }    // [G, n] (protocols evict, prefill)
 
   // The strategy observes this step's weights over its slots (design.md §3 step c), then evicts
   // back to its budget (step d). The second form observes weights given by the caller.
   void finish_step(int64_t t);
   void finish_step(int64_t t, std::span<const float* const> attn);
 
-  // Physical bytes of cache c now: the codec's payload and metadata plus the strategy's state.
+  // Physical bytes of cache c now: the codec's payload and metadata plus the strategy's state (its
+  // frozen part after the cut under protocol prefill; the selector's metadata under sparse).
   double bytes(int64_t c) const;
+  // Bytes this step's attention read from cache c: everything the codec holds (evict, prefill), or
+  // the selector's metadata and the selected slots (sparse).
+  double read_bytes(int64_t c) const;
 
   // The protocol on data laid out as a LayerView (offline replay, tests): cache c stores KV head
   // kv0 + c, query head h = (kv0 + c) * G + g attends with row t of lv.q_head(h).
   void prefill_from(const LayerView& lv);
   void store_from(const LayerView& lv, int64_t t);
   void attend_from(const LayerView& lv, int64_t t, AttendSlotsFn fn);
+  bool sparse() const { return ctx_.protocol == Protocol::sparse; }
   // store -> attend -> measure(*this, t) -> observe -> evict.
   template <class Measure>
   void step(const LayerView& lv, int64_t t, AttendSlotsFn fn, Measure&& measure) {
@@ -103,6 +118,11 @@ class Instance {
   std::vector<std::vector<double>> logit_;
   std::vector<std::vector<float>> w_, o_hat_;
   std::vector<const float*> wptr_;
+  // Protocol sparse, per cache and query head: the selection, the slots read and their attention.
+  std::vector<std::vector<Selection>> sel_;
+  std::vector<std::vector<SlotCache>> read_;
+  std::vector<std::vector<std::vector<double>>> read_logit_;
+  std::vector<std::vector<std::vector<float>>> read_w_;
   bool prefilled_ = false;
 };
 

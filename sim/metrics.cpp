@@ -12,7 +12,8 @@ namespace kvsim {
 namespace {
 const char* const kNames[kNumMetrics] = {"out_cos",       "out_rel_l2",    "mass",      "kl",
                                          "tv",            "topk8_recall",  "topk32_recall", "logit_rel_err",
-                                         "k_rel_err",     "v_rel_err",     "bytes",     "ratio"};
+                                         "k_rel_err",     "v_rel_err",     "bytes",     "ratio",
+                                         "read_bytes",    "read_ratio"};
 }
 
 const char* metric_name(int m) { return kNames[m]; }

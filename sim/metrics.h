@@ -12,9 +12,11 @@
 namespace kvsim {
 
 enum class Metric : int {
-  out_cos, out_rel_l2, mass, kl, tv, topk8_recall, topk32_recall, logit_rel_err, k_rel_err, v_rel_err, bytes, ratio
+  out_cos, out_rel_l2, mass, kl, tv, topk8_recall, topk32_recall, logit_rel_err, k_rel_err, v_rel_err, bytes, ratio,
+  read_bytes,  // bytes the step's attention read (bytes held under protocols evict, prefill; a subset under sparse)
+  read_ratio   // read_bytes / bytes of an fp16 full cache of t + 1 tokens
 };
-inline constexpr int kNumMetrics = 12;
+inline constexpr int kNumMetrics = 14;
 const char* metric_name(Metric m);
 const char* metric_name(int m);
 int parse_metric(const std::string& s);  // throws UsageError listing the metrics
@@ -48,7 +50,8 @@ struct CacheErrors {
 CacheErrors cache_errors(const SlotCache& cache, const float* k_orig, const float* v_orig, const float* k_norm,
                          int64_t D);
 
-// Fills every metric except bytes and ratio (the engine knows the codec and the strategy state).
+// Fills every metric except bytes, ratio, read_bytes and read_ratio (the engine knows the codec,
+// the strategy state and the selection).
 void measure_step(const StepInputs& in, const CacheErrors& ce, MetricRow& out);
 
 // kl of design.md §4 from slot masses P̄ [n], compressed Q [n] and retained mass m.

@@ -77,14 +77,16 @@ class InstanceMetrics {
  private:
   void measure(const Instance& inst, int64_t c, int64_t t) {
     const int64_t kv = inst.kv0() + c, D = lv_.D, T = lv_.T, G = lv_.G();
-    const SlotCache& cc = inst.cache(c);
-    const int64_t n = cc.size();
-    for (int64_t s = 0; s < n; ++s)
-      for (int64_t j = 0; j < cc.n_members(s); ++j) present_[cc.member(s, j)] = 1;
-    const CacheErrors ce = cache_errors(cc, lv_.k_head(kv), lv_.v_head(kv), lv_.k_norm + kv * T, D);
-    const double bytes = inst.bytes(c);
+    const CacheErrors ce = cache_errors(inst.cache(c), lv_.k_head(kv), lv_.v_head(kv), lv_.k_norm + kv * T, D);
+    const double bytes = inst.bytes(c), read = inst.read_bytes(c);
+    const SlotCache* marked = nullptr;  // the slots whose members present_ marks now
     MetricRow row{};
     for (int64_t g = 0; g < G; ++g) {
+      const SlotCache& cc = inst.attended(c, g);  // the cache, or under protocol sparse what head g read
+      if (marked != &cc) {
+        if (marked) mark(*marked, 0);
+        mark(cc, 1), marked = &cc;
+      }
       const int64_t h = kv * G + g;
       StepInputs in;
       in.t = t, in.D = D, in.K = rs_.K, in.eps = opt_.eps;
@@ -94,19 +96,25 @@ class InstanceMetrics {
       in.top_pos = rs_.top_pos.data() + (h * T + t) * rs_.K;
       in.k_orig = lv_.k_head(kv), in.v_orig = lv_.v_head(kv), in.k_norm = lv_.k_norm + kv * T;
       in.cache = &cc;
-      in.logit = inst.logit(c) + g * n;
-      in.w = inst.weights(c) + g * n;
+      in.logit = inst.logit(c, g);
+      in.w = inst.weights(c, g);
       in.o_hat = inst.o_hat(c) + g * D;
       in.present = present_.data();
       measure_step(in, ce, row);
       row[int(Metric::bytes)] = bytes;
       row[int(Metric::ratio)] = cache_ratio(bytes, D, t);
+      row[int(Metric::read_bytes)] = read;
+      row[int(Metric::read_ratio)] = cache_ratio(read, D, t);
       HeadTrace& ht = heads_[c * G + g];
       ht.steps.push_back(t);
       for (int m = 0; m < kNumMetrics; ++m) ht.values[m].push_back(row[m]);
     }
-    for (int64_t s = 0; s < n; ++s)
-      for (int64_t j = 0; j < cc.n_members(s); ++j) present_[cc.member(s, j)] = 0;
+    if (marked) mark(*marked, 0);
+  }
+
+  void mark(const SlotCache& cc, uint8_t v) {
+    for (int64_t s = 0; s < cc.size(); ++s)
+      for (int64_t j = 0; j < cc.n_members(s); ++j) present_[cc.member(s, j)] = v;
   }
 
   const LayerView& lv_;
@@ -226,9 +234,11 @@ void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int6
     const Strategy& s = *strategies[c];
     KVSIM_ASSERT(!s.needs_prompt_colsums() || lv.prompt_colsums);
     for (int64_t i = 0; i < instances_per_layer(s, lv.Hkv); ++i)
-      jobs.push_back(Job{static_cast<int64_t>(c), make_context(s, shape, layer, i, lv.T, P)});
+      jobs.push_back(Job{static_cast<int64_t>(c), make_context(s, shape, layer, i, lv.T, P, opt.protocol)});
   }
   if (opt.backend == Backend::cuda || opt.attend_batch) {
+    if (opt.protocol == Protocol::sparse)
+      throw NotCompiled("--protocol sparse runs on the ref and omp backends (the cuda path evaluates whole caches)");
     replay_layer_lockstep(lv, rs, layer, strategies, opt, edges, jobs, results);
     return;
   }
@@ -291,7 +301,9 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   check_replay_args(res.T, res.P, res.stride);
   res.bin_edges = bin_edges(res.P, res.T, opt.bins);
   // Resolve every budget against T before any work (bad budgets fail fast, exit 2).
-  for (const Strategy* s : strategies) check_fits(*s, ModelShape{res.L, res.H, res.Hkv, res.D}, res.T, res.P);
+  res.protocol = opt.protocol;
+  for (const Strategy* s : strategies)
+    check_fits(*s, ModelShape{res.L, res.H, res.Hkv, res.D}, res.T, res.P, opt.protocol);
   bool need_colsums = false;
   for (const Strategy* s : strategies) {
     need_colsums = need_colsums || s->needs_prompt_colsums();

@@ -33,6 +33,7 @@ struct ReplayOptions {
   int64_t prefill = -1;  // -1: the sequence's prefill_len
   int64_t stride = 1;    // evaluate every stride-th decode step (observe/evict still run every step)
   int64_t seq = 0;       // sequence index
+  Protocol protocol = Protocol::evict;  // how every configuration's cache meets decoding
   Backend backend = Backend::ref;
   int64_t bins = 16;     // per-position curve bins over [P, T)
   double eps = 1e-6;     // kl smoothing
@@ -68,6 +69,7 @@ struct ConfigResult {
 struct ReplayResult {
   std::string trace, sequence;
   int64_t T = 0, P = 0, stride = 1, L = 0, H = 0, Hkv = 0, D = 0;
+  Protocol protocol = Protocol::evict;
   double eps = 1e-6;
   Backend backend = Backend::ref;
   std::vector<int64_t> bin_edges;  // [bins + 1] positions

@@ -42,7 +42,7 @@ void record(Log& log, int64_t layer, const Instance& inst, int64_t t) {
       for (int64_t j = 0; j < sc.n_members(s); ++j) r.members.back().push_back(sc.member(s, j));
     }
     r.w.assign(inst.weights(c), inst.weights(c) + G * sc.size());
-    r.logit.assign(inst.logit(c), inst.logit(c) + G * sc.size());
+    r.logit.assign(inst.logit(c, 0), inst.logit(c, 0) + G * sc.size());
     r.bytes = inst.bytes(c);
     log[Key{layer, inst.kv0() + c, t}] = std::move(r);
   }

@@ -19,7 +19,7 @@ namespace kvsim::tools {
 namespace {
 
 struct RunArgs {
-  std::string trace, backend = "auto", sequence, stats_cache, db;
+  std::string trace, backend = "auto", sequence, stats_cache, db, protocol = "evict";
   std::vector<std::string> strategies;
   int64_t prefill = -1, stride = 1, bins = 16;
   double eps = 1e-6;
@@ -33,6 +33,7 @@ nlohmann::json to_json(const ReplayResult& r, bool per_head) {
   j["trace"] = r.trace;
   j["sequence"] = r.sequence;
   j["prefill"] = r.P;
+  j["protocol"] = protocol_name(r.protocol);
   j["stride"] = r.stride;
   j["T"] = r.T;
   j["shape"] = {{"L", r.L}, {"H", r.H}, {"Hkv", r.Hkv}, {"D", r.D}};
@@ -76,20 +77,24 @@ nlohmann::json to_json(const ReplayResult& r, bool per_head) {
 }
 
 void print_table(const ReplayResult& r) {
-  std::printf("trace %s, sequence %s: T=%lld P=%lld stride=%lld, L=%lld H=%lld Hkv=%lld D=%lld, backend %s\n",
+  std::printf("trace %s, sequence %s: T=%lld P=%lld stride=%lld, L=%lld H=%lld Hkv=%lld D=%lld, backend %s, protocol %s\n",
               r.trace.c_str(), r.sequence.c_str(), (long long)r.T, (long long)r.P, (long long)r.stride,
-              (long long)r.L, (long long)r.H, (long long)r.Hkv, (long long)r.D, backend_name(r.backend));
+              (long long)r.L, (long long)r.H, (long long)r.Hkv, (long long)r.D, backend_name(r.backend),
+              protocol_name(r.protocol));
+  const bool sparse = r.protocol == Protocol::sparse;
   std::printf("means over heads of per-head means (worst: mean over heads of the per-head worst step)\n");
-  std::printf("%-36s %8s %8s %9s %9s %8s %9s %7s %7s %7s %6s\n", "strategy", "out_cos", "cos_wst", "rel_l2",
-              "mass", "mass_wst", "kl", "tv", "top8", "top32", "ratio");
+  std::printf("%-36s %8s %8s %9s %9s %8s %9s %7s %7s %7s %6s%s\n", "strategy", "out_cos", "cos_wst", "rel_l2",
+              "mass", "mass_wst", "kl", "tv", "top8", "top32", "ratio", sparse ? "   read" : "");
   for (const auto& c : r.configs) {
     auto mean = [&](Metric m) { return c.summary[int(m)].mean; };
     auto worst = [&](Metric m) { return c.summary[int(m)].worst; };
     std::string name = c.spec.size() > 36 ? c.spec.substr(0, 33) + "..." : c.spec;
-    std::printf("%-36s %8.5f %8.5f %9.3e %9.6f %8.5f %9.3e %7.4f %7.4f %7.4f %6.3f\n", name.c_str(),
+    std::printf("%-36s %8.5f %8.5f %9.3e %9.6f %8.5f %9.3e %7.4f %7.4f %7.4f %6.3f", name.c_str(),
                 mean(Metric::out_cos), worst(Metric::out_cos), mean(Metric::out_rel_l2), mean(Metric::mass),
                 worst(Metric::mass), mean(Metric::kl), mean(Metric::tv), mean(Metric::topk8_recall),
                 mean(Metric::topk32_recall), mean(Metric::ratio));
+    if (sparse) std::printf(" %6.3f", mean(Metric::read_ratio));
+    std::printf("\n");
   }
   std::printf("reference %.2fs%s, replay %.2fs, reading %.2fs (kl smoothing eps = %g)\n", r.ref_seconds,
               r.stats_from_cache ? " (from sidecar cache)" : "", r.replay_seconds, r.read_seconds, r.eps);
@@ -107,6 +112,7 @@ int run_run(const RunArgs& a) {
   ReplayOptions opt;
   opt.prefill = a.prefill, opt.stride = a.stride, opt.backend = backend, opt.bins = a.bins, opt.eps = a.eps;
   opt.stats_cache = a.stats_cache;
+  opt.protocol = parse_protocol(a.protocol);
   if (reader.sequences().empty()) throw FormatError(a.trace + ": the trace has no sequences");
   if (!a.sequence.empty()) opt.seq = reader.find_sequence(a.sequence);
   if (!(a.eps > 0 && a.eps < 1)) throw UsageError("--eps " + std::to_string(a.eps) + " must be in (0, 1)");
@@ -147,6 +153,10 @@ void add_run(CLI::App& app) {
       ->required();
   c->add_option("--prefill", a->prefill, "prefill length P (default: the sequence's prefill_len)");
   c->add_option("--stride", a->stride, "evaluate every S-th decode step")->capture_default_str();
+  c->add_option("--protocol", a->protocol,
+                "evict: evict back to the budget after every decode step; prefill: compress the prompt once, "
+                "then grow; sparse: a selector picks what each query reads from the full cache (methods.md §1)")
+      ->capture_default_str();
   c->add_option("--backend", a->backend, "ref, omp, cuda or auto (auto: omp, or ref without OpenMP; cuda only when asked for)")->capture_default_str();
   c->add_option("--sequence", a->sequence, "sequence name (default: the first)");
   c->add_option("--bins", a->bins, "bins of the per-position curves")->capture_default_str();

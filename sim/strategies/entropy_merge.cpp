@@ -64,6 +64,8 @@ class EntropyMergeState final : public StrategyState {
 
   // Accumulated score per slot (fp32) and, per merged slot, its weight and member count.
   double state_bytes(int64_t) const override { return 4.0 * static_cast<double>(B_ + 1) + 8.0 * merged_slots_; }
+  // Once merging stops (protocol prefill), the member bookkeeping of merged slots stays.
+  double frozen_state_bytes(int64_t) const override { return 8.0 * merged_slots_; }
 
  private:
   // h_[i] for i <= t: the normalized entropy per query head of this KV head, combined by gqa.

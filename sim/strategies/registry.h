@@ -24,5 +24,7 @@ std::unique_ptr<Strategy> make_cam(ParamReader& p);
 std::unique_ptr<Strategy> make_cms_topk(ParamReader& p);
 std::unique_ptr<Strategy> make_kvmerger(ParamReader& p);
 std::unique_ptr<Strategy> make_cms_aggregate(ParamReader& p);
+// Selectors (protocol sparse).
+std::unique_ptr<Strategy> make_oracle_topk(ParamReader& p);
 
 }  // namespace kvsim

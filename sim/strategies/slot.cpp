@@ -49,6 +49,25 @@ void SlotCache::append(const float* k_hat, const float* v_hat, float bias, const
   share_.push_back(1.0f);
 }
 
+void SlotCache::assign_subset(const SlotCache& src, const int32_t* idx, int64_t n) {
+  D_ = src.D_;
+  clear();
+  reserve(n);
+  n_views_ = src.n_views_;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = idx[i];
+    KVSIM_ASSERT(s >= 0 && s < src.size());
+    key_.insert(key_.end(), src.key(s), src.key(s) + D_);
+    value_.insert(value_.end(), src.value(s), src.value(s) + D_);
+    bias_.push_back(src.bias_[s]);
+    pos_.push_back(src.pos_[s]);
+    exact_.push_back(src.exact_[s]);
+    more_.push_back(src.more_[s]);
+    view_.push_back(src.view_[s]);
+    share_.push_back(src.share_[s]);
+  }
+}
+
 void SlotCache::remove(int64_t s) {
   const int64_t last = size() - 1;
   KVSIM_ASSERT(s >= 0 && s <= last);

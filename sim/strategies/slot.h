@@ -53,6 +53,8 @@ class SlotCache {
   int32_t member(int64_t s, int64_t j) const { return more_[s].empty() ? pos_[s] : more_[s][j]; }
   // Replaces the members of slot s (sorted, non-empty).
   void set_members(int64_t s, const std::vector<int32_t>& members);
+  // Makes this cache the slots idx of `src`, in that order (keys, values, biases, members, views).
+  void assign_subset(const SlotCache& src, const int32_t* idx, int64_t n);
   // Slot index holding representative position p, or -1.
   int64_t find(int32_t p) const;
 

@@ -14,6 +14,23 @@ const Codec& identity_codec() {
   return c;
 }
 
+const char* protocol_name(Protocol p) {
+  switch (p) {
+    case Protocol::prefill: return "prefill";
+    case Protocol::sparse: return "sparse";
+    case Protocol::evict: break;
+  }
+  return "evict";
+}
+
+Protocol parse_protocol(const std::string& s) {
+  if (s == "evict") return Protocol::evict;
+  if (s == "prefill") return Protocol::prefill;
+  if (s == "sparse") return Protocol::sparse;
+  throw UsageError("protocol '" + s + "' is not one of evict (decode-time eviction), prefill (compress once after "
+                   "the prompt, then grow), sparse (query-aware reads over a full cache)");
+}
+
 Gqa parse_gqa(const std::string& s) {
   if (s == "mean") return Gqa::mean;
   if (s == "max") return Gqa::max;
@@ -44,7 +61,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"snapkv", make_snapkv},   {"pyramidkv", make_pyramidkv}, {"knorm", make_knorm},
       {"random", make_random},   {"entropy_merge", make_entropy_merge},
       {"cam", make_cam},         {"cms_topk", make_cms_topk},
-      {"kvmerger", make_kvmerger}, {"cms_aggregate", make_cms_aggregate},
+      {"kvmerger", make_kvmerger}, {"cms_aggregate", make_cms_aggregate}, {"oracle_topk", make_oracle_topk},
   };
   return r;
 }
@@ -84,6 +101,7 @@ class Composed final : public Strategy {
     for (const auto& [k, v] : codec_params) params_[codec_->name() + "." + k] = v;
   }
   bool layer_coupled() const override { return base_->layer_coupled(); }
+  bool is_selector() const override { return base_->is_selector(); }
   bool needs_prompt_colsums() const override { return base_->needs_prompt_colsums(); }
   bool needs_entropy() const override { return base_->needs_entropy(); }
   const Codec& codec() const override { return *codec_; }

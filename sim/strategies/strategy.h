@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "sim/strategies/codec.h"
 #include "sim/strategies/slot.h"
@@ -46,13 +47,26 @@ struct LayerView {
   const float* v_head(int64_t kv) const { return v + kv * T * D; }
 };
 
+// How the cache meets decoding (methods.md §1.1):
+//   evict    A: after every decode step the strategy evicts back to its budget (design.md §3 d);
+//   prefill  B: compress once: prefill cuts the prompt to the budget by the strategy's own scores,
+//            then every token is appended and none is evicted (B_p + t - P + 1 slots at step t);
+//   sparse   C: nothing is evicted; a selector picks, per query head and step, the slots it reads.
+enum class Protocol { evict, prefill, sparse };
+const char* protocol_name(Protocol p);
+Protocol parse_protocol(const std::string& s);  // UsageError listing the three
+
 struct InstanceContext {
   int64_t layer = 0, n_layers = 1;
   int64_t kv0 = 0;      // first KV head of this instance
   int64_t n_caches = 1; // 1, or Hkv for a layer-coupled strategy
   int64_t T = 0, P = 0, D = 0, G = 1;
   uint64_t seed = 0;
+  Protocol protocol = Protocol::evict;
 };
+
+// What one query head reads at one step under protocol C: slot indices into its cache.
+using Selection = std::vector<int32_t>;
 
 class StrategyState {
  public:
@@ -68,6 +82,23 @@ class StrategyState {
   virtual void evict(std::span<SlotCache> caches, int64_t t) = 0;
   // Bytes of the strategy's own state for cache c (scores, counters), counted in `bytes`.
   virtual double state_bytes(int64_t c) const { (void)c; return 0; }
+  // Under protocol B, once prefill has compressed: the part of the state the cache still needs
+  // (members of merged slots, say); scores that only ranked tokens for the cut are freed.
+  virtual double frozen_state_bytes(int64_t c) const { (void)c; return 0; }
+
+  // Selectors (protocol C; Strategy::is_selector()). prefill builds the metadata and keeps every
+  // token; select is called once per decode step after token t was stored, with the G query rows
+  // of cache c (row g at q + g * q_stride), and fills sel[g] with the slots query head g reads.
+  virtual void select(const SlotCache& cache, int64_t c, const float* q, int64_t q_stride, int64_t t,
+                      std::span<Selection> sel) {
+    (void)cache, (void)c, (void)q, (void)q_stride, (void)t, (void)sel;
+  }
+  // Bytes of selector metadata that step t reads for cache c (the engine adds the selected slots:
+  // Instance::read_bytes).
+  virtual double metadata_read_bytes(const SlotCache& cache, int64_t c, std::span<const Selection> sel) const {
+    (void)cache, (void)c, (void)sel;
+    return 0;
+  }
 };
 
 class Strategy {
@@ -78,6 +109,8 @@ class Strategy {
   // Every parameter with its resolved value (defaults filled in).
   const std::map<std::string, std::string>& params() const { return params_; }
   virtual bool layer_coupled() const { return false; }
+  // A query-aware selector (protocol C only) rather than a cache that evicts or merges (A and B).
+  virtual bool is_selector() const { return false; }
   virtual bool needs_prompt_colsums() const { return false; }
   // Reads LayerView::entropy (the model runner then computes each decode token's exact row entropy).
   virtual bool needs_entropy() const { return false; }

@@ -119,7 +119,7 @@ class StrategyLayer {
     KVSIM_ASSERT(Tq == 1);
     const int64_t t = pos0, c = kv % per_state_;
     Instance& in = inst(kv);
-    in.attend(c, attend_fn_, q, D_, o);
+    in.attend(c, t, attend_fn_, q, D_, o);
     ratio_sum_ += cache_ratio(in.bytes(c), D_, t);
     ++ratio_n_;
     for (int64_t g = 0; g < G_ && !entropy_.empty(); ++g)

@@ -1,0 +1,173 @@
+// The three protocols of methods.md §1.1 on the instance driver (sim/instance.h), checked by hand:
+// A (evict) holds B + 1 slots at attention; B (prefill) holds B_p + t - P + 1; C (sparse) holds
+// every token and reads what the selector picks. Bytes are those of the identity codec (fp16 key
+// and value, 4·D per slot) plus the strategy's state, so every expected value is small arithmetic.
+#include <doctest/doctest.h>
+
+#include <set>
+#include <vector>
+
+#include "sim/exact_stats.h"
+#include "sim/instance.h"
+#include "sim/replay.h"
+#include "sim_test_util.h"
+
+using namespace kvsim;
+using kvsim::test::Layer;
+
+namespace {
+
+struct Seen {
+  int64_t t = 0, n = 0;
+  double bytes = 0, read = 0;
+  std::set<int32_t> positions;
+};
+
+// Runs `spec` under `protocol` on one KV head and records, at every decode step, what the cache
+// holds when attention runs (after token t was stored, before observe and evict).
+std::vector<Seen> run(const std::string& spec, Protocol protocol, Layer& L, int64_t P) {
+  auto s = make_strategy(spec);
+  LayerView lv = L.view();
+  ExactStats rs;
+  compute_exact_stats(lv, Backend::ref, rs);
+  std::vector<float> colsums;
+  compute_prompt_colsums(lv, rs, P, Backend::ref, colsums);
+  lv.prompt_colsums = colsums.data();
+  lv.entropy = rs.entropy.data();
+  Instance inst(*s, make_context(*s, ModelShape{1, L.H, L.Hkv, L.D}, 0, 0, L.T, P, protocol));
+  inst.prefill_from(lv);
+  std::vector<Seen> out;
+  for (int64_t t = P; t < L.T; ++t)
+    inst.step(lv, t, kernels(Backend::ref).attend_slots, [&](const Instance& in, int64_t step) {
+      out.push_back({step, in.cache(0).size(), in.bytes(0), in.read_bytes(0), test::positions(in.cache(0))});
+    });
+  return out;
+}
+
+std::set<int32_t> range(int32_t a, int32_t b) {  // {a, ..., b}
+  std::set<int32_t> r;
+  for (int32_t i = a; i <= b; ++i) r.insert(i);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("protocols: window under evict holds B + 1 at attention, under prefill B_p + t - P + 1") {
+  Layer L(2, 1, 12, 4);
+  L.fill_random(3);
+  const int64_t P = 6, B = 4, D = 4;
+  const auto a = run("window:budget=4", Protocol::evict, L, P);
+  const auto b = run("window:budget=4", Protocol::prefill, L, P);
+  REQUIRE(a.size() == 6);
+  REQUIRE(b.size() == 6);
+  for (size_t i = 0; i < a.size(); ++i) {
+    const int32_t t = static_cast<int32_t>(P + i);
+    CHECK(a[i].n == B + 1);
+    CHECK(a[i].positions == range(t - 4, t));      // the newest B, plus the token just stored
+    CHECK(a[i].bytes == 4.0 * D * (B + 1));          // fp16 key + value per slot
+    CHECK(b[i].n == B + (t - P + 1));                // the prompt cut to B, then every token kept
+    CHECK(b[i].positions == range(2, t));            // prompt 0..5 cut to its newest 4: 2..5
+    CHECK(b[i].bytes == 4.0 * D * (B + t - P + 1));
+    CHECK(b[i].read == b[i].bytes);                  // attention reads the whole cache it holds
+  }
+}
+
+TEST_CASE("protocols: h2o under prefill keeps its cut, and frees its scores after it") {
+  Layer L(2, 1, 14, 4);
+  L.fill_random(5);
+  const int64_t P = 8, B = 4, D = 4;
+  const auto a = run("h2o:budget=4", Protocol::evict, L, P);
+  const auto b = run("h2o:budget=4", Protocol::prefill, L, P);
+  // The cut at prefill is the same under both (h2o's prompt scores); B then only appends.
+  std::set<int32_t> cut = b[0].positions;
+  cut.erase(static_cast<int32_t>(P));
+  CHECK(cut.size() == static_cast<size_t>(B));
+  std::set<int32_t> cut_a = a[0].positions;
+  cut_a.erase(static_cast<int32_t>(P));
+  CHECK(cut == cut_a);
+  for (size_t i = 0; i < b.size(); ++i) {
+    const int64_t t = P + static_cast<int64_t>(i);
+    std::set<int32_t> expect = cut;
+    for (int32_t p = static_cast<int32_t>(P); p <= t; ++p) expect.insert(p);
+    CHECK(b[i].positions == expect);
+    CHECK(b[i].bytes == 4.0 * D * b[i].n);                       // no scores once the cut is made
+    CHECK(a[i].bytes == 4.0 * D * (B + 1) + 4.0 * (B + 1));      // under A the fp32 scores stay
+  }
+}
+
+TEST_CASE("protocols: oracle_topk reads each query head's top slots from the full cache") {
+  // D = 2, one KV head, G = 2. Keys on the first axis with logits z = q·k/√2; query head 0 looks
+  // along +x, query head 1 along -x, so they pick opposite ends.
+  Layer L(2, 1, 6, 2);
+  const float kx[6] = {3, -2, 1, 0, -3, 2};
+  for (int64_t t = 0; t < 6; ++t) L.K(0, t, 0) = kx[t], L.V(0, t, 1) = float(t);
+  for (int64_t t = 0; t < 6; ++t) L.Q(0, t, 0) = 1, L.Q(1, t, 0) = -1;
+  auto s = make_strategy("oracle_topk:budget=2");
+  LayerView lv = L.view();
+  Instance inst(*s, make_context(*s, ModelShape{1, 2, 1, 2}, 0, 0, 6, 3, Protocol::sparse));
+  inst.prefill_from(lv);
+  CHECK(inst.cache(0).size() == 3);  // nothing is cut
+  int steps = 0;
+  for (int64_t t = 3; t < 6; ++t)
+    inst.step(lv, t, kernels(Backend::ref).attend_slots, [&](const Instance& in, int64_t step) {
+      ++steps;
+      CHECK(in.cache(0).size() == step + 1);  // every token held
+      const std::set<int32_t> up = test::positions(in.attended(0, 0)), down = test::positions(in.attended(0, 1));
+      // Step 3: keys 3, -2, 1, 0 -> head 0 reads {0, 2}, head 1 {1, 3}; step 4 adds -3 (head 1:
+      // {1, 4}); step 5 adds 2 (head 0: {0, 5}).
+      if (step == 3) CHECK((up == std::set<int32_t>{0, 2} && down == std::set<int32_t>{1, 3}));
+      if (step == 4) CHECK((up == std::set<int32_t>{0, 2} && down == std::set<int32_t>{1, 4}));
+      if (step == 5) CHECK((up == std::set<int32_t>{0, 5} && down == std::set<int32_t>{1, 4}));
+      // bytes: the full cache, 4·D per token; read: the 4 distinct slots of the two heads, no metadata.
+      CHECK(in.bytes(0) == 8.0 * (step + 1));
+      CHECK(in.read_bytes(0) == 8.0 * 4);
+      // Each head's weights are the softmax over its own two slots (they sum to 1).
+      CHECK(in.weights(0, 0)[0] + in.weights(0, 0)[1] == doctest::Approx(1.0));
+    });
+  CHECK(steps == 3);
+}
+
+TEST_CASE("protocols: oracle_topk with a budget of at least T equals full exactly, on every metric") {
+  Layer L(4, 2, 37, 8);
+  L.fill_random(11, 1.5f);
+  LayerView lv = L.view();
+  ExactStats rs;
+  compute_exact_stats(lv, Backend::ref, rs);
+  lv.entropy = rs.entropy.data();
+  auto full = make_strategy("full"), oracle = make_strategy("oracle_topk:budget=37");
+  auto replay = [&](const Strategy& s, Protocol p) {
+    ReplayOptions opt;
+    opt.backend = Backend::ref, opt.protocol = p;
+    std::vector<ConfigResult> res(1);
+    res[0].heads.resize(L.H);
+    const Strategy* list[] = {&s};
+    replay_layer(lv, rs, 0, 1, 5, list, opt, res);
+    finalize_summaries(res[0]);
+    return res[0];
+  };
+  const ConfigResult a = replay(*full, Protocol::evict), b = replay(*oracle, Protocol::sparse);
+  for (int m = 0; m < kNumMetrics; ++m) {
+    INFO(metric_name(m));
+    CHECK(a.summary[m].mean == b.summary[m].mean);
+    CHECK(a.summary[m].worst == b.summary[m].worst);
+  }
+}
+
+TEST_CASE("protocols: a selector runs only under sparse, a cache strategy never under it") {
+  const ModelShape shape{1, 2, 1, 4};
+  auto msg = [&](const char* spec, Protocol p) {
+    try {
+      check_fits(*make_strategy(spec), shape, 20, 5, p);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(msg("oracle_topk:budget=4", Protocol::sparse) == "no error");
+  CHECK(msg("oracle_topk:budget=4", Protocol::evict).find("is a query-aware selector") != std::string::npos);
+  CHECK(msg("oracle_topk:budget=4+kivi:bits=2", Protocol::prefill).find("--protocol sparse") != std::string::npos);
+  CHECK(msg("h2o:budget=4", Protocol::sparse).find("evicts or merges") != std::string::npos);
+  CHECK(msg("h2o:budget=4", Protocol::prefill) == "no error");
+  CHECK(parse_protocol("prefill") == Protocol::prefill);
+  CHECK_THROWS_AS(parse_protocol("grow"), UsageError);
+}
