@@ -24,7 +24,7 @@ namespace kvsim::tools {
 namespace {
 
 struct PplArgs {
-  std::string model, tokenizer, text, prompt, ids, backend = "cpu";
+  std::string model, tokenizer, text, prompt, ids, backend = "cpu", protocol = "evict";
   std::vector<std::string> strategies;
   int64_t prefill = -1, max_tokens = -1;
   bool no_bos = false, json = false, quiet = false;
@@ -63,6 +63,7 @@ nlohmann::json to_json(const PplArgs& a, const model::ModelConfig& c, Backend b,
   j["model"] = a.model;
   j["T"] = rs.front().T;
   j["prefill"] = rs.front().P;
+  j["protocol"] = a.protocol;
   j["n_predicted"] = rs.front().n_predicted;
   j["shape"] = {{"L", c.n_layers}, {"H", c.n_heads}, {"Hkv", c.n_kv_heads}, {"D", c.head_dim}};
   j["backend"] = backend_name(b);
@@ -105,13 +106,15 @@ int run_ppl(const PplArgs& a) {
   if (P < 1 || P >= T)
     throw UsageError("--prefill " + std::to_string(P) + " must satisfy 1 <= P < T = " + std::to_string(T) +
                      " (the input has " + std::to_string(T) + " tokens)");
-  for (const auto& s : strategies) model::check_strategy_fits(*s, m.config, T, P);
+  const Protocol protocol = parse_protocol(a.protocol);
+  for (const auto& s : strategies) model::check_strategy_fits(*s, m.config, T, P, protocol);
 
   Progress progress("kvsim ppl", "tokens", T * static_cast<int64_t>(strategies.size() + 1), a.quiet);
   auto advance = [&progress](int64_t n) { progress.advance(n); };
   std::vector<model::PerplexityResult> rs;
   rs.push_back(model::perplexity(m, ids, P, nullptr, backend, advance));
-  for (const auto& s : strategies) rs.push_back(model::perplexity(m, ids, P, s.get(), backend, advance));
+  for (const auto& s : strategies)
+    rs.push_back(model::perplexity(m, ids, P, s.get(), backend, advance, protocol));
   progress.finish();
   if (a.json)
     std::printf("%s\n", to_json(a, m.config, backend, rs).dump(2).c_str());
@@ -141,6 +144,9 @@ void add_ppl(CLI::App& app) {
   c->add_option("--strategy", a->strategies,
                 "strategy spec name:key=value,... or strategy+codec (repeatable; `full` is always run); names: " + names);
   c->add_option("--prefill", a->prefill, "prefill length P, 1 <= P < T (default: T/4, at least 1)");
+  c->add_option("--protocol", a->protocol,
+                "evict, prefill or sparse: how each strategy's cache meets decoding, as in kvsim run")
+      ->capture_default_str();
   c->add_option("--max-tokens", a->max_tokens, "score only the first N tokens of the input (default: all; must fit the context)");
   c->add_option("--backend", a->backend, "cpu, ref, omp or auto (cpu/auto: omp when built with OpenMP)")->capture_default_str();
   c->add_flag("--json", a->json, "print JSON instead of a table");

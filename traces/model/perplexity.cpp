@@ -20,7 +20,7 @@ double token_nll(const float* logits, int64_t vocab, int32_t target) {
 }
 
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, int64_t P, const Strategy* strategy,
-                            Backend backend, const std::function<void(int64_t)>& progress) {
+                            Backend backend, const std::function<void(int64_t)>& progress, Protocol protocol) {
   const ModelConfig& c = model.config;
   const int64_t T = static_cast<int64_t>(ids.size());
   check_prefill(T, P);
@@ -36,7 +36,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, in
   r.T = T, r.P = P, r.n_predicted = T - P;
 
   std::unique_ptr<StrategyCaches> caches;
-  if (strategy) caches = std::make_unique<StrategyCaches>(*strategy, c, T, P, backend);
+  if (strategy) caches = std::make_unique<StrategyCaches>(*strategy, c, T, P, backend, protocol);
   Runner runner(model, backend, caches ? caches->factory() : full_cache_factory());
   const auto t0 = std::chrono::steady_clock::now();
   const float* logits = runner.forward(ids.data(), P);

@@ -48,6 +48,7 @@ double token_nll(const float* logits, int64_t vocab, int32_t target);
 // called after each forward call with the tokens it ran. Throws UsageError for P outside [1, T),
 // T beyond the context, an id outside the vocabulary, or a strategy that does not fit.
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, int64_t P, const Strategy* strategy,
-                            Backend backend, const std::function<void(int64_t)>& progress = {});
+                            Backend backend, const std::function<void(int64_t)>& progress = {},
+                            Protocol protocol = Protocol::evict);
 
 }  // namespace kvsim::model

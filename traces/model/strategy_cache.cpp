@@ -49,8 +49,8 @@ float exact_row_entropy(const float* q,  // [D]
 class StrategyLayer {
  public:
   StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b,
-                const StepHook* hook)
-      : strat_(s), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads), D_(c.head_dim),
+                Protocol protocol, const StepHook* hook)
+      : strat_(s), protocol_(protocol), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads), D_(c.head_dim),
         T_(T), P_(P), backend_(b), attend_fn_(kernels(b).attend_slots), hook_(hook),
         shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
         per_state_(s.layer_coupled() ? c.n_kv_heads : 1) {
@@ -62,7 +62,7 @@ class StrategyLayer {
     if (fresh_) return;
     insts_.clear();
     for (int64_t i = 0; i < instances_per_layer(strat_, Hkv_); ++i)
-      insts_.push_back(std::make_unique<Instance>(strat_, make_context(strat_, shape_, layer_, i, T_, P_)));
+      insts_.push_back(std::make_unique<Instance>(strat_, make_context(strat_, shape_, layer_, i, T_, P_, protocol_)));
     q_.assign(static_cast<size_t>(H_ * T_ * D_), 0.0f);
     k_.assign(static_cast<size_t>(Hkv_ * T_ * D_), 0.0f);
     v_.assign(k_.size(), 0.0f);
@@ -151,6 +151,7 @@ class StrategyLayer {
   const Instance& inst(int64_t kv) const { return *insts_[static_cast<size_t>(kv / per_state_)]; }
 
   const Strategy& strat_;
+  const Protocol protocol_;
   const int64_t layer_, H_, Hkv_, G_, D_, T_, P_;
   const Backend backend_;
   const AttendSlotsFn attend_fn_;
@@ -226,16 +227,18 @@ class StrategyKvCache final : public KvCache {
 
 }  // namespace
 
-void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P) {
-  check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P);
+void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
+                         Protocol protocol) {
+  check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P,
+             protocol);
 }
 
 StrategyCaches::StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
-                               Backend backend)
-    : strategy_(strategy), config_(config), T_(T), P_(P), backend_(backend) {
+                               Backend backend, Protocol protocol)
+    : strategy_(strategy), config_(config), T_(T), P_(P), backend_(backend), protocol_(protocol) {
   if (backend != Backend::ref && backend != Backend::omp)
     throw NotCompiled(std::string("strategy cache: backend ") + backend_name(backend) + " is not supported (ref, omp)");
-  check_strategy_fits(strategy, config, T, P);
+  check_strategy_fits(strategy, config, T, P, protocol);
   layers_.resize(static_cast<size_t>(config.n_layers));
 }
 
@@ -245,7 +248,7 @@ KvCacheFactory StrategyCaches::factory() {
   return [this](int64_t layer, int64_t kv_head, int64_t D, int64_t) -> std::unique_ptr<KvCache> {
     KVSIM_ASSERT(layer >= 0 && layer < config_.n_layers && D == config_.head_dim);
     auto& l = layers_[static_cast<size_t>(layer)];
-    if (!l) l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_, &hook_);
+    if (!l) l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_, protocol_, &hook_);
     return std::make_unique<StrategyKvCache>(l, kv_head);
   };
 }

@@ -36,14 +36,16 @@ using StepHook = std::function<void(int64_t layer, const Instance& inst, int64_t
 
 // Throws UsageError when `strategy` cannot run on a sequence of T tokens with prefill P for this
 // model (a budget that does not fit, a codec group that does not divide D), before any work.
-void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P);
+void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
+                         Protocol protocol = Protocol::evict);
 
 // The caches of every (layer, KV head) of one sequence of T tokens with prefill P. Hand factory()
 // to a Runner (this object must outlive it), run forward(ids, P), then forward(&id, 1) for each
 // decode token. clear() (Runner::reset) starts a new sequence with fresh states.
 class StrategyCaches {
  public:
-  StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Backend backend);
+  StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Backend backend,
+                 Protocol protocol = Protocol::evict);
   ~StrategyCaches();
   KvCacheFactory factory();
 
@@ -58,6 +60,7 @@ class StrategyCaches {
   const ModelConfig& config_;
   int64_t T_, P_;
   Backend backend_;
+  Protocol protocol_;
   StepHook hook_;
   std::vector<std::shared_ptr<StrategyLayer>> layers_;  // [L]
 };
