@@ -15,28 +15,16 @@ import random
 import sqlite3
 import sys
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS traces(id INTEGER PRIMARY KEY, path TEXT, content_hash TEXT UNIQUE, model TEXT,
-  synthetic INTEGER, n_layers INTEGER, n_heads INTEGER, n_kv_heads INTEGER, head_dim INTEGER);
-CREATE TABLE IF NOT EXISTS configs(id INTEGER PRIMARY KEY, strategy TEXT, spec TEXT, params_json TEXT,
-  content_hash TEXT UNIQUE);
-CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, config_id INTEGER REFERENCES configs(id),
-  trace_id INTEGER REFERENCES traces(id), sequence TEXT, prefill INTEGER, stride INTEGER, n_tokens INTEGER,
-  status TEXT, error TEXT, seconds REAL, host TEXT, kvsim_version TEXT, backend TEXT, finished TEXT,
-  UNIQUE(config_id, trace_id, sequence, prefill, stride));
-CREATE TABLE IF NOT EXISTS summaries(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, layer INTEGER,
-  head INTEGER, metric TEXT, mean REAL, p5 REAL, p50 REAL, p95 REAL, worst REAL, n INTEGER,
-  PRIMARY KEY(run_id, layer, head, metric));
-CREATE TABLE IF NOT EXISTS curves(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, metric TEXT,
-  bin INTEGER, pos_lo INTEGER, pos_hi INTEGER, value REAL, PRIMARY KEY(run_id, metric, bin));
-CREATE VIEW IF NOT EXISTS results AS
-  SELECT r.id AS run_id, c.strategy, c.spec, c.params_json, t.path AS trace, t.model, r.sequence,
-         r.prefill, r.stride, s.metric, s.mean, s.p5, s.p50, s.p95, s.worst
-  FROM runs r JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id
-  JOIN summaries s ON s.run_id = r.id
-  WHERE r.status = 'done' AND s.layer = -1;
-"""
+from kvsim_store import SCHEMA_VERSION
+
+# The store's one schema, which kvsim embeds at build time (sim/store/STORE.md).
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sim", "store", "schema.sql")
+
+
+def schema():
+    with open(SCHEMA_FILE) as f:
+        return f.read()
+
 
 SHAPES = {"tiny": (2, 4, 2, 16), "stories260k": (5, 8, 4, 8), "llama3-8b": (32, 32, 8, 128)}
 BUDGETS = [0.0625, 0.125, 0.25, 0.5]
@@ -121,8 +109,8 @@ def build(path, shape="stories260k", tokens=512, sequences=2, seed=1, empty=Fals
     L, H, Hkv, D = SHAPES[shape]
     con = sqlite3.connect(path)
     con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(SCHEMA)
-    con.executemany("INSERT INTO meta VALUES(?, ?)", [("schema", "kvsim-results"), ("schema_version", "1"),
+    con.executescript(schema())
+    con.executemany("INSERT INTO meta VALUES(?, ?)", [("schema", "kvsim-results"), ("schema_version", SCHEMA_VERSION),
                                                       ("created", "2026-01-01T00:00:00Z")])
     con.execute("INSERT INTO traces VALUES(1, ?, ?, ?, 1, ?, ?, ?, ?)",
                 (f"out/synthetic-{shape}.h5", f"{seed:016x}", f"synthetic:{shape}", L, H, Hkv, D))
