@@ -8,7 +8,7 @@ import os
 import sqlite3
 import urllib.parse
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 # design.md §4 names as stored (topk_recall is stored per k).
 METRICS = ["out_cos", "out_rel_l2", "mass", "kl", "tv", "topk8_recall", "topk32_recall", "logit_rel_err",
@@ -77,7 +77,7 @@ class Store:
 
     def _select(self, model, strategies, sequences):
         q = """SELECT r.id, r.config_id, c.strategy, c.spec, c.params_json, r.trace_id, t.path, t.model,
-                      t.synthetic, r.sequence, r.prefill, r.n_tokens,
+                      t.synthetic, r.sequence, r.prefill, r.n_tokens, r.protocol,
                       t.n_layers, t.n_heads, t.n_kv_heads, t.head_dim
                FROM runs r JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id
                WHERE r.status = 'done'"""
@@ -86,7 +86,7 @@ class Store:
             n_all = self.con.execute("SELECT count(*) FROM runs").fetchone()[0]
             raise PlotError(f"{self.path}: no finished runs ({n_all} runs in all; run a sweep first)")
         cols = ["run_id", "config_id", "strategy", "spec", "params_json", "trace_id", "trace", "model", "synthetic",
-                "sequence", "prefill", "n_tokens", "L", "H", "Hkv", "D"]
+                "sequence", "prefill", "n_tokens", "protocol", "L", "H", "Hkv", "D"]
         runs = [dict(zip(cols, r)) for r in rows]
         if model:
             runs = [r for r in runs if model in (r["model"] or "") or model in (r["trace"] or "")]

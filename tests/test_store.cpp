@@ -75,7 +75,7 @@ TEST_CASE("store: traces and configs are deduplicated by content hash and runs r
   }
   // Reopen: state persists.
   ResultsStore s(db);
-  CHECK(s.done_runs().count(RunKey{c1, t1, "0000", 128, 1}) == 1);
+  CHECK(s.done_runs().count(RunKey{c1, t1, "0000", 128, 1, "evict"}) == 1);
   CHECK(scalar(db, "SELECT count(*) FROM summaries") == 4);
   CHECK(scalar(db, "SELECT count(*) FROM results") == 2);
   CHECK(scalar(db, "SELECT count(*) FROM traces") == 1);
@@ -92,7 +92,7 @@ TEST_CASE("store: refuses a database of another schema version, and a non-store 
     sqlite3_exec(h, "UPDATE meta SET value='99' WHERE key='schema_version'", nullptr, nullptr, nullptr);
     sqlite3_close(h);
   }
-  const std::string want = db + std::string(": results store schema_version = '99' but this kvsim writes version 1 (use a new --db file)");
+  const std::string want = db + std::string(": results store schema_version = '99' but this kvsim writes version 2 (use a new --db file)");
   CHECK_THROWS_WITH_AS(ResultsStore{db}, want.c_str(), FormatError);
   const std::string junk = dir.file("junk.db");
   std::ofstream(junk) << "not a database at all, just text that is long enough to have a header......\n";
@@ -120,4 +120,58 @@ TEST_CASE("store: a database killed before its schema committed (no tables) is c
   }
   ResultsStore s(db);
   CHECK(s.count_runs() == 0);
+}
+
+TEST_CASE("store: a schema version 1 store is migrated in place, its runs become protocol evict") {
+  test::TempDir dir;
+  const std::string db = dir.file("v1.db");
+  {  // the version 1 layout, written by hand: runs without a protocol column
+    sqlite3* h = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
+    const char* v1 = R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
+INSERT INTO meta VALUES('schema', 'kvsim-results'), ('schema_version', '1'), ('created', 'x');
+CREATE TABLE traces(id INTEGER PRIMARY KEY, path TEXT, content_hash TEXT UNIQUE, model TEXT,
+  synthetic INTEGER, n_layers INTEGER, n_heads INTEGER, n_kv_heads INTEGER, head_dim INTEGER);
+CREATE TABLE configs(id INTEGER PRIMARY KEY, strategy TEXT, spec TEXT, params_json TEXT, content_hash TEXT UNIQUE);
+CREATE TABLE runs(id INTEGER PRIMARY KEY, config_id INTEGER REFERENCES configs(id),
+  trace_id INTEGER REFERENCES traces(id), sequence TEXT, prefill INTEGER, stride INTEGER, n_tokens INTEGER,
+  status TEXT, error TEXT, seconds REAL, host TEXT, kvsim_version TEXT, backend TEXT, finished TEXT,
+  UNIQUE(config_id, trace_id, sequence, prefill, stride));
+CREATE TABLE summaries(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, layer INTEGER,
+  head INTEGER, metric TEXT, mean REAL, p5 REAL, p50 REAL, p95 REAL, worst REAL, n INTEGER,
+  PRIMARY KEY(run_id, layer, head, metric));
+CREATE TABLE curves(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, metric TEXT,
+  bin INTEGER, pos_lo INTEGER, pos_hi INTEGER, value REAL, PRIMARY KEY(run_id, metric, bin));
+INSERT INTO traces VALUES(1, 't.h5', 'abc', 'm', 0, 1, 1, 1, 8);
+INSERT INTO configs VALUES(1, 'h2o', 'h2o:budget=8', '{}', 'def');
+INSERT INTO runs VALUES(7, 1, 1, '0000', 128, 1, 512, 'done', NULL, 0.5, 'h', '0', 'ref', 'now');
+INSERT INTO summaries VALUES(7, -1, -1, 'kl', 0.25, 0.25, 0.25, 0.25, 0.25, 10);
+)sql";
+    char* err = nullptr;
+    REQUIRE(sqlite3_exec(h, v1, nullptr, nullptr, &err) == SQLITE_OK);
+    sqlite3_close(h);
+  }
+  ResultsStore s(db);
+  CHECK(s.done_runs() == std::set<RunKey>{RunKey{1, 1, "0000", 128, 1, "evict"}});
+  // The same configuration under protocol prefill is another run; the old one and its rows stay.
+  StoreRun r = make_run(1, 1, "done", 0.5);
+  r.protocol = "prefill";
+  s.commit_run(r);
+  CHECK(s.count_runs("done") == 2);
+  sqlite3* h = nullptr;
+  REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
+  auto one = [&](const char* sql) {
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(h, sql, -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    std::string v = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return v;
+  };
+  CHECK(one("SELECT value FROM meta WHERE key='schema_version'") == "2");
+  CHECK(one("SELECT mean FROM summaries WHERE run_id = 7") == "0.25");  // not cascaded away
+  CHECK(one("SELECT group_concat(protocol) FROM (SELECT protocol FROM runs ORDER BY protocol)") == "evict,prefill");
+  CHECK(one("SELECT count(*) FROM results WHERE protocol = 'evict' AND metric = 'kl'") == "1");
+  sqlite3_close(h);
 }

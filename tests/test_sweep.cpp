@@ -69,3 +69,34 @@ TEST_CASE("sweep: configurations are identified by their resolved parameters") {
     CHECK(std::string(e.what()).rfind(cfg + ":5: ", 0) == 0);  // the h2o entry
   }
 }
+
+TEST_CASE("sweep: protocol lists; a configuration runs under the protocols it fits") {
+  test::TempDir dir;
+  const std::string cfg = dir.file("p.yaml");
+  std::ofstream(cfg) << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
+                     << "sequences: [cookies]\nprefill: [64, 128]\nprotocol: [evict, prefill, sparse]\n"
+                     << "strategies:\n  - name: h2o\n    grid: {budget: [32, 64]}\n"
+                     << "  - name: oracle_topk\n    grid: {budget: [32]}\n";
+  SweepOptions o;
+  o.config = cfg;
+  const SweepWork w = prepare_sweep(o);
+  REQUIRE(w.groups.size() == 6);  // 2 prefills x 3 protocols, protocols innermost
+  CHECK(w.groups[0].protocol == Protocol::evict);
+  CHECK(w.groups[1].protocol == Protocol::prefill);
+  CHECK(w.groups[2].protocol == Protocol::sparse);
+  CHECK(w.groups[3].prefill == 128);
+  // h2o (2 configurations) under evict and prefill, oracle_topk (1) under sparse: per prefill 2 + 2 + 1.
+  CHECK(w.total_runs == 2 * (2 + 2 + 1));
+  std::ofstream(cfg) << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
+                     << "protocol: [evict, grow]\nstrategies:\n  - name: window\n    grid: {budget: [8]}\n";
+  try {
+    prepare_sweep(o);
+    FAIL("no error");
+  } catch (const UsageError& e) {
+    CHECK(std::string(e.what()).rfind(cfg + ":2:", 0) == 0);
+    CHECK(std::string(e.what()).find("protocol 'grow' is not one of") != std::string::npos);
+  }
+  std::ofstream(cfg) << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
+                     << "protocol: sparse\nstrategies:\n  - name: window\n    grid: {budget: [8]}\n";
+  CHECK_THROWS_AS(prepare_sweep(o), UsageError);  // nothing would run
+}

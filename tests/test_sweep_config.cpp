@@ -77,7 +77,7 @@ TEST_CASE("sweep config: errors name the file, line and column") {
   };
   CHECK(err("traces: [a.h5]\nstrategies:\n  - name: h2o\n    grid: {budget: [32, 64}\n").rfind("c.yaml:4:", 0) == 0);
   CHECK(err("traces: [a.h5]\nstrategies: [{name: full}]\nbudget: 3\n") ==
-        "c.yaml:3:1: unknown key 'budget' in the sweep config (valid: name, traces, sequences, prefill, stride, backend, strategies)");
+        "c.yaml:3:1: unknown key 'budget' in the sweep config (valid: name, traces, sequences, prefill, protocol, stride, backend, strategies)");
   CHECK(err("traces: [a.h5]\nstride: 0\nstrategies: [{name: full}]\n") == "c.yaml:2:9: stride = 0 must be >= 1");
   CHECK(err("traces: [a.h5]\nstrategies:\n  - name: h2o\n    grid: {budget: {from: 8, to: 4, step: 1}}\n") ==
         "c.yaml:4:20: the range of 'budget' has to < from");

@@ -60,12 +60,13 @@ std::vector<BestPoint> load_points(const std::string& db, int metric, const Best
   }
   sqlite3_busy_timeout(h, 60000);
   const char* sql =
-      "SELECT c.strategy, c.spec, avg(r_.mean), avg(m_.mean), count(*) FROM runs r "
+      "SELECT c.strategy, c.spec, avg(r_.mean), avg(m_.mean), count(*), r.protocol FROM runs r "
       "JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id "
       "JOIN summaries r_ ON r_.run_id = r.id AND r_.layer = -1 AND r_.head = -1 AND r_.metric = 'ratio' "
       "JOIN summaries m_ ON m_.run_id = r.id AND m_.layer = -1 AND m_.head = -1 AND m_.metric = ?1 "
       "WHERE r.status = 'done' AND (?2 = '' OR r.sequence = ?2) AND (?3 < 0 OR r.prefill = ?3) "
-      "AND (?4 = '' OR instr(t.path, ?4) > 0) GROUP BY c.id ORDER BY c.id";
+      "AND (?4 = '' OR instr(t.path, ?4) > 0) AND (?5 = '' OR r.protocol = ?5) "
+      "GROUP BY c.id, r.protocol ORDER BY c.id, r.protocol";
   sqlite3_stmt* s = nullptr;
   std::vector<BestPoint> out;
   if (sqlite3_prepare_v2(h, sql, -1, &s, nullptr) != SQLITE_OK) {
@@ -77,6 +78,7 @@ std::vector<BestPoint> load_points(const std::string& db, int metric, const Best
   sqlite3_bind_text(s, 2, filter.sequence.c_str(), -1, SQLITE_TRANSIENT);
   sqlite3_bind_int64(s, 3, filter.prefill);
   sqlite3_bind_text(s, 4, filter.trace.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(s, 5, filter.protocol.c_str(), -1, SQLITE_TRANSIENT);
   int rc;
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
     BestPoint p;
@@ -85,6 +87,8 @@ std::vector<BestPoint> load_points(const std::string& db, int metric, const Best
     p.ratio = sqlite3_column_type(s, 2) == SQLITE_NULL ? NAN : sqlite3_column_double(s, 2);
     p.value = sqlite3_column_type(s, 3) == SQLITE_NULL ? NAN : sqlite3_column_double(s, 3);
     p.runs = sqlite3_column_int64(s, 4);
+    p.protocol = reinterpret_cast<const char*>(sqlite3_column_text(s, 5));
+    if (p.protocol != "evict") p.spec += " [" + p.protocol + "]";
     out.push_back(p);
   }
   std::string err = rc == SQLITE_DONE ? "" : sqlite3_errmsg(h);
@@ -92,8 +96,9 @@ std::vector<BestPoint> load_points(const std::string& db, int metric, const Best
   sqlite3_close(h);
   if (!err.empty()) throw IoError(db + ": SQL error: " + err);
   if (out.empty()) {
-    const bool filtered = !filter.sequence.empty() || filter.prefill >= 0 || !filter.trace.empty();
-    throw UsageError(db + (filtered ? ": no finished runs match --sequence/--prefill/--trace"
+    const bool filtered =
+        !filter.sequence.empty() || filter.prefill >= 0 || !filter.trace.empty() || !filter.protocol.empty();
+    throw UsageError(db + (filtered ? ": no finished runs match --sequence/--prefill/--trace/--protocol"
                                     : ": the results store has no finished runs (run kvsim sweep first)"));
   }
   return out;

@@ -10,8 +10,9 @@
 
 namespace kvsim::tools {
 
+// One configuration under one protocol; spec carries " [protocol]" unless the protocol is evict.
 struct BestPoint {
-  std::string strategy, spec;
+  std::string strategy, spec, protocol = "evict";
   double ratio = 0, value = 0;
   int64_t runs = 0;
 };
@@ -26,6 +27,7 @@ int64_t best_under(const std::vector<BestPoint>& pts, double max_ratio, bool hig
 // Which runs count (empty / -1: all).
 struct BestFilter {
   std::string sequence, trace;  // trace: a substring of the trace's path
+  std::string protocol;         // evict | prefill | sparse
   int64_t prefill = -1;
 };
 

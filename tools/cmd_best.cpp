@@ -10,6 +10,7 @@
 
 #include "sim/base/error.h"
 #include "sim/metrics.h"
+#include "sim/strategies/strategy.h"
 #include "tools/best.h"
 #include "tools/commands.h"
 
@@ -107,6 +108,7 @@ Answer answer(const BestArgs& a, int m) {
   r.metric = metric_name(m);
   r.higher = higher_is_better(m);
   r.budget = std::isinf(a.max_ratio) ? "none" : fmt(a.max_ratio);
+  if (!a.filter.protocol.empty()) (void)parse_protocol(a.filter.protocol);  // one line, exit 2, when unknown
   r.pts = load_points(a.db, m, a.filter);
   r.front = pareto_front(r.pts, r.higher);
   r.best = best_under(r.pts, a.max_ratio, r.higher);
@@ -235,6 +237,8 @@ void add_best(CLI::App& app) {
   c->add_flag("--per-strategy", a->per_strategy, "also print each strategy's Pareto front");
   c->add_option("--sequence", a->filter.sequence, "only runs of this sequence (default: mean over all)");
   c->add_option("--prefill", a->filter.prefill, "only runs with this prefill P (default: mean over all)");
+  c->add_option("--protocol", a->filter.protocol,
+                "only runs of this protocol: evict, prefill or sparse (default: each protocol its own point)");
   c->add_option("--trace", a->filter.trace, "only runs of traces whose path contains this text");
   c->callback([a] { exit_status() = run_best(*a); });
 }

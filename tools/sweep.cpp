@@ -91,15 +91,17 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
   const int64_t ti = static_cast<int64_t>(w.traces.size());
   w.traces.push_back(t);
   auto add_groups = [&](const std::string& seq, int64_t seq_index, int64_t T, int64_t own_P, const std::string& err) {
-    for (int64_t p : w.plan.prefills) {
-      SweepGroup g;
-      g.trace = ti, g.seq_index = seq_index, g.sequence = seq, g.n_tokens = T, g.error = err;
-      g.prefill = p < 0 ? own_P : p;
-      if (g.error.empty() && (g.prefill < 1 || g.prefill >= T))
-        g.error = path + ": sequence " + seq + ": prefill P = " + std::to_string(g.prefill) +
-                  " must satisfy 1 <= P < T = " + std::to_string(T);
-      w.groups.push_back(g);
-    }
+    for (int64_t p : w.plan.prefills)
+      for (const std::string& protocol : w.plan.protocols) {
+        SweepGroup g;
+        g.trace = ti, g.seq_index = seq_index, g.sequence = seq, g.n_tokens = T, g.error = err;
+        g.prefill = p < 0 ? own_P : p;
+        g.protocol = parse_protocol(protocol);
+        if (g.error.empty() && (g.prefill < 1 || g.prefill >= T))
+          g.error = path + ": sequence " + seq + ": prefill P = " + std::to_string(g.prefill) +
+                    " must satisfy 1 <= P < T = " + std::to_string(T);
+        w.groups.push_back(g);
+      }
   };
   if (!t.error.empty()) {
     add_groups("*", -1, 0, -1, t.error);  // sequences unknown: one group per prefill
@@ -125,10 +127,16 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
   }
 }
 
+// A selector runs under protocol sparse only, every other strategy under evict and prefill only.
+bool runs_under(const SweepConfigEntry& c, Protocol p) {
+  return c.strategy_obj->is_selector() == (p == Protocol::sparse);
+}
+
 StoreRun base_run(const SweepWork& w, const SweepGroup& g) {
   StoreRun r;
   r.sequence = g.sequence;
   r.prefill = g.prefill;
+  r.protocol = protocol_name(g.protocol);
   r.stride = w.plan.stride;
   r.n_tokens = g.n_tokens;
   r.host = hostname();
@@ -194,6 +202,7 @@ StoreTrace store_trace_of(const std::string& path, const std::string& model, boo
 StoreRun store_run_of(const ReplayResult& rr, size_t config) {
   StoreRun r;
   r.sequence = rr.sequence, r.prefill = rr.P, r.stride = rr.stride, r.n_tokens = rr.T;
+  r.protocol = protocol_name(rr.protocol);
   r.host = hostname(), r.kvsim_version = KVSIM_VERSION, r.backend = backend_name(rr.backend);
   r.seconds = rr.configs.at(config).seconds;
   fill_rows(rr.configs.at(config), rr, r);
@@ -257,7 +266,12 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
   bool any_good = false;
   for (const auto& t : w.traces) any_good = any_good || t.error.empty();
   if (!any_good) throw FormatError(w.traces.at(0).error);
-  w.total_runs = static_cast<int64_t>(w.groups.size() * w.configs.size());
+  w.total_runs = 0;
+  for (const auto& g : w.groups)
+    for (const auto& c : w.configs) w.total_runs += runs_under(c, g.protocol) ? 1 : 0;
+  if (w.total_runs == 0)
+    throw UsageError(opt.config + ": no configuration runs under the protocols given (selectors run under sparse "
+                     "only, every other strategy under evict or prefill)");
   return w;
 }
 
@@ -277,9 +291,11 @@ std::vector<SweepBatch> pending_batches(const SweepWork& w, ResultsStore& store,
     const SweepGroup& grp = w.groups[g];
     SweepBatch b;
     b.group = static_cast<int64_t>(g);
-    for (size_t c = 0; c < w.configs.size(); ++c, ++r) {
-      if (r % n_shards != shard) continue;
-      const RunKey key{(*config_ids)[c], (*trace_ids)[grp.trace], grp.sequence, grp.prefill, w.plan.stride};
+    for (size_t c = 0; c < w.configs.size(); ++c) {
+      if (!runs_under(w.configs[c], grp.protocol)) continue;  // not a run of this sweep
+      if (r++ % n_shards != shard) continue;
+      const RunKey key{(*config_ids)[c], (*trace_ids)[grp.trace], grp.sequence, grp.prefill, w.plan.stride,
+                       protocol_name(grp.protocol)};
       if (done.count(key)) {
         ++*skipped;
         continue;
@@ -327,7 +343,7 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
   for (size_t i = 0; i < out.size(); ++i) {
     const Strategy* s = w.configs.at(out[i].config).strategy_obj.get();
     try {
-      check_fits(*s, ModelShape{h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim}, g.n_tokens, g.prefill);
+      check_fits(*s, ModelShape{h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim}, g.n_tokens, g.prefill, g.protocol);
       strategies.push_back(s);
       index.push_back(i);
     } catch (const std::exception& e) {
@@ -337,6 +353,7 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
   if (strategies.empty()) return out;
   ReplayOptions opt;
   opt.prefill = g.prefill, opt.stride = w.plan.stride, opt.seq = g.seq_index, opt.backend = w.backend;
+  opt.protocol = g.protocol;
   opt.stats_cache = stats_cache;
   try {
     const ReplayResult rr = replay_trace(*reader, strategies, opt);

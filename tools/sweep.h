@@ -43,9 +43,11 @@ struct SweepTraceEntry {
   StoreTrace row;
 };
 
-// A (trace, sequence, prefill) group; error set when none of its runs can start.
+// A (trace, sequence, prefill, protocol) group; error set when none of its runs can start. A
+// configuration runs in the groups of the protocols it fits (selectors under sparse only).
 struct SweepGroup {
   int64_t trace = 0, seq_index = -1, prefill = 0, n_tokens = 0;
+  Protocol protocol = Protocol::evict;
   std::string sequence, error;
 };
 

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "sim/base/error.h"
+#include "sim/strategies/strategy.h"
 
 namespace kvsim::tools {
 
@@ -176,7 +177,8 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
                      ": YAML error: " + e.msg);
   }
   if (!root.IsMap()) throw UsageError(path + ":1:1: a sweep config must be a mapping (name, traces, strategies, ...)");
-  c.only_keys(root, {"name", "traces", "sequences", "prefill", "stride", "backend", "strategies"}, "the sweep config");
+  c.only_keys(root, {"name", "traces", "sequences", "prefill", "protocol", "stride", "backend", "strategies"},
+              "the sweep config");
   SweepPlan plan;
   plan.path = path;
   plan.name = root["name"] ? c.scalar(root["name"], "name") : fs::path(path).stem().string();
@@ -206,6 +208,25 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
     }
   } else {
     plan.prefills.push_back(-1);
+  }
+  if (const YAML::Node p = root["protocol"]) {
+    std::vector<YAML::Node> items;
+    if (p.IsSequence()) for (const auto& x : p) items.push_back(x);
+    else items.push_back(p);
+    if (items.empty()) c.fail(p, "protocol: give evict, prefill, sparse or a list of them");
+    for (const auto& x : items) {
+      const std::string name = c.scalar(x, "protocol");
+      try {
+        (void)parse_protocol(name);
+      } catch (const UsageError& e) {
+        c.fail(x, e.what());
+      }
+      if (std::find(plan.protocols.begin(), plan.protocols.end(), name) != plan.protocols.end())
+        c.fail(x, "protocol " + name + " is listed twice");
+      plan.protocols.push_back(name);
+    }
+  } else {
+    plan.protocols.push_back("evict");
   }
   if (root["stride"]) {
     plan.stride = c.integer(root["stride"], "stride");

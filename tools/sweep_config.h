@@ -7,6 +7,7 @@
 //   traces: [traces/samples/*.h5]        # paths or globs, relative to the config file or absolute
 //   sequences: all                        # or a list of sequence names
 //   prefill: [128]                        # a number or a list; `trace` = the trace's own prefill_len
+//   protocol: [evict, prefill]            # a name or a list (default evict): methods.md §1.1
 //   stride: 4
 //   strategies:
 //     - name: h2o
@@ -33,6 +34,7 @@ struct SweepPlan {
   std::vector<std::string> traces;     // resolved paths, in config order, globs sorted
   std::vector<std::string> sequences;  // empty: all
   std::vector<int64_t> prefills;       // -1: the trace's own prefill_len
+  std::vector<std::string> protocols;  // evict | prefill | sparse, in config order (default: evict)
   int64_t stride = 1;
   std::string backend = "auto";
   std::vector<SweepSpec> specs;        // deduplicated, in grid order

@@ -1,4 +1,4 @@
--- kvsim results store, schema version 1 (sim/store/STORE.md documents every column).
+-- kvsim results store, schema version 2 (version 1 had no runs.protocol; ResultsStore migrates it) (sim/store/STORE.md documents every column).
 -- The one copy of the schema: CMake embeds this file in sim/store/store.cpp at build time
 -- (kStoreSchemaSql in the generated sim/store/schema_sql.h), and plots/synth_store.py reads it.
 -- A change here is a new schema version: bump kStoreSchemaVersion (sim/store/store.h) and
@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS configs(id INTEGER PRIMARY KEY, strategy TEXT, spec T
 CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, config_id INTEGER REFERENCES configs(id),
   trace_id INTEGER REFERENCES traces(id), sequence TEXT, prefill INTEGER, stride INTEGER, n_tokens INTEGER,
   status TEXT, error TEXT, seconds REAL, host TEXT, kvsim_version TEXT, backend TEXT, finished TEXT,
-  UNIQUE(config_id, trace_id, sequence, prefill, stride));
+  protocol TEXT NOT NULL DEFAULT 'evict',
+  UNIQUE(config_id, trace_id, sequence, prefill, stride, protocol));
 CREATE TABLE IF NOT EXISTS summaries(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, layer INTEGER,
   head INTEGER, metric TEXT, mean REAL, p5 REAL, p50 REAL, p95 REAL, worst REAL, n INTEGER,
   PRIMARY KEY(run_id, layer, head, metric));
@@ -19,7 +20,7 @@ CREATE TABLE IF NOT EXISTS curves(run_id INTEGER REFERENCES runs(id) ON DELETE C
   bin INTEGER, pos_lo INTEGER, pos_hi INTEGER, value REAL, PRIMARY KEY(run_id, metric, bin));
 CREATE VIEW IF NOT EXISTS results AS
   SELECT r.id AS run_id, c.strategy, c.spec, c.params_json, t.path AS trace, t.model, r.sequence,
-         r.prefill, r.stride, s.metric, s.mean, s.p5, s.p50, s.p95, s.worst
+         r.prefill, r.stride, r.protocol, s.metric, s.mean, s.p5, s.p50, s.p95, s.worst
   FROM runs r JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id
   JOIN summaries s ON s.run_id = r.id
   WHERE r.status = 'done' AND s.layer = -1;

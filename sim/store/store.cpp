@@ -111,6 +111,10 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
         Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
         v = s.step() ? s.col_text(0) : "";
       }
+      if (v == "1") {
+        migrate_v1();
+        v = std::to_string(kStoreSchemaVersion);
+      }
       if (v != std::to_string(kStoreSchemaVersion))
         throw FormatError(path + ": results store schema_version = '" + v + "' but this kvsim writes version " +
                           std::to_string(kStoreSchemaVersion) + " (use a new --db file)");
@@ -127,6 +131,34 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
     db_ = nullptr;
     throw;
   }
+}
+
+// Version 1 had no runs.protocol: every run was protocol evict. The runs table is rebuilt with the
+// column (SQLite cannot change a UNIQUE constraint in place) in one transaction, with foreign keys
+// off so that dropping the old table does not cascade into summaries and curves; their run ids stay.
+void ResultsStore::migrate_v1() {
+  exec("PRAGMA foreign_keys=OFF");
+  exec("BEGIN IMMEDIATE");
+  {  // another process may have migrated while this one waited for the write lock
+    Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
+    if (!s.step() || s.col_text(0) != "1") {
+      exec("COMMIT; PRAGMA foreign_keys=ON");
+      return;
+    }
+  }
+  exec(R"sql(DROP VIEW IF EXISTS results;
+CREATE TABLE runs_v2(id INTEGER PRIMARY KEY, config_id INTEGER REFERENCES configs(id),
+  trace_id INTEGER REFERENCES traces(id), sequence TEXT, prefill INTEGER, stride INTEGER, n_tokens INTEGER,
+  status TEXT, error TEXT, seconds REAL, host TEXT, kvsim_version TEXT, backend TEXT, finished TEXT,
+  protocol TEXT NOT NULL DEFAULT 'evict',
+  UNIQUE(config_id, trace_id, sequence, prefill, stride, protocol));
+INSERT INTO runs_v2 SELECT id, config_id, trace_id, sequence, prefill, stride, n_tokens, status, error, seconds,
+  host, kvsim_version, backend, finished, 'evict' FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v2 RENAME TO runs;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+COMMIT;)sql");
+  exec("PRAGMA foreign_keys=ON");
 }
 
 ResultsStore::~ResultsStore() {
@@ -186,8 +218,10 @@ std::vector<int64_t> ResultsStore::add_configs(const std::vector<StoreConfig>& c
 
 std::set<RunKey> ResultsStore::done_runs() {
   std::set<RunKey> out;
-  Stmt q(db_, "SELECT config_id, trace_id, sequence, prefill, stride FROM runs WHERE status = 'done'", path_);
-  while (q.step()) out.insert({q.col_int(0), q.col_int(1), q.col_text(2), q.col_int(3), q.col_int(4)});
+  Stmt q(db_, "SELECT config_id, trace_id, sequence, prefill, stride, protocol FROM runs WHERE status = 'done'",
+         path_);
+  while (q.step())
+    out.insert({q.col_int(0), q.col_int(1), q.col_text(2), q.col_int(3), q.col_int(4), q.col_text(5)});
   return out;
 }
 
@@ -202,17 +236,21 @@ void ResultsStore::commit_run(const StoreRun& r) {
   exec("BEGIN IMMEDIATE");
   try {
     {
-      Stmt del(db_, "DELETE FROM runs WHERE config_id=? AND trace_id=? AND sequence=? AND prefill=? AND stride=?", path_);
+      Stmt del(db_,
+               "DELETE FROM runs WHERE config_id=? AND trace_id=? AND sequence=? AND prefill=? AND stride=? AND "
+               "protocol=?",
+               path_);
       del.bind(1, r.config_id).bind(2, r.trace_id).bind(3, r.sequence).bind(4, r.prefill).bind(5, r.stride);
+      del.bind(6, r.protocol);
       del.step();
     }
     Stmt ins(db_,
              "INSERT INTO runs(config_id, trace_id, sequence, prefill, stride, n_tokens, status, error, seconds, host, "
-             "kvsim_version, backend, finished) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             "kvsim_version, backend, finished, protocol) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
              path_);
     ins.bind(1, r.config_id).bind(2, r.trace_id).bind(3, r.sequence).bind(4, r.prefill).bind(5, r.stride);
     ins.bind(6, r.n_tokens).bind(7, r.status).bind(8, r.error).bind(9, r.seconds).bind(10, r.host);
-    ins.bind(11, r.kvsim_version).bind(12, r.backend).bind(13, now_iso());
+    ins.bind(11, r.kvsim_version).bind(12, r.backend).bind(13, now_iso()).bind(14, r.protocol);
     ins.step();
     const int64_t run_id = sqlite3_last_insert_rowid(db_);
     Stmt s(db_, "INSERT INTO summaries VALUES(?,?,?,?,?,?,?,?,?,?)", path_);

@@ -14,7 +14,7 @@ struct sqlite3;
 
 namespace kvsim {
 
-inline constexpr int kStoreSchemaVersion = 1;
+inline constexpr int kStoreSchemaVersion = 2;
 
 struct StoreTrace {
   std::string path, content_hash, model;
@@ -39,8 +39,8 @@ struct StoreCurvePoint {
   double value = 0;
 };
 
-// Identifies a run: (config, trace, sequence, prefill, stride).
-using RunKey = std::tuple<int64_t, int64_t, std::string, int64_t, int64_t>;
+// Identifies a run: (config, trace, sequence, prefill, stride, protocol).
+using RunKey = std::tuple<int64_t, int64_t, std::string, int64_t, int64_t, std::string>;
 
 struct StoreRun {
   int64_t config_id = 0, trace_id = 0;
@@ -51,7 +51,8 @@ struct StoreRun {
   std::string host, kvsim_version, backend;
   std::vector<StoreSummaryRow> summaries;
   std::vector<StoreCurvePoint> curves;
-  RunKey key() const { return {config_id, trace_id, sequence, prefill, stride}; }
+  std::string protocol = "evict";  // evict | prefill | sparse (methods.md §1.1)
+  RunKey key() const { return {config_id, trace_id, sequence, prefill, stride, protocol}; }
 };
 
 // 64-bit FNV-1a of a string, as 16 hex digits.
@@ -77,6 +78,7 @@ class ResultsStore {
 
  private:
   void exec(const std::string& sql);
+  void migrate_v1();  // schema version 1 -> 2 in place (runs.protocol = 'evict')
   std::string path_;
   sqlite3* db_ = nullptr;
 };

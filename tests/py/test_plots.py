@@ -115,10 +115,10 @@ def main():
         # --- bad input -----------------------------------------------------------------------------
         empty = os.path.join(d, "empty.db")
         synth_store.build(empty, empty=True)
-        other = os.path.join(d, "v2.db")
+        other = os.path.join(d, "v99.db")
         synth_store.build(other, tokens=64, sequences=1)
         con = sqlite3.connect(other)
-        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
         con.commit()
         con.close()
         not_h5 = os.path.join(d, "not.h5")
@@ -131,7 +131,7 @@ def main():
             "missing trace": (["trace", "--trace", os.path.join(d, "nope.h5")], 2, ["nope.h5", "no such trace"]),
             "missing store": (["pareto", "--db", os.path.join(d, "nope.db")], 2, ["nope.db", "no such"]),
             "unknown kind": (["scatter", "--db", db], 2, ["unknown plot kind 'scatter'", "pareto"]),
-            "other schema version": (["pareto", "--db", other], 2, ["schema version 2"]),
+            "other schema version": (["pareto", "--db", other], 2, ["schema version 99"]),
             "not a trace": (["trace", "--trace", not_h5], 2, ["not.h5", "not an HDF5 trace"]),
             "trace for a store kind": (["pareto", "--db", db, "--trace", trace], 2, ["--trace does not apply"]),
             "option of another kind": (["pareto", "--db", db, "--shape", "llama3-8b"], 2, ["--shape"]),

@@ -72,7 +72,7 @@ std::vector<char> pack(const std::vector<SweepOutcome>& outs) {
     const StoreRun& r = o.run;
     p.i(o.group), p.i(o.config);
     p.s(r.sequence), p.i(r.prefill), p.i(r.stride), p.i(r.n_tokens), p.s(r.status), p.s(r.error), p.d(r.seconds);
-    p.s(r.host), p.s(r.kvsim_version), p.s(r.backend);
+    p.s(r.host), p.s(r.kvsim_version), p.s(r.backend), p.s(r.protocol);
     p.i(static_cast<int64_t>(r.summaries.size()));
     for (const auto& x : r.summaries) {
       p.i(x.layer), p.i(x.head), p.s(x.metric), p.d(x.mean), p.d(x.p5), p.d(x.p50), p.d(x.p95), p.d(x.worst);
@@ -92,7 +92,7 @@ std::vector<SweepOutcome> unpack(const std::vector<char>& buf) {
     o.group = u.i(), o.config = u.i();
     r.sequence = u.s(), r.prefill = u.i(), r.stride = u.i(), r.n_tokens = u.i(), r.status = u.s(), r.error = u.s();
     r.seconds = u.d();
-    r.host = u.s(), r.kvsim_version = u.s(), r.backend = u.s();
+    r.host = u.s(), r.kvsim_version = u.s(), r.backend = u.s(), r.protocol = u.s();
     r.summaries.resize(static_cast<size_t>(u.i()));
     for (auto& x : r.summaries) {
       x.layer = u.i(), x.head = u.i(), x.metric = u.s(), x.mean = u.d(), x.p5 = u.d(), x.p50 = u.d();
@@ -223,7 +223,8 @@ int run_sweep_mpi(const SweepOptions& opt) {
     std::string fp;
     for (const auto& c : w.configs) fp += c.canonical + "\n";
     for (const auto& g : w.groups)
-      fp += std::to_string(g.trace) + "/" + g.sequence + "/" + std::to_string(g.prefill) + "/" + g.error + "\n";
+      fp += std::to_string(g.trace) + "/" + g.sequence + "/" + std::to_string(g.prefill) + "/" +
+            protocol_name(g.protocol) + "/" + g.error + "\n";
     const std::string mine = content_hash_hex(fp);
     std::vector<char> all(static_cast<size_t>(n_ranks) * 16);
     MPI_Allgather(mine.data(), 16, MPI_CHAR, all.data(), 16, MPI_CHAR, MPI_COMM_WORLD);
