@@ -1,20 +1,16 @@
-// Shared by tests/test_cuda_forward*.cpp: seeded data, a tolerance check that also reports the
-// largest deviation, and the forward kernels of cuda/forward_ops.cu emulated on the CPU - each
-// kernel's thread mapping and reduction tree, lane by lane, around the functions of
-// cuda/forward_core.h - plus a GQA attention case in the runner's cache layout.
+// Shared by tests/test_cuda_forward*.cpp and the harness (tests/backend_harness.h): seeded data,
+// the forward kernels of cuda/forward_ops.cu emulated on the CPU - each kernel's thread mapping
+// and reduction tree, lane by lane, around the functions of cuda/forward_core.h - and a GQA
+// attention case in the runner's cache layout.
 #pragma once
-
-#include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "cuda/forward_core.h"
-#include "model_test_util.h"
 #include "sim/base/kv_cache.h"
 
 namespace kvsim_test::cuda_fwd {
@@ -29,21 +25,6 @@ inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
   return v;
-}
-
-// check_close; with KVSIM_TEST_TOLERANCES=1 in the environment, also a line with the largest
-// deviation seen (the numbers the declared tolerances rest on).
-inline void close(const float* x, const float* ref, int64_t n, double atol, double rtol, const char* what) {
-  if (!std::getenv("KVSIM_TEST_TOLERANCES")) return kvsim_test::check_close(x, ref, n, atol, rtol, what);
-  double max_abs = 0, max_rel = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = std::abs(static_cast<double>(x[i]) - ref[i]);
-    max_abs = std::max(max_abs, d);
-    if (ref[i] != 0) max_rel = std::max(max_rel, d / std::abs(static_cast<double>(ref[i])));
-  }
-  MESSAGE(std::string(what) << ": max |diff| " << max_abs << ", max rel " << max_rel << " (atol " << atol
-                            << ", rtol " << rtol << ")");
-  kvsim_test::check_close(x, ref, n, atol, rtol, what);
 }
 
 // The kernels' block reductions: lanes' strided partials, then the tree (cuda/forward_ops.cu).

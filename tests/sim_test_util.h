@@ -56,6 +56,22 @@ struct Layer {
   }
 };
 
+// Layer data built to break attention kernels (the backend harness's cases, tests/backend_harness.h).
+enum class Data { random, all_equal, huge_negative, sink };
+
+inline void fill(Layer& L, Data d, uint64_t seed) {
+  L.fill_random(seed);
+  if (d == Data::all_equal) {
+    for (auto& x : L.k) x = 0.5f;  // every logit in a row equal: ties everywhere
+  } else if (d == Data::huge_negative) {
+    for (auto& x : L.q) x *= 300.0f;  // logits of +-1e3..1e4: exp underflows unless max-subtracted
+  } else if (d == Data::sink) {
+    for (int64_t kv = 0; kv < L.Hkv; ++kv)
+      for (int64_t x = 0; x < L.D; ++x) L.K(kv, 0, x) = 40.0f;  // token 0 takes nearly all the mass
+    for (auto& x : L.q) x = std::fabs(x);
+  }
+}
+
 inline std::set<int32_t> positions(const SlotCache& c) {
   std::set<int32_t> s;
   for (int64_t i = 0; i < c.size(); ++i) s.insert(c.pos(i));
@@ -73,8 +89,11 @@ std::vector<float> weights_by_pos(const SlotCache& c, int64_t G, F f) {
 
 // Runs a strategy through prefill and decode on the one instance driver (sim/instance.h) and
 // returns the kept position set of every cache after every step: [step][cache].
-inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, Layer& L, int64_t P, Backend b,
-                                                              int64_t layer = 0, int64_t n_layers = 1) {
+// `attend` is the compressed attention kernel the decode steps run (kernels(b).attend_slots for a
+// backend b, or the harness's host emulation of the CUDA one).
+inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, Layer& L, int64_t P,
+                                                              AttendSlotsFn attend, int64_t layer = 0,
+                                                              int64_t n_layers = 1) {
   LayerView lv = L.view();
   if (s.needs_prompt_colsums()) {
     ExactStats rs;
@@ -92,11 +111,16 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
     inst.prefill_from(lv);
     record(0);
     for (int64_t t = P; t < L.T; ++t) {
-      inst.step(lv, t, kernels(b).attend_slots, [](const Instance&, int64_t) {});
+      inst.step(lv, t, attend, [](const Instance&, int64_t) {});
       record(t - P + 1);
     }
   }
   return out;
+}
+
+inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, Layer& L, int64_t P, Backend b,
+                                                              int64_t layer = 0, int64_t n_layers = 1) {
+  return kept_sets(s, L, P, kernels(b).attend_slots, layer, n_layers);
 }
 
 // One instance driven by hand: the caches of the first n_caches KV heads with tokens 0..P-1 stored

@@ -1,7 +1,7 @@
-// The GPU forward pass on a device ("cuda: ..." cases; without one they print "skipped: no CUDA
-// device (...)", which ctest reports as skipped): each device op against sim/ref, the GPU runner's
-// greedy decode of stories260K against the oracle, a GPU record against a CPU record; and the CLI's
-// one-line refusal of --backend cuda where no device can run it.
+// The GPU forward pass on a device ("cuda: ..." cases; without one ctest reports them skipped,
+// tests/skip.h): the GPU runner's greedy decode of stories260K against the oracle, a GPU record
+// against a CPU record; and the CLI's one-line refusal of --backend cuda where no device can run
+// it. Each device op against sim/ref is in the harness (tests/test_backend_forward.cpp).
 // Tolerances are |x - ref| <= atol + rtol |ref|.
 #include <doctest/doctest.h>
 
@@ -18,12 +18,9 @@
 #include <string>
 #include <vector>
 
-#include "cuda/forward_ops.h"
-#include "cuda_forward_test_util.h"
-#include "cuda_test_util.h"
-#include "model_test_util.h"
 #include "sim/base/error.h"
-#include "sim/kernels/forward_ops.h"
+#include "tests/backend_harness.h"
+#include "tests/model_test_util.h"
 #include "traces/model/model.h"
 #include "traces/model/recorder.h"
 #include "traces/model/runner.h"
@@ -32,87 +29,9 @@
 #include "traces/reader.h"
 
 using namespace kvsim;
-using namespace kvsim_test::cuda_fwd;
-
-namespace {
-
-template <typename T>
-cuda::DeviceArray dev(const std::vector<T>& v) {
-  return cuda::DeviceArray::from(v);
-}
-
-void device_attention_case(AttnCase& c, const char* what) {
-  std::vector<float> o0(c.q.size());
-  ref::attention(c.q.data(), c.views.data(), o0.data(), c.T, c.H, c.Hkv, c.D, c.pos0);
-  auto q = dev(c.q), k = dev(c.k), v = dev(c.v), o = dev(std::vector<float>(c.q.size()));
-  cuda::DeviceArray b, p;
-  if (!c.bias.empty()) b = dev(c.bias), p = dev(c.pos);
-  cuda::attention(q.as<float>(), k.as<float>(), v.as<float>(), c.bias.empty() ? nullptr : b.as<float>(),
-                  c.pos.empty() ? nullptr : p.as<int64_t>(), o.as<float>(), c.T, c.H, c.Hkv, c.D, c.n, c.head_stride,
-                  c.pos0);
-  const auto o1 = o.to_vector<float>();
-  // as the host emulation, plus the device's expf (<= 2 ulp, glibc's < 1 ulp) in every weight
-  close(o1.data(), o0.data(), c.T * c.H * c.D, 1e-6, c.n > 1000 ? 2e-4 : 2e-5, what);
-}
-
-}  // namespace
-
-TEST_CASE("cuda: device forward ops vs ref (seeds 1..4, T 1/31/33/97)") {
-  if (!kvsim::test::cuda_device_or_skip()) return;
-  uint64_t seed = 1;
-  for (int64_t T : {1, 31, 33, 97}) {
-    CAPTURE(T);
-    const int64_t K = 67, N = 45;
-    auto x = randn(static_cast<size_t>(T * K), seed), w = randn(static_cast<size_t>(N * K), seed + 100),
-         b = randn(static_cast<size_t>(N), seed + 200);
-    std::vector<float> y0(static_cast<size_t>(T * N));
-    ref::matmul(x.data(), w.data(), b.data(), y0.data(), T, K, N);
-    auto dx = dev(x), dw = dev(w), db = dev(b), dy = dev(y0);
-    cuda::matmul(dx.as<float>(), dw.as<float>(), db.as<float>(), dy.as<float>(), T, K, N);
-    // SGEMM sums in another order (FP32, TF32 off): as omp's sgemm, fp32 rounding of 67-term dots
-    close(dy.to_vector<float>().data(), y0.data(), T * N, 1e-4, 1e-5, "cuda matmul");
-
-    auto g = randn(static_cast<size_t>(K), seed + 300);
-    std::vector<float> r0(x.size());
-    ref::rmsnorm(x.data(), g.data(), r0.data(), T, K, 1e-5f);
-    auto dg = dev(g), dr = dev(r0);
-    cuda::rmsnorm(dx.as<float>(), dg.as<float>(), dr.as<float>(), T, K, 1e-5f);
-    close(dr.to_vector<float>().data(), r0.data(), T * K, 1e-7, 4e-7 + 6e-8 * std::sqrt(double(K)),
-          "cuda rmsnorm (tree sum, as emulated)");
-
-    for (RopeStyle style : {RopeStyle::interleaved, RopeStyle::half}) {
-      std::vector<float> a = randn(static_cast<size_t>(T * 5 * 16), seed + 800), inv(8);
-      for (size_t i = 0; i < inv.size(); ++i) inv[i] = 1.0f / static_cast<float>(1 + 3 * i);
-      auto da = dev(a), dinv = dev(inv);
-      ref::rope(a.data(), T, 5, 16, 300, 10000.0, style, inv.data());
-      cuda::rope(da.as<float>(), T, 5, 16, 300, 10000.0, style, dinv.as<float>());
-      // device double pow/cos/sin are within 2 ulp of glibc's: cos and sin may round to a float
-      // one ulp apart, so each rotated element may move by ~1 ulp of |x|
-      close(da.to_vector<float>().data(), a.data(), T * 80, 1e-6, 1e-6, "cuda rope");
-    }
-
-    auto gate = randn(static_cast<size_t>(T * 33), seed + 900, 4.0f), up = randn(gate.size(), seed + 901);
-    std::vector<float> s0(gate.size());
-    ref::swiglu(gate.data(), up.data(), s0.data(), T * 33);
-    auto dgate = dev(gate), dup = dev(up), ds = dev(s0);
-    cuda::swiglu(dgate.as<float>(), dup.as<float>(), ds.as<float>(), T * 33);
-    close(ds.to_vector<float>().data(), s0.data(), T * 33, 1e-7, 1e-6, "cuda swiglu (device expf, <= 2 ulp)");
-
-    for (bool with_bias : {false, true}) {
-      AttnCase c(T, 6, 2, 12, T + 5, 5, with_bias, seed + 1000);
-      device_attention_case(c, "cuda attention");
-    }
-    auto am = randn(static_cast<size_t>(T * 41), seed + 1100);
-    auto dam = dev(am);
-    CHECK(cuda::argmax(dam.as<float>(), T * 41) == ref::argmax(am.data(), T * 41));
-    ++seed;
-  }
-  AttnCase big(2, 32, 8, 128, 4097, 4095, false, 60);
-  device_attention_case(big, "cuda attention over 4097 slots");
-}
 
 TEST_CASE("cuda: stories260K greedy from BOS for 256 steps on the GPU reproduces greedy_from_bos_256.json") {
-  if (!kvsim::test::cuda_device_or_skip()) return;
+  KVSIM_REQUIRE_CUDA_DEVICE();
   KVSIM_REQUIRE_MODELS();
   std::ifstream in(kvsim_test::models_dir() + "/stories260K/greedy_from_bos_256.json");
   const auto expect = nlohmann::json::parse(in).at("greedy_ids").get<std::vector<int32_t>>();
@@ -137,18 +56,18 @@ TEST_CASE("cuda: stories260K greedy from BOS for 256 steps on the GPU reproduces
   const float* lg = gpu.forward(ids.data(), 40, true);
   // 5 layers of SGEMM summing in another order than ref's loops (and the device's expf); the
   // residual stream carries each layer's rounding on: logits of magnitude ~10
-  close(lg, want.data(), 40 * m.config.vocab_size, 1e-4, 1e-4, "GPU prefill logits vs ref");
+  kvsim::test::check_close("GPU prefill logits vs ref", lg, want.data(), want.size(), {1e-4, 1e-4});
   gpu.reset();
   std::vector<float> dec;
   for (int32_t t : ids) {
     const float* l = gpu.forward(&t, 1);
     dec.insert(dec.end(), l, l + m.config.vocab_size);
   }
-  close(dec.data(), want.data(), 40 * m.config.vocab_size, 1e-4, 1e-4, "GPU decode vs ref prefill");
+  kvsim::test::check_close("GPU decode vs ref prefill", dec, want, {1e-4, 1e-4});
 }
 
 TEST_CASE("cuda: the GPU runner refuses strategy caches and host cache access, and rethrows a failing tap") {
-  if (!kvsim::test::cuda_device_or_skip()) return;
+  KVSIM_REQUIRE_CUDA_DEVICE();
   model::ModelConfig c;
   c.name = "tiny random", c.hf_architecture = "LlamaForCausalLM";
   c.dim = 48, c.hidden_dim = 80, c.n_layers = 3, c.n_heads = 6, c.n_kv_heads = 2, c.head_dim = 8;
@@ -171,7 +90,7 @@ TEST_CASE("cuda: the GPU runner refuses strategy caches and host cache access, a
 }
 
 TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre, k_pre, o per layer)") {
-  if (!kvsim::test::cuda_device_or_skip()) return;
+  KVSIM_REQUIRE_CUDA_DEVICE();
   KVSIM_REQUIRE_MODELS();
   const model::Model m = model::load_model(kvsim_test::stories_bin());
   model::Llama2cTokenizer tok(kvsim_test::stories_tok());
@@ -205,7 +124,7 @@ TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre
       const auto a = gpu.read_layer(0, l, kind), b = cpu.read_layer(0, l, kind);
       REQUIRE(a.size() == b.size());
       // layer l's tensors carry l layers of SGEMM rounding in another order than the CPU's; values ~1-10
-      close(a.data(), b.data(), static_cast<int64_t>(a.size()), 1e-4, 1e-4, "GPU vs CPU record");
+      kvsim::test::check_close("GPU vs CPU record", a.data(), b.data(), a.size(), {1e-4, 1e-4});
     }
   // the CLI marks the trace with the device
   const std::string out = (dir / "cli.h5").string();
@@ -218,10 +137,7 @@ TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre
 
 TEST_CASE("cli record/generate: --backend cuda without CUDA or a device exits 2 with one line") {
   std::string why;
-  if (backend_available(Backend::cuda, &why)) {
-    MESSAGE("not applicable: a CUDA device can run here");
-    return;
-  }
+  if (backend_available(Backend::cuda, &why)) KVSIM_SKIP("a CUDA device can run here: nothing to refuse");
   namespace fs = std::filesystem;
   const fs::path err = fs::temp_directory_path() / ("kvsim_test_cuda_cli_" + std::to_string(::getpid()) + ".err");
   for (const std::string args : {"record --model nonexistent.bin --prompt hi --out never.h5 --backend cuda",

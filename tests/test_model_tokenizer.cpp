@@ -10,10 +10,7 @@ using namespace kvsim;
 
 TEST_CASE("tokenizer: llama2.c tokenizer.bin and SentencePiece tokenizer.model agree on the Llama 2 vocabulary") {
   const std::string dir = kvsim_test::models_dir() + "/llama2-tokenizer";
-  if (!std::filesystem::exists(dir + "/tokenizer.model")) {
-    MESSAGE("skipped: ../shared/models not found (" << dir << ")");
-    return;
-  }
+  if (!std::filesystem::exists(dir + "/tokenizer.model")) KVSIM_SKIP("../shared/models not found (" << dir << ")");
   model::Llama2cTokenizer bin(dir + "/tokenizer.bin");
   model::SentencePieceTokenizer sp(dir + "/tokenizer.model");
   CHECK(bin.vocab_size() == 32000);

@@ -1,10 +1,9 @@
-// Quantization kernels (sim/kernels/ref/quant.h, sim/kernels/omp/quant.h). Expected values are computed by hand
+// Quantization kernels of ref (sim/kernels/quant.h) on hand cases. Expected values are computed by hand
 // in the comments, or from the NormalFloat-4 table as printed in the QLoRA paper (Appendix E),
-// copied here independently of the kernel's table.
+// copied here independently of the kernel's table. omp and cuda against ref: tests/test_backend_quant.cpp.
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -148,39 +147,4 @@ TEST_CASE("quantization bad input: one-line errors naming the values") {
   CHECK_THROWS_AS(ref::quant_uniform(x.data(), 3, 8, 2, QuantAxis::token, 2), UsageError);    // 4 bits per block
   CHECK_THROWS_AS(ref::quant_uniform(x.data(), 3, 8, 4, QuantAxis::token, 0), UsageError);
   CHECK_THROWS_AS(ref::quant_nf4(x.data(), 3, 8, QuantAxis::token, 64, false), UsageError);
-}
-
-TEST_CASE("omp quantization equals ref bit for bit (seeds 21..24, sizes off powers of two)") {
-  struct Case {
-    int64_t T, D;
-  };
-  for (Case c : {Case{32, 8}, Case{96, 128}, Case{4096, 64}, Case{64, 96}}) {
-    std::mt19937 rng(static_cast<uint32_t>(21 + c.T));
-    std::normal_distribution<float> nd(0.0f, 2.0f);
-    std::vector<float> x(static_cast<size_t>(c.T * c.D));
-    for (auto& v : x) v = nd(rng);
-    for (int bits : {2, 4, 8}) {
-      for (QuantAxis axis : {QuantAxis::token, QuantAxis::channel}) {
-        const int64_t group = axis == QuantAxis::token ? (c.D % 32 == 0 ? 32 : 8) : 32;
-        auto a = ref::quant_uniform(x.data(), c.T, c.D, bits, axis, group);
-        auto b = omp::quant_uniform(x.data(), c.T, c.D, bits, axis, group);
-        CHECK(a.codes == b.codes);
-        CHECK(a.scale_f16 == b.scale_f16);
-        CHECK(a.min_f16 == b.min_f16);
-        std::vector<float> ya(x.size()), yb(x.size());
-        ref::dequant_uniform(a, ya.data());
-        omp::dequant_uniform(b, yb.data());
-        CHECK(std::memcmp(ya.data(), yb.data(), sizeof(float) * x.size()) == 0);
-      }
-    }
-    for (bool dqq : {false, true}) {
-      auto a = ref::quant_nf4(x.data(), c.T, c.D, QuantAxis::token, 64, dqq);
-      auto b = omp::quant_nf4(x.data(), c.T, c.D, QuantAxis::token, 64, dqq);
-      CHECK(a.codes == b.codes);
-      std::vector<float> ya(x.size()), yb(x.size());
-      ref::dequant_nf4(a, ya.data());
-      omp::dequant_nf4(b, yb.data());
-      CHECK(std::memcmp(ya.data(), yb.data(), sizeof(float) * x.size()) == 0);
-    }
-  }
 }

@@ -18,7 +18,7 @@
 #include "traces/reader.h"
 #include "traces/synth.h"
 #include "tests/cuda_emulation.h"
-#include "tests/cuda_test_util.h"
+#include "tests/skip.h"
 
 using namespace kvsim;
 namespace fs = std::filesystem;
@@ -27,7 +27,7 @@ namespace {
 
 // Set to a trace path to replace the synthetic input of the tests below (one line).
 const char* const kIntegrationTrace = nullptr;
-// The embedded real trace (recorded from stories260K); its tests are skipped when it is absent.
+// The embedded real trace (recorded from stories260K); its tests report skipped when it is absent.
 const std::string kRealTrace = KVSIM_SOURCE_DIR "/traces/samples/stories260K.h5";
 
 struct TempDir {
@@ -124,10 +124,7 @@ TEST_CASE("replay: full is exact on every trace and backend (per head, worst ste
 }
 
 TEST_CASE("replay: ref and omp agree on every strategy's summaries") {
-  if (!backend_available(Backend::omp)) {
-    MESSAGE("skipped: omp backend not built");
-    return;
-  }
+  KVSIM_REQUIRE_BACKEND(Backend::omp);
   const std::vector<std::string> specs = {"window:budget=24",      "streaming:budget=24", "h2o:budget=24",
                                           "h2o:budget=24,norm=mean", "tova:budget=24",      "scissorhands:budget=24",
                                           "snapkv:budget=40,window=8", "pyramidkv:budget=40,window=8",
@@ -138,7 +135,7 @@ TEST_CASE("replay: ref and omp agree on every strategy's summaries") {
     for (size_t h = 0; h < a.configs[c].heads.size(); ++h)
       for (int m = 0; m < kNumMetrics; ++m) {
         const double x = a.configs[c].heads[h].summary[m].mean, y = b.configs[c].heads[h].summary[m].mean;
-        // Same kept sets (checked exactly in test_sim_backends); values differ by float rounding only.
+        // Same kept sets (checked exactly in test_backend_attend); values differ by float rounding only.
         INFO(specs[c] << " head " << h << " " << metric_name(m) << " ref " << x << " omp " << y);
         CHECK(std::fabs(x - y) <= 1e-6 + 1e-5 * std::fabs(x));
       }
@@ -169,14 +166,14 @@ TEST_CASE("cuda-host: the lockstep replay of the cuda path, kernel emulated on t
 }
 
 TEST_CASE("cuda: replay on the device agrees with ref on every kind of strategy") {
-  if (!test::cuda_device_or_skip()) return;
+  KVSIM_REQUIRE_CUDA_DEVICE();
   const std::string p = trace("stories260k", 130, 5);
   ReplayResult a = replay(p, kEveryKind, Backend::ref, 40, 3), b = replay(p, kEveryKind, Backend::cuda, 40, 3);
   for (size_t c = 0; c < kEveryKind.size(); ++c)
     for (size_t h = 0; h < a.configs[c].heads.size(); ++h)
       for (int m = 0; m < kNumMetrics; ++m) {
         const double x = a.configs[c].heads[h].summary[m].mean, y = b.configs[c].heads[h].summary[m].mean;
-        // Kept sets are the same (test_sim_backends); values differ by the device's exp only.
+        // Kept sets are the same (test_backend_attend); values differ by the device's exp only.
         INFO(kEveryKind[c] << " head " << h << " " << metric_name(m) << " ref " << x << " cuda " << y);
         CHECK(std::fabs(x - y) <= 1e-6 + 1e-5 * std::fabs(x));
       }
@@ -184,10 +181,7 @@ TEST_CASE("cuda: replay on the device agrees with ref on every kind of strategy"
 
 TEST_CASE("replay: backend cuda without a CUDA build or device fails with the reason, never falls back") {
   std::string why;
-  if (backend_available(Backend::cuda, &why)) {
-    MESSAGE("a CUDA device is present: the cuda replay case ran instead");
-    return;
-  }
+  if (backend_available(Backend::cuda, &why)) KVSIM_SKIP("a CUDA device can run here: nothing to refuse");
   CHECK_THROWS_WITH_AS(replay(trace("tiny", 60, 3), {"window:budget=8"}, Backend::cuda, 20), why.c_str(), NotCompiled);
   CHECK(why.rfind("backend cuda: ", 0) == 0);
 }
@@ -274,7 +268,8 @@ TEST_CASE("replay: the trace content hash is remembered per process until the fi
   CHECK(file_content_hash(x.string()) == fresh_hash(c, "copy_c.bin"));
 }
 
-TEST_CASE("replay: full is exact on the embedded real trace, every sequence" * doctest::skip(!fs::exists(kRealTrace))) {
+TEST_CASE("replay: full is exact on the embedded real trace, every sequence") {
+  if (!fs::exists(kRealTrace)) KVSIM_SKIP(kRealTrace << " not found");
   traces::TraceReader r(kRealTrace);
   for (int64_t seq = 0; seq < int64_t(r.sequences().size()); ++seq) {
     ReplayResult res = replay(kRealTrace, {"full"}, fastest_backend() == Backend::cuda ? Backend::omp : fastest_backend(),
@@ -291,8 +286,8 @@ TEST_CASE("replay: full is exact on the embedded real trace, every sequence" * d
   }
 }
 
-TEST_CASE("replay: reference outputs equal the model's own attention output o (real trace)" *
-          doctest::skip(!fs::exists(kRealTrace))) {
+TEST_CASE("replay: reference outputs equal the model's own attention output o (real trace)") {
+  if (!fs::exists(kRealTrace)) KVSIM_SKIP(kRealTrace << " not found");
   traces::TraceReader r(kRealTrace);
   for (int64_t seq = 0; seq < int64_t(r.sequences().size()); ++seq) {
     if (!r.has(seq, traces::Kind::o)) continue;
@@ -323,7 +318,10 @@ TEST_CASE("slow: llama3-8b-shape slice, omp and ref agree and full is exact" * d
     CHECK(std::fabs(h.summary[int(Metric::mass)].worst - 1) <= 1e-6);
     CHECK(h.summary[int(Metric::kl)].worst <= 1e-6);
   }
-  if (!backend_available(Backend::omp)) return;
+  if (!backend_available(Backend::omp)) {
+    MESSAGE("the omp half not run: built without OpenMP (the ref half above ran)");
+    return;
+  }
   ReplayResult b = replay(p, specs, Backend::omp, 100, 3);
   for (size_t c = 0; c < specs.size(); ++c)
     for (int m = 0; m < kNumMetrics; ++m) {

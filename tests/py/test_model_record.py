@@ -5,7 +5,7 @@ Independent checks (numpy, float64): the recorded q and k are RoPE (interleaved 
 of the recorded q_pre and k_pre; the recorded o is softmax(q k^T / sqrt(D)) v with GQA; the prompt
 "Zoo" is [1, 410, 469, 347] (../shared/models/README.md); the generated continuation equals what
 `kvsim generate --ids` prints; a bfloat16 trace holds the float32 trace rounded to nearest-even.
-Skipped (exit 0, "skipped: ...") when ../shared/models is missing. Run:
+Skipped (exit 77, "skipped: ...", which ctest reports as Skipped) when ../shared/models is missing. Run:
     /usr/bin/python3 tests/py/test_model_record.py --kvsim build/kvsim
 """
 import argparse
@@ -18,6 +18,9 @@ import tempfile
 
 import h5py
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kvsim_testlib as lib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "..", "shared", "models", "stories260K", "stories260K.bin")
@@ -64,8 +67,7 @@ def main():
     ap.add_argument("--kvsim", required=True)
     kvsim = os.path.abspath(ap.parse_args().kvsim)
     if not os.path.exists(MODEL):
-        print("skipped: ../shared/models not found")
-        return 0
+        lib.skip("../shared/models not found")
     tmp = tempfile.mkdtemp(prefix="kvsim_record_")
 
     def run(args):

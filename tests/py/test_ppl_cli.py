@@ -2,7 +2,7 @@
 """`kvsim ppl` on stories260K: table and JSON (design.md §6 `run`-like shape), --ids equal to the
 tokenized text, the memory ratio equal to `kvsim run`'s on a trace of the same ids where the slot
 count does not depend on the data, and bad inputs giving one line on stderr and exit code 2.
-Skipped (exit 0, "skipped: ...") when ../shared/models is missing. Run:
+Skipped (exit 77, "skipped: ...", which ctest reports as Skipped) when ../shared/models is missing. Run:
     /usr/bin/python3 tests/py/test_ppl_cli.py --kvsim build/kvsim
 """
 import json
@@ -22,8 +22,7 @@ TEXT = ("Once upon a time, there was a little girl named Lily. She loved to play
 def main():
     a = lib.parse_args()
     if not os.path.exists(MODEL):
-        print("skipped: ../shared/models not found")
-        return 0
+        lib.skip("../shared/models not found")
     kv = os.path.abspath(a.kvsim)
     suite = lib.Suite()
     tmp = lib.tempdir()

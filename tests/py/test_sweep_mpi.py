@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """`mpirun -np 2` and `-np 3` of the MPI sweep driver (kvsim_mpi, next to kvsim) give the same rows
-and values as one process, on configs/quick.yaml. Skipped, saying why, when kvsim was built
-without MPI or mpirun is absent. Run as: /usr/bin/python3 FILE --kvsim PATH"""
+and values as one process, on configs/quick.yaml. Skipped (exit 77, which ctest reports as Skipped),
+saying why, when kvsim was built without MPI or mpirun is absent. Run as: /usr/bin/python3 FILE --kvsim PATH"""
 import os
 import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kvsim_testlib import Suite, parse_args, tempdir  # noqa: E402
+from kvsim_testlib import Suite, parse_args, skip, tempdir  # noqa: E402
 from sweep_testlib import assert_same, dump, quick_config, sweep  # noqa: E402
 
 
@@ -17,11 +17,9 @@ def main():
     driver = os.path.join(os.path.dirname(os.path.abspath(a.kvsim)), "kvsim_mpi")
     mpirun = shutil.which("mpirun")
     if not os.path.exists(driver):
-        print(f"skipped: {driver} not built (KVSIM_MPI off or OpenMPI not found)")
-        return
+        skip(f"{driver} not built (KVSIM_MPI off or OpenMPI not found)")
     if not mpirun:
-        print("skipped: mpirun not found (install openmpi-bin)")
-        return
+        skip("mpirun not found (install openmpi-bin)")
     s = Suite()
     env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1")
     with tempdir() as d:
