@@ -70,7 +70,7 @@ TEST_CASE("sweep: configurations are identified by their resolved parameters") {
   }
 }
 
-TEST_CASE("sweep: protocol lists; a configuration runs under the protocols it fits") {
+TEST_CASE("sweep: protocol lists, and a configuration runs under the protocols it fits") {
   test::TempDir dir;
   const std::string cfg = dir.file("p.yaml");
   std::ofstream(cfg) << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
