@@ -171,3 +171,24 @@ TEST_CASE("protocols: a selector runs only under sparse, a cache strategy never 
   CHECK(parse_protocol("prefill") == Protocol::prefill);
   CHECK_THROWS_AS(parse_protocol("grow"), UsageError);
 }
+
+TEST_CASE("protocols: press_ratio is kvpress's compression_ratio, the fraction of the prompt removed") {
+  // kvpress keeps int(P (1 - r)) tokens: P = 10, r = 0.25 -> int(7.5) = 7; r = 0 keeps the whole prompt.
+  Layer L(2, 1, 16, 4);
+  L.fill_random(9);
+  const auto a = run("window:press_ratio=0.25", Protocol::prefill, L, 10);
+  CHECK(a[0].n == 7 + 1);
+  CHECK(a[0].positions == range(3, 10));  // the newest 7 of the prompt, then token 10
+  const auto b = run("window:press_ratio=0", Protocol::prefill, L, 10);
+  CHECK(b[0].n == 10 + 1);
+  auto msg = [](const char* spec) {
+    try {
+      (void)make_strategy(spec);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(msg("window:press_ratio=1").find("must be in [0, 1)") != std::string::npos);
+  CHECK(msg("window:press_ratio=0.5,budget=3").find("exactly one of budget") != std::string::npos);
+}

@@ -219,7 +219,7 @@ TEST_CASE("strategy specs: parsing and errors list the valid choices") {
   CHECK(msg("h2o:budget=8,recent=2").find("no error") == 0);
   CHECK(msg("nope").find("valid: full, window, streaming, h2o, tova") != std::string::npos);
   CHECK(msg("h2o:budget=8,bogus=1").find("unknown parameter 'bogus'") != std::string::npos);
-  CHECK(msg("h2o:budget=8,bogus=1").find("valid: budget, ratio, sinks, recent, gqa, norm") != std::string::npos);
+  CHECK(msg("h2o:budget=8,bogus=1").find("valid: budget, ratio, press_ratio, sinks, recent, gqa, norm") != std::string::npos);
   CHECK(msg("h2o:budget=8,sinks=4,recent=4").find("must exceed sinks + recent = 4 + 4") != std::string::npos);
   CHECK(msg("h2o:budget=8,norm=median").find("not one of sum, mean") != std::string::npos);
   CHECK(msg("h2o:budget=x").find("not an integer") != std::string::npos);

@@ -146,7 +146,7 @@ class CmsAggregate final : public Strategy {
   }
   bool needs_prompt_colsums() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    const int64_t B = ep_.resolve_budget(ctx.T);
+    const int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<CmsAggregateState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, ap_, ctx);
   }
 

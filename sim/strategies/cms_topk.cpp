@@ -58,7 +58,7 @@ class CmsTopk final : public Strategy {
   }
   bool needs_prompt_colsums() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    const int64_t B = ep_.resolve_budget(ctx.T);
+    const int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<CmsTopkState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, width_, depth_, seed_, ctx);
   }
 

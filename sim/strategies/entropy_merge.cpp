@@ -111,7 +111,7 @@ class EntropyMerge final : public Strategy {
   bool needs_prompt_colsums() const override { return true; }
   bool needs_entropy() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    return std::make_unique<EntropyMergeState>(ep_.resolve_budget(ctx.T), rule_, attn_w_, ep_.gqa, ctx);
+    return std::make_unique<EntropyMergeState>(ep_.resolve_budget(ctx.T, ctx.P), rule_, attn_w_, ep_.gqa, ctx);
   }
 
  private:

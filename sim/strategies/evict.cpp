@@ -10,12 +10,18 @@ namespace kvsim {
 
 void EvictionParams::read(ParamReader& p, const EvictionParamDefaults& takes) {
   spec = p.spec().text;
-  bool hb = p.has("budget"), hr = p.has("ratio");
-  if (hb == hr)
-    throw UsageError("strategy '" + spec + "': give exactly one of budget=SLOTS or ratio=FRACTION_OF_T");
+  bool hb = p.has("budget"), hr = p.has("ratio"), hp = p.has("press_ratio");
+  if (int(hb) + int(hr) + int(hp) != 1)
+    throw UsageError("strategy '" + spec +
+                     "': give exactly one of budget=SLOTS, ratio=FRACTION_OF_T or press_ratio=FRACTION_OF_P_REMOVED");
   if (hb) {
     budget = p.get_int("budget", 0);
     if (budget <= 0) throw UsageError("strategy '" + spec + "': budget=" + std::to_string(budget) + " must be > 0");
+  } else if (hp) {
+    press_ratio = p.get_double("press_ratio", 0);
+    if (!(press_ratio >= 0 && press_ratio < 1))
+      throw UsageError("strategy '" + spec + "': press_ratio=" + p.resolved().at("press_ratio") +
+                       " must be in [0, 1) (the fraction of the prompt removed)");
   } else {
     ratio = p.get_double("ratio", 0);
     if (!(ratio > 0 && ratio <= 1))
@@ -31,11 +37,13 @@ void EvictionParams::read(ParamReader& p, const EvictionParamDefaults& takes) {
     if (recent == -1) p.set_resolved("recent", "budget/2");
   }
   if (takes.gqa) gqa = parse_gqa(p.get_choice("gqa", {"mean", "max", "sum"}));
-  if (budget > 0) resolve_budget(budget);  // validates sinks + recent against a slot budget now
+  if (budget > 0) resolve_budget(budget, 0);  // validates sinks + recent against a slot budget now
 }
 
-int64_t EvictionParams::resolve_budget(int64_t T) const {
+int64_t EvictionParams::resolve_budget(int64_t T, int64_t P) const {
   int64_t B = budget > 0 ? budget : std::max<int64_t>(1, std::llround(ratio * static_cast<double>(T)));
+  // kvpress: n_kept = int(P * (1 - compression_ratio)), truncated (scorer_press.py).
+  if (press_ratio >= 0) B = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(P) * (1.0 - press_ratio)));
   int64_t r = resolve_recent(B);
   if (B <= sinks + r)
     throw UsageError("strategy '" + spec + "': budget " + std::to_string(B) + " must exceed sinks + recent = " +

@@ -26,6 +26,7 @@ struct EvictionParamDefaults {
 struct EvictionParams {
   int64_t budget = -1;  // slots, or -1 when given as a ratio
   double ratio = -1;    // of the sequence length T
+  double press_ratio = -1;  // kvpress's compression_ratio: the fraction of the prompt P removed
   int64_t sinks = 0;    // protected first tokens
   int64_t recent = 0;   // protected newest tokens; -1: half the budget
   Gqa gqa = Gqa::mean;
@@ -34,8 +35,9 @@ struct EvictionParams {
   // Reads budget|ratio (exactly one required), and sinks / recent / gqa where `takes` has them:
   // read(p, {.sinks = 4, .recent = -1, .gqa = true}).
   void read(ParamReader& p, const EvictionParamDefaults& takes);
-  // Budget in slots for a sequence of T tokens; throws UsageError if it is not > sinks + recent.
-  int64_t resolve_budget(int64_t T) const;
+  // Budget in slots for a sequence of T tokens with prefill P (budget, round(ratio T), or
+  // int(P (1 - press_ratio)) as kvpress counts it); throws UsageError if it is not > sinks + recent.
+  int64_t resolve_budget(int64_t T, int64_t P) const;
   int64_t resolve_recent(int64_t B) const { return recent < 0 ? B / 2 : recent; }
 };
 

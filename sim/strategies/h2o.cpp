@@ -63,7 +63,7 @@ class H2o final : public Strategy {
   }
   bool needs_prompt_colsums() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    int64_t B = ep_.resolve_budget(ctx.T);
+    int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<H2oState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, mean_, ctx.T, ctx.G, ctx.kv0);
   }
 

@@ -31,7 +31,7 @@ class Knorm final : public Strategy {
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    int64_t B = ep_.resolve_budget(ctx.T);
+    int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<KnormState>(B, ep_.sinks, ep_.resolve_recent(B), ctx.kv0);
   }
 

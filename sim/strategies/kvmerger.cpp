@@ -154,7 +154,7 @@ class KvMerger final : public Strategy {
   }
   bool needs_prompt_colsums() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    return std::make_unique<KvMergerState>(ep_.resolve_budget(ctx.T), ep_.sinks, ep_.recent, ep_.gqa, mp_, ctx);
+    return std::make_unique<KvMergerState>(ep_.resolve_budget(ctx.T, ctx.P), ep_.sinks, ep_.recent, ep_.gqa, mp_, ctx);
   }
 
  private:

@@ -56,7 +56,7 @@ class OracleTopk final : public Strategy {
   }
   bool is_selector() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    return std::make_unique<OracleTopkState>(ep_.resolve_budget(ctx.T), ctx.D);
+    return std::make_unique<OracleTopkState>(ep_.resolve_budget(ctx.T, ctx.P), ctx.D);
   }
 
  private:

@@ -39,7 +39,7 @@ class Random final : public Strategy {
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    int64_t B = ep_.resolve_budget(ctx.T);
+    int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     uint64_t s = seed_ * 0x100000001b3ull ^ (static_cast<uint64_t>(ctx.layer) << 32) ^ static_cast<uint64_t>(ctx.kv0);
     splitmix(s);
     return std::make_unique<RandomState>(B, ep_.sinks, ep_.resolve_recent(B), s);

@@ -80,7 +80,7 @@ class Scissorhands final : public Strategy {
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    int64_t B = ep_.resolve_budget(ctx.T);
+    int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     int64_t m = std::max<int64_t>(1, std::llround(drop_ * static_cast<double>(B)));
     return std::make_unique<ScissorhandsState>(B, ep_.sinks, ep_.resolve_recent(B), history_, m, ep_.gqa, ctx.T,
                                                ctx.G, ctx.kv0);

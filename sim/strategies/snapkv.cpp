@@ -82,7 +82,7 @@ class Snapkv final : public Strategy {
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    int64_t C = ep_.resolve_budget(ctx.T);
+    int64_t C = ep_.resolve_budget(ctx.T, ctx.P);
     check(C);
     int64_t B = pyramid_ ? pyramid_budget(C, window_, beta_, ctx.layer, ctx.n_layers) : C;
     return std::make_unique<SnapkvState>(B, window_, kernel_, max_pool_, ep_.gqa, ctx.T, ctx.kv0);

@@ -35,8 +35,8 @@ class Streaming final : public Strategy {
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     EvictionParams e = ep_;
-    if (prefix_) e.sinks = block_ > 0 ? block_ : e.resolve_budget(ctx.T) / 2;
-    int64_t B = e.resolve_budget(ctx.T);
+    if (prefix_) e.sinks = block_ > 0 ? block_ : e.resolve_budget(ctx.T, ctx.P) / 2;
+    int64_t B = e.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<StreamingState>(B, e.sinks);
   }
 

@@ -74,7 +74,7 @@ class Tova final : public Strategy {
   }
   bool layer_coupled() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    int64_t B = ep_.resolve_budget(ctx.T);
+    int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<TovaState>(B, ep_.sinks, ep_.resolve_recent(B), ctx.T, ctx.G);
   }
 

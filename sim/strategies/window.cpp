@@ -24,7 +24,7 @@ class Window final : public Strategy {
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    return std::make_unique<WindowState>(ep_.resolve_budget(ctx.T));
+    return std::make_unique<WindowState>(ep_.resolve_budget(ctx.T, ctx.P));
   }
 
  private:
