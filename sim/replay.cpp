@@ -211,6 +211,22 @@ void replay_layer_lockstep(const LayerView& lv, const ExactStats& rs, int64_t la
 
 }  // namespace
 
+int64_t parse_prefill(const std::string& s, const std::string& what) {
+  if (s == "trace") return kPrefillOfTrace;
+  if (s == "context") return kPrefillAtContext;
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != s.size() || s.empty() || v < 0)
+    throw UsageError(what + " '" + s + "' must be an integer >= 0, 'trace' (the sequence's prefill_len) or "
+                     "'context' (its context_len)");
+  return v;
+}
+
 void check_replay_args(int64_t T, int64_t P, int64_t stride) {
   check_prefill(T, P);
   if (stride <= 0) throw UsageError("stride = " + std::to_string(stride) + " must be >= 1");
@@ -295,7 +311,15 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   const auto& sq = reader.sequence(opt.seq);
   ReplayResult res;
   res.trace = reader.path(), res.sequence = sq.name;
-  res.T = sq.n_tokens, res.P = opt.prefill < 0 ? sq.prefill_len : opt.prefill, res.stride = opt.stride;
+  res.T = sq.n_tokens, res.stride = opt.stride;
+  res.P = opt.prefill == kPrefillOfTrace ? sq.prefill_len : opt.prefill;
+  if (opt.prefill == kPrefillAtContext) {
+    if (sq.context_len < 0)
+      throw UsageError(reader.path() + ": sequence " + sq.name +
+                       " has no context_len (record it with kvsim record --context-len or a JSON line's "
+                       "context/question)");
+    res.P = sq.context_len;
+  }
   res.L = hdr.n_layers, res.H = hdr.n_heads, res.Hkv = hdr.n_kv_heads, res.D = hdr.head_dim;
   res.eps = opt.eps, res.backend = opt.backend;
   check_replay_args(res.T, res.P, res.stride);

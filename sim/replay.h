@@ -29,8 +29,14 @@ namespace kvsim {
 
 class Instance;  // sim/instance.h
 
+inline constexpr int64_t kPrefillOfTrace = -1;
+inline constexpr int64_t kPrefillAtContext = -2;
+// "trace" -> kPrefillOfTrace, "context" -> kPrefillAtContext, an integer >= 0 as itself (UsageError
+// naming `what` otherwise).
+int64_t parse_prefill(const std::string& s, const std::string& what);
+
 struct ReplayOptions {
-  int64_t prefill = -1;  // -1: the sequence's prefill_len
+  int64_t prefill = -1;  // kPrefillOfTrace: the sequence's prefill_len; kPrefillAtContext: its context_len
   int64_t stride = 1;    // evaluate every stride-th decode step (observe/evict still run every step)
   int64_t seq = 0;       // sequence index
   Protocol protocol = Protocol::evict;  // how every configuration's cache meets decoding

@@ -10,6 +10,8 @@
 
 #include "sim/base/error.h"
 #include "sim/base/half.h"
+#include "sim/replay.h"
+#include "sim/strategies/strategy.h"
 #include "tests/trace_helpers.h"
 #include "traces/reader.h"
 #include "traces/synth.h"
@@ -233,4 +235,31 @@ TEST_CASE("synthetic traces are reproducible, marked synthetic, and have the doc
   }
   MESSAGE("mean sink mass " << sink_mass / n << " vs uniform " << uniform / n);
   CHECK(sink_mass / n > 5 * uniform / n);
+}
+
+TEST_CASE("context_len: optional, round-trips, bounded by prefill_len, and is the replay's prefill context") {
+  test::TempDir dir;
+  SynthOptions o;
+  o.tokens = 48, o.prefill = 30, o.context_len = 20;
+  const std::string with = dir.file("with.h5"), without = dir.file("without.h5");
+  write_synthetic_trace(with, find_synth_shape("tiny"), o);
+  o.context_len = -1;
+  write_synthetic_trace(without, find_synth_shape("tiny"), o);
+  TraceReader a(with), b(without);
+  CHECK(a.sequence(0).context_len == 20);
+  CHECK(b.sequence(0).context_len == -1);  // files without it stay valid
+  auto s = make_strategy("window:budget=8");
+  const Strategy* list[] = {s.get()};
+  ReplayOptions opt;
+  opt.stats_cache = "off";
+  opt.prefill = parse_prefill("context", "--prefill");
+  CHECK(replay_trace(a, list, opt).P == 20);
+  CHECK_THROWS_WITH_AS(replay_trace(b, list, opt), doctest::Contains("has no context_len"), UsageError);
+  opt.prefill = parse_prefill("trace", "--prefill");
+  CHECK(replay_trace(a, list, opt).P == 30);
+  CHECK(parse_prefill("12", "--prefill") == 12);
+  CHECK_THROWS_AS(parse_prefill("-3", "--prefill"), UsageError);
+  CHECK_THROWS_AS(parse_prefill("ctx", "--prefill"), UsageError);
+  o.context_len = 31;  // beyond prefill_len = 30
+  CHECK_THROWS_AS(write_synthetic_trace(dir.file("bad.h5"), find_synth_shape("tiny"), o), UsageError);
 }

@@ -63,6 +63,7 @@ int run_info(const InfoArgs& a) {
     for (const auto& s : r.sequences()) {
       nlohmann::json sj{{"name", s.name}, {"n_tokens", s.n_tokens}, {"prefill_len", s.prefill_len},
                         {"source", s.source}, {"has_text", s.has_text}};
+      if (s.context_len >= 0) sj["context_len"] = s.context_len;
       sj["tensors"] = nlohmann::json::array();
       for (auto k : s.kinds) sj["tensors"].push_back(traces::kind_name(k));
       j["sequences"].push_back(sj);

@@ -57,8 +57,18 @@ struct RecordArgs {
   std::string model, tokenizer, prompt, prompts, out, backend = "cpu", dtype = "float32";
   bool ids = false, compress = false, force = false, quiet = false;
   bool has_prompt = false, has_prompts = false;
+  int64_t context_len = -1;
   model::RecordOptions opt;
 };
+
+// A prompt's context length must leave it at least one token of question: 1 <= n <= prompt tokens.
+void check_context_len(model::PromptSpec& p, int64_t n, const std::string& where) {
+  if (n == -1) return;
+  if (n < 1 || n > static_cast<int64_t>(p.ids.size()))
+    throw UsageError(where + ": context_len = " + std::to_string(n) + " is outside [1, " +
+                     std::to_string(p.ids.size()) + "] (the prompt's tokens)");
+  p.context_len = n;
+}
 
 std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::Tokenizer* tok) {
   auto encode = [&](const std::string& text, const std::string& where) {
@@ -70,6 +80,7 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
     model::PromptSpec p;
     p.source = "--prompt";
     p.ids = a.ids ? model::parse_ids(a.prompt) : encode(a.prompt, "--prompt");
+    check_context_len(p, a.context_len, "--context-len");
     out.push_back(std::move(p));
     return out;
   }
@@ -92,9 +103,20 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
         for (const auto& v : j.at("ids")) p.ids.push_back(v.get<int32_t>());
       } else if (j.contains("prompt")) {
         p.ids = encode(j.at("prompt").get<std::string>(), where);
+      } else if (j.contains("context") && j.contains("question")) {
+        // The context (BOS first), then the question as its continuation: context_len marks the seam.
+        p.ids = encode(j.at("context").get<std::string>(), where);
+        p.context_len = static_cast<int64_t>(p.ids.size());
+        const auto q = tok->encode(j.at("question").get<std::string>(), false);
+        p.ids.insert(p.ids.end(), q.begin(), q.end());
       } else {
-        throw FormatError(where + ": needs \"prompt\" (text) or \"ids\" (token ids)");
+        throw FormatError(where + ": needs \"prompt\" (text), \"ids\" (token ids) or \"context\" and "
+                          "\"question\" (texts)");
       }
+      if (j.contains("context_len"))
+        check_context_len(p, j.at("context_len").get<int64_t>(), where);
+      else if (p.context_len < 0)
+        check_context_len(p, a.context_len, where + " (--context-len)");
       p.name = j.value("name", std::string());
       p.source = j.value("source", where);
       if (j.contains("generate")) p.generate = j.at("generate").get<int64_t>();
@@ -173,7 +195,12 @@ void add_record(CLI::App& app) {
   c->add_option("--model", a->model, "llama2.c checkpoint (.bin) or Hugging Face directory")->required();
   c->add_option("--tokenizer", a->tokenizer, "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
   c->add_option("--prompt", a->prompt, "one prompt (text; with --ids: token ids)");
-  c->add_option("--prompts", a->prompts, "JSON lines: {\"prompt\": TEXT} or {\"ids\": [...]}, optional name, source, generate, with_o");
+  c->add_option("--prompts", a->prompts,
+                "JSON lines: {\"prompt\": TEXT}, {\"ids\": [...]} or {\"context\": TEXT, \"question\": TEXT}, optional "
+                "name, source, generate, with_o, context_len");
+  c->add_option("--context-len", a->context_len,
+                "the prompt's first N tokens are context, the rest its question (stored as the sequence's context_len; "
+                "a JSON line's own context_len wins)");
   c->add_flag("--ids", a->ids, "--prompt is token ids");
   c->add_option("--generate", a->opt.generate, "continue each prompt by N generated tokens (-1: fill the context)")
       ->capture_default_str();

@@ -21,7 +21,8 @@ namespace {
 struct RunArgs {
   std::string trace, backend = "auto", sequence, stats_cache, db, protocol = "evict";
   std::vector<std::string> strategies;
-  int64_t prefill = -1, stride = 1, bins = 16;
+  std::string prefill = "trace";
+  int64_t stride = 1, bins = 16;
   double eps = 1e-6;
   bool json = false, quiet = false, per_head = false;
 };
@@ -110,7 +111,7 @@ int run_run(const RunArgs& a) {
   }
   traces::TraceReader reader(a.trace);
   ReplayOptions opt;
-  opt.prefill = a.prefill, opt.stride = a.stride, opt.backend = backend, opt.bins = a.bins, opt.eps = a.eps;
+  opt.prefill = parse_prefill(a.prefill, "--prefill"), opt.stride = a.stride, opt.backend = backend, opt.bins = a.bins, opt.eps = a.eps;
   opt.stats_cache = a.stats_cache;
   opt.protocol = parse_protocol(a.protocol);
   if (reader.sequences().empty()) throw FormatError(a.trace + ": the trace has no sequences");
@@ -151,7 +152,10 @@ void add_run(CLI::App& app) {
   c->add_option("--trace", a->trace, "trace file (.h5)")->required();
   c->add_option("--strategy", a->strategies, "strategy spec name:key=value,... (repeatable); names: " + names)
       ->required();
-  c->add_option("--prefill", a->prefill, "prefill length P (default: the sequence's prefill_len)");
+  c->add_option("--prefill", a->prefill,
+                "prefill length P: a number, 'trace' (the sequence's prefill_len) or 'context' (its context_len: a "
+                "query-agnostic compression point, the question replayed as decode steps)")
+      ->capture_default_str();
   c->add_option("--stride", a->stride, "evaluate every S-th decode step")->capture_default_str();
   c->add_option("--protocol", a->protocol,
                 "evict: evict back to the budget after every decode step; prefill: compress the prompt once, "

@@ -90,13 +90,16 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
   if (!seen_hashes.insert(t.row.content_hash).second) return;  // the same file twice: one set of runs
   const int64_t ti = static_cast<int64_t>(w.traces.size());
   w.traces.push_back(t);
-  auto add_groups = [&](const std::string& seq, int64_t seq_index, int64_t T, int64_t own_P, const std::string& err) {
+  auto add_groups = [&](const std::string& seq, int64_t seq_index, int64_t T, int64_t own_P, const std::string& err,
+                        int64_t context_len = -1) {
     for (int64_t p : w.plan.prefills)
       for (const std::string& protocol : w.plan.protocols) {
         SweepGroup g;
         g.trace = ti, g.seq_index = seq_index, g.sequence = seq, g.n_tokens = T, g.error = err;
-        g.prefill = p < 0 ? own_P : p;
+        g.prefill = p == -1 ? own_P : p == -2 ? (err.empty() ? context_len : -2) : p;
         g.protocol = parse_protocol(protocol);
+        if (g.error.empty() && p == -2 && context_len < 0)
+          g.error = path + ": sequence " + seq + " has no context_len (prefill: context needs one)";
         if (g.error.empty() && (g.prefill < 1 || g.prefill >= T))
           g.error = path + ": sequence " + seq + ": prefill P = " + std::to_string(g.prefill) +
                     " must satisfy 1 <= P < T = " + std::to_string(T);
@@ -110,14 +113,14 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
   if (w.plan.sequences.empty()) {
     for (size_t s = 0; s < reader->sequences().size(); ++s) {
       const auto& sq = reader->sequences()[s];
-      add_groups(sq.name, static_cast<int64_t>(s), sq.n_tokens, sq.prefill_len, "");
+      add_groups(sq.name, static_cast<int64_t>(s), sq.n_tokens, sq.prefill_len, "", sq.context_len);
     }
   } else {
     for (const auto& name : w.plan.sequences) {
       try {
         const int64_t s = reader->find_sequence(name);
         const auto& sq = reader->sequence(s);
-        add_groups(sq.name, s, sq.n_tokens, sq.prefill_len, "");
+        add_groups(sq.name, s, sq.n_tokens, sq.prefill_len, "", sq.context_len);
       } catch (const std::exception& e) {
         std::string msg = e.what();
         if (msg.find(path) == std::string::npos) msg = path + ": " + msg;

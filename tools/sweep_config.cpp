@@ -200,6 +200,8 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
     for (const auto& x : items) {
       if (x.IsScalar() && x.Scalar() == "trace") {
         plan.prefills.push_back(-1);
+      } else if (x.IsScalar() && x.Scalar() == "context") {
+        plan.prefills.push_back(-2);
       } else {
         const int64_t v = c.integer(x, "prefill");
         if (v < 0) c.fail(x, "prefill = " + std::to_string(v) + " must be >= 0");

@@ -6,7 +6,8 @@
 //   name: quick
 //   traces: [traces/samples/*.h5]        # paths or globs, relative to the config file or absolute
 //   sequences: all                        # or a list of sequence names
-//   prefill: [128]                        # a number or a list; `trace` = the trace's own prefill_len
+//   prefill: [128]                        # a number or a list; `trace` = the trace's own prefill_len,
+//                                         # `context` = the sequence's context_len (query-agnostic)
 //   protocol: [evict, prefill]            # a name or a list (default evict): methods.md §1.1
 //   stride: 4
 //   strategies:
@@ -33,7 +34,7 @@ struct SweepPlan {
   std::string path, name;
   std::vector<std::string> traces;     // resolved paths, in config order, globs sorted
   std::vector<std::string> sequences;  // empty: all
-  std::vector<int64_t> prefills;       // -1: the trace's own prefill_len
+  std::vector<int64_t> prefills;       // -1 (`trace`): the sequence's prefill_len; -2 (`context`): its context_len
   std::vector<std::string> protocols;  // evict | prefill | sparse, in config order (default: evict)
   int64_t stride = 1;
   std::string backend = "auto";

@@ -116,6 +116,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     s.n_tokens = h5::read_int_attr(g, "n_tokens", where);
     s.prefill_len = h5::read_int_attr(g, "prefill_len", where);
     s.source = h5::has_attr(g, "source") ? h5::read_str_attr(g, "source", where) : "";
+    if (h5::has_attr(g, "context_len")) s.context_len = h5::read_int_attr(g, "context_len", where);
     const int64_t T = s.n_tokens, D = h.head_dim;
     if (T < 1) throw FormatError(where + ": n_tokens = " + std::to_string(T) + ": the sequence is empty");
     if (T > kMaxTokens)
@@ -126,6 +127,9 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     if (s.prefill_len < 0 || s.prefill_len > T)
       throw FormatError(where + ": prefill_len = " + std::to_string(s.prefill_len) + " is outside [0, n_tokens = " +
                         std::to_string(T) + "]");
+    if (s.context_len != -1 && (s.context_len < 1 || s.context_len > s.prefill_len))
+      throw FormatError(where + ": context_len = " + std::to_string(s.context_len) + " is outside [1, prefill_len = " +
+                        std::to_string(s.prefill_len) + "]");
     if (!h5::has_link(g, "tokens")) throw FormatError(where + "/tokens: dataset missing");
     {
       h5::Handle d(H5Dopen2(g, "tokens", H5P_DEFAULT));

@@ -114,6 +114,7 @@ void write_synthetic_trace(const std::string& path, const SynthShape& shape, con
     SequenceSpec spec;
     spec.n_tokens = T;
     spec.prefill_len = P;
+    spec.context_len = opt.context_len;
     spec.source = "synthetic:" + shape.name + ":seed=" + std::to_string(opt.seed);
     spec.tokens.resize(static_cast<size_t>(T));
     Rng tr(sseed);

@@ -113,6 +113,9 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
   if (spec.prefill_len < 0 || spec.prefill_len > T)
     throw UsageError(path_ + ": prefill_len = " + std::to_string(spec.prefill_len) + " is outside [0, " +
                      std::to_string(T) + "]");
+  if (spec.context_len != -1 && (spec.context_len < 1 || spec.context_len > spec.prefill_len))
+    throw UsageError(path_ + ": context_len = " + std::to_string(spec.context_len) + " is outside [1, prefill_len = " +
+                     std::to_string(spec.prefill_len) + "]");
   if (static_cast<int64_t>(spec.tokens.size()) != T)
     throw UsageError(path_ + ": " + std::to_string(spec.tokens.size()) + " token ids for n_tokens = " +
                      std::to_string(T));
@@ -125,6 +128,7 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
   hid_t g = impl_->seq_group;
   h5::write_int_attr(g, "n_tokens", T);
   h5::write_int_attr(g, "prefill_len", spec.prefill_len);
+  if (spec.context_len != -1) h5::write_int_attr(g, "context_len", spec.context_len);
   h5::write_str_attr(g, "source", spec.source);
 
   {

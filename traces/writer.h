@@ -22,6 +22,7 @@ struct SequenceSpec {
   std::string name;  // empty: zero-padded index
   int64_t n_tokens = 0;
   int64_t prefill_len = 0;
+  int64_t context_len = -1;  // -1: not written (traces/FORMAT.md); else 1 <= context_len <= prefill_len
   std::string source;
   std::vector<int32_t> tokens;  // [T]
   std::string text;             // optional

@@ -131,6 +131,24 @@ def main():
             src = b.attrs["source"]
             assert (src.decode() if isinstance(src, bytes) else src) == "ids test"
 
+        # context_len: a context + question line marks the seam (the context's tokens, BOS included,
+        # then the question's); --context-len applies to a line without its own; run --prefill context
+        # compresses there
+        cq = os.path.join(tmp, "cq.jsonl")
+        with open(cq, "w") as f:
+            f.write('{"name": "q", "context": "Zoo", "question": "Lily", "generate": 2}\n')
+            f.write('{"name": "p", "ids": [1, 410, 469, 347, 403]}\n')
+        out3 = os.path.join(tmp, "cq.h5")
+        run(["record", "--model", MODEL, "--prompts", cq, "--context-len", "2", "--out", out3, "--quiet"])
+        with h5py.File(out3, "r") as f:
+            q, p = f["sequences"]["q"], f["sequences"]["p"]
+            assert q["tokens"][()].tolist()[:4] == [1, 410, 469, 347]  # "Zoo" as above
+            assert int(q.attrs["context_len"]) == 4 and int(q.attrs["prefill_len"]) > 4
+            assert int(p.attrs["context_len"]) == 2 and int(p.attrs["prefill_len"]) == 5
+        head = run(["run", "--trace", out3, "--sequence", "q", "--prefill", "context", "--strategy", "full",
+                    "--quiet"]).splitlines()[0]
+        assert " P=4 " in head, head
+
         # sampling: same seed, same text; top-p tiny keeps only the argmax, i.e. greedy
         s1 = run(["generate", "--model", MODEL, "--prompt", "Zoo", "--steps", "30", "--temperature", "0.9",
                   "--seed", "5", "--quiet"])

@@ -88,6 +88,7 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   spec.name = prompt.name;
   spec.n_tokens = T;
   spec.prefill_len = P;
+  spec.context_len = prompt.context_len;
   spec.source = prompt.source;
   spec.tokens = ids;
   if (tok) spec.text = tok->decode(ids);

@@ -37,6 +37,7 @@ struct PromptSpec {
   std::vector<int32_t> ids;    // prompt ids, BOS included when wanted
   int64_t generate = -2;       // per-prompt override of RecordOptions::generate (-2: none)
   int output = -1;             // per-prompt override of RecordOptions::output (-1: none, 0/1)
+  int64_t context_len = -1;    // the prompt's context tokens before its question (-1: none; traces/FORMAT.md)
 };
 
 struct RecordStats {
