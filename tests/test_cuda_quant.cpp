@@ -1,198 +1,34 @@
 // CUDA quantization kernels (cuda/quant.h) against sim/ref. Every expected value here comes from
-// kvsim::ref (sim/kernels/ref/quant.h), the ground truth, and is compared bit for bit: packed codes, fp16
-// min and scale, absmax, the double-quantization state and the decoded floats (as bit patterns, so
-// -0.0 against 0.0 counts as a difference).
-//   "cuda-host: ..."  the kernels' work items (cuda/quant_core.h) run by the host emulation
-//                     (cuda/quant_emulate.h) in the kernels' order: the GPU's arithmetic, on any machine.
+// kvsim::ref, and is compared bit for bit: packed codes, fp16 min and scale, absmax, the
+// double-quantization state and the decoded floats (as bit patterns, so -0.0 against 0.0 counts
+// as a difference). ref runs the kernels' own work items (sim/kernels/quant_core.h) serially in
+// the kernels' order, so what only the GPU can get wrong is the launch: the mapping of items to
+// threads, the copies, the device's compilation of the items. ref itself is checked against a
+// direct implementation on the same case list in tests/test_quant.cpp.
+//   "cuda-host: ..."  the items' mapping to code bytes, on any machine.
 //   "cuda: ..."       the kernels on a GPU; without one they print "skipped: no CUDA device (...)",
 //                     which ctest reports as skipped.
-// One list of cases serves both. It holds the shapes, bits, axes and groups of the ref/omp harness in
-// tests/test_quant.cpp, plus data built to break kernels: T in {1, 31, 33, 97, 4097}, constant and
-// all-zero blocks with mixed signed zeros, outlier channels, values whose fp16 scale is subnormal or
-// rounds to 0, values near the fp16 limit, and exact rounding ties (uniform: (x - min) / scale = k + 1/2;
-// NF4: x / absmax exactly on a midpoint between two code values).
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <random>
-#include <string>
-#include <utility>
 #include <vector>
 
 #include "cuda/quant.h"
-#include "cuda/quant_emulate.h"
 #include "sim/base/error.h"
-#include "sim/base/half.h"
-#include "sim/kernels/quant_common.h"
 #include "sim/kernels/quant.h"
+#include "sim/kernels/quant_common.h"
+#include "sim/kernels/quant_core.h"
 #include "tests/cuda_test_util.h"
+#include "tests/quant_cases.h"
 
 using namespace kvsim;
+using namespace kvsim::test;
 
 namespace {
 
-enum class Data { normal, outlier, constant, zeros, tiny, tinier, large, ties };
-
-const char* data_name(Data d) {
-  switch (d) {
-    case Data::normal: return "normal";
-    case Data::outlier: return "outlier channels";
-    case Data::constant: return "constant blocks";
-    case Data::zeros: return "signed zeros";
-    case Data::tiny: return "fp16-subnormal scale";
-    case Data::tinier: return "scale rounds to 0";
-    case Data::large: return "near the fp16 limit";
-    case Data::ties: return "rounding ties";
-  }
-  return "?";
-}
-
-// x: [T, D]. `bits` shapes the uniform ties (0 selects the NF4 ties).
-std::vector<float> make_data(Data kind, int64_t T, int64_t D, uint32_t seed, int bits) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 2.0f);
-  std::vector<float> x(static_cast<size_t>(T * D));
-  const float levels = static_cast<float>((1 << bits) - 1);
-  float nf4_mid[15];
-  for (int i = 0; i < 15; ++i) nf4_mid[i] = 0.5f * (kNf4Values[i] + kNf4Values[i + 1]);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t d = 0; d < D; ++d) {
-      float& v = x[static_cast<size_t>(t * D + d)];
-      const float r = nd(rng);
-      switch (kind) {
-        case Data::normal: v = r; break;
-        case Data::outlier:  // a shifted channel (KIVI's key outliers) and rare huge spikes in another
-          v = d == 5 % D ? r + 20.0f : (d == D - 1 && t % 7 == 0 ? 3000.0f : r);
-          break;
-        case Data::constant: v = d == 1 % D ? -3.0f : 1.25f; break;
-        case Data::zeros: v = d == 1 % D ? r : (r < 0 ? -0.0f : 0.0f); break;
-        case Data::tiny: v = r * 1e-5f; break;
-        case Data::tinier: v = r * 1e-9f; break;
-        case Data::large: v = std::clamp(r * 2e4f, -6e4f, 6e4f); break;
-        case Data::ties: {
-          // Any 4 (uniform) or 16 (NF4) consecutive tokens or channels hold every residue of t + d,
-          // so each block holds its extremes and lands on exact ties.
-          const int64_t k = (t + d) % (bits ? 4 : 16);
-          if (bits) {
-            const float pattern[4] = {0.0f, levels, 0.5f, levels - 1.5f};  // min 0, scale 1: codes of k + 1/2
-            v = pattern[k];
-          } else {
-            v = k == 0 ? 1.0f : nf4_mid[k - 1];  // absmax 1: x / absmax is the midpoint itself
-          }
-          break;
-        }
-      }
-    }
-  }
-  return x;
-}
-
-using Shape = std::pair<int64_t, int64_t>;  // (T, D) or (T, group)
-
-struct UCase {
-  int64_t T, D;
-  int bits;
-  QuantAxis axis;
-  int64_t group;
-  Data data;
-  uint32_t seed;
-};
-
-struct NCase {
-  int64_t T, D;
-  QuantAxis axis;
-  int64_t block;
-  bool dq;
-  Data data;
-  uint32_t seed;
-};
-
-std::string describe(const UCase& c) {
-  return "uniform T=" + std::to_string(c.T) + " D=" + std::to_string(c.D) + " bits=" + std::to_string(c.bits) +
-         (c.axis == QuantAxis::channel ? " axis=channel" : " axis=token") + " group=" + std::to_string(c.group) +
-         " data=" + data_name(c.data) + " seed=" + std::to_string(c.seed);
-}
-std::string describe(const NCase& c) {
-  return "nf4 T=" + std::to_string(c.T) + " D=" + std::to_string(c.D) +
-         (c.axis == QuantAxis::channel ? " axis=channel" : " axis=token") + " block=" + std::to_string(c.block) +
-         (c.dq ? " dq=1" : " dq=0") + " data=" + data_name(c.data) + " seed=" + std::to_string(c.seed);
-}
-
-std::vector<UCase> uniform_cases() {
-  std::vector<UCase> cs;
-  const QuantAxis tok = QuantAxis::token, ch = QuantAxis::channel;
-  // The ref/omp harness of tests/test_quant.cpp (seed 21 + T, normal data).
-  for (auto [T, D] : {Shape{32, 8}, Shape{96, 128}, Shape{4096, 64}, Shape{64, 96}})
-    for (int bits : {2, 4, 8}) {
-      cs.push_back({T, D, bits, tok, D % 32 == 0 ? 32 : 8, Data::normal, static_cast<uint32_t>(21 + T)});
-      cs.push_back({T, D, bits, ch, 32, Data::normal, static_cast<uint32_t>(21 + T)});
-    }
-  // T off powers of two and larger than a warp; per-channel groups that divide odd T need 8 bits.
-  for (int64_t T : {1, 31, 33, 97, 4097})
-    for (int bits : {2, 4, 8}) {
-      cs.push_back({T, 128, bits, tok, 32, Data::normal, static_cast<uint32_t>(100 + T)});
-      cs.push_back({T, 24, bits, tok, 8, Data::normal, static_cast<uint32_t>(200 + T)});
-    }
-  for (auto [T, g] : {Shape{1, 1}, Shape{31, 31}, Shape{33, 11}, Shape{33, 33}, Shape{97, 97}, Shape{4097, 17}})
-    cs.push_back({T, 40, 8, ch, g, Data::normal, static_cast<uint32_t>(300 + T)});
-  for (int bits : {2, 4}) {
-    cs.push_back({36, 40, bits, ch, 4, Data::normal, 400});
-    cs.push_back({100, 24, bits, ch, 100, Data::normal, 401});
-    cs.push_back({4100, 8, bits, ch, 20, Data::normal, 402});
-  }
-  // Adversarial data on both axes and all bit widths.
-  for (Data d : {Data::outlier, Data::constant, Data::zeros, Data::tiny, Data::tinier, Data::large, Data::ties})
-    for (int bits : {2, 4, 8}) {
-      cs.push_back({33, 128, bits, tok, 32, d, 500});
-      cs.push_back({97, 24, bits, tok, 8, d, 501});
-      cs.push_back({96, 40, bits, ch, 32, d, 502});
-      cs.push_back({100, 8, bits, ch, 4, d, 503});
-    }
-  return cs;
-}
-
-std::vector<NCase> nf4_cases() {
-  std::vector<NCase> cs;
-  const QuantAxis tok = QuantAxis::token, ch = QuantAxis::channel;
-  for (bool dq : {false, true}) {
-    for (QuantAxis axis : {tok, ch}) {
-      // The ref/omp harness of tests/test_quant.cpp (which runs axis = token), and axis = channel.
-      for (auto [T, D] : {Shape{32, 8}, Shape{96, 128}, Shape{4096, 64}, Shape{64, 96}})
-        cs.push_back({T, D, axis, 64, dq, Data::normal, static_cast<uint32_t>(21 + T)});
-      // T off powers of two; 4097 x 128 is 8194 blocks: 33 double-quantization groups, the last partial.
-      for (auto [T, D] : {Shape{1, 64}, Shape{31, 128}, Shape{97, 128}, Shape{4097, 128}})
-        cs.push_back({T, D, axis, 64, dq, Data::normal, static_cast<uint32_t>(600 + T)});
-      // Small odd blocks that straddle rows (token) or columns (channel).
-      cs.push_back({33, 4, axis, 6, dq, Data::normal, 700});
-      cs.push_back({97, 6, axis, 2, dq, Data::normal, 701});
-      for (Data d : {Data::outlier, Data::constant, Data::zeros, Data::tiny, Data::tinier, Data::large, Data::ties})
-        cs.push_back({97, 128, axis, 64, dq, d, 800});
-    }
-  }
-  return cs;
-}
-
-// Compares two arrays as bit patterns; on a mismatch reports the first differing element.
-template <typename T>
-void check_same_bits(const std::vector<T>& got, const std::vector<T>& want, const char* what) {
-  INFO(what);
-  REQUIRE(got.size() == want.size());
-  if (got.empty() || std::memcmp(got.data(), want.data(), got.size() * sizeof(T)) == 0) return;
-  size_t i = 0;
-  while (std::memcmp(&got[i], &want[i], sizeof(T)) == 0) ++i;
-  size_t n_diff = 0;
-  for (size_t j = 0; j < got.size(); ++j) n_diff += std::memcmp(&got[j], &want[j], sizeof(T)) != 0;
-  FAIL_CHECK(std::string(what) << ": " << n_diff << " of " << got.size() << " elements differ; first at index " << i
-                  << ": got " << +got[i] << ", ref " << +want[i]);
-}
-
-void check_same_bits(float got, float want, const char* what) {
-  check_same_bits(std::vector<float>{got}, std::vector<float>{want}, what);
-}
-
-// A backend under test: the emulation or the GPU, with kvsim::ref's signatures.
+// A backend under test, with kvsim::ref's signatures.
 struct Impl {
   UniformQuantized (*quant_uniform)(const float*, int64_t, int64_t, int, QuantAxis, int64_t);
   void (*dequant_uniform)(const UniformQuantized&, float*);
@@ -200,8 +36,6 @@ struct Impl {
   void (*dequant_nf4)(const Nf4Quantized&, float*);
 };
 
-const Impl kEmulate{cuda::emulate::quant_uniform, cuda::emulate::dequant_uniform, cuda::emulate::quant_nf4,
-                    cuda::emulate::dequant_nf4};
 const Impl kCuda{cuda::quant_uniform, cuda::dequant_uniform, cuda::quant_nf4, cuda::dequant_nf4};
 
 void run_uniform_cases(const Impl& impl) {
@@ -255,46 +89,16 @@ void run_nf4_cases(const Impl& impl) {
 
 }  // namespace
 
-TEST_CASE("cuda-host: fp16 conversion equals sim/base/half.h on every half and a sweep of floats") {
-  for (uint32_t h = 0; h < 65536; ++h) {
-    const float want = f16_to_f32(static_cast<uint16_t>(h)), got = cuda::core::f16_to_f32(static_cast<uint16_t>(h));
-    if (f32_bits(want) != f32_bits(got)) FAIL_CHECK("f16_to_f32(" << h << ")");
-  }
-  // Every float bit pattern with a stride coprime to 2^32 (all exponents, both signs, NaN, inf,
-  // subnormals), plus the neighbours of each rounding boundary of the subnormal and normal paths.
-  int64_t bad = 0;
-  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 251)
-    bad += f32_to_f16(bits_f32(static_cast<uint32_t>(u))) != cuda::core::f32_to_f16(bits_f32(static_cast<uint32_t>(u)));
-  for (uint32_t h = 0; h < 0x7c00u; ++h)
-    for (uint32_t sign : {0u, 0x8000u}) {
-      const float mid = 0.5f * (f16_to_f32(static_cast<uint16_t>(h)) + f16_to_f32(static_cast<uint16_t>(h + 1)));
-      for (int k = -1; k <= 1; ++k) {
-        const float v = bits_f32((f32_bits(mid) + static_cast<uint32_t>(k)) | (sign << 16));
-        bad += f32_to_f16(v) != cuda::core::f32_to_f16(v);
-      }
-    }
-  CHECK(bad == 0);
-}
-
-TEST_CASE("cuda-host: NF4 table and midpoints equal sim/ref's") {
-  cuda::core::Nf4Table tab;
-  cuda::core::nf4_table_init(&tab);
-  check_same_bits(std::vector<float>(tab.values, tab.values + 16), std::vector<float>(kNf4Values, kNf4Values + 16),
-                  "NF4 values");
-  const float* mids = quant::nf4_midpoints();
-  check_same_bits(std::vector<float>(tab.mids, tab.mids + 15), std::vector<float>(mids, mids + 15), "NF4 midpoints");
-}
-
 TEST_CASE("cuda-host: code-byte items cover every byte once (no two threads write one byte)") {
   for (const UCase& c : uniform_cases()) {
     INFO(describe(c));
-    const auto s = cuda::emulate::uniform_shape(c.T, c.D, c.bits, c.axis, c.group);
-    const int64_t n = cuda::core::uniform_code_bytes(s);
+    const auto s = quant::uniform_shape(c.T, c.D, c.bits, c.axis, c.group);
+    const int64_t n = core::uniform_code_bytes(s);
     std::vector<int> hits(static_cast<size_t>(n), 0);
     int64_t block = 0, outside = 0;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t byte = cuda::core::uniform_codes_item_byte(s, i, &block);
-      if (byte < 0 || byte >= n || byte / cuda::core::uniform_block_bytes(s) != block)
+      const int64_t byte = core::uniform_codes_item_byte(s, i, &block);
+      if (byte < 0 || byte >= n || byte / core::uniform_block_bytes(s) != block)
         ++outside;
       else
         ++hits[static_cast<size_t>(byte)];
@@ -302,28 +106,6 @@ TEST_CASE("cuda-host: code-byte items cover every byte once (no two threads writ
     CHECK(outside == 0);
     CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
   }
-}
-
-TEST_CASE("cuda-host: uniform quantization equals ref bit for bit (one case list with the GPU)") {
-  run_uniform_cases(kEmulate);
-}
-
-TEST_CASE("cuda-host: nf4 quantization equals ref bit for bit (one case list with the GPU)") {
-  run_nf4_cases(kEmulate);
-}
-
-TEST_CASE("cuda-host: empty tiles and bad arguments behave as in ref") {
-  auto q = cuda::emulate::quant_uniform(nullptr, 0, 64, 4, QuantAxis::token, 32);
-  CHECK(q.codes.empty());
-  CHECK(q.scale_f16.empty());
-  auto n = cuda::emulate::quant_nf4(nullptr, 0, 64, QuantAxis::token, 64, true);
-  CHECK(n.codes.empty());
-  CHECK(n.dq_mean == 0.0f);
-  std::vector<float> x(24, 1.0f);
-  CHECK_THROWS_WITH_AS(cuda::emulate::quant_uniform(x.data(), 3, 8, 3, QuantAxis::token, 4),
-                       "quantization bits = 3 (choose 2, 4 or 8)", UsageError);
-  CHECK_THROWS_AS(cuda::emulate::quant_uniform(x.data(), 3, 8, 4, QuantAxis::channel, 2), UsageError);
-  CHECK_THROWS_AS(cuda::emulate::quant_nf4(x.data(), 3, 8, QuantAxis::token, 64, false), UsageError);
 }
 
 TEST_CASE("cuda: uniform quantization kernels equal ref bit for bit") {
