@@ -4,6 +4,7 @@
 
 #include "cuda/buffer.h"
 #include "sim/base/error.h"
+#include "sim/kernels/attend_core.h"
 
 namespace kvsim::cuda {
 
@@ -12,13 +13,13 @@ namespace {
 constexpr int kThreads = 128;
 
 // One block per query row. row_req[row] = (request, g). p: scratch [sum of G * n] doubles.
-__global__ void attend_batch_kernel(const core::AttendRequest* __restrict__ req, const int32_t* __restrict__ row_req,
+__global__ void attend_batch_kernel(const AttendRequest* __restrict__ req, const int32_t* __restrict__ row_req,
                                     const float* __restrict__ q, const float* __restrict__ key,
                                     const float* __restrict__ value, const float* __restrict__ bias,
                                     const int32_t* __restrict__ view, int64_t D, double scale, double* logit,
                                     double* p, float* w, float* o_hat) {
   const int64_t row = blockIdx.x;
-  const core::AttendRequest r = req[row_req[2 * row]];
+  const AttendRequest r = req[row_req[2 * row]];
   const int64_t g = row_req[2 * row + 1];
   const float* qg = q + row * D;
   const float* ks = key + r.slot0 * D;
@@ -36,7 +37,7 @@ __global__ void attend_batch_kernel(const core::AttendRequest* __restrict__ req,
 }
 
 struct Workspace {
-  DeviceBuffer<core::AttendRequest> req;
+  DeviceBuffer<AttendRequest> req;
   DeviceBuffer<int32_t> row_req, view;
   DeviceBuffer<float> q, key, value, bias, w, o_hat;
   DeviceBuffer<double> logit, p;

@@ -1,21 +1,31 @@
 // Compressed attention on the GPU: the twin of sim/kernels/ref/attend.h, and the batched form the replay's
 // cuda path uses (sim/replay.cpp): every instance of a layer advances in lockstep, and one launch
-// evaluates all their caches at a step. The arithmetic is cuda/attend_core.h (shared with the host
-// emulation the tests run); each value is computed by one thread in ref's order.
+// evaluates all their caches at a step. The arithmetic is sim/kernels/attend_core.h (shared with ref
+// and the host emulation the tests run); each value is computed by one thread in ref's order.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-#include "cuda/attend_core.h"
 #include "sim/kernels/attend.h"
 
 namespace kvsim::cuda {
 
+// One attention request: the G query heads sharing one cache at one step. Offsets index the batch's
+// packed arrays (AttendBatch).
+struct AttendRequest {
+  int64_t slot0;   // first slot in the packed key/value/bias/view arrays
+  int64_t n;       // slots (>= 1)
+  int64_t q0;      // first query row in the packed queries [rows, D]
+  int64_t G;       // query heads
+  int64_t out0;    // first element of this request's [G, n] logits / weights
+  int32_t n_views; // 1: plain softmax
+};
+
 // Packed requests, host side. add() copies the inputs; run_attend_batch() fills the outputs.
 struct AttendBatch {
   int64_t D = 0;
-  std::vector<core::AttendRequest> req;
+  std::vector<AttendRequest> req;
   std::vector<float> q;        // [rows, D]
   std::vector<float> key;      // [slots, D]
   std::vector<float> value;    // [slots, D]

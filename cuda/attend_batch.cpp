@@ -17,7 +17,7 @@ int64_t AttendBatch::add(const float* qp, int64_t q_stride, int64_t G, const Slo
   const int32_t* vw = sv.view;
   const int64_t n = sv.n, n_views = sv.n_views;
   KVSIM_ASSERT(n >= 1 && G >= 1 && D > 0);
-  core::AttendRequest r;
+  AttendRequest r;
   r.slot0 = slots(), r.n = n, r.q0 = rows(), r.G = G;
   r.out0 = req.empty() ? 0 : req.back().out0 + req.back().G * req.back().n;
   r.n_views = vw && n_views > 1 ? static_cast<int32_t>(n_views) : 1;

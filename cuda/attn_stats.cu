@@ -3,9 +3,9 @@
 #include <cmath>
 #include <string>
 
-#include "cuda/attn_stats_core.h"
 #include "cuda/buffer.h"
 #include "sim/base/error.h"
+#include "sim/kernels/attn_stats_core.h"
 
 namespace kvsim::cuda {
 

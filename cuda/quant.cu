@@ -1,15 +1,14 @@
 // CUDA quantization kernels (cuda/quant.h). Each kernel maps threads to the work items of
-// cuda/quant_core.h and does nothing else: the arithmetic is the core's, which the host emulation
-// checks against sim/ref bit for bit. Items that write packed codes own whole bytes, so no two
+// sim/kernels/quant_core.h and does nothing else: the arithmetic is the core's, which ref runs
+// serially in the same kernel order (so the GPU must equal ref bit for bit). Items that write packed codes own whole bytes, so no two
 // threads write the same byte; block parameters come from a kernel launched before the codes.
 // Buffer shapes are documented on the core item each kernel calls.
 #include <algorithm>
 
 #include "cuda/buffer.h"
 #include "cuda/quant.h"
-#include "cuda/quant_core.h"
-#include "cuda/quant_emulate.h"  // the shape builders the emulation uses
 #include "sim/kernels/quant_common.h"
+#include "sim/kernels/quant_core.h"
 
 namespace kvsim::cuda {
 
@@ -48,7 +47,7 @@ __global__ void nf4_absmax(const float* x, core::Nf4Shape s, float* absmax) {
   for (int64_t b = first_item(); b < n; b += item_stride()) core::nf4_absmax_item(x, s, b, absmax);
 }
 
-// One thread: the mean is sim/ref's sequential double sum, whose rounding a parallel sum would not repeat.
+// One thread: the mean is ref's sequential double sum, whose rounding a parallel sum would not repeat.
 __global__ void nf4_dq_mean(const float* absmax, int64_t n_blocks, float* mean) {
   if (first_item() == 0) *mean = core::nf4_dq_mean(absmax, n_blocks);
 }
@@ -86,8 +85,8 @@ __global__ void nf4_decode(const uint8_t* codes, core::Nf4Shape s, const float* 
     core::nf4_decode_item(codes, s, absmax, absmax_q, dq_scale, mean, tab, p, y);
 }
 
-using emulate::nf4_shape;
-using emulate::uniform_shape;
+using quant::nf4_shape;
+using quant::uniform_shape;
 
 cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 

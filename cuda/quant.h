@@ -1,6 +1,7 @@
-// CUDA twins of sim/kernels/ref/quant.h: same names, same results bit for bit. The kernels (cuda/quant.cu)
-// run the work items of cuda/quant_core.h; tests/test_cuda_quant.cpp checks them against ref, on
-// the GPU where there is one and through the host emulation (cuda/quant_emulate.h) everywhere.
+// CUDA twins of the kernels of sim/kernels/quant.h: same names, same results bit for bit. The kernels
+// (cuda/quant.cu) run the work items of sim/kernels/quant_core.h, which ref runs serially in the
+// same order; tests/test_cuda_quant.cpp checks the GPU against ref where there is one, and
+// tests/test_quant.cpp checks ref against a direct implementation everywhere.
 // Built from quant.cu with CUDA, from quant_stub.cpp without it (every call throws NotCompiled).
 // Plain C++ header: no CUDA include. A stream is passed as `void*` (a cudaStream_t; nullptr is the
 // default stream).

@@ -11,7 +11,6 @@
 
 #include "cuda/attend.h"
 #include "cuda/forward_ops.h"
-#include "cuda/quant_emulate.h"
 #include "sim/base/error.h"
 #include "tests/cuda_emulation.h"
 #include "tests/cuda_forward_test_util.h"
@@ -96,10 +95,12 @@ Kernels host_table() {
   k.attend_slots = host_attend_slots;
   k.attn_stats = emulate_attn_stats;
   k.prompt_colsums = emulate_prompt_colsums;
-  k.quant_uniform = cuda::emulate::quant_uniform;
-  k.dequant_uniform = cuda::emulate::dequant_uniform;
-  k.quant_nf4 = cuda::emulate::quant_nf4;
-  k.dequant_nf4 = cuda::emulate::dequant_nf4;
+  // Quantization: ref runs the kernels' work items (sim/kernels/quant_core.h) serially in the
+  // kernels' order, so its emulation would be ref itself; the device cases compare the launch.
+  k.quant_uniform = nullptr;
+  k.dequant_uniform = nullptr;
+  k.quant_nf4 = nullptr;
+  k.dequant_nf4 = nullptr;
   k.matmul = nullptr;  // cuBLAS SGEMM: no emulation (the emulated runner in test_cuda_forward.cpp uses ref's)
   k.rmsnorm = host_rmsnorm;
   k.rope = fwd::emulate_rope;

@@ -4,7 +4,7 @@
 //              arithmetic under test (summation order, vectorised exp, blocking) is unchanged, so
 //              these cases run there too rather than skip.
 //   cuda-host  the CUDA kernels' arithmetic in their thread mapping, emulated on the host
-//              (tests/cuda_emulation.h, tests/cuda_forward_test_util.h, cuda/quant_emulate.h):
+//              (tests/cuda_emulation.h, tests/cuda_forward_test_util.h; quantization has none: ref runs the kernels' items):
 //              what the GPU computes, checked on any machine.
 //   cuda       kernels(Backend::cuda) on the device; "no CUDA device" is reported as a skip.
 // The families: tests/test_backend_stats.cpp (attention statistics), test_backend_attend.cpp
@@ -139,6 +139,19 @@ const Kernels& target_kernels(Target t);
     fn(::kvsim::test::Target::omp);                                                                  \
   }                                                                                                  \
   TEST_CASE("cuda-host: " title) { fn(::kvsim::test::Target::cuda_host); }                           \
+  TEST_CASE("cuda: " title) {                                                                        \
+    KVSIM_REQUIRE_CUDA_DEVICE();                                                                     \
+    fn(::kvsim::test::Target::cuda);                                                                 \
+  }
+
+// The same for a family without a host emulation of its own (quantization: ref runs the kernels'
+// work items serially, so the emulation would be ref): omp and the device only.
+#define KVSIM_BACKEND_TEST_CASES_NO_HOST(title, fn)                                                  \
+  TEST_CASE("omp: " title) {                                                                         \
+    if (!::kvsim::backend_available(::kvsim::Backend::omp))                                          \
+      MESSAGE("built without OpenMP: omp's kernels run on one thread");                              \
+    fn(::kvsim::test::Target::omp);                                                                  \
+  }                                                                                                  \
   TEST_CASE("cuda: " title) {                                                                        \
     KVSIM_REQUIRE_CUDA_DEVICE();                                                                     \
     fn(::kvsim::test::Target::cuda);                                                                 \

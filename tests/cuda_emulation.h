@@ -1,7 +1,9 @@
-// Host emulation of the cuda/ kernels: the same thread-to-work mapping as the .cu files, executed
-// sequentially on the CPU through the same host-device functions (cuda/*_core.h). On a machine
-// without a GPU this checks the arithmetic the GPU runs; the "cuda:" cases check the launches where
-// a device exists.
+// Host emulation of the cuda/ kernels: the same thread-to-work mapping as the .cu files (blocks of
+// rows, tiles staged as in shared memory, one request's rows), executed sequentially on the CPU
+// through the same host-device functions (sim/kernels/*_core.h) that ref loops over. On a machine
+// without a GPU this checks the kernels' mapping of work to threads against ref; the "cuda:" cases
+// check the launches where a device exists. (The quantization kernels' items need no emulation:
+// ref runs them in the kernels' order, sim/kernels/ref/quant.cpp.)
 #pragma once
 
 #include <cmath>
@@ -9,7 +11,8 @@
 #include <vector>
 
 #include "cuda/attend.h"
-#include "cuda/attn_stats_core.h"
+#include "sim/kernels/attend_core.h"
+#include "sim/kernels/attn_stats_core.h"
 
 namespace kvsim::test {
 
@@ -18,7 +21,7 @@ namespace kvsim::test {
 inline void emulate_attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T,
                                int64_t D, int64_t K, float* o, double* lse, float* entropy, int32_t* top_pos,
                                float* top_w) {
-  using namespace cuda::core;
+  using namespace core;
   const int64_t G = H / Hkv, n_tiles = (T + kStatsQueryTile - 1) / kStatsQueryTile;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   std::vector<float> ks(kStatsKeyTile * D), vs(kStatsKeyTile * D);
@@ -56,20 +59,20 @@ inline void emulate_prompt_colsums(const float* q, const float* k, const double*
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   for (int64_t idx = 0; idx < H * P; ++idx) {
     const int64_t h = idx / P, i = idx % P;
-    colsum[idx] = cuda::core::prompt_colsum_one(q + h * T * D, k + ((h / G) * T + i) * D, lse + h * T, i, P, D, scale);
+    colsum[idx] = core::prompt_colsum_one(q + h * T * D, k + ((h / G) * T + i) * D, lse + h * T, i, P, D, scale);
   }
 }
 
 // cuda/attend.cu attend_batch_kernel: one block per query row; slot logits, then the softmax by one
 // thread, then weights and output channels.
 inline void emulate_attend_batch(cuda::AttendBatch& b) {
-  using namespace cuda::core;
+  using namespace core;
   const int64_t D = b.D;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const int64_t outs = b.req.empty() ? 0 : b.req.back().out0 + b.req.back().G * b.req.back().n;
   b.logit.assign(outs, 0.0), b.w.assign(outs, 0.0f), b.o_hat.assign(b.rows() * D, 0.0f);
   std::vector<double> p(outs);
-  for (const AttendRequest& r : b.req)
+  for (const cuda::AttendRequest& r : b.req)
     for (int64_t g = 0; g < r.G; ++g) {
       const int64_t row = r.q0 + g;
       double* z = b.logit.data() + r.out0 + g * r.n;

@@ -16,8 +16,8 @@
 #include <utility>
 #include <vector>
 
-#include "cuda/quant_core.h"
-#include "cuda/quant_emulate.h"
+#include "sim/kernels/quant_common.h"
+#include "sim/kernels/quant_core.h"
 #include "sim/base/error.h"
 #include "sim/kernels/quant.h"
 #include "tests/backend_harness.h"
@@ -245,20 +245,20 @@ void check_edges(Target t) {
 
 }  // namespace
 
-KVSIM_BACKEND_TEST_CASES("uniform quantization equals ref bit for bit on the harness cases", check_uniform)
-KVSIM_BACKEND_TEST_CASES("nf4 quantization equals ref bit for bit on the harness cases", check_nf4)
-KVSIM_BACKEND_TEST_CASES("quantization of empty tiles and bad arguments behaves as ref", check_edges)
+KVSIM_BACKEND_TEST_CASES_NO_HOST("uniform quantization equals ref bit for bit on the harness cases", check_uniform)
+KVSIM_BACKEND_TEST_CASES_NO_HOST("nf4 quantization equals ref bit for bit on the harness cases", check_nf4)
+KVSIM_BACKEND_TEST_CASES_NO_HOST("quantization of empty tiles and bad arguments behaves as ref", check_edges)
 
 TEST_CASE("cuda-host: uniform code-byte items cover every byte once on the harness cases (no two threads write one byte)") {
   for (const UCase& c : uniform_cases()) {
     INFO(describe(c));
-    const auto s = cuda::emulate::uniform_shape(c.T, c.D, c.bits, c.axis, c.group);
-    const int64_t n = cuda::core::uniform_code_bytes(s);
+    const auto s = quant::uniform_shape(c.T, c.D, c.bits, c.axis, c.group);
+    const int64_t n = core::uniform_code_bytes(s);
     std::vector<int> hits(static_cast<size_t>(n), 0);
     int64_t block = 0, outside = 0;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t byte = cuda::core::uniform_codes_item_byte(s, i, &block);
-      if (byte < 0 || byte >= n || byte / cuda::core::uniform_block_bytes(s) != block)
+      const int64_t byte = core::uniform_codes_item_byte(s, i, &block);
+      if (byte < 0 || byte >= n || byte / core::uniform_block_bytes(s) != block)
         ++outside;
       else
         ++hits[static_cast<size_t>(byte)];

@@ -60,6 +60,33 @@ TEST_CASE("f32_to_f16 matches _Float16 rounding (seed 11)") {
   CHECK(mismatches == 0);
 }
 
+TEST_CASE("f32_to_f16 matches _Float16 on a sweep of every float bit pattern and at every rounding boundary") {
+  // The quantization kernels keep fp16 scales through these functions on the host and the GPU
+  // (sim/kernels/quant_core.h), so the sweep is wide: a stride coprime to 2^32 over all patterns
+  // (every exponent, both signs, inf, subnormals; NaN only needs to stay NaN), plus both
+  // neighbours of each halfway point between consecutive halves (the ties of the normal and the
+  // subnormal paths).
+  auto want = [](float x) {
+    const _Float16 h = static_cast<_Float16>(x);
+    uint16_t u;
+    std::memcpy(&u, &h, 2);
+    return u;
+  };
+  int64_t bad = 0, n = 0;
+  auto check = [&](float x) {
+    ++n;
+    bad += std::isnan(x) ? !std::isnan(f16_to_f32(f32_to_f16(x))) : f32_to_f16(x) != want(x);
+  };
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 251) check(bits_f32(static_cast<uint32_t>(u)));
+  for (uint32_t h = 0; h < 0x7c00u; ++h)
+    for (uint32_t sign : {0u, 0x8000u}) {
+      const float mid = 0.5f * (f16_to_f32(static_cast<uint16_t>(h)) + f16_to_f32(static_cast<uint16_t>(h + 1)));
+      for (int k = -1; k <= 1; ++k) check(bits_f32((f32_bits(mid) + static_cast<uint32_t>(k)) | (sign << 16)));
+    }
+  INFO(bad << " of " << n << " conversions differ from _Float16");
+  CHECK(bad == 0);
+}
+
 TEST_CASE("f16_to_f32 is exact for all 65536 bit patterns (against _Float16)") {
   for (uint32_t b = 0; b < 65536; ++b) {
     const uint16_t h = static_cast<uint16_t>(b);

@@ -1,6 +1,8 @@
-// Quantization kernels of ref (sim/kernels/quant.h) on hand cases. Expected values are computed by hand
-// in the comments, or from the NormalFloat-4 table as printed in the QLoRA paper (Appendix E),
-// copied here independently of the kernel's table. omp and cuda against ref: tests/test_backend_quant.cpp.
+// Quantization kernels of ref (sim/kernels/quant.h). Expected values are computed by hand in the
+// comments, or from the NormalFloat-4 table as printed in the QLoRA paper (Appendix E), copied
+// independently of the kernels' table (tests/quant_direct.h), or, on the kernel case list
+// (tests/quant_cases.h), from the direct implementation of tests/quant_direct.h. omp and cuda
+// against ref: tests/test_backend_quant.cpp.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -9,9 +11,12 @@
 
 #include "sim/base/error.h"
 #include "sim/kernels/quant.h"
-#include "sim/kernels/quant.h"
+#include "sim/kernels/quant_core.h"
+#include "tests/quant_cases.h"
+#include "tests/quant_direct.h"
 
 using namespace kvsim;
+using test::direct::kNf4Paper;
 
 namespace {
 
@@ -25,11 +30,6 @@ std::vector<float> dq(const Nf4Quantized& q) {
   ref::dequant_nf4(q, y.data());
   return y;
 }
-
-const double kNf4Paper[16] = {-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-                              -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-                              0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-                              0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0};
 
 double rel_err(const std::vector<float>& x, const std::vector<float>& y) {
   double num = 0, den = 0;
@@ -147,4 +147,98 @@ TEST_CASE("quantization bad input: one-line errors naming the values") {
   CHECK_THROWS_AS(ref::quant_uniform(x.data(), 3, 8, 2, QuantAxis::token, 2), UsageError);    // 4 bits per block
   CHECK_THROWS_AS(ref::quant_uniform(x.data(), 3, 8, 4, QuantAxis::token, 0), UsageError);
   CHECK_THROWS_AS(ref::quant_nf4(x.data(), 3, 8, QuantAxis::token, 64, false), UsageError);
+}
+
+TEST_CASE("nf4: the cores' table holds the paper's values, and each midpoint is the float nearest the exact one") {
+  core::Nf4Table tab;
+  core::nf4_table_init(&tab);
+  for (int i = 0; i < 16; ++i) CHECK(tab.values[i] == static_cast<float>(kNf4Paper[i]));
+  for (int i = 0; i < 15; ++i) {
+    // The exact midpoint of two floats is a double; its float rounding is off by at most half an ulp.
+    const double exact = 0.5 * (static_cast<double>(tab.values[i]) + tab.values[i + 1]);
+    INFO("midpoint " << i << " = " << tab.mids[i] << ", exact " << exact);
+    CHECK(tab.values[i] < tab.mids[i]);
+    CHECK(tab.mids[i] < tab.values[i + 1]);
+    CHECK(std::fabs(tab.mids[i] - exact) <= 0.5 * std::ldexp(1.0, std::ilogb(exact) - 23));
+  }
+}
+
+TEST_CASE("ref: empty tiles quantize to empty containers") {
+  auto q = ref::quant_uniform(nullptr, 0, 64, 4, QuantAxis::token, 32);
+  CHECK(q.codes.empty());
+  CHECK(q.scale_f16.empty());
+  CHECK(q.min_f16.empty());
+  auto n = ref::quant_nf4(nullptr, 0, 64, QuantAxis::token, 64, true);
+  CHECK(n.codes.empty());
+  CHECK(n.absmax_q.empty());
+  CHECK(n.dq_scale.empty());
+  CHECK(n.dq_mean == 0.0f);
+}
+
+TEST_CASE("direct: ref uniform quantization equals the direct implementation bit for bit on the kernel case list") {
+  // Expected values: tests/quant_direct.h (fp16 by _Float16, codes element by element, the packed
+  // layout rebuilt from sim/kernels/quant.h). The formats fix every float operation, so exact.
+  const auto cases = test::uniform_cases();
+  MESSAGE(cases.size() << " uniform cases");
+  for (const test::UCase& c : cases) {
+    INFO(test::describe(c));
+    const auto x = test::make_data(c.data, c.T, c.D, c.seed, c.bits);
+    const test::direct::Uniform want = test::direct::uniform(x.data(), c.T, c.D, c.bits, c.axis, c.group);
+    const UniformQuantized got = ref::quant_uniform(x.data(), c.T, c.D, c.bits, c.axis, c.group);
+    test::check_same_bits(got.min_f16, want.min_f16, "fp16 min");
+    test::check_same_bits(got.scale_f16, want.scale_f16, "fp16 scale");
+    test::check_same_bits(got.codes, want.packed, "packed codes");
+    std::vector<float> y(x.size(), NAN);
+    ref::dequant_uniform(got, y.data());
+    test::check_same_bits(y, want.decoded, "decoded");
+  }
+}
+
+TEST_CASE("direct: ref nf4 quantization equals the direct nearest-value search on the kernel case list") {
+  // Expected values: tests/quant_direct.h (absmax, double quantization and codes from their
+  // definitions, the nearest of the paper's 16 values to x / absmax in double, ties to the lower
+  // index). Declared tolerance, codes only: ref compares x * (1 / absmax) in float with the
+  // midpoints rounded to float, each within a float ulp of the exact values, so where v lies within
+  // 2^-22 |m| of a midpoint m (but not on it) either neighbour passes; exactly on a midpoint, the
+  // lower index. Everything else is exact, and ref's decoded values are checked against
+  // value[ref's code] * scale.
+  const double band = std::ldexp(1.0, -22);
+  int64_t in_band = 0, in_band_not_ties = 0;
+  const auto cases = test::nf4_cases();
+  MESSAGE(cases.size() << " nf4 cases");
+  for (const test::NCase& c : cases) {
+    INFO(test::describe(c));
+    const auto x = test::make_data(c.data, c.T, c.D, c.seed, 0);
+    const test::direct::Nf4 want = test::direct::nf4(x.data(), c.T, c.D, c.axis, c.block, c.dq);
+    const Nf4Quantized got = ref::quant_nf4(x.data(), c.T, c.D, c.axis, c.block, c.dq);
+    test::check_same_bits(got.absmax, want.absmax, "absmax");
+    test::check_same_bits(got.absmax_q, want.absmax_q, "double-quantized absmax");
+    test::check_same_bits(got.dq_scale, want.dq_scale, "double-quantization scales");
+    test::check_same_bits(got.dq_mean, want.dq_mean, "double-quantization mean");
+    const int64_t n = c.T * c.D;
+    std::vector<float> y(x.size(), NAN), y_want(x.size());
+    ref::dequant_nf4(got, y.data());
+    int64_t bad = 0;
+    for (int64_t e = 0; e < n; ++e) {
+      const uint32_t code = (got.codes[e / 2] >> ((e % 2) * 4)) & 0xfu, code_want = want.code[e];
+      y_want[test::direct::nf4_at(e, c.T, c.D, c.axis)] =
+          static_cast<float>(kNf4Paper[code]) * want.scale[e / c.block];
+      if (code == code_want) continue;
+      uint32_t lower = 0;
+      const double dist = test::direct::nf4_midpoint_distance(want.v[e], &lower);
+      const bool neighbours = std::min(code, code_want) == lower && std::max(code, code_want) == lower + 1;
+      if (dist > 0 && dist <= band && neighbours) {
+        ++in_band, in_band_not_ties += c.data != test::QuantData::ties;
+        continue;
+      }
+      if (bad++ == 0)
+        FAIL_CHECK("element " << e << " of the block order: x / absmax = " << want.v[e] << ", ref code " << code
+                              << ", direct code " << code_want << " (" << dist << " |m| from midpoint " << lower
+                              << "|" << lower + 1 << ")");
+    }
+    CHECK(bad == 0);
+    test::check_same_bits(y, y_want, "decoded (value of ref's code times the block's scale)");
+  }
+  MESSAGE(in_band << " codes within float rounding of a midpoint took the other neighbour (" << in_band_not_ties
+                  << " outside the ties data)");
 }

@@ -1,21 +1,32 @@
 // float32 <-> float16 / bfloat16 conversion, round to nearest, ties to even.
-// Used by the trace writer (stored dtypes) and by codecs that keep scales in fp16.
+// Used by the trace writer (stored dtypes) and by the quantization kernels that keep scales in
+// fp16 (sim/kernels/quant_core.h), so the fp16 conversions are host-device functions (sim/base/hd.h).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "sim/base/hd.h"
+
 namespace kvsim {
 
-inline uint32_t f32_bits(float f) {
+KVSIM_HD uint32_t f32_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
+#endif
 }
-inline float bits_f32(uint32_t u) {
+KVSIM_HD float bits_f32(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+#endif
 }
 
 inline uint16_t f32_to_bf16(float f) {
@@ -27,7 +38,7 @@ inline uint16_t f32_to_bf16(float f) {
 }
 inline float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>(h) << 16); }
 
-inline uint16_t f32_to_f16(float f) {
+KVSIM_HD uint16_t f32_to_f16(float f) {
   uint32_t x = f32_bits(f);
   uint32_t sign = (x >> 16) & 0x8000u;
   uint32_t ax = x & 0x7fffffffu;
@@ -52,7 +63,7 @@ inline uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | (v >> 13));
 }
 
-inline float f16_to_f32(uint16_t h) {
+KVSIM_HD float f16_to_f32(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t e = (h >> 10) & 0x1fu;
   uint32_t m = h & 0x3ffu;

@@ -3,7 +3,7 @@
 // over keys 0..t, computed tile by tile with an online softmax (T x T never exists). ref
 // (sim/kernels/ref/attn_stats.cpp) is the plain-loop ground truth, omp (sim/kernels/omp/) its
 // OpenMP twin, cuda (cuda/attn_stats.cu) a FlashAttention-style kernel; the per-row arithmetic
-// shared by ref and cuda is cuda/attn_stats_core.h.
+// shared by ref and cuda is sim/kernels/attn_stats_core.h.
 #pragma once
 
 #include <cstdint>

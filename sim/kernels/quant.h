@@ -1,7 +1,8 @@
 // Quantization kernels behind the cache codecs (design.md §5: quant, kivi, nf4): the contract once,
-// declared for every backend. ref (sim/kernels/ref/quant.cpp) is the plain-loop ground truth; the omp
-// (sim/kernels/omp/quant.cpp) and cuda (cuda/quant.cu, host pointers; the device-pointer forms are in
-// cuda/quant.h) twins have the same results bit for bit.
+// declared for every backend. The arithmetic is written once, as work items in
+// sim/kernels/quant_core.h: ref (sim/kernels/ref/quant.cpp) runs them serially and is the ground
+// truth; the omp (sim/kernels/omp/quant.cpp) and cuda (cuda/quant.cu, host pointers; the
+// device-pointer forms are in cuda/quant.h) twins run the same items and have the same results bit for bit.
 //
 // Layout: a tile x is [n_t, D] row-major (tokens x channels). Blocks share quantization
 // parameters:

@@ -1,30 +1,11 @@
 #include "sim/kernels/quant.h"
 
-#include <algorithm>
-#include <cmath>
-
-#include "sim/base/error.h"
-#include "sim/base/half.h"
 #include "sim/kernels/quant_common.h"
+#include "sim/kernels/quant_core.h"
 
 namespace kvsim {
 
-const float kNf4Values[16] = {-1.0f,
-                              -0.6961928009986877f,
-                              -0.5250730514526367f,
-                              -0.39491748809814453f,
-                              -0.28444138169288635f,
-                              -0.18477343022823334f,
-                              -0.09105003625154495f,
-                              0.0f,
-                              0.07958029955625534f,
-                              0.16093020141124725f,
-                              0.24611230194568634f,
-                              0.33791524171829224f,
-                              0.44070982933044434f,
-                              0.5626170039176941f,
-                              0.7229568362236023f,
-                              1.0f};
+const float kNf4Values[16] = {KVSIM_NF4_VALUES};  // sim/kernels/quant_core.h
 
 int64_t uniform_bytes(int64_t n_elements, int bits, int64_t group) {
   const int64_t blocks = (n_elements + group - 1) / group;
@@ -41,32 +22,54 @@ int64_t nf4_bytes(int64_t n_elements, int64_t block, bool double_quant) {
 
 namespace ref {
 
+// The work items of sim/kernels/quant_core.h one after another, kernel by kernel in the order
+// cuda/quant.cu launches them: ref is the serial run of the GPU's arithmetic.
+
 UniformQuantized quant_uniform(const float* x, int64_t n_t, int64_t D, int bits, QuantAxis axis, int64_t group) {
   quant::check_uniform_args(n_t, D, bits, axis, group);
   UniformQuantized q = quant::make_uniform(n_t, D, bits, axis, group);
-  const int64_t n_blocks = n_t * D / group;
-  for (int64_t b = 0; b < n_blocks; ++b) quant::encode_uniform_block(x, q, b);
+  const core::UniformShape s = quant::uniform_shape(n_t, D, bits, axis, group);
+  for (int64_t b = 0; b < core::uniform_blocks(s); ++b)  // kernel uniform_params
+    core::uniform_params_item(x, s, b, q.min_f16.data(), q.scale_f16.data());
+  for (int64_t i = 0; i < core::uniform_code_bytes(s); ++i)  // kernel uniform_codes
+    core::uniform_codes_item(x, s, q.min_f16.data(), q.scale_f16.data(), i, q.codes.data());
   return q;
 }
 
 void dequant_uniform(const UniformQuantized& q, float* y) {
-  const int64_t n_blocks = q.n_t * q.D / q.group;
-  for (int64_t b = 0; b < n_blocks; ++b) quant::decode_uniform_block(q, b, y);
+  const core::UniformShape s = quant::uniform_shape(q.n_t, q.D, q.bits, q.axis, q.group);
+  for (int64_t p = 0; p < q.n_t * q.D; ++p)  // kernel uniform_decode
+    core::uniform_decode_item(q.codes.data(), q.min_f16.data(), q.scale_f16.data(), s, p, y);
 }
 
 Nf4Quantized quant_nf4(const float* x, int64_t n_t, int64_t D, QuantAxis axis, int64_t block, bool double_quant) {
   quant::check_nf4_args(n_t, D, block);
   Nf4Quantized q = quant::make_nf4(n_t, D, axis, block, double_quant);
-  const int64_t n_blocks = n_t * D / block;
-  for (int64_t b = 0; b < n_blocks; ++b) q.absmax[static_cast<size_t>(b)] = quant::block_absmax_nf4(x, q, b);
-  if (double_quant) quant::double_quantize(q);
-  for (int64_t b = 0; b < n_blocks; ++b) quant::encode_nf4_block(x, q, b);
+  const core::Nf4Shape s = quant::nf4_shape(n_t, D, axis, block);
+  const int64_t n_blocks = core::nf4_blocks(s);
+  for (int64_t b = 0; b < n_blocks; ++b) core::nf4_absmax_item(x, s, b, q.absmax.data());  // kernel nf4_absmax
+  if (double_quant) {
+    q.absmax_q.assign(static_cast<size_t>(n_blocks), 0);
+    q.dq_scale.assign(static_cast<size_t>(core::nf4_dq_groups(s)), 0.0f);
+    q.dq_mean = core::nf4_dq_mean(q.absmax.data(), n_blocks);  // kernel nf4_dq_mean
+    for (int64_t g = 0; g < core::nf4_dq_groups(s); ++g)        // kernel nf4_dq_group
+      core::nf4_dq_group_item(q.absmax.data(), n_blocks, q.dq_mean, g, q.dq_scale.data(), q.absmax_q.data());
+  }
+  core::Nf4Table tab;
+  core::nf4_table_init(&tab);
+  const int8_t* aq = double_quant ? q.absmax_q.data() : nullptr;
+  for (int64_t i = 0; i < n_t * D / 2; ++i)  // kernel nf4_codes
+    core::nf4_codes_item(x, s, q.absmax.data(), aq, q.dq_scale.data(), &q.dq_mean, tab, i, q.codes.data());
   return q;
 }
 
 void dequant_nf4(const Nf4Quantized& q, float* y) {
-  const int64_t n_blocks = q.n_t * q.D / q.block;
-  for (int64_t b = 0; b < n_blocks; ++b) quant::decode_nf4_block(q, b, y);
+  const core::Nf4Shape s = quant::nf4_shape(q.n_t, q.D, q.axis, q.block);
+  core::Nf4Table tab;
+  core::nf4_table_init(&tab);
+  const int8_t* aq = q.double_quant ? q.absmax_q.data() : nullptr;
+  for (int64_t p = 0; p < q.n_t * q.D; ++p)  // kernel nf4_decode
+    core::nf4_decode_item(q.codes.data(), s, q.absmax.data(), aq, q.dq_scale.data(), q.dq_mean, tab, p, y);
 }
 
 }  // namespace ref

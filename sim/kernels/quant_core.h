@@ -1,19 +1,22 @@
-// The arithmetic of the CUDA quantization kernels (cuda/quant.cu), as host+device functions.
-// Each kernel is a grid-stride loop over one of the *_item functions below and does nothing else;
-// the host emulation (cuda/quant_emulate.h) runs the same items in the same order on the CPU, so the
-// tests check, on machines without a GPU, the exact arithmetic the GPU runs against sim/ref.
+// The arithmetic of the quantization kernels (sim/kernels/quant.h), once, as host-device functions
+// (sim/base/hd.h): work items that each produce values no other item writes. ref
+// (sim/kernels/ref/quant.cpp) runs every kernel's items one after another in the kernels' order,
+// omp (sim/kernels/omp/quant.cpp) the same items over threads, and each CUDA kernel
+// (cuda/quant.cu) is a grid-stride loop over one item function and does nothing else: the three
+// agree bit for bit. tests/test_quant.cpp checks ref against a direct implementation of the formats
+// written apart (tests/quant_direct.h).
 //
-// Layouts, rounding and tie rules are sim/kernels/ref/quant.h's; every step below repeats the step of
-// sim/kernels/quant_common.h it names, operation for operation (std::min/max/clamp written out with the
-// same comparisons, so signed zeros pick the same operand). Needs -ffp-contract=off on the host and
-// --fmad=false on the device (both set by CMake): `code * scale + min` must not become an FMA.
+// Layouts, rounding and tie rules are the comments of sim/kernels/quant.h. std::min/max/clamp are
+// written out with the same comparisons (so signed zeros pick the operand std:: would), which the
+// device compiles without relaxed constexpr. Needs -ffp-contract=off on the host and --fmad=false
+// on the device (both set by CMake): `code * scale + min` must not become an FMA.
 //
 // Work items (one GPU thread each):
 //   uniform params   one per block:        min/max over the block -> fp16 min and scale
 //   uniform codes    one per code byte:    8 / bits codes packed into a byte no other item writes
 //   uniform decode   one per output float: y[t, d]
 //   nf4 absmax       one per block
-//   nf4 dq mean      one in all:           the sequential double sum of sim/ref (exact same rounding)
+//   nf4 dq mean      one in all:           a sequential double sum (a tree sum would round differently)
 //   nf4 dq group     one per 256 blocks:   fp32 scale and int8 codes of the group's absmax values
 //   nf4 codes        one per code byte:    two 4-bit codes
 //   nf4 decode       one per output float: y[t, d]
@@ -21,69 +24,11 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
+#include "sim/base/half.h"
 #include "sim/base/hd.h"
 
-namespace kvsim::cuda::core {
-
-// ---- fp16, bit-identical to sim/base/half.h (round to nearest, ties to even) ------------------------
-
-KVSIM_HD uint32_t f32_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-
-KVSIM_HD float bits_f32(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-
-KVSIM_HD uint16_t f32_to_f16(float f) {
-  const uint32_t x = f32_bits(f);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
-  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 -> inf
-  if (ax < 0x38800000u) {  // fp16 subnormal or zero: round to a multiple of 2^-24
-    if (ax < 0x33000000u) return static_cast<uint16_t>(sign);
-    const uint32_t e = ax >> 23;
-    const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - e;
-    uint32_t half_v = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1u);
-    const uint32_t halfway = 1u << (shift - 1);
-    if (rem > halfway || (rem == halfway && (half_v & 1u))) ++half_v;
-    return static_cast<uint16_t>(sign | half_v);
-  }
-  uint32_t v = ax - 0x38000000u;  // rebias the exponent 127 -> 15, round the 13 dropped bits
-  const uint32_t lsb = (v >> 13) & 1u;
-  v += 0x0fffu + lsb;
-  return static_cast<uint16_t>(sign | (v >> 13));
-}
-
-KVSIM_HD float f16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t e = (h >> 10) & 0x1fu;
-  const uint32_t m = h & 0x3ffu;
-  if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13));
-  if (e == 0) {
-    if (m == 0) return bits_f32(sign);
-    const float f = static_cast<float>(m) * (1.0f / 16777216.0f);  // m * 2^-24, exact
-    return sign ? -f : f;
-  }
-  return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
-}
+namespace kvsim::core {
 
 // std::min / std::max / std::clamp / std::fabs with their exact comparisons.
 KVSIM_HD float min_like_std(float a, float b) { return b < a ? b : a; }
@@ -94,7 +39,7 @@ KVSIM_HD float floor_f32(float v) { return ::floorf(v); }
 
 // ---- uniform asymmetric b-bit ------------------------------------------------------------------
 
-// A [n_t, D] tile cut into blocks of `group` elements along one axis (sim/kernels/ref/quant.h).
+// A [n_t, D] tile cut into blocks of `group` elements along one axis (sim/kernels/quant.h).
 struct UniformShape {
   int64_t n_t = 0, D = 0, group = 32;
   int bits = 4;
@@ -134,8 +79,8 @@ KVSIM_HD void uniform_params_item(const float* x,  // [n_t, D]
 }
 
 // One code: clamp(floor((x - min) / scale + 0.5), 0, 2^b - 1); 0 where the fp16 scale is 0.
-// A NaN (inputs beyond the fp16 range make the fp16 min infinite) gives 0: defined here, where
-// sim/ref's float-to-integer conversion of NaN is undefined (x86 also yields 0).
+// A NaN (inputs beyond the fp16 range make the fp16 min infinite) gives 0, where a plain
+// float-to-integer conversion would be undefined.
 KVSIM_HD uint32_t uniform_code(float x, float fmin, float fscale, int bits) {
   const float levels = static_cast<float>((1 << bits) - 1);
   const float c = fscale > 0 ? floor_f32((x - fmin) / fscale + 0.5f) : 0.0f;
@@ -198,30 +143,23 @@ KVSIM_HD void uniform_decode_item(const uint8_t* codes,       // [n_t * D * bits
 
 // ---- NF4 (QLoRA) -------------------------------------------------------------------------------
 
-// The 16 NormalFloat-4 values (the digits of kNf4Values in sim/kernels/ref/quant.cpp; a test checks the
-// bits) and the midpoints between neighbours, computed as sim/kernels/quant_common.h computes them.
+// The 16 NormalFloat-4 values (QLoRA, arXiv 2305.14314, Appendix E), ascending: the one copy of
+// the digits, expanded into kvsim::kNf4Values (sim/kernels/ref/quant.cpp) and into the table below
+// (a device function cannot read a host array, so a GPU block builds its own copy).
+#define KVSIM_NF4_VALUES                                                                                    \
+  -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,         \
+      -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,      \
+      0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,              \
+      0.7229568362236023f, 1.0f
+
+// The values and the midpoints between neighbours.
 struct Nf4Table {
   float values[16];
   float mids[15];
 };
 
 KVSIM_HD void nf4_table_init(Nf4Table* t) {
-  const float v[16] = {-1.0f,
-                       -0.6961928009986877f,
-                       -0.5250730514526367f,
-                       -0.39491748809814453f,
-                       -0.28444138169288635f,
-                       -0.18477343022823334f,
-                       -0.09105003625154495f,
-                       0.0f,
-                       0.07958029955625534f,
-                       0.16093020141124725f,
-                       0.24611230194568634f,
-                       0.33791524171829224f,
-                       0.44070982933044434f,
-                       0.5626170039176941f,
-                       0.7229568362236023f,
-                       1.0f};
+  const float v[16] = {KVSIM_NF4_VALUES};
   for (int i = 0; i < 16; ++i) t->values[i] = v[i];
   for (int i = 0; i < 15; ++i) t->mids[i] = 0.5f * (v[i] + v[i + 1]);
 }
@@ -254,7 +192,7 @@ KVSIM_HD void nf4_absmax_item(const float* x,  // [n_t, D]
   absmax[b] = m;
 }
 
-// The single item of the mean: sim/ref's sequential double sum (a tree sum would round differently).
+// The single item of the mean: a sequential double sum (a tree sum would round differently).
 KVSIM_HD float nf4_dq_mean(const float* absmax,  // [n_blocks]
                            int64_t n_blocks) {
   double mean = 0;
@@ -320,4 +258,4 @@ KVSIM_HD void nf4_decode_item(const uint8_t* codes,  // [n_t * D / 2]
   y[p] = tab.values[(codes[e / 2] >> ((e % 2) * 4)) & 0xfu] * scale;
 }
 
-}  // namespace kvsim::cuda::core
+}  // namespace kvsim::core

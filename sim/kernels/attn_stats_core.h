@@ -1,8 +1,10 @@
-// The arithmetic of cuda/attn_stats.cu as host-device functions (sim/base/hd.h): one query row's online
-// softmax over key tiles, exactly the sequence of operations of sim/kernels/ref/attn_stats.cpp (logit =
-// (q·k in double) * scale, the same 64-key tile boundaries, the same rescaling and top-K rule), so
-// the GPU kernel agrees with ref up to the device's exp/log, and the host emulation
-// (tests/test_cuda_attn_stats.cpp) agrees with ref bit for bit.
+// The arithmetic of the exact attention statistics (sim/kernels/attn_stats.h), once, as host-device
+// functions (sim/base/hd.h): one query row's online softmax over 64-key tiles (logit = (q·k in
+// double) * scale, the top-K rule of sim/base/topk.h), and one key's prompt column sum. ref
+// (sim/kernels/ref/attn_stats.cpp) is the plain serial loop over them; cuda/attn_stats.cu runs a row
+// per GPU thread, so it agrees with ref up to the device's exp/log, and its host emulation
+// (tests/cuda_emulation.h) agrees bit for bit. omp is vectorized on its own and agrees within
+// tolerances; tests/test_kernels_direct.cpp checks ref against a dense softmax written apart.
 #pragma once
 
 #include <math.h>
@@ -11,12 +13,12 @@
 #include "sim/base/hd.h"
 #include "sim/base/topk.h"
 
-namespace kvsim::cuda::core {
+namespace kvsim::core {
 
-inline constexpr int kStatsKeyTile = 64;    // = sim/kernels/ref/attn_stats.cpp kKeyTile (tile boundaries shape the sums)
-inline constexpr int kStatsQueryTile = 64;  // rows per thread block (one thread per row)
-inline constexpr int kStatsMaxK = 64;       // top-K capacity per row
-inline constexpr int kStatsMaxD = 256;      // accumulator capacity per row
+inline constexpr int kStatsKeyTile = 64;    // key tile: its boundaries shape the sums (rescaling per tile)
+inline constexpr int kStatsQueryTile = 64;  // cuda: rows per thread block (one thread per row)
+inline constexpr int kStatsMaxK = 64;       // cuda: top-K capacity per row (thread-local arrays)
+inline constexpr int kStatsMaxD = 256;      // cuda: accumulator capacity per row
 
 // Running state of one query row: max m, sum l of exp(z - m), a = sum of exp(z - m) * z (entropy),
 // acc[D] = sum of exp(z - m) * v, and the top-K so far.
@@ -75,7 +77,7 @@ KVSIM_HD void stats_row_finish(const StatsRow& r, int64_t row, int64_t D, int K,
   }
 }
 
-// colsum of key i over the prompt's queries j = i .. P-1 (sim/ref prompt_colsums, same order).
+// colsum of key i over the prompt's queries j = i .. P-1, j ascending.
 KVSIM_HD float prompt_colsum_one(const float* qh,    // [T, D] queries of head h
                                  const float* ki,    // [D] key i
                                  const double* lseh, // [T]
@@ -90,4 +92,4 @@ KVSIM_HD float prompt_colsum_one(const float* qh,    // [T, D] queries of head h
   return static_cast<float>(acc);
 }
 
-}  // namespace kvsim::cuda::core
+}  // namespace kvsim::core
