@@ -16,8 +16,8 @@ constexpr int kThreads = 128;
 __global__ void attend_batch_kernel(const AttendRequest* __restrict__ req, const int32_t* __restrict__ row_req,
                                     const float* __restrict__ q, const float* __restrict__ key,
                                     const float* __restrict__ value, const float* __restrict__ bias,
-                                    const int32_t* __restrict__ view, int64_t D, double scale, double* logit,
-                                    double* p, float* w, float* o_hat) {
+                                    const int32_t* __restrict__ view, int64_t D, double scale, double* logit, double* p,
+                                    float* w, float* o_hat) {
   const int64_t row = blockIdx.x;
   const AttendRequest r = req[row_req[2 * row]];
   const int64_t g = row_req[2 * row + 1];

@@ -14,26 +14,26 @@ namespace kvsim::cuda {
 // One attention request: the G query heads sharing one cache at one step. Offsets index the batch's
 // packed arrays (AttendBatch).
 struct AttendRequest {
-  int64_t slot0;   // first slot in the packed key/value/bias/view arrays
-  int64_t n;       // slots (>= 1)
-  int64_t q0;      // first query row in the packed queries [rows, D]
-  int64_t G;       // query heads
-  int64_t out0;    // first element of this request's [G, n] logits / weights
-  int32_t n_views; // 1: plain softmax
+  int64_t slot0;    // first slot in the packed key/value/bias/view arrays
+  int64_t n;        // slots (>= 1)
+  int64_t q0;       // first query row in the packed queries [rows, D]
+  int64_t G;        // query heads
+  int64_t out0;     // first element of this request's [G, n] logits / weights
+  int32_t n_views;  // 1: plain softmax
 };
 
 // Packed requests, host side. add() copies the inputs; run_attend_batch() fills the outputs.
 struct AttendBatch {
   int64_t D = 0;
   std::vector<AttendRequest> req;
-  std::vector<float> q;        // [rows, D]
-  std::vector<float> key;      // [slots, D]
-  std::vector<float> value;    // [slots, D]
-  std::vector<float> bias;     // [slots]
-  std::vector<int32_t> view;   // [slots] (0 where a request has one view)
-  std::vector<double> logit;   // [sum of G * n] outputs, request r at req[r].out0, row-major [G, n]
-  std::vector<float> w;        // [sum of G * n]
-  std::vector<float> o_hat;    // [rows, D]
+  std::vector<float> q;       // [rows, D]
+  std::vector<float> key;     // [slots, D]
+  std::vector<float> value;   // [slots, D]
+  std::vector<float> bias;    // [slots]
+  std::vector<int32_t> view;  // [slots] (0 where a request has one view)
+  std::vector<double> logit;  // [sum of G * n] outputs, request r at req[r].out0, row-major [G, n]
+  std::vector<float> w;       // [sum of G * n]
+  std::vector<float> o_hat;   // [rows, D]
 
   void clear(int64_t D_);
   // One cache's request (arguments as kvsim::ref::attend_slots, sim/kernels/attend.h); returns its index.

@@ -18,10 +18,9 @@ using core::kStatsQueryTile;
 
 // grid (query tiles, H), block kStatsQueryTile threads; dynamic shared memory: K and V tiles
 // [kStatsKeyTile, D] floats each. Latest query tiles (the longest rows) are scheduled first.
-__global__ void attn_stats_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                                  const float* __restrict__ v, int64_t H, int64_t G, int64_t T, int64_t D, int K,
-                                  double scale, float* o, double* lse, float* entropy, int32_t* top_pos,
-                                  float* top_w) {
+__global__ void attn_stats_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                                  int64_t H, int64_t G, int64_t T, int64_t D, int K, double scale, float* o,
+                                  double* lse, float* entropy, int32_t* top_pos, float* top_w) {
   extern __shared__ float tiles[];
   float* ks = tiles;
   float* vs = tiles + kStatsKeyTile * D;
@@ -75,8 +74,8 @@ void check_shapes(int64_t H, int64_t Hkv, int64_t T, int64_t D, int64_t K) {
 
 }  // namespace
 
-void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D,
-                int64_t K, float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
+void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D, int64_t K,
+                float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
   check_shapes(H, Hkv, T, D, K);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   Stream s;
@@ -89,8 +88,8 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
   d_o.resize(H * T * D), d_ent.resize(H * T), d_lse.resize(H * T);
   d_tp.resize(std::max<int64_t>(1, H * T * K)), d_tw.resize(std::max<int64_t>(1, H * T * K));
   const size_t shmem = 2 * kStatsKeyTile * D * sizeof(float);
-  KVSIM_CUDA_CHECK(cudaFuncSetAttribute(attn_stats_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(shmem)));
+  KVSIM_CUDA_CHECK(
+      cudaFuncSetAttribute(attn_stats_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shmem)));
   const dim3 grid(static_cast<unsigned>((T + kStatsQueryTile - 1) / kStatsQueryTile), static_cast<unsigned>(H));
   attn_stats_kernel<<<grid, kStatsQueryTile, shmem, s.get()>>>(dq.data(), dk.data(), dv.data(), H, H / Hkv, T, D,
                                                                static_cast<int>(K), scale, d_o.data(), d_lse.data(),
@@ -109,8 +108,8 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
 void prompt_colsums(const float* q, const float* k, const double* lse, int64_t H, int64_t Hkv, int64_t T, int64_t D,
                     int64_t P, float* colsum) {
   check_shapes(H, Hkv, T, D, 0);
-  if (P < 1 || P > T) throw UsageError("cuda::prompt_colsums: P = " + std::to_string(P) + " outside [1, T = " +
-                                       std::to_string(T) + "]");
+  if (P < 1 || P > T)
+    throw UsageError("cuda::prompt_colsums: P = " + std::to_string(P) + " outside [1, T = " + std::to_string(T) + "]");
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   Stream s;
   DeviceBuffer<float> dq, dk, dc;

@@ -1,6 +1,6 @@
 // Built instead of cuda/attn_stats.cu when KVSIM_CUDA is off.
-#include "sim/kernels/attn_stats.h"
 #include "sim/base/error.h"
+#include "sim/kernels/attn_stats.h"
 
 namespace kvsim::cuda {
 

@@ -7,10 +7,10 @@
 
 #include "sim/base/error.h"
 
-#define KVSIM_CUDA_CHECK(expr)                                                                   \
-  do {                                                                                           \
-    cudaError_t kvsim_err_ = (expr);                                                             \
-    if (kvsim_err_ != cudaSuccess)                                                               \
+#define KVSIM_CUDA_CHECK(expr)                                                               \
+  do {                                                                                       \
+    cudaError_t kvsim_err_ = (expr);                                                         \
+    if (kvsim_err_ != cudaSuccess)                                                           \
       throw ::kvsim::CudaError(std::string("CUDA error ") + cudaGetErrorString(kvsim_err_) + \
                                " in `" #expr "` at " __FILE__ ":" KVSIM_STR(__LINE__));      \
   } while (0)

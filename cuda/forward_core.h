@@ -44,9 +44,7 @@ KVSIM_HD void tree_step_max(float* red, int lane, int half) {
 // ---- RMSNorm ---------------------------------------------------------------------------------
 
 // 1 / sqrt(mean(x^2) + eps) from the sum of squares of a row of n.
-KVSIM_HD float rms_inv(float sumsq, int64_t n, float eps) {
-  return 1.0f / sqrtf(sumsq / static_cast<float>(n) + eps);
-}
+KVSIM_HD float rms_inv(float sumsq, int64_t n, float eps) { return 1.0f / sqrtf(sumsq / static_cast<float>(n) + eps); }
 // Element i of the normalised row: ref's x * scale * g (same order).
 KVSIM_HD float rmsnorm_elem(float x, float scale, float g) { return x * scale * g; }
 
@@ -140,9 +138,7 @@ KVSIM_HD int64_t kv_cache_index(int64_t i, int64_t Hkv, int64_t D, int64_t cap, 
 
 // Is (vb, ib) a better argmax candidate than (va, ia)? Larger value, then lower index (ref's rule:
 // the first maximum wins).
-KVSIM_HD bool argmax_better(float vb, int64_t ib, float va, int64_t ia) {
-  return vb > va || (vb == va && ib < ia);
-}
+KVSIM_HD bool argmax_better(float vb, int64_t ib, float va, int64_t ia) { return vb > va || (vb == va && ib < ia); }
 
 // One tree step of the argmax over lanes' candidate indices (-1: none), lanes below `half`.
 KVSIM_HD void tree_step_argmax(const float* x, int64_t* idx, int lane, int half) {

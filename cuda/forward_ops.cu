@@ -86,7 +86,8 @@ unsigned blocks_for(int64_t n, int threads) {
 }
 
 int as_int(int64_t v, const char* what) {
-  if (v < 0 || v > INT_MAX) throw UsageError(std::string("cuda::matmul: ") + what + " = " + std::to_string(v) + " exceeds int");
+  if (v < 0 || v > INT_MAX)
+    throw UsageError(std::string("cuda::matmul: ") + what + " = " + std::to_string(v) + " exceeds int");
   return static_cast<int>(v);
 }
 
@@ -136,12 +137,12 @@ __global__ void gather_kernel(const float* table, const int32_t* ids, float* x, 
 
 // Block (t, h): logits to shared memory, max and sum tree-reduced, weights normalised in place,
 // one output dimension per thread (cuda/forward_core.h).
-__global__ void attention_kernel(const float* q, const float* k, const float* v, const float* bias,
-                                 const int64_t* pos, float* o, int64_t H, int64_t G, int64_t D, int64_t n,
-                                 int64_t head_stride, int64_t pos0, float scale) {
+__global__ void attention_kernel(const float* q, const float* k, const float* v, const float* bias, const int64_t* pos,
+                                 float* o, int64_t H, int64_t G, int64_t D, int64_t n, int64_t head_stride,
+                                 int64_t pos0, float scale) {
   extern __shared__ float smem[];
-  float* w = smem;                       // [n]
-  float* red = smem + n;                 // [kAttnThreads]
+  float* w = smem;        // [n]
+  float* red = smem + n;  // [kAttnThreads]
   const int lane = static_cast<int>(threadIdx.x);
   const int64_t t = blockIdx.x / H, h = blockIdx.x % H, g = h / G;
   const float* qr = q + (t * H + h) * D;
@@ -209,7 +210,7 @@ void matmul(const float* x, const float* w, const float* b, float* y, int64_t T,
   // Row-major y[T, N] = x[T, K] W[N, K]^T is column-major y^T[N, T] = W^T^T x^T: op(A) = W^T of the
   // column-major [K, N] view of W, op(B) = the column-major [K, T] view of x.
   check_blas(blas().sgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, as_int(N, "N"), as_int(T, "T"), as_int(K, "K"), &one, w,
-                         as_int(K, "K"), x, as_int(K, "K"), &zero, y, as_int(N, "N")),
+                          as_int(K, "K"), x, as_int(K, "K"), &zero, y, as_int(N, "N")),
              "cublasSgemm");
   if (b) {
     add_bias_kernel<<<blocks_for(T * N, kElemThreads), kElemThreads, 0, stream>>>(y, b, T, N);
@@ -227,7 +228,7 @@ void rope(float* x, int64_t T, int64_t n_heads, int64_t D, int64_t pos0, double 
           const float* inv_freq, StreamPtr stream) {
   if (style == RopeStyle::none || T * n_heads * (D / 2) == 0) return;
   rope_kernel<<<blocks_for(T * n_heads * (D / 2), kElemThreads), kElemThreads, 0, stream>>>(x, T, n_heads, D, pos0,
-                                                                                          theta, style, inv_freq);
+                                                                                            theta, style, inv_freq);
   check_launch("rope_kernel");
 }
 
@@ -242,7 +243,8 @@ void attention(const float* q, const float* k, const float* v, const float* bias
                StreamPtr stream) {
   if (T == 0 || H == 0) return;
   if (Hkv < 1 || H % Hkv != 0)
-    throw UsageError("cuda::attention: H = " + std::to_string(H) + " is not a multiple of Hkv = " + std::to_string(Hkv));
+    throw UsageError("cuda::attention: H = " + std::to_string(H) +
+                     " is not a multiple of Hkv = " + std::to_string(Hkv));
   const size_t smem = static_cast<size_t>(n + kAttnThreads) * sizeof(float);
   if (smem > 48 * 1024) {  // above the default: opt in, once per size class, up to the device's limit
     int dev = 0, optin = 0;
@@ -251,8 +253,8 @@ void attention(const float* q, const float* k, const float* v, const float* bias
     if (smem > static_cast<size_t>(optin))
       throw UsageError("cuda::attention: a cache of n = " + std::to_string(n) + " slots needs " + std::to_string(smem) +
                        " bytes of shared memory per block; the device allows " + std::to_string(optin));
-    KVSIM_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
+    KVSIM_CUDA_CHECK(
+        cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
   const float scale = 1.0f / sqrtf(static_cast<float>(D));  // as ref: 1 / std::sqrt(float(D))
   attention_kernel<<<static_cast<unsigned>(T * H), kAttnThreads, smem, stream>>>(q, k, v, bias, pos, o, H, H / Hkv, D,
@@ -301,11 +303,13 @@ DeviceArray& DeviceArray::operator=(DeviceArray&& o) noexcept {
   return *this;
 }
 void DeviceArray::upload(const void* host, size_t bytes) {
-  if (bytes > n_) throw UsageError("DeviceArray::upload: " + std::to_string(bytes) + " bytes into " + std::to_string(n_));
+  if (bytes > n_)
+    throw UsageError("DeviceArray::upload: " + std::to_string(bytes) + " bytes into " + std::to_string(n_));
   if (bytes) KVSIM_CUDA_CHECK(cudaMemcpy(p_, host, bytes, cudaMemcpyHostToDevice));
 }
 void DeviceArray::download(void* host, size_t bytes) const {
-  if (bytes > n_) throw UsageError("DeviceArray::download: " + std::to_string(bytes) + " bytes from " + std::to_string(n_));
+  if (bytes > n_)
+    throw UsageError("DeviceArray::download: " + std::to_string(bytes) + " bytes from " + std::to_string(n_));
   if (bytes) KVSIM_CUDA_CHECK(cudaMemcpy(host, p_, bytes, cudaMemcpyDeviceToHost));
 }
 

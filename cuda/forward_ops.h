@@ -49,12 +49,12 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n, StreamPtr
 // k + g * head_stride. pos == nullptr: slot s is position s (a full cache); bias == nullptr: none.
 // One block per (query, head) keeps the n logits in shared memory: n is limited by the device's
 // shared memory (about 56k slots on A100/H100); beyond it, UsageError.
-void attention(const float* q,        // [T, H, D]
-               const float* k,        // [Hkv, head_stride / D, D], first n rows of each head used
-               const float* v,        // same layout as k
-               const float* bias,     // [Hkv, n] or nullptr
-               const int64_t* pos,    // [Hkv, n] or nullptr
-               float* o,              // [T, H, D]
+void attention(const float* q,      // [T, H, D]
+               const float* k,      // [Hkv, head_stride / D, D], first n rows of each head used
+               const float* v,      // same layout as k
+               const float* bias,   // [Hkv, n] or nullptr
+               const int64_t* pos,  // [Hkv, n] or nullptr
+               float* o,            // [T, H, D]
                int64_t T, int64_t H, int64_t Hkv, int64_t D, int64_t n, int64_t head_stride, int64_t pos0,
                StreamPtr stream = nullptr);
 

@@ -21,8 +21,8 @@ namespace {
 
 // k_tok, v_tok [T, Hkv, D] (token-major, after RoPE) -> rows pos0 .. pos0+T-1 of each head's
 // cache [Hkv, cap, D].
-__global__ void append_kv_kernel(const float* k_tok, const float* v_tok, float* kc, float* vc, int64_t T,
-                                 int64_t Hkv, int64_t D, int64_t cap, int64_t pos0) {
+__global__ void append_kv_kernel(const float* k_tok, const float* v_tok, float* kc, float* vc, int64_t T, int64_t Hkv,
+                                 int64_t D, int64_t cap, int64_t pos0) {
   const int64_t total = T * Hkv * D;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t dst = core::kv_cache_index(i, Hkv, D, cap, pos0);
@@ -273,8 +273,8 @@ void DecoderRunner::Impl::attention_block(int64_t l, int64_t T, const HostTap& t
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
   append_kv_kernel<<<blocks, 256, 0, s>>>(k.data(), v.data(), L.kc.data(), L.vc.data(), T, Hkv, D, d.seq_len, pos);
   check_launch("append_kv_kernel");
-  attention(q.data(), L.kc.data(), L.vc.data(), nullptr, nullptr, att.data(), T, H, Hkv, D, pos + T, d.seq_len * D,
-            pos, s);
+  attention(q.data(), L.kc.data(), L.vc.data(), nullptr, nullptr, att.data(), T, H, Hkv, D, pos + T, d.seq_len * D, pos,
+            s);
   if (tap) tap_layer(l, T, tap, kinds);
   matmul(att.data(), L.wo.data(), nullptr, xb.data(), T, qd, dim, s);
   add_inplace(x.data(), xb.data(), T * dim, s);
@@ -310,7 +310,8 @@ void DecoderRunner::Impl::enqueue_copies(TapRing::Slot& slot, int64_t l, int64_t
   const cudaStream_t cs = copy.get();
   KVSIM_CUDA_CHECK(cudaEventRecord(slot.ready.get(), compute.get()));
   KVSIM_CUDA_CHECK(cudaStreamWaitEvent(cs, slot.ready.get(), 0));
-  const size_t qn = static_cast<size_t>(T * d.n_heads * d.head_dim), kvn = static_cast<size_t>(T * d.n_kv_heads * d.head_dim);
+  const size_t qn = static_cast<size_t>(T * d.n_heads * d.head_dim),
+               kvn = static_cast<size_t>(T * d.n_kv_heads * d.head_dim);
   auto out = [&](PinnedBuffer<float>& dst, const DeviceBuffer<float>& src, size_t n) {
     dst.resize(n);
     KVSIM_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), n * sizeof(float), cudaMemcpyDeviceToHost, cs));

@@ -59,7 +59,7 @@ struct TapKinds {
 class DecoderRunner {
  public:
   explicit DecoderRunner(const DecoderHost& model);  // uploads the weights; throws without a device
-  ~DecoderRunner();                                   // waits for pending taps
+  ~DecoderRunner();                                  // waits for pending taps
   DecoderRunner(const DecoderRunner&) = delete;
   DecoderRunner& operator=(const DecoderRunner&) = delete;
 
@@ -67,8 +67,7 @@ class DecoderRunner {
   void reset();
   // Tokens at positions pos() .. pos()+T-1; host logits of the last token, or [T, vocab] when
   // all_logits (valid until the next call). The caller has checked ids and the context length.
-  const float* forward(const int32_t* tokens, int64_t T, bool all_logits, const HostTap& tap = {},
-                       TapKinds kinds = {});
+  const float* forward(const int32_t* tokens, int64_t T, bool all_logits, const HostTap& tap = {}, TapKinds kinds = {});
   // Blocks until all taps handed out so far have run; rethrows a tap's exception.
   void wait_taps();
   int64_t pos() const;

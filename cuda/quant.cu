@@ -1,8 +1,8 @@
 // CUDA quantization kernels (cuda/quant.h). Each kernel maps threads to the work items of
 // sim/kernels/quant_core.h and does nothing else: the arithmetic is the core's, which ref runs
-// serially in the same kernel order (so the GPU must equal ref bit for bit). Items that write packed codes own whole bytes, so no two
-// threads write the same byte; block parameters come from a kernel launched before the codes.
-// Buffer shapes are documented on the core item each kernel calls.
+// serially in the same kernel order (so the GPU must equal ref bit for bit). Items that write packed codes own whole
+// bytes, so no two threads write the same byte; block parameters come from a kernel launched before the codes. Buffer
+// shapes are documented on the core item each kernel calls.
 #include <algorithm>
 
 #include "cuda/buffer.h"
@@ -33,13 +33,15 @@ __global__ void uniform_params(const float* x, core::UniformShape s, uint16_t* m
 __global__ void uniform_codes(const float* x, core::UniformShape s, const uint16_t* min_f16, const uint16_t* scale_f16,
                               uint8_t* codes) {
   const int64_t n = core::uniform_code_bytes(s);
-  for (int64_t i = first_item(); i < n; i += item_stride()) core::uniform_codes_item(x, s, min_f16, scale_f16, i, codes);
+  for (int64_t i = first_item(); i < n; i += item_stride())
+    core::uniform_codes_item(x, s, min_f16, scale_f16, i, codes);
 }
 
 __global__ void uniform_decode(const uint8_t* codes, const uint16_t* min_f16, const uint16_t* scale_f16,
                                core::UniformShape s, float* y) {
   const int64_t n = s.n_t * s.D;
-  for (int64_t p = first_item(); p < n; p += item_stride()) core::uniform_decode_item(codes, min_f16, scale_f16, s, p, y);
+  for (int64_t p = first_item(); p < n; p += item_stride())
+    core::uniform_decode_item(codes, min_f16, scale_f16, s, p, y);
 }
 
 __global__ void nf4_absmax(const float* x, core::Nf4Shape s, float* absmax) {
@@ -140,8 +142,8 @@ void quant_nf4_device(const float* x, int64_t n_t, int64_t D, QuantAxis axis, in
   if (double_quant) {
     nf4_dq_mean<<<1, 1, 0, st>>>(out.absmax, n_blocks, out.dq_mean);
     check_launch("nf4_dq_mean");
-    nf4_dq_group<<<grid_for(core::nf4_dq_groups(s)), kThreads, 0, st>>>(out.absmax, n_blocks, out.dq_mean,
-                                                                        out.dq_scale, out.absmax_q);
+    nf4_dq_group<<<grid_for(core::nf4_dq_groups(s)), kThreads, 0, st>>>(out.absmax, n_blocks, out.dq_mean, out.dq_scale,
+                                                                        out.absmax_q);
     check_launch("nf4_dq_group");
   }
   nf4_codes<<<grid_for(n_t * D / 2), kThreads, 0, st>>>(x, s, out.absmax, double_quant ? out.absmax_q : nullptr,

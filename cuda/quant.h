@@ -24,11 +24,11 @@ struct UniformDevice {
   uint16_t* min_f16 = nullptr;    // [n_blocks]
 };
 struct Nf4Device {
-  uint8_t* codes = nullptr;     // [n_t * D / 2]
-  float* absmax = nullptr;      // [n_blocks] (exact absmax, also with double quantization)
-  int8_t* absmax_q = nullptr;   // [n_blocks], double quantization only
-  float* dq_scale = nullptr;    // [ceil(n_blocks / 256)], double quantization only
-  float* dq_mean = nullptr;     // [1], double quantization only
+  uint8_t* codes = nullptr;    // [n_t * D / 2]
+  float* absmax = nullptr;     // [n_blocks] (exact absmax, also with double quantization)
+  int8_t* absmax_q = nullptr;  // [n_blocks], double quantization only
+  float* dq_scale = nullptr;   // [ceil(n_blocks / 256)], double quantization only
+  float* dq_mean = nullptr;    // [1], double quantization only
 };
 
 void quant_uniform_device(const float* x,  // [n_t, D]

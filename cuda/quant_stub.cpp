@@ -20,8 +20,6 @@ void dequant_uniform_device(const UniformDevice&, int64_t, int64_t, int, QuantAx
   not_compiled();
 }
 void quant_nf4_device(const float*, int64_t, int64_t, QuantAxis, int64_t, bool, Nf4Device, void*) { not_compiled(); }
-void dequant_nf4_device(const Nf4Device&, int64_t, int64_t, QuantAxis, int64_t, bool, float*, void*) {
-  not_compiled();
-}
+void dequant_nf4_device(const Nf4Device&, int64_t, int64_t, QuantAxis, int64_t, bool, float*, void*) { not_compiled(); }
 
 }  // namespace kvsim::cuda

@@ -14,13 +14,14 @@ void ExactStats::resize(int64_t H_, int64_t T_, int64_t D_, int64_t K_) {
 }
 
 double ExactStats::bytes() const {
-  return 8.0 * static_cast<double>(lse.size()) + 4.0 * static_cast<double>(o.size() + entropy.size() + top_pos.size() + top_w.size());
+  return 8.0 * static_cast<double>(lse.size()) +
+         4.0 * static_cast<double>(o.size() + entropy.size() + top_pos.size() + top_w.size());
 }
 
 void compute_exact_stats(const LayerView& lv, Backend b, ExactStats& rs) {
   rs.resize(lv.H, lv.T, lv.D);
-  kernels(b).attn_stats(lv.q, lv.k, lv.v, lv.H, lv.Hkv, lv.T, lv.D, rs.K, rs.o.data(), rs.lse.data(),
-                        rs.entropy.data(), rs.top_pos.data(), rs.top_w.data());
+  kernels(b).attn_stats(lv.q, lv.k, lv.v, lv.H, lv.Hkv, lv.T, lv.D, rs.K, rs.o.data(), rs.lse.data(), rs.entropy.data(),
+                        rs.top_pos.data(), rs.top_w.data());
 }
 
 void compute_prompt_colsums(const LayerView& lv, const ExactStats& rs, int64_t P, Backend b, std::vector<float>& out) {

@@ -8,8 +8,8 @@ namespace kvsim {
 
 int64_t instances_per_layer(const Strategy& s, int64_t Hkv) { return s.layer_coupled() ? 1 : Hkv; }
 
-InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T,
-                             int64_t P, Protocol protocol) {
+InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T, int64_t P,
+                             Protocol protocol) {
   InstanceContext ctx;
   ctx.layer = layer, ctx.n_layers = shape.L;
   ctx.kv0 = s.layer_coupled() ? 0 : i;
@@ -27,8 +27,8 @@ void check_prefill(int64_t T, int64_t P) {
 void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P, Protocol protocol) {
   check_prefill(T, P);
   if (s.is_selector() && protocol != Protocol::sparse)
-    throw UsageError("strategy '" + s.spec_text() + "' is a query-aware selector: it runs under --protocol sparse, not " +
-                     protocol_name(protocol));
+    throw UsageError("strategy '" + s.spec_text() +
+                     "' is a query-aware selector: it runs under --protocol sparse, not " + protocol_name(protocol));
   if (!s.is_selector() && protocol == Protocol::sparse)
     throw UsageError("strategy '" + s.spec_text() +
                      "' evicts or merges: it runs under --protocol evict or prefill; --protocol sparse takes a "
@@ -130,7 +130,8 @@ double Instance::read_bytes(int64_t c) const {
 
 void Instance::prefill_from(const LayerView& lv) {
   for (int64_t c = 0; c < ctx_.n_caches; ++c)
-    for (int64_t t = 0; t < ctx_.P; ++t) store(c, t, lv.k_head(ctx_.kv0 + c) + t * ctx_.D, lv.v_head(ctx_.kv0 + c) + t * ctx_.D);
+    for (int64_t t = 0; t < ctx_.P; ++t)
+      store(c, t, lv.k_head(ctx_.kv0 + c) + t * ctx_.D, lv.v_head(ctx_.kv0 + c) + t * ctx_.D);
   prefill(lv);
 }
 

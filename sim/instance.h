@@ -33,15 +33,14 @@ struct ModelShape {
 int64_t instances_per_layer(const Strategy& s, int64_t Hkv);
 // The context of instance `i` (< instances_per_layer) of `layer`, on a sequence of T tokens with
 // prefill P (seed 0).
-InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T,
-                             int64_t P, Protocol protocol = Protocol::evict);
+InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T, int64_t P,
+                             Protocol protocol = Protocol::evict);
 // UsageError unless 1 <= P < T.
 void check_prefill(int64_t T, int64_t P);
 // UsageError when `s` cannot run on T tokens with prefill P: P out of range, a budget that does not
 // fit some layer (per-layer budgets), a codec group that does not divide D, a selector outside
 // protocol sparse or a cache strategy inside it. Call before any work.
-void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P,
-                Protocol protocol = Protocol::evict);
+void check_fits(const Strategy& s, const ModelShape& shape, int64_t T, int64_t P, Protocol protocol = Protocol::evict);
 // design.md §4 `ratio`: bytes over those of an fp16 full cache of t + 1 tokens (key and value).
 inline double cache_ratio(double bytes, int64_t D, int64_t t) {
   return bytes / (4.0 * static_cast<double>(D) * static_cast<double>(t + 1));

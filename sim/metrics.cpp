@@ -10,11 +10,12 @@
 namespace kvsim {
 
 namespace {
-const char* const kNames[kNumMetrics] = {"out_cos",       "out_rel_l2",    "mass",      "kl",
-                                         "tv",            "topk8_recall",  "topk32_recall", "logit_rel_err",
-                                         "k_rel_err",     "v_rel_err",     "bytes",     "ratio",
-                                         "read_bytes",    "read_ratio"};
-}
+// clang-format off
+const char* const kNames[kNumMetrics] = {"out_cos",      "out_rel_l2",    "mass",          "kl",        "tv",
+                                         "topk8_recall", "topk32_recall", "logit_rel_err", "k_rel_err", "v_rel_err",
+                                         "bytes",        "ratio",         "read_bytes",    "read_ratio"};
+// clang-format on
+}  // namespace
 
 const char* metric_name(int m) { return kNames[m]; }
 const char* metric_name(Metric m) { return kNames[static_cast<int>(m)]; }
@@ -33,8 +34,7 @@ bool higher_is_better(int m) {
   return x == Metric::out_cos || x == Metric::mass || x == Metric::topk8_recall || x == Metric::topk32_recall;
 }
 
-CacheErrors cache_errors(const SlotCache& c, const float* k_orig, const float* v_orig, const float* k_norm,
-                         int64_t D) {
+CacheErrors cache_errors(const SlotCache& c, const float* k_orig, const float* v_orig, const float* k_norm, int64_t D) {
   bool any_inexact = false;
   for (int64_t s = 0; s < c.size() && !any_inexact; ++s) any_inexact = !c.exact(s);
   if (!any_inexact) return {0.0, 0.0};  // every slot holds its token exactly: no reconstruction error

@@ -12,7 +12,18 @@
 namespace kvsim {
 
 enum class Metric : int {
-  out_cos, out_rel_l2, mass, kl, tv, topk8_recall, topk32_recall, logit_rel_err, k_rel_err, v_rel_err, bytes, ratio,
+  out_cos,
+  out_rel_l2,
+  mass,
+  kl,
+  tv,
+  topk8_recall,
+  topk32_recall,
+  logit_rel_err,
+  k_rel_err,
+  v_rel_err,
+  bytes,
+  ratio,
   read_bytes,  // bytes the step's attention read (bytes held under protocols evict, prefill; a subset under sparse)
   read_ratio   // read_bytes / bytes of an fp16 full cache of t + 1 tokens
 };
@@ -28,18 +39,18 @@ using MetricRow = std::array<double, kNumMetrics>;
 // Everything one query head needs at step t (the exact reference plus the compressed cache).
 struct StepInputs {
   int64_t t = 0, D = 0, K = 32;
-  const float* q = nullptr;           // [D] q_t of this query head
-  const float* o_ref = nullptr;       // [D] exact output
-  double lse_ref = 0;                 // log-sum-exp of the exact scaled logits over 0..t
-  const int32_t* top_pos = nullptr;   // [K] exact top-K positions, best first (-1 padded)
-  const float* k_orig = nullptr;      // [T, D] original keys of this KV head
-  const float* v_orig = nullptr;      // [T, D] original values
-  const float* k_norm = nullptr;      // [T] their L2 norms
+  const float* q = nullptr;          // [D] q_t of this query head
+  const float* o_ref = nullptr;      // [D] exact output
+  double lse_ref = 0;                // log-sum-exp of the exact scaled logits over 0..t
+  const int32_t* top_pos = nullptr;  // [K] exact top-K positions, best first (-1 padded)
+  const float* k_orig = nullptr;     // [T, D] original keys of this KV head
+  const float* v_orig = nullptr;     // [T, D] original values
+  const float* k_norm = nullptr;     // [T] their L2 norms
   const SlotCache* cache = nullptr;
-  const double* logit = nullptr;      // [n] compressed scaled logits (with bias) of this head
-  const float* w = nullptr;           // [n] compressed attention Q (float; metrics recompute Q in double)
-  const float* o_hat = nullptr;       // [D] compressed output
-  const uint8_t* present = nullptr;   // [T] 1 where a position is a member of some slot
+  const double* logit = nullptr;     // [n] compressed scaled logits (with bias) of this head
+  const float* w = nullptr;          // [n] compressed attention Q (float; metrics recompute Q in double)
+  const float* o_hat = nullptr;      // [D] compressed output
+  const uint8_t* present = nullptr;  // [T] 1 where a position is a member of some slot
   double eps = 1e-6;
 };
 

@@ -182,8 +182,8 @@ void replay_layer_lockstep(const LayerView& lv, const ExactStats& rs, int64_t la
     batch.clear(D);
     for (int64_t i = 0; i < n_jobs; ++i)
       for (int64_t c = 0; c < insts[i]->n_caches(); ++c) {
-        const int64_t r = batch.add(lv.q_head((insts[i]->kv0() + c) * G) + t * D, lv.T * D, G,
-                                    insts[i]->cache(c).slots_view());
+        const int64_t r =
+            batch.add(lv.q_head((insts[i]->kv0() + c) * G) + t * D, lv.T * D, G, insts[i]->cache(c).slots_view());
         if (c == 0) first[i] = r;
       }
     (opt.attend_batch ? opt.attend_batch : &cuda::run_attend_batch)(batch);
@@ -222,7 +222,8 @@ int64_t parse_prefill(const std::string& s, const std::string& what) {
     used = 0;
   }
   if (used != s.size() || s.empty() || v < 0)
-    throw UsageError(what + " '" + s + "' must be an integer >= 0, 'trace' (the sequence's prefill_len) or "
+    throw UsageError(what + " '" + s +
+                     "' must be an integer >= 0, 'trace' (the sequence's prefill_len) or "
                      "'context' (its context_len)");
   return v;
 }
@@ -370,8 +371,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     t0 = Clock::now();
     replay_layer(lv, rs, l, res.L, res.P, strategies, opt, res.configs);
     res.replay_seconds += since(t0);
-    if (opt.progress)
-      opt.progress("layer " + std::to_string(l + 1) + "/" + std::to_string(res.L) + " done");
+    if (opt.progress) opt.progress("layer " + std::to_string(l + 1) + "/" + std::to_string(res.L) + " done");
   }
   cache.finish();
   for (auto& c : res.configs) finalize_summaries(c);

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "sim/exact_stats.h"
 #include "sim/kernels/backend.h"
 #include "sim/metrics.h"
-#include "sim/exact_stats.h"
 #include "sim/strategies/strategy.h"
 
 namespace kvsim::traces {
@@ -41,8 +41,8 @@ struct ReplayOptions {
   int64_t seq = 0;       // sequence index
   Protocol protocol = Protocol::evict;  // how every configuration's cache meets decoding
   Backend backend = Backend::ref;
-  int64_t bins = 16;     // per-position curve bins over [P, T)
-  double eps = 1e-6;     // kl smoothing
+  int64_t bins = 16;  // per-position curve bins over [P, T)
+  double eps = 1e-6;  // kl smoothing
   // Sidecar cache of the reference statistics: "" the default cache folder (stats_cache.h),
   // "off" none, else a folder.
   std::string stats_cache;
@@ -66,10 +66,10 @@ struct HeadResult {
 struct ConfigResult {
   std::string strategy, spec;
   std::map<std::string, std::string> params;
-  std::vector<HeadResult> heads;                      // [L * H], layer-major
-  std::array<MetricSummary, kNumMetrics> summary{};   // means over heads of each statistic
+  std::vector<HeadResult> heads;                         // [L * H], layer-major
+  std::array<MetricSummary, kNumMetrics> summary{};      // means over heads of each statistic
   std::array<std::vector<double>, kNumMetrics> curve{};  // means over heads
-  double seconds = 0;                                 // replay time (excl. reading, reference)
+  double seconds = 0;                                    // replay time (excl. reading, reference)
 };
 
 struct ReplayResult {

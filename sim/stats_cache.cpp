@@ -3,10 +3,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <map>
 #include <mutex>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #include "sim/base/error.h"
@@ -110,8 +110,8 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
   if (in_) {
     Header h{};
     hit_ = read_all(in_, &h, sizeof h) && std::memcmp(h.magic, kMagic, 8) == 0 && h.version == kVersion &&
-           h.backend == static_cast<uint32_t>(b) && h.revision == kExactStatsRevision && h.hash == hash_ && h.seq == seq && h.L == L && h.H == H &&
-           h.T == T && h.D == D && h.K == K_;
+           h.backend == static_cast<uint32_t>(b) && h.revision == kExactStatsRevision && h.hash == hash_ &&
+           h.seq == seq && h.L == L && h.H == H && h.T == T && h.D == D && h.K == K_;
     std::error_code ec;
     if (hit_ && static_cast<int64_t>(fs::file_size(path_, ec)) != static_cast<int64_t>(sizeof h) + L * layer_bytes())
       hit_ = false;
@@ -141,9 +141,7 @@ StatsCache::~StatsCache() {
   }
 }
 
-int64_t StatsCache::layer_bytes() const {
-  return 4 * (H_ * T_ * D_ + H_ * T_ + 2 * H_ * T_ * K_) + 8 * H_ * T_;
-}
+int64_t StatsCache::layer_bytes() const { return 4 * (H_ * T_ * D_ + H_ * T_ + 2 * H_ * T_ * K_) + 8 * H_ * T_; }
 
 bool StatsCache::load(int64_t layer, ExactStats& rs) {
   if (!hit_) return false;

@@ -10,8 +10,8 @@
 #include <cstdio>
 #include <string>
 
-#include "sim/kernels/backend.h"
 #include "sim/exact_stats.h"
+#include "sim/kernels/backend.h"
 
 namespace kvsim {
 
@@ -36,9 +36,9 @@ class StatsCache {
   bool enabled() const { return !path_.empty(); }
   bool hit() const { return hit_; }
   const std::string& path() const { return path_; }
-  bool load(int64_t layer, ExactStats& rs);        // false unless the sidecar was found valid
+  bool load(int64_t layer, ExactStats& rs);         // false unless the sidecar was found valid
   void store(int64_t layer, const ExactStats& rs);  // layers in order 0..L-1; no-op on a hit
-  void finish();                                  // renames the partial file once complete
+  void finish();                                    // renames the partial file once complete
 
  private:
   int64_t layer_bytes() const;

@@ -159,8 +159,7 @@ void device_attention(const float* q, const KvView* kv, float* o, int64_t T, int
   if (p.bias_ptr()) db = dev(p.bias.data(), static_cast<int64_t>(p.bias.size()));
   if (p.pos_ptr()) dp = dev(p.pos.data(), static_cast<int64_t>(p.pos.size()));
   cuda::attention(dq.as<float>(), dk.as<float>(), dv.as<float>(), p.bias_ptr() ? db.as<float>() : nullptr,
-                  p.pos_ptr() ? dp.as<int64_t>() : nullptr, dout.as<float>(), T, H, Hkv, D, p.n, p.head_stride,
-                  pos0);
+                  p.pos_ptr() ? dp.as<int64_t>() : nullptr, dout.as<float>(), T, H, Hkv, D, p.n, p.head_stride, pos0);
   dout.download(o, static_cast<size_t>(T * H * D) * sizeof(float));
 }
 

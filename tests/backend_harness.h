@@ -4,8 +4,8 @@
 //              arithmetic under test (summation order, vectorised exp, blocking) is unchanged, so
 //              these cases run there too rather than skip.
 //   cuda-host  the CUDA kernels' arithmetic in their thread mapping, emulated on the host
-//              (tests/cuda_emulation.h, tests/cuda_forward_test_util.h; quantization has none: ref runs the kernels' items):
-//              what the GPU computes, checked on any machine.
+//              (tests/cuda_emulation.h, tests/cuda_forward_test_util.h; quantization has none: ref runs the kernels'
+//              items): what the GPU computes, checked on any machine.
 //   cuda       kernels(Backend::cuda) on the device; "no CUDA device" is reported as a skip.
 // The families: tests/test_backend_stats.cpp (attention statistics), test_backend_attend.cpp
 // (compressed attention and the kept sets it drives), test_backend_quant.cpp (quantization),
@@ -85,9 +85,10 @@ void check_close(const char* what_c, const T* got, const T* want, size_t n, Tol 
   }
   if (n_bad) {
     const double w = static_cast<double>(want[worst]);
-    FAIL_CHECK(what << ": " << n_bad << " of " << n << " elements outside |x - ref| <= atol + rtol |ref|; worst at index "
-                    << worst << ": got " << detail::show(got[worst]) << ", ref " << detail::show(want[worst])
-                    << ", |diff| " << std::fabs(static_cast<double>(got[worst]) - w) << " > threshold "
+    FAIL_CHECK(what << ": " << n_bad << " of " << n
+                    << " elements outside |x - ref| <= atol + rtol |ref|; worst at index " << worst << ": got "
+                    << detail::show(got[worst]) << ", ref " << detail::show(want[worst]) << ", |diff| "
+                    << std::fabs(static_cast<double>(got[worst]) - w) << " > threshold "
                     << tol.atol + tol.rtol * std::fabs(w) << " (atol " << tol.atol << ", rtol " << tol.rtol << ")");
   } else if (std::getenv("KVSIM_TEST_TOLERANCES")) {
     MESSAGE(what << ": max |diff| " << max_abs << ", max rel " << max_rel << " (atol " << tol.atol << ", rtol "
@@ -132,27 +133,27 @@ const Kernels& target_kernels(Target t);
 
 // One doctest case per target running fn(Target): every case of a family on every target. The
 // cuda case reports itself skipped (tests/skip.h) where no device can run it.
-#define KVSIM_BACKEND_TEST_CASES(title, fn)                                                          \
-  TEST_CASE("omp: " title) {                                                                         \
-    if (!::kvsim::backend_available(::kvsim::Backend::omp))                                          \
-      MESSAGE("built without OpenMP: omp's kernels run on one thread");                              \
-    fn(::kvsim::test::Target::omp);                                                                  \
-  }                                                                                                  \
-  TEST_CASE("cuda-host: " title) { fn(::kvsim::test::Target::cuda_host); }                           \
-  TEST_CASE("cuda: " title) {                                                                        \
-    KVSIM_REQUIRE_CUDA_DEVICE();                                                                     \
-    fn(::kvsim::test::Target::cuda);                                                                 \
+#define KVSIM_BACKEND_TEST_CASES(title, fn)                                \
+  TEST_CASE("omp: " title) {                                               \
+    if (!::kvsim::backend_available(::kvsim::Backend::omp))                \
+      MESSAGE("built without OpenMP: omp's kernels run on one thread");    \
+    fn(::kvsim::test::Target::omp);                                        \
+  }                                                                        \
+  TEST_CASE("cuda-host: " title) { fn(::kvsim::test::Target::cuda_host); } \
+  TEST_CASE("cuda: " title) {                                              \
+    KVSIM_REQUIRE_CUDA_DEVICE();                                           \
+    fn(::kvsim::test::Target::cuda);                                       \
   }
 
 // The same for a family without a host emulation of its own (quantization: ref runs the kernels'
 // work items serially, so the emulation would be ref): omp and the device only.
-#define KVSIM_BACKEND_TEST_CASES_NO_HOST(title, fn)                                                  \
-  TEST_CASE("omp: " title) {                                                                         \
-    if (!::kvsim::backend_available(::kvsim::Backend::omp))                                          \
-      MESSAGE("built without OpenMP: omp's kernels run on one thread");                              \
-    fn(::kvsim::test::Target::omp);                                                                  \
-  }                                                                                                  \
-  TEST_CASE("cuda: " title) {                                                                        \
-    KVSIM_REQUIRE_CUDA_DEVICE();                                                                     \
-    fn(::kvsim::test::Target::cuda);                                                                 \
+#define KVSIM_BACKEND_TEST_CASES_NO_HOST(title, fn)                     \
+  TEST_CASE("omp: " title) {                                            \
+    if (!::kvsim::backend_available(::kvsim::Backend::omp))             \
+      MESSAGE("built without OpenMP: omp's kernels run on one thread"); \
+    fn(::kvsim::test::Target::omp);                                     \
+  }                                                                     \
+  TEST_CASE("cuda: " title) {                                           \
+    KVSIM_REQUIRE_CUDA_DEVICE();                                        \
+    fn(::kvsim::test::Target::cuda);                                    \
   }

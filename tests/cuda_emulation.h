@@ -53,8 +53,8 @@ inline void emulate_attn_stats(const float* q, const float* k, const float* v, i
 }
 
 // cuda/attn_stats.cu prompt_colsums_kernel: one thread per (head, prompt key).
-inline void emulate_prompt_colsums(const float* q, const float* k, const double* lse, int64_t H, int64_t Hkv,
-                                   int64_t T, int64_t D, int64_t P, float* colsum) {
+inline void emulate_prompt_colsums(const float* q, const float* k, const double* lse, int64_t H, int64_t Hkv, int64_t T,
+                                   int64_t D, int64_t P, float* colsum) {
   const int64_t G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   for (int64_t idx = 0; idx < H * P; ++idx) {

@@ -38,10 +38,12 @@ inline void emulate_tree_max(std::vector<float>& red) {
 }
 
 // rmsnorm_kernel: one block of n_lanes per row.
-inline void emulate_rmsnorm(const float* x, const float* g, float* y, int64_t T, int64_t n, float eps, int n_lanes = core::kRowLanes) {
+inline void emulate_rmsnorm(const float* x, const float* g, float* y, int64_t T, int64_t n, float eps,
+                            int n_lanes = core::kRowLanes) {
   for (int64_t t = 0; t < T; ++t) {
     std::vector<float> red(static_cast<size_t>(n_lanes));
-    for (int lane = 0; lane < n_lanes; ++lane) red[static_cast<size_t>(lane)] = core::sumsq_strided(x + t * n, n, lane, n_lanes);
+    for (int lane = 0; lane < n_lanes; ++lane)
+      red[static_cast<size_t>(lane)] = core::sumsq_strided(x + t * n, n, lane, n_lanes);
     emulate_tree_sum(red);
     const float scale = core::rms_inv(red[0], n, eps);
     for (int64_t i = 0; i < n; ++i) y[t * n + i] = core::rmsnorm_elem(x[t * n + i], scale, g[i]);
@@ -50,7 +52,7 @@ inline void emulate_rmsnorm(const float* x, const float* g, float* y, int64_t T,
 
 // rope_kernel: one thread per (row, pair).
 inline void emulate_rope(float* x, int64_t T, int64_t heads, int64_t D, int64_t pos0, double theta, RopeStyle style,
-                  const float* inv_freq) {
+                         const float* inv_freq) {
   const int64_t half = D / 2;
   for (int64_t j = 0; j < T * heads * half; ++j) {
     const int64_t i = j % half, row = j / half, t = row / heads;
@@ -59,9 +61,9 @@ inline void emulate_rope(float* x, int64_t T, int64_t heads, int64_t D, int64_t 
 }
 
 // attention_kernel: one block of n_lanes per (t, h); k, v [Hkv, head_stride / D, D].
-inline void emulate_attention(const float* q, const float* k, const float* v, const float* bias, const int64_t* pos, float* o,
-                       int64_t T, int64_t H, int64_t Hkv, int64_t D, int64_t n, int64_t head_stride, int64_t pos0,
-                       int n_lanes = core::kAttnLanes) {
+inline void emulate_attention(const float* q, const float* k, const float* v, const float* bias, const int64_t* pos,
+                              float* o, int64_t T, int64_t H, int64_t Hkv, int64_t D, int64_t n, int64_t head_stride,
+                              int64_t pos0, int n_lanes = core::kAttnLanes) {
   const int64_t G = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<float> w(static_cast<size_t>(n)), red(static_cast<size_t>(n_lanes));
@@ -82,10 +84,13 @@ inline void emulate_attention(const float* q, const float* k, const float* v, co
       emulate_tree_max(red);
       const float mx = red[0];
       for (int64_t s = 0; s < n; ++s) w[static_cast<size_t>(s)] = core::attn_exp(w[static_cast<size_t>(s)], mx);
-      for (int lane = 0; lane < n_lanes; ++lane) red[static_cast<size_t>(lane)] = core::sum_strided(w.data(), n, lane, n_lanes);
+      for (int lane = 0; lane < n_lanes; ++lane)
+        red[static_cast<size_t>(lane)] = core::sum_strided(w.data(), n, lane, n_lanes);
       emulate_tree_sum(red);
-      for (int64_t s = 0; s < n; ++s) w[static_cast<size_t>(s)] = core::attn_weight(w[static_cast<size_t>(s)], red[0], mx);
-      for (int64_t d = 0; d < D; ++d) o[(t * H + h) * D + d] = core::attn_out_elem(w.data(), v + g * head_stride, n, D, d);
+      for (int64_t s = 0; s < n; ++s)
+        w[static_cast<size_t>(s)] = core::attn_weight(w[static_cast<size_t>(s)], red[0], mx);
+      for (int64_t d = 0; d < D; ++d)
+        o[(t * H + h) * D + d] = core::attn_out_elem(w.data(), v + g * head_stride, n, D, d);
     }
 }
 

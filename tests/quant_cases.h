@@ -132,7 +132,8 @@ inline std::vector<UCase> uniform_cases() {
     cs.push_back({4100, 8, bits, ch, 20, QuantData::normal, 402});
   }
   // Adversarial data on both axes and all bit widths.
-  for (QuantData d : {QuantData::outlier, QuantData::constant, QuantData::zeros, QuantData::tiny, QuantData::tinier, QuantData::large, QuantData::ties})
+  for (QuantData d : {QuantData::outlier, QuantData::constant, QuantData::zeros, QuantData::tiny, QuantData::tinier,
+                      QuantData::large, QuantData::ties})
     for (int bits : {2, 4, 8}) {
       cs.push_back({33, 128, bits, tok, 32, d, 500});
       cs.push_back({97, 24, bits, tok, 8, d, 501});
@@ -156,7 +157,8 @@ inline std::vector<NCase> nf4_cases() {
       // Small odd blocks that straddle rows (token) or columns (channel).
       cs.push_back({33, 4, axis, 6, dq, QuantData::normal, 700});
       cs.push_back({97, 6, axis, 2, dq, QuantData::normal, 701});
-      for (QuantData d : {QuantData::outlier, QuantData::constant, QuantData::zeros, QuantData::tiny, QuantData::tinier, QuantData::large, QuantData::ties})
+      for (QuantData d : {QuantData::outlier, QuantData::constant, QuantData::zeros, QuantData::tiny, QuantData::tinier,
+                          QuantData::large, QuantData::ties})
         cs.push_back({97, 128, axis, 64, dq, d, 800});
     }
   }
@@ -174,7 +176,7 @@ void check_same_bits(const std::vector<T>& got, const std::vector<T>& want, cons
   size_t n_diff = 0;
   for (size_t j = 0; j < got.size(); ++j) n_diff += std::memcmp(&got[j], &want[j], sizeof(T)) != 0;
   FAIL_CHECK(std::string(what) << ": " << n_diff << " of " << got.size() << " elements differ; first at index " << i
-                  << ": got " << +got[i] << ", want " << +want[i]);
+                               << ": got " << +got[i] << ", want " << +want[i]);
 }
 
 inline void check_same_bits(float got, float want, const char* what) {

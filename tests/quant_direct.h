@@ -16,11 +16,22 @@
 namespace kvsim::test::direct {
 
 // The NormalFloat-4 values as printed in QLoRA (arXiv 2305.14314, Appendix E), ascending.
-inline constexpr double kNf4Paper[16] = {-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-                                         -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-                                         0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
-                                         0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-                                         0.7229568362236023, 1.0};
+inline constexpr double kNf4Paper[16] = {-1.0,
+                                         -0.6961928009986877,
+                                         -0.5250730514526367,
+                                         -0.39491748809814453,
+                                         -0.28444138169288635,
+                                         -0.18477343022823334,
+                                         -0.09105003625154495,
+                                         0.0,
+                                         0.07958029955625534,
+                                         0.16093020141124725,
+                                         0.24611230194568634,
+                                         0.33791524171829224,
+                                         0.44070982933044434,
+                                         0.5626170039176941,
+                                         0.7229568362236023,
+                                         1.0};
 
 inline uint16_t to_f16(float f) {
   const _Float16 h = static_cast<_Float16>(f);
@@ -113,7 +124,8 @@ inline uint32_t nf4_nearest(double v) {
 inline double nf4_midpoint_distance(double v, uint32_t* lower) {
   double best = INFINITY;
   for (uint32_t i = 0; i < 15; ++i) {
-    const double m = 0.5 * (static_cast<double>(static_cast<float>(kNf4Paper[i])) + static_cast<float>(kNf4Paper[i + 1]));
+    const double m =
+        0.5 * (static_cast<double>(static_cast<float>(kNf4Paper[i])) + static_cast<float>(kNf4Paper[i + 1]));
     const double rel = std::fabs(v - m) / std::fabs(m);
     if (rel < best) best = rel, *lower = i;
   }
@@ -125,10 +137,10 @@ struct Nf4 {
   std::vector<int8_t> absmax_q;  // [n_blocks] with double quantization
   std::vector<float> dq_scale;   // [ceil(n_blocks / 256)]
   float dq_mean = 0;
-  std::vector<float> scale;      // [n_blocks] what each block decodes with
-  std::vector<double> v;         // [n_t * D] in block order: x / scale (0 where scale <= 0)
-  std::vector<uint32_t> code;    // [n_t * D] in block order
-  std::vector<float> decoded;    // [n_t, D]
+  std::vector<float> scale;    // [n_blocks] what each block decodes with
+  std::vector<double> v;       // [n_t * D] in block order: x / scale (0 where scale <= 0)
+  std::vector<uint32_t> code;  // [n_t * D] in block order
+  std::vector<float> decoded;  // [n_t, D]
 };
 
 inline Nf4 nf4(const float* x, int64_t n_t, int64_t D, QuantAxis axis, int64_t block, bool double_quant) {
@@ -151,7 +163,9 @@ inline Nf4 nf4(const float* x, int64_t n_t, int64_t D, QuantAxis axis, int64_t b
     for (float& s : r.dq_scale) s /= 127.0f;
     for (int64_t b = 0; b < n_blocks; ++b) {
       const float s = r.dq_scale[b / 256];
-      if (s > 0) r.absmax_q[b] = static_cast<int8_t>(std::clamp(std::floor((r.absmax[b] - r.dq_mean) / s + 0.5f), -127.0f, 127.0f));
+      if (s > 0)
+        r.absmax_q[b] =
+            static_cast<int8_t>(std::clamp(std::floor((r.absmax[b] - r.dq_mean) / s + 0.5f), -127.0f, 127.0f));
       r.scale[b] = static_cast<float>(r.absmax_q[b]) * s + r.dq_mean;
     }
   }

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <random>
-#include <map>
 #include <set>
 #include <span>
 #include <sstream>
@@ -92,8 +92,8 @@ std::vector<float> weights_by_pos(const SlotCache& c, int64_t G, F f) {
 // `attend` is the compressed attention kernel the decode steps run (kernels(b).attend_slots for a
 // backend b, or the harness's host emulation of the CUDA one).
 inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, Layer& L, int64_t P,
-                                                              AttendSlotsFn attend, int64_t layer = 0,
-                                                              int64_t n_layers = 1) {
+                                                             AttendSlotsFn attend, int64_t layer = 0,
+                                                             int64_t n_layers = 1) {
   LayerView lv = L.view();
   if (s.needs_prompt_colsums()) {
     ExactStats rs;
@@ -119,7 +119,7 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
 }
 
 inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, Layer& L, int64_t P, Backend b,
-                                                              int64_t layer = 0, int64_t n_layers = 1) {
+                                                             int64_t layer = 0, int64_t n_layers = 1) {
   return kept_sets(s, L, P, kernels(b).attend_slots, layer, n_layers);
 }
 
@@ -133,8 +133,8 @@ struct Driver {
   Driver(const std::string& spec, Layer& layer, int64_t P, int64_t layer_index = 0, int64_t n_layers = 1)
       : strat(make_strategy(spec)), L(layer) {
     lv = L.view();
-    inst = std::make_unique<Instance>(*strat, make_context(*strat, ModelShape{n_layers, L.H, L.Hkv, L.D},
-                                                          layer_index, 0, L.T, P));
+    inst = std::make_unique<Instance>(
+        *strat, make_context(*strat, ModelShape{n_layers, L.H, L.Hkv, L.D}, layer_index, 0, L.T, P));
     inst->prefill_from(lv);
   }
   // Observe weights given per cache as position -> weight (same for all G query heads), then evict.
@@ -155,7 +155,6 @@ struct Driver {
   const SlotCache& cache(int64_t c = 0) const { return inst->cache(c); }
   std::set<int32_t> pos(size_t c = 0) const { return positions(inst->cache(static_cast<int64_t>(c))); }
 };
-
 
 inline std::string set_str(const std::set<int32_t>& s) {
   std::ostringstream o;

@@ -37,18 +37,18 @@ inline std::string backend_skip_reason(Backend b) {
 }  // namespace kvsim::test
 
 // Prints "skipped: " followed by `why` (anything that streams) and returns from the test case.
-#define KVSIM_SKIP(why)                                     \
-  do {                                                      \
-    std::ostringstream kvsim_skip_why_;                     \
-    kvsim_skip_why_ << why;                                 \
+#define KVSIM_SKIP(why)                                    \
+  do {                                                     \
+    std::ostringstream kvsim_skip_why_;                    \
+    kvsim_skip_why_ << why;                                \
     ::kvsim::test::print_skip_line(kvsim_skip_why_.str()); \
-    return;                                                 \
+    return;                                                \
   } while (0)
 
-#define KVSIM_REQUIRE_MODELS()                                                                \
-  do {                                                                                        \
-    if (!::kvsim::test::have_models())                                                        \
-      KVSIM_SKIP("../shared/models not found (" << ::kvsim::test::models_dir() << ")");       \
+#define KVSIM_REQUIRE_MODELS()                                                          \
+  do {                                                                                  \
+    if (!::kvsim::test::have_models())                                                  \
+      KVSIM_SKIP("../shared/models not found (" << ::kvsim::test::models_dir() << ")"); \
   } while (0)
 
 // Skips unless backend b can run here; for cuda also selects the device (as require_backend does

@@ -43,12 +43,14 @@ struct AttendCase {
   int64_t n_views;  // > 1: slots alternate between views 0..n_views (sim/strategies/slot.h)
 };
 
-const AttendCase kAttendCases[] = {
-    {"n1_seed1", 1, 1, 4, Data::random, 1, 1},           {"n31_seed2", 4, 31, 8, Data::random, 2, 1},
-    {"n33_seed3", 2, 33, 16, Data::random, 3, 1},        {"n97_seed4", 3, 97, 12, Data::random, 4, 1},
-    {"all_equal_n33_seed5", 2, 33, 8, Data::all_equal, 5, 1},
-    {"huge_negative_n31_seed6", 2, 31, 8, Data::huge_negative, 6, 1},
-    {"views3_n45_seed7", 2, 45, 8, Data::random, 7, 3},  {"n300_D64_seed8", 4, 300, 64, Data::random, 8, 1}};
+const AttendCase kAttendCases[] = {{"n1_seed1", 1, 1, 4, Data::random, 1, 1},
+                                   {"n31_seed2", 4, 31, 8, Data::random, 2, 1},
+                                   {"n33_seed3", 2, 33, 16, Data::random, 3, 1},
+                                   {"n97_seed4", 3, 97, 12, Data::random, 4, 1},
+                                   {"all_equal_n33_seed5", 2, 33, 8, Data::all_equal, 5, 1},
+                                   {"huge_negative_n31_seed6", 2, 31, 8, Data::huge_negative, 6, 1},
+                                   {"views3_n45_seed7", 2, 45, 8, Data::random, 7, 3},
+                                   {"n300_D64_seed8", 4, 300, 64, Data::random, 8, 1}};
 
 struct AttendOut {
   std::vector<double> logit;
@@ -83,7 +85,8 @@ void check_attend(Target t) {
       AttendInput in(c);
       const AttendOut r = attend_with(ref::attend_slots, c, in), g = attend_with(fn, c, in);
       const AttendTol tol = t == Target::cuda_host ? AttendTol{test::kBitExact, test::kBitExact, test::kBitExact}
-                                                   : t == Target::omp ? kOmpTol : kCudaTol;
+                            : t == Target::omp     ? kOmpTol
+                                                   : kCudaTol;
       test::check_close("logit", g.logit, r.logit, tol.logit);
       test::check_close("w", g.w, r.w, tol.w);
       test::check_close("o_hat", g.o, r.o, tol.o);
@@ -95,18 +98,27 @@ void check_attend(Target t) {
 // step, exactly (the weights it observes differ by rounding at most).
 void check_kept_sets(Target t) {
   const AttendSlotsFn fn = test::target_kernels(t).attend_slots;
-  const char* specs[] = {"window:budget=9",        "streaming:budget=9,sinks=2", "h2o:budget=9,recent=3",
-                         "h2o:budget=9,recent=2,norm=mean,gqa=max",           "tova:budget=9",
-                         "scissorhands:budget=9,recent=2,history=5",          "snapkv:budget=12,window=4",
-                         "pyramidkv:budget=12,window=4",                      "knorm:budget=9,recent=1",
-                         "random:budget=9,seed=5",                            "h2o:budget=200"};
+  const char* specs[] = {"window:budget=9",
+                         "streaming:budget=9,sinks=2",
+                         "h2o:budget=9,recent=3",
+                         "h2o:budget=9,recent=2,norm=mean,gqa=max",
+                         "tova:budget=9",
+                         "scissorhands:budget=9,recent=2,history=5",
+                         "snapkv:budget=12,window=4",
+                         "pyramidkv:budget=12,window=4",
+                         "knorm:budget=9,recent=1",
+                         "random:budget=9,seed=5",
+                         "h2o:budget=200"};
   struct Case {
     const char* name;
     int64_t T, P;
     Data data;
   };
-  const Case cases[] = {{"T31", 31, 13, Data::random}, {"T33_sink", 33, 20, Data::sink}, {"T97", 97, 40, Data::random},
-                        {"all_equal_T33", 33, 14, Data::all_equal}, {"huge_negative_T31", 31, 16, Data::huge_negative}};
+  const Case cases[] = {{"T31", 31, 13, Data::random},
+                        {"T33_sink", 33, 20, Data::sink},
+                        {"T97", 97, 40, Data::random},
+                        {"all_equal_T33", 33, 14, Data::all_equal},
+                        {"huge_negative_T31", 31, 16, Data::huge_negative}};
   for (const auto& c : cases)
     for (const char* spec : specs) {
       Layer L(4, 2, c.T, 8);
@@ -119,8 +131,8 @@ void check_kept_sets(Target t) {
         for (size_t kv = 0; kv < r[step].size(); ++kv) {
           if (r[step][kv] == o[step][kv]) continue;
           FAIL_CHECK(std::string(c.name) << " " << std::string(spec) << " step " << step << " kv " << kv << ": ref "
-                            << test::set_str(r[step][kv]) << " " << std::string(test::target_name(t)) << " "
-                            << test::set_str(o[step][kv]));
+                                         << test::set_str(r[step][kv]) << " " << std::string(test::target_name(t))
+                                         << " " << test::set_str(o[step][kv]));
           step = r.size();
           break;
         }

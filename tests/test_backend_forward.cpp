@@ -50,7 +50,8 @@ constexpr TargetTol kMatmulTol{{1e-4, 1e-5}, {}, {1e-4, 1e-5}};
 std::vector<MatmulCase> matmul_cases() {
   std::vector<MatmulCase> cs;
   uint64_t seed = 1;
-  for (int64_t T : {1, 31, 33, 97}) cs.push_back({"T" + std::to_string(T) + "_seed" + std::to_string(seed), T, 67, 45, true, seed++});
+  for (int64_t T : {1, 31, 33, 97})
+    cs.push_back({"T" + std::to_string(T) + "_seed" + std::to_string(seed), T, 67, 45, true, seed++});
   cs.push_back({"T33_no_bias_seed5", 33, 67, 45, false, 5});
   return cs;
 }
@@ -120,8 +121,8 @@ void check_rope(const Kernels& k, Target t) {
       for (const auto& [style, style_name] : styles)
         for (const Variant& v : variants) {
           const uint64_t s = seed++;
-          const std::string name = "T" + std::to_string(T) + "_D" + std::to_string(D) + "_" + style_name + "_" + v.name +
-                                   "_seed" + std::to_string(s);
+          const std::string name = "T" + std::to_string(T) + "_D" + std::to_string(D) + "_" + style_name + "_" +
+                                   v.name + "_seed" + std::to_string(s);
           {
             INFO(name);
             const int64_t heads = 5;
@@ -150,7 +151,8 @@ void check_swiglu(const Kernels& k, Target t) {
   };
   std::vector<Case> cases = {{"n4097_gate_to_90_seed20", 4097, 30.0f, 20}};
   for (int64_t T : {1, 31, 33, 97})
-    cases.push_back({"n" + std::to_string(33 * T) + "_seed" + std::to_string(900 + T), 33 * T, 4.0f, 900 + uint64_t(T)});
+    cases.push_back(
+        {"n" + std::to_string(33 * T) + "_seed" + std::to_string(900 + T), 33 * T, 4.0f, 900 + uint64_t(T)});
   for (const auto& c : cases) {
     {
       INFO(c.name);
@@ -203,8 +205,8 @@ std::vector<AttentionCase> attention_cases() {
   // accumulator round with a bias, up to ~n u / 2 = 1.2e-4 relative, which every weight inherits;
   // the tree's partials stay comparable in size (test_cuda_forward.cpp checks which is closer to
   // the exact answer). The device adds its expf.
-  cs.push_back({"n4097_llama3_seed60", AttnCase(2, 32, 8, 128, 4097, 4095, false, 60),
-                {kBitExact, {1e-6, 1e-4}, {1e-6, 2e-4}}});
+  cs.push_back(
+      {"n4097_llama3_seed60", AttnCase(2, 32, 8, 128, 4097, 4095, false, 60), {kBitExact, {1e-6, 1e-4}, {1e-6, 2e-4}}});
   return cs;
 }
 
@@ -243,12 +245,24 @@ void check_argmax(const Kernels& k, Target) {
 
 void check_forward(Target t) {
   const Kernels& k = test::target_kernels(t);
-  if (has_op(k.matmul, "matmul", t)) SUBCASE("matmul") { check_matmul(k, t); }
-  if (has_op(k.rmsnorm, "rmsnorm", t)) SUBCASE("rmsnorm") { check_rmsnorm(k, t); }
-  if (has_op(k.rope, "rope", t)) SUBCASE("rope") { check_rope(k, t); }
-  if (has_op(k.swiglu, "swiglu", t)) SUBCASE("swiglu") { check_swiglu(k, t); }
-  if (has_op(k.attention, "attention", t)) SUBCASE("attention") { check_attention(k, t); }
-  if (has_op(k.argmax, "argmax", t)) SUBCASE("argmax") { check_argmax(k, t); }
+  if (has_op(k.matmul, "matmul", t)) SUBCASE("matmul") {
+      check_matmul(k, t);
+    }
+  if (has_op(k.rmsnorm, "rmsnorm", t)) SUBCASE("rmsnorm") {
+      check_rmsnorm(k, t);
+    }
+  if (has_op(k.rope, "rope", t)) SUBCASE("rope") {
+      check_rope(k, t);
+    }
+  if (has_op(k.swiglu, "swiglu", t)) SUBCASE("swiglu") {
+      check_swiglu(k, t);
+    }
+  if (has_op(k.attention, "attention", t)) SUBCASE("attention") {
+      check_attention(k, t);
+    }
+  if (has_op(k.argmax, "argmax", t)) SUBCASE("argmax") {
+      check_argmax(k, t);
+    }
   has_op(k.softmax, "softmax", t);  // ref's hand cases: test_model_ops.cpp
 }
 

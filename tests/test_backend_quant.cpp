@@ -16,10 +16,10 @@
 #include <utility>
 #include <vector>
 
-#include "sim/kernels/quant_common.h"
-#include "sim/kernels/quant_core.h"
 #include "sim/base/error.h"
 #include "sim/kernels/quant.h"
+#include "sim/kernels/quant_common.h"
+#include "sim/kernels/quant_core.h"
 #include "tests/backend_harness.h"
 
 using namespace kvsim;
@@ -238,7 +238,7 @@ void check_edges(Target t) {
   CHECK_THROWS_WITH_AS(k.quant_uniform(x.data(), 3, 8, 4, QuantAxis::token, 6),
                        "quantization group = 6 does not divide D = 8 (axis = token)", UsageError);
   CHECK_THROWS_AS(k.quant_uniform(x.data(), 3, 8, 4, QuantAxis::channel, 2), UsageError);  // 3 tokens
-  CHECK_THROWS_AS(k.quant_uniform(x.data(), 3, 8, 2, QuantAxis::token, 2), UsageError);  // 4 bits per block
+  CHECK_THROWS_AS(k.quant_uniform(x.data(), 3, 8, 2, QuantAxis::token, 2), UsageError);    // 4 bits per block
   CHECK_THROWS_AS(k.quant_uniform(x.data(), 3, 8, 4, QuantAxis::token, 0), UsageError);
   CHECK_THROWS_AS(k.quant_nf4(x.data(), 3, 8, QuantAxis::token, 64, false), UsageError);
 }

@@ -68,7 +68,8 @@ void check_top_sets(const ExactStats& got, const ExactStats& ref) {
   for (int64_t row = 0; row < ref.H * ref.T; ++row) {
     std::set<int32_t> a(ref.top_pos.begin() + row * ref.K, ref.top_pos.begin() + (row + 1) * ref.K);
     std::set<int32_t> b(got.top_pos.begin() + row * got.K, got.top_pos.begin() + (row + 1) * got.K);
-    if (a != b && bad++ == 0) FAIL_CHECK("top_pos row " << row << ": ref " << test::set_str(a) << " got " << test::set_str(b));
+    if (a != b && bad++ == 0)
+      FAIL_CHECK("top_pos row " << row << ": ref " << test::set_str(a) << " got " << test::set_str(b));
   }
   CHECK(bad == 0);
 }

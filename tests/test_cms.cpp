@@ -5,8 +5,8 @@
 #include <map>
 #include <random>
 
-#include "sim/strategies/cms.h"
 #include "sim/base/error.h"
+#include "sim/strategies/cms.h"
 
 using namespace kvsim;
 

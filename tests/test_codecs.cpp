@@ -4,9 +4,9 @@
 
 #include <cmath>
 
-#include "sim/strategies/quant_codecs.h"
 #include "sim/base/error.h"
 #include "sim/base/spec.h"
+#include "sim/strategies/quant_codecs.h"
 #include "sim/strategies/strategy.h"
 
 using namespace kvsim;

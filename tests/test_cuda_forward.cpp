@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "cuda/device.h"
-#include "cuda/forward_ops.h"
 #include "cuda/forward_core.h"
+#include "cuda/forward_ops.h"
 #include "sim/kernels/forward_ops.h"
 #include "tests/backend_harness.h"
 #include "tests/cuda_forward_test_util.h"
@@ -149,7 +149,8 @@ TEST_CASE("cuda-host: the GPU runner's forward emulated on stories260K: greedy o
   // same matmuls, reductions in trees instead of loops: each rmsnorm scale moves by ~1e-7
   // relative, carried through 5 layers into logits of magnitude up to ~10, so an absolute bound
   // (a near-zero logit is a cancelling sum of terms of that size)
-  kvsim::test::check_close("emulated GPU forward vs ref runner", lg.data(), lr, static_cast<size_t>(60 * V), {5e-5, 1e-5});
+  kvsim::test::check_close("emulated GPU forward vs ref runner", lg.data(), lr, static_cast<size_t>(60 * V),
+                           {5e-5, 1e-5});
 }
 
 TEST_CASE("cuda-host: cuBLAS, opened on first use rather than linked, loads from the toolkit (no GPU needed)") {

@@ -106,7 +106,8 @@ TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre
     traces::WriterOptions wo;
     wo.overwrite = true;
     const std::string path = (dir / name).string();
-    traces::TraceWriter w(path, model::trace_header_for(m, traces::DType::f32, "test", b == Backend::cuda ? "cuda:test" : "cpu"), wo);
+    traces::TraceWriter w(
+        path, model::trace_header_for(m, traces::DType::f32, "test", b == Backend::cuda ? "cuda:test" : "cpu"), wo);
     model::Runner r(m, b);
     model::record_sequence(r, nullptr, p, opt, w);
     w.finish();

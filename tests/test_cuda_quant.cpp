@@ -16,7 +16,8 @@ using namespace kvsim;
 #if !defined(KVSIM_HAVE_CUDA)
 TEST_CASE("cuda-stub: quantization without CUDA throws NotCompiled") {
   std::vector<float> x(64, 1.0f);
-  CHECK_THROWS_WITH_AS(cuda::quant_uniform(x.data(), 1, 64, 4, QuantAxis::token, 32), "built without CUDA", NotCompiled);
+  CHECK_THROWS_WITH_AS(cuda::quant_uniform(x.data(), 1, 64, 4, QuantAxis::token, 32), "built without CUDA",
+                       NotCompiled);
   CHECK_THROWS_AS(cuda::quant_nf4(x.data(), 1, 64, QuantAxis::token, 64, false), NotCompiled);
   CHECK_THROWS_AS(cuda::dequant_uniform(UniformQuantized{}, x.data()), NotCompiled);
   CHECK_THROWS_AS(cuda::dequant_nf4(Nf4Quantized{}, x.data()), NotCompiled);

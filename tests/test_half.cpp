@@ -7,9 +7,9 @@
 #include <cmath>
 #include <cstring>
 #include <ios>
-#include <vector>
 #include <limits>
 #include <random>
+#include <vector>
 
 #include "sim/base/half.h"
 
@@ -30,8 +30,9 @@ uint16_t bf16_nearest_bruteforce(float x) {
 
 std::vector<float> test_values(uint32_t seed, int n) {
   std::mt19937 rng(seed);
-  std::vector<float> v = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 65504.0f, 65519.0f, 65520.0f, 1e-8f, 6.1e-5f,
-                          5.96e-8f, 2.98e-8f, 3.0e-8f, 1.0009765625f, 1.00048828125f, 3.4e38f, 1e-40f};
+  std::vector<float> v = {0.0f,     -0.0f,         1.0f,           -1.0f,   0.5f,     65504.0f,
+                          65519.0f, 65520.0f,      1e-8f,          6.1e-5f, 5.96e-8f, 2.98e-8f,
+                          3.0e-8f,  1.0009765625f, 1.00048828125f, 3.4e38f, 1e-40f};
   std::uniform_int_distribution<uint32_t> bits;
   for (int i = 0; i < n; ++i) {
     float f = bits_f32(bits(rng));

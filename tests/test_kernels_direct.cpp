@@ -83,7 +83,8 @@ DirectRow direct_row(const float* qt,  // [D]
   }
   r.order.resize(t + 1);
   std::iota(r.order.begin(), r.order.end(), 0);
-  std::sort(r.order.begin(), r.order.end(), [&](int32_t a, int32_t b) { return r.z[a] > r.z[b] || (r.z[a] == r.z[b] && a < b); });
+  std::sort(r.order.begin(), r.order.end(),
+            [&](int32_t a, int32_t b) { return r.z[a] > r.z[b] || (r.z[a] == r.z[b] && a < b); });
   return r;
 }
 
@@ -99,12 +100,15 @@ struct StatsCase {
 };
 
 // T off powers of two, past a warp and past the 64-key tiles of the cores (64, 128).
-const StatsCase kStatsCases[] = {
-    {"T1_seed1", 2, 1, 1, 4, Data::random, 1},          {"T31_seed2", 4, 2, 31, 8, Data::random, 2},
-    {"T33_seed3", 4, 4, 33, 16, Data::random, 3},       {"T97_seed4", 6, 2, 97, 12, Data::random, 4},
-    {"T130_D3_seed5", 3, 1, 130, 3, Data::random, 5},   {"all_equal_T97", 2, 1, 97, 8, Data::all_equal, 6},
-    {"huge_negative_T97", 2, 2, 97, 8, Data::huge_negative, 7}, {"ties_T97", 4, 2, 97, 8, Data::ties, 8},
-    {"sink_T65", 4, 2, 65, 8, Data::sink, 9}};
+const StatsCase kStatsCases[] = {{"T1_seed1", 2, 1, 1, 4, Data::random, 1},
+                                 {"T31_seed2", 4, 2, 31, 8, Data::random, 2},
+                                 {"T33_seed3", 4, 4, 33, 16, Data::random, 3},
+                                 {"T97_seed4", 6, 2, 97, 12, Data::random, 4},
+                                 {"T130_D3_seed5", 3, 1, 130, 3, Data::random, 5},
+                                 {"all_equal_T97", 2, 1, 97, 8, Data::all_equal, 6},
+                                 {"huge_negative_T97", 2, 2, 97, 8, Data::huge_negative, 7},
+                                 {"ties_T97", 4, 2, 97, 8, Data::ties, 8},
+                                 {"sink_T65", 4, 2, 65, 8, Data::sink, 9}};
 
 void fill(Layer& L, Data d, uint64_t seed) {
   L.fill_random(seed);
@@ -198,28 +202,39 @@ TEST_CASE("direct: ref attn_stats equals a dense double softmax, entropy and sor
           const std::string where = std::string(c.name) + " h " + std::to_string(h) + " t " + std::to_string(t);
           // lse: double on both sides; online vs dense sums and z * (1/sqrt D) vs z / sqrt D differ in
           // the last bits (|z| up to 1e4 here: 1e-12 absolute).
-          check_close(where + " lse", 1, [&](int64_t) { return r.lse[row]; }, [&](int64_t) { return d.lse; },
-                      [](int64_t) { return Tol{1e-12, 1e-14}; });
+          check_close(
+              where + " lse", 1, [&](int64_t) { return r.lse[row]; }, [&](int64_t) { return d.lse; },
+              [](int64_t) {
+                return Tol{1e-12, 1e-14};
+              });
           // entropy and o: one rounding to float (half a float ulp), plus the double noise; ref's
           // entropy is lse - E[z], which cancels to |z| * 1e-16 when the row is peaked.
-          check_close(where + " entropy", 1, [&](int64_t) { return r.entropy[row]; },
-                      [&](int64_t) { return d.entropy; }, [](int64_t) { return Tol{1e-9, kFloatUlp}; });
-          check_close(where + " o", c.D, [&](int64_t x) { return r.o[row * c.D + x]; },
-                      [&](int64_t x) { return d.o[x]; }, [](int64_t) { return Tol{1e-12, kFloatUlp}; });
+          check_close(
+              where + " entropy", 1, [&](int64_t) { return r.entropy[row]; }, [&](int64_t) { return d.entropy; },
+              [](int64_t) {
+                return Tol{1e-9, kFloatUlp};
+              });
+          check_close(
+              where + " o", c.D, [&](int64_t x) { return r.o[row * c.D + x]; }, [&](int64_t x) { return d.o[x]; },
+              [](int64_t) {
+                return Tol{1e-12, kFloatUlp};
+              });
           inexact_rows += !check_top_positions(&r.top_pos[row * K], d, t, K, where);
           // top_w at ref's own positions: ref computes them from the float logit, whose rounding
           // (|z| * 2^-24) becomes a relative error of the weight, plus the final rounding to float
           // (absolute 2^-149 where a weight falls below the float range: huge logits, the sink).
           const int64_t n = std::min<int64_t>(K, t + 1);
-          check_close(where + " top_w", K, [&](int64_t j) { return r.top_w[row * K + j]; },
-                      [&](int64_t j) { return j < n ? d.p[r.top_pos[row * K + j]] : 0.0; },
-                      [&](int64_t j) {
-                        return Tol{0x1p-149, j < n ? kFloatUlp * (1 + std::fabs(d.z[r.top_pos[row * K + j]])) : 0.0};
-                      });
+          check_close(
+              where + " top_w", K, [&](int64_t j) { return r.top_w[row * K + j]; },
+              [&](int64_t j) { return j < n ? d.p[r.top_pos[row * K + j]] : 0.0; },
+              [&](int64_t j) {
+                return Tol{0x1p-149, j < n ? kFloatUlp * (1 + std::fabs(d.z[r.top_pos[row * K + j]])) : 0.0};
+              });
         }
       // Exact ties (all_equal, ties) are decided by the position rule, never by rounding.
       if (c.data == Data::all_equal || c.data == Data::ties) CHECK(inexact_rows == 0);
-      MESSAGE(std::string(c.name) << ": " << inexact_rows << " rows whose top-K order differs from the direct sort within float rounding");
+      MESSAGE(std::string(c.name) << ": " << inexact_rows
+                                  << " rows whose top-K order differs from the direct sort within float rounding");
     }
   }
 }
@@ -256,8 +271,12 @@ TEST_CASE("direct: ref prompt_colsums equals the column sums of the dense rows o
           }
         // A sum of at most T weights in double, rounded once to float; ref uses ref's lse, which
         // agrees with the direct one to 1e-12 (above).
-        check_close(std::string(c.name) + " P " + std::to_string(P), c.H * P, [&](int64_t i) { return colsum[i]; },
-                    [&](int64_t i) { return want[i]; }, [](int64_t) { return Tol{1e-12, kFloatUlp}; });
+        check_close(
+            std::string(c.name) + " P " + std::to_string(P), c.H * P, [&](int64_t i) { return colsum[i]; },
+            [&](int64_t i) { return want[i]; },
+            [](int64_t) {
+              return Tol{1e-12, kFloatUlp};
+            });
       }
     }
   }
@@ -273,12 +292,15 @@ struct AttendCase {
   int64_t n_views;  // > 1: slot s is in view s % (n_views + 1) (view 0: seen by every view)
 };
 
-const AttendCase kAttendCases[] = {
-    {"n1", 1, 1, 4, Data::random, 1, 1},           {"n31", 4, 31, 8, Data::random, 2, 1},
-    {"n33", 2, 33, 16, Data::random, 3, 1},        {"n97", 3, 97, 12, Data::random, 4, 1},
-    {"all_equal_n33", 2, 33, 8, Data::all_equal, 5, 1}, {"huge_negative_n31", 2, 31, 8, Data::huge_negative, 6, 1},
-    {"ties_n33", 2, 33, 8, Data::ties, 7, 1},      {"views3_n45", 2, 45, 8, Data::random, 8, 3},
-    {"views2_n1", 1, 1, 8, Data::random, 9, 2}};
+const AttendCase kAttendCases[] = {{"n1", 1, 1, 4, Data::random, 1, 1},
+                                   {"n31", 4, 31, 8, Data::random, 2, 1},
+                                   {"n33", 2, 33, 16, Data::random, 3, 1},
+                                   {"n97", 3, 97, 12, Data::random, 4, 1},
+                                   {"all_equal_n33", 2, 33, 8, Data::all_equal, 5, 1},
+                                   {"huge_negative_n31", 2, 31, 8, Data::huge_negative, 6, 1},
+                                   {"ties_n33", 2, 33, 8, Data::ties, 7, 1},
+                                   {"views3_n45", 2, 45, 8, Data::random, 8, 3},
+                                   {"views2_n1", 1, 1, 8, Data::random, 9, 2}};
 
 }  // namespace
 
@@ -318,13 +340,22 @@ TEST_CASE("direct: ref attend_slots equals a softmax per view averaged over the 
           for (int64_t x = 0; x < c.D; ++x) od[x] += p[s] * L.V(0, s, x);
         const std::string where = std::string(c.name) + " g " + std::to_string(g);
         // Logits: double on both sides, z * (1/sqrt D) against z / sqrt D: the last bits.
-        check_close(where + " logit", c.n, [&](int64_t s) { return logit[g * c.n + s]; }, [&](int64_t s) { return z[s]; },
-                    [](int64_t) { return Tol{1e-12, 1e-14}; });
+        check_close(
+            where + " logit", c.n, [&](int64_t s) { return logit[g * c.n + s]; }, [&](int64_t s) { return z[s]; },
+            [](int64_t) {
+              return Tol{1e-12, 1e-14};
+            });
         // Weights and output: one rounding to float plus the double noise.
-        check_close(where + " w", c.n, [&](int64_t s) { return w[g * c.n + s]; }, [&](int64_t s) { return p[s]; },
-                    [](int64_t) { return Tol{1e-15, kFloatUlp}; });
-        check_close(where + " o_hat", c.D, [&](int64_t x) { return o[g * c.D + x]; }, [&](int64_t x) { return od[x]; },
-                    [](int64_t) { return Tol{1e-12, kFloatUlp}; });
+        check_close(
+            where + " w", c.n, [&](int64_t s) { return w[g * c.n + s]; }, [&](int64_t s) { return p[s]; },
+            [](int64_t) {
+              return Tol{1e-15, kFloatUlp};
+            });
+        check_close(
+            where + " o_hat", c.D, [&](int64_t x) { return o[g * c.D + x]; }, [&](int64_t x) { return od[x]; },
+            [](int64_t) {
+              return Tol{1e-12, kFloatUlp};
+            });
       }
     }
   }

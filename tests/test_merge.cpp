@@ -46,13 +46,13 @@ TEST_CASE("merge: runs split by a low-entropy token, then a merged slot grows up
   REQUIRE(b >= 0);
   CHECK(c.n_members(a) == 2);
   CHECK(c.member(a, 1) == 2);
-  CHECK(c.key(a)[0] == 1.5f);    // (1 + 2) / 2
+  CHECK(c.key(a)[0] == 1.5f);  // (1 + 2) / 2
   CHECK(c.value(a)[1] == 1.5f);
   CHECK(c.bias(a) == doctest::Approx(std::log(2.0)));
   CHECK_FALSE(c.exact(a));
   CHECK(c.key(b)[0] == 4.5f);
-  CHECK(st.score[1] == 3.0);     // 1 + 2
-  CHECK(st.score[4] == 9.0);     // 4 + 5
+  CHECK(st.score[1] == 3.0);  // 1 + 2
+  CHECK(st.score[4] == 9.0);  // 4 + 5
   CHECK(slot_of(c, 3) >= 0);
   CHECK(c.exact(slot_of(c, 3)));
   CHECK(merged_tokens(c) == 4);
@@ -67,11 +67,11 @@ TEST_CASE("merge: runs split by a low-entropy token, then a merged slot grows up
   b = slot_of(c, 4);
   CHECK(c.n_members(b) == 3);
   CHECK(c.member(b, 2) == 6);
-  CHECK(c.key(b)[0] == 5.0f);    // weights 2 ({4,5}) and 1 (6): (2 * 4.5 + 6) / 3 = 5
+  CHECK(c.key(b)[0] == 5.0f);  // weights 2 ({4,5}) and 1 (6): (2 * 4.5 + 6) / 3 = 5
   CHECK(c.bias(b) == doctest::Approx(std::log(3.0)));
-  CHECK(st.score[4] == 15.0);    // 9 + 6
+  CHECK(st.score[4] == 15.0);  // 9 + 6
   CHECK(c.exact(slot_of(c, 7)));
-  CHECK(c.size() == 7);          // 0, {1,2}, 3, {4,5,6}, 7, 8, 9
+  CHECK(c.size() == 7);  // 0, {1,2}, 3, {4,5,6}, 7, 8, 9
 }
 
 TEST_CASE("merge: attention weights and proportional attention off") {

@@ -57,7 +57,8 @@ model::Model small_model() {
   c.rope_style = RopeStyle::interleaved;
   model::Model m = model::random_model(c, 99);
   for (auto& l : m.layers)  // sharper attention than std 0.02 weights give
-    for (auto* w : {&l.wq, &l.wk}) for (auto& x : *w) x *= 40.0f;
+    for (auto* w : {&l.wq, &l.wk})
+      for (auto& x : *w) x *= 40.0f;
   return m;
 }
 
@@ -78,9 +79,8 @@ TEST_CASE("kv cache: a strategy-owned cache plugs into the runner (duplicated sl
       lf.insert(lf.end(), l, l + V);
     }
     int steps = 0;
-    model::Runner dup(m, b, [&steps](int64_t, int64_t, int64_t D, int64_t) {
-      return std::make_unique<DuplicatingCache>(D, &steps);
-    });
+    model::Runner dup(
+        m, b, [&steps](int64_t, int64_t, int64_t D, int64_t) { return std::make_unique<DuplicatingCache>(D, &steps); });
     const float* pd = dup.forward(ids.data(), 4, true);
     std::vector<float> ld(pd, pd + 4 * V);
     for (int64_t t = 4; t < T; ++t) {
@@ -97,7 +97,8 @@ TEST_CASE("kv cache: a strategy-owned cache plugs into the runner (duplicated sl
     });
     const float* pn = nobias.forward(ids.data(), T, true);
     double moved = 0;
-    for (int64_t i = 0; i < T * V; ++i) moved = std::max(moved, static_cast<double>(std::abs(pn[i] - lf[static_cast<size_t>(i)])));
+    for (int64_t i = 0; i < T * V; ++i)
+      moved = std::max(moved, static_cast<double>(std::abs(pn[i] - lf[static_cast<size_t>(i)])));
     CHECK(moved > 1e-3);
     // end_step once per forward call per (layer, KV head), for both runners above
     steps -= m.config.n_layers * m.config.n_kv_heads;

@@ -61,7 +61,8 @@ TEST_CASE("hf: stories260K converted to safetensors gives the llama2.c logits (m
   wrong.config.rope_style = RopeStyle::interleaved;
   const auto lw = logits_all(wrong, Backend::ref, ids);
   double diff_wrong = 0;
-  for (size_t i = 0; i < la.size(); ++i) diff_wrong = std::max(diff_wrong, static_cast<double>(std::abs(la[i] - lw[i])));
+  for (size_t i = 0; i < la.size(); ++i)
+    diff_wrong = std::max(diff_wrong, static_cast<double>(std::abs(la[i] - lw[i])));
   CHECK(diff_wrong > 1e-2);
   fs::remove_all(dir);
 }
@@ -130,7 +131,8 @@ TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied, 2 sh
     std::ofstream idx(dir / "model.safetensors.index.json");
     idx << "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {";
     for (size_t i = 0; i < t.size(); ++i)
-      idx << (i ? ", " : "") << "\"" << t[i].name << "\": \"model-0000" << (i < half ? 1 : 2) << "-of-00002.safetensors\"";
+      idx << (i ? ", " : "") << "\"" << t[i].name << "\": \"model-0000" << (i < half ? 1 : 2)
+          << "-of-00002.safetensors\"";
     idx << "}}";
   }
 
@@ -149,7 +151,8 @@ TEST_CASE("hf: a seeded random Qwen2 checkpoint (biases, GQA, bf16, untied, 2 sh
   round(expect.rms_final);
   round(expect.lm_head);
   for (auto& l : expect.layers)
-    for (auto* v : {&l.rms_att, &l.wq, &l.wk, &l.wv, &l.bq, &l.bk, &l.bv, &l.wo, &l.rms_ffn, &l.w1, &l.w2, &l.w3}) round(*v);
+    for (auto* v : {&l.rms_att, &l.wq, &l.wk, &l.wv, &l.bq, &l.bk, &l.bv, &l.wo, &l.rms_ffn, &l.w1, &l.w2, &l.w3})
+      round(*v);
   expect.config.norm_eps = loaded.config.norm_eps;  // 1e-06 parsed as double then float, as here
 
   const std::vector<int32_t> ids = {1, 17, 300, 42, 42, 5, 99, 250, 3, 0, 7};

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "sim/kernels/forward_ops.h"
-#include "sim/kernels/forward_ops.h"
 
 using namespace kvsim;
 

@@ -39,7 +39,8 @@ model::Model small_model() {  // a random Llama with G = 2, sharp attention (as 
   c.rope_style = RopeStyle::interleaved;
   model::Model m = model::random_model(c, 7);
   for (auto& l : m.layers)
-    for (auto* w : {&l.wq, &l.wk}) for (auto& x : *w) x *= 40.0f;
+    for (auto* w : {&l.wq, &l.wk})
+      for (auto& x : *w) x *= 40.0f;
   return m;
 }
 
@@ -168,7 +169,6 @@ void check_full_and_window(const model::Model& m, const std::vector<int32_t>& id
   }
 }
 
-
 // Keeps every token and records what it is handed, per layer: k_norm [Hkv, T] and entropy [H, T]
 // read at the step each token arrives (prefill: the prompt's), and the prompt's colsums [H, P].
 struct ProbeLog {
@@ -279,8 +279,7 @@ TEST_CASE("ppl: stories260K every strategy family gives a finite perplexity and 
   const Backend b = backend_available(Backend::omp) ? Backend::omp : Backend::ref;
   const auto f = model::perplexity(m, ids, P, nullptr, b);
   for (const char* spec : {"h2o:budget=16", "tova:budget=16", "snapkv:budget=16,window=8", "knorm:budget=32",
-                           "entropy_merge:budget=32", "cms_aggregate:budget=16", "kivi:bits=2",
-                           "h2o:budget=32+nf4"}) {
+                           "entropy_merge:budget=32", "cms_aggregate:budget=16", "kivi:bits=2", "h2o:budget=32+nf4"}) {
     CAPTURE(spec);
     const auto s = make_strategy(spec);
     const auto r = model::perplexity(m, ids, P, s.get(), b);

@@ -62,7 +62,8 @@ TEST_CASE("embedded trace: attention recomputed from recorded q, k, v equals the
             mx = std::max(mx, dot * scale);
           }
           double sum = 0;
-          for (int64_t i = 0; i <= t; ++i) sum += (w[static_cast<size_t>(i)] = std::exp(w[static_cast<size_t>(i)] - mx));
+          for (int64_t i = 0; i <= t; ++i)
+            sum += (w[static_cast<size_t>(i)] = std::exp(w[static_cast<size_t>(i)] - mx));
           std::fill(acc.begin(), acc.end(), 0.0);
           for (int64_t i = 0; i <= t; ++i)
             for (int64_t d = 0; d < D; ++d) acc[static_cast<size_t>(d)] += w[static_cast<size_t>(i)] * V[i * D + d];

@@ -63,12 +63,12 @@ TEST_CASE("protocols: window under evict holds B + 1 at attention, under prefill
   for (size_t i = 0; i < a.size(); ++i) {
     const int32_t t = static_cast<int32_t>(P + i);
     CHECK(a[i].n == B + 1);
-    CHECK(a[i].positions == range(t - 4, t));      // the newest B, plus the token just stored
-    CHECK(a[i].bytes == 4.0 * D * (B + 1));          // fp16 key + value per slot
-    CHECK(b[i].n == B + (t - P + 1));                // the prompt cut to B, then every token kept
-    CHECK(b[i].positions == range(2, t));            // prompt 0..5 cut to its newest 4: 2..5
+    CHECK(a[i].positions == range(t - 4, t));  // the newest B, plus the token just stored
+    CHECK(a[i].bytes == 4.0 * D * (B + 1));    // fp16 key + value per slot
+    CHECK(b[i].n == B + (t - P + 1));          // the prompt cut to B, then every token kept
+    CHECK(b[i].positions == range(2, t));      // prompt 0..5 cut to its newest 4: 2..5
     CHECK(b[i].bytes == 4.0 * D * (B + t - P + 1));
-    CHECK(b[i].read == b[i].bytes);                  // attention reads the whole cache it holds
+    CHECK(b[i].read == b[i].bytes);  // attention reads the whole cache it holds
   }
 }
 
@@ -90,8 +90,8 @@ TEST_CASE("protocols: h2o under prefill keeps its cut, and frees its scores afte
     std::set<int32_t> expect = cut;
     for (int32_t p = static_cast<int32_t>(P); p <= t; ++p) expect.insert(p);
     CHECK(b[i].positions == expect);
-    CHECK(b[i].bytes == 4.0 * D * b[i].n);                       // no scores once the cut is made
-    CHECK(a[i].bytes == 4.0 * D * (B + 1) + 4.0 * (B + 1));      // under A the fp32 scores stay
+    CHECK(b[i].bytes == 4.0 * D * b[i].n);                   // no scores once the cut is made
+    CHECK(a[i].bytes == 4.0 * D * (B + 1) + 4.0 * (B + 1));  // under A the fp32 scores stay
   }
 }
 

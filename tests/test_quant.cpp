@@ -140,7 +140,8 @@ TEST_CASE("nf4 double quantization: hand case and bits per element") {
 
 TEST_CASE("quantization bad input: one-line errors naming the values") {
   std::vector<float> x(24, 1.0f);
-  CHECK_THROWS_WITH_AS(ref::quant_uniform(x.data(), 3, 8, 3, QuantAxis::token, 4), "quantization bits = 3 (choose 2, 4 or 8)", UsageError);
+  CHECK_THROWS_WITH_AS(ref::quant_uniform(x.data(), 3, 8, 3, QuantAxis::token, 4),
+                       "quantization bits = 3 (choose 2, 4 or 8)", UsageError);
   CHECK_THROWS_WITH_AS(ref::quant_uniform(x.data(), 3, 8, 4, QuantAxis::token, 6),
                        "quantization group = 6 does not divide D = 8 (axis = token)", UsageError);
   CHECK_THROWS_AS(ref::quant_uniform(x.data(), 3, 8, 4, QuantAxis::channel, 2), UsageError);  // 3 tokens
@@ -221,8 +222,7 @@ TEST_CASE("direct: ref nf4 quantization equals the direct nearest-value search o
     int64_t bad = 0;
     for (int64_t e = 0; e < n; ++e) {
       const uint32_t code = (got.codes[e / 2] >> ((e % 2) * 4)) & 0xfu, code_want = want.code[e];
-      y_want[test::direct::nf4_at(e, c.T, c.D, c.axis)] =
-          static_cast<float>(kNf4Paper[code]) * want.scale[e / c.block];
+      y_want[test::direct::nf4_at(e, c.T, c.D, c.axis)] = static_cast<float>(kNf4Paper[code]) * want.scale[e / c.block];
       if (code == code_want) continue;
       uint32_t lower = 0;
       const double dist = test::direct::nf4_midpoint_distance(want.v[e], &lower);
@@ -233,8 +233,8 @@ TEST_CASE("direct: ref nf4 quantization equals the direct nearest-value search o
       }
       if (bad++ == 0)
         FAIL_CHECK("element " << e << " of the block order: x / absmax = " << want.v[e] << ", ref code " << code
-                              << ", direct code " << code_want << " (" << dist << " |m| from midpoint " << lower
-                              << "|" << lower + 1 << ")");
+                              << ", direct code " << code_want << " (" << dist << " |m| from midpoint " << lower << "|"
+                              << lower + 1 << ")");
     }
     CHECK(bad == 0);
     test::check_same_bits(y, y_want, "decoded (value of ref's code times the block's scale)");

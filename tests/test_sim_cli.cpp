@@ -81,7 +81,8 @@ void expect_usage_error(const std::string& args, const std::string& needle) {
 TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy nope:budget=3",
                      "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, scissorhands, snapkv, "
-                     "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger, cms_aggregate, oracle_topk; codecs: quant, kivi, nf4)");
+                     "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger, cms_aggregate, oracle_topk; "
+                     "codecs: quant, kivi, nf4)");
   expect_usage_error("--strategy h2o:budget=16,bugdet=3", "unknown parameter 'bugdet' for h2o (valid: budget, ratio");
   expect_usage_error("--strategy h2o:budget=8,sinks=4,recent=4", "budget 8 must exceed sinks + recent = 4 + 4");
   expect_usage_error("--strategy streaming:budget=3", "budget 3 must exceed sinks + recent = 4 + 0");
@@ -99,11 +100,13 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy nf4:block=24", "nf4 keys: block=24 neither divides nor is a multiple of D = 16");
   expect_usage_error("--strategy h2o:budget=16+kivi:bits=2+nf4", "a strategy composes with one codec at most");
   expect_usage_error("--strategy kivi:bits=2+nf4", "two codecs cannot be composed ('kivi' is a codec)");
-  expect_usage_error("--strategy h2o:budget=16+window:budget=8", "'window' after '+' is not a codec (valid: quant, kivi, nf4)");
+  expect_usage_error("--strategy h2o:budget=16+window:budget=8",
+                     "'window' after '+' is not a codec (valid: quant, kivi, nf4)");
   expect_usage_error("--strategy nf4:dq=2", "nf4: dq=2 must be 0 or 1");
   expect_usage_error("--strategy cms_topk:budget=16,width=0", "count-min sketch width = 0 must be >= 1");
   expect_usage_error("--strategy cms_topk:budget=16,depth=-1", "count-min sketch depth = -1 must be >= 1");
-  expect_usage_error("--strategy entropy_merge:budget=16,threshold=1.5", "entropy_merge: threshold=1.500000 must be in [0, 1]");
+  expect_usage_error("--strategy entropy_merge:budget=16,threshold=1.5",
+                     "entropy_merge: threshold=1.500000 must be in [0, 1]");
 }
 
 TEST_CASE("cli run: --backend cuda runs on a device, and without a CUDA build or device is one line, exit 2") {
@@ -127,8 +130,9 @@ TEST_CASE("cli run: table and JSON (design.md §6)") {
   CHECK(t.code == 0);
   CHECK(t.out.find("h2o:budget=16") != std::string::npos);
   CHECK(t.err.empty());
-  Out r = run_kvsim("run --trace " + trace() + " --quiet --stats-cache off --json --strategy full "
-                "--strategy window:ratio=0.25 --prefill 30 --stride 2");
+  Out r = run_kvsim("run --trace " + trace() +
+                    " --quiet --stats-cache off --json --strategy full "
+                    "--strategy window:ratio=0.25 --prefill 30 --stride 2");
   REQUIRE(r.code == 0);
   auto j = nlohmann::json::parse(r.out);
   CHECK(j["trace"] == trace());
@@ -137,8 +141,8 @@ TEST_CASE("cli run: table and JSON (design.md §6)") {
   CHECK(j["results"][0]["strategy"] == "full");
   CHECK(j["results"][1]["strategy"] == "window");
   CHECK(j["results"][1]["params"]["ratio"] == "0.25");
-  for (const char* m : {"out_cos", "out_rel_l2", "mass", "kl", "tv", "topk8_recall", "topk32_recall",
-                        "logit_rel_err", "k_rel_err", "v_rel_err", "bytes", "ratio"})
+  for (const char* m : {"out_cos", "out_rel_l2", "mass", "kl", "tv", "topk8_recall", "topk32_recall", "logit_rel_err",
+                        "k_rel_err", "v_rel_err", "bytes", "ratio"})
     for (const char* s : {"mean", "p5", "p50", "p95", "worst"}) CHECK(j["results"][1]["summary"][m][s].is_number());
   CHECK(j["results"][0]["summary"]["out_cos"]["worst"].get<double>() >= 1 - 1e-6);
   // window at ratio 0.25 of T = 60: 15 slots, 16 while attending; D = 16 -> 16 x 64 bytes.

@@ -6,9 +6,9 @@
 #include <random>
 #include <vector>
 
-#include "sim/strategies/codec.h"
-#include "sim/metrics.h"
 #include "sim/kernels/attend.h"
+#include "sim/metrics.h"
+#include "sim/strategies/codec.h"
 #include "sim/strategies/slot.h"
 
 using namespace kvsim;

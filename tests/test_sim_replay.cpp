@@ -15,10 +15,10 @@
 #include "sim/replay.h"
 #include "sim/stats_cache.h"
 #include "sim/strategies/strategy.h"
-#include "traces/reader.h"
-#include "traces/synth.h"
 #include "tests/cuda_emulation.h"
 #include "tests/skip.h"
+#include "traces/reader.h"
+#include "traces/synth.h"
 
 using namespace kvsim;
 namespace fs = std::filesystem;
@@ -82,10 +82,18 @@ ReplayResult replay(const std::string& path, const std::vector<std::string>& spe
 
 // Every kind of rule: eviction per KV head and layer-coupled (tova), prompt-time (snapkv), merging,
 // sketches with views (cms_aggregate), codecs with pending groups, and a composition.
-const std::vector<std::string> kEveryKind = {
-    "full",          "window:budget=24",           "h2o:budget=24,norm=mean", "tova:budget=24",
-    "snapkv:budget=40,window=8", "entropy_merge:budget=24", "kvmerger:budget=24", "cms_aggregate:budget=20,width=8,depth=2",
-    "cms_topk:budget=24,width=16,depth=2", "kivi:bits=2", "nf4:dq=1", "h2o:budget=40+quant:bits=4,axis=channel"};
+const std::vector<std::string> kEveryKind = {"full",
+                                             "window:budget=24",
+                                             "h2o:budget=24,norm=mean",
+                                             "tova:budget=24",
+                                             "snapkv:budget=40,window=8",
+                                             "entropy_merge:budget=24",
+                                             "kvmerger:budget=24",
+                                             "cms_aggregate:budget=20,width=8,depth=2",
+                                             "cms_topk:budget=24,width=16,depth=2",
+                                             "kivi:bits=2",
+                                             "nf4:dq=1",
+                                             "h2o:budget=40+quant:bits=4,axis=channel"};
 
 double get(const ConfigResult& c, Metric m, const char* stat) {
   const auto& s = c.summary[int(m)];
@@ -125,10 +133,16 @@ TEST_CASE("replay: full is exact on every trace and backend (per head, worst ste
 
 TEST_CASE("replay: ref and omp agree on every strategy's summaries") {
   KVSIM_REQUIRE_BACKEND(Backend::omp);
-  const std::vector<std::string> specs = {"window:budget=24",      "streaming:budget=24", "h2o:budget=24",
-                                          "h2o:budget=24,norm=mean", "tova:budget=24",      "scissorhands:budget=24",
-                                          "snapkv:budget=40,window=8", "pyramidkv:budget=40,window=8",
-                                          "knorm:budget=24",       "random:budget=24,seed=1"};
+  const std::vector<std::string> specs = {"window:budget=24",
+                                          "streaming:budget=24",
+                                          "h2o:budget=24",
+                                          "h2o:budget=24,norm=mean",
+                                          "tova:budget=24",
+                                          "scissorhands:budget=24",
+                                          "snapkv:budget=40,window=8",
+                                          "pyramidkv:budget=40,window=8",
+                                          "knorm:budget=24",
+                                          "random:budget=24,seed=1"};
   const std::string p = trace("stories260k", 130, 4);
   ReplayResult a = replay(p, specs, Backend::ref, 40), b = replay(p, specs, Backend::omp, 40);
   for (size_t c = 0; c < specs.size(); ++c)
@@ -242,9 +256,7 @@ TEST_CASE("replay: the reference sidecar is written atomically, reused, and refu
 TEST_CASE("replay: the trace content hash is remembered per process until the file changes") {
   // Expected values: the hash of a copy at a path never hashed before (computed from the bytes).
   const fs::path x = tmp().path / "hash_me.bin";
-  auto write = [](const fs::path& p, const std::string& bytes) {
-    std::ofstream(p, std::ios::binary) << bytes;
-  };
+  auto write = [](const fs::path& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; };
   auto fresh_hash = [&](const std::string& bytes, const char* name) {
     const fs::path y = tmp().path / name;
     write(y, bytes);
@@ -272,8 +284,9 @@ TEST_CASE("replay: full is exact on the embedded real trace, every sequence") {
   if (!fs::exists(kRealTrace)) KVSIM_SKIP(kRealTrace << " not found");
   traces::TraceReader r(kRealTrace);
   for (int64_t seq = 0; seq < int64_t(r.sequences().size()); ++seq) {
-    ReplayResult res = replay(kRealTrace, {"full"}, fastest_backend() == Backend::cuda ? Backend::omp : fastest_backend(),
-                              128, 1, "off", seq);
+    ReplayResult res =
+        replay(kRealTrace, {"full"}, fastest_backend() == Backend::cuda ? Backend::omp : fastest_backend(), 128, 1,
+               "off", seq);
     INFO("sequence " << r.sequence(seq).name);
     for (const auto& h : res.configs[0].heads) {
       CHECK(h.summary[int(Metric::out_cos)].worst >= 1 - 1e-6);

@@ -11,15 +11,13 @@
 #include "tests/sim_test_util.h"
 
 using namespace kvsim;
+using kvsim::test::Driver;
 using kvsim::test::Layer;
 using kvsim::test::positions;
 using kvsim::test::weights_by_pos;
-using kvsim::test::Driver;
 using S = std::set<int32_t>;
 
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("strategy full keeps every token") {
   Layer L(1, 1, 6, 4);
@@ -48,7 +46,7 @@ TEST_CASE("strategy streaming keeps sinks plus the newest, and the prefix varian
   CHECK(d.pos() == S{0, 1, 5, 6});
   CHECK_THROWS_AS(make_strategy("streaming:budget=4"), UsageError);  // default 4 sinks: budget must exceed them
   Driver p("streaming:budget=6,prefix=1,block=3", L, 7);
-  CHECK(p.pos() == S{0, 1, 2, 4, 5, 6});  // prefix block 0..2 + newest 3
+  CHECK(p.pos() == S{0, 1, 2, 4, 5, 6});          // prefix block 0..2 + newest 3
   Driver q("streaming:budget=6,prefix=1", L, 7);  // block = B/2 = 3
   CHECK(q.pos() == S{0, 1, 2, 4, 5, 6});
 }
@@ -219,7 +217,8 @@ TEST_CASE("strategy specs: parsing and errors list the valid choices") {
   CHECK(msg("h2o:budget=8,recent=2").find("no error") == 0);
   CHECK(msg("nope").find("valid: full, window, streaming, h2o, tova") != std::string::npos);
   CHECK(msg("h2o:budget=8,bogus=1").find("unknown parameter 'bogus'") != std::string::npos);
-  CHECK(msg("h2o:budget=8,bogus=1").find("valid: budget, ratio, press_ratio, sinks, recent, gqa, norm") != std::string::npos);
+  CHECK(msg("h2o:budget=8,bogus=1").find("valid: budget, ratio, press_ratio, sinks, recent, gqa, norm") !=
+        std::string::npos);
   CHECK(msg("h2o:budget=8,sinks=4,recent=4").find("must exceed sinks + recent = 4 + 4") != std::string::npos);
   CHECK(msg("h2o:budget=8,norm=median").find("not one of sum, mean") != std::string::npos);
   CHECK(msg("h2o:budget=x").find("not an integer") != std::string::npos);
@@ -242,7 +241,8 @@ TEST_CASE("strategy specs: parsing and errors list the valid choices") {
     InstanceContext c;
     c.T = 100;
     return c;
-  }()), UsageError);
+  }()),
+                  UsageError);
 }
 
 TEST_CASE("strategy snapkv: a prompt that fits is kept, but only the top B - window stay for good") {

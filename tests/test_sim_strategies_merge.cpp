@@ -107,9 +107,9 @@ TEST_CASE("strategy cms_topk: a collision-free sketch is h2o and a one-bucket sk
 
 #include "sim/kernels/attend_views.h"
 #include "sim/replay.h"
+#include "tests/trace_helpers.h"
 #include "traces/reader.h"
 #include "traces/synth.h"
-#include "tests/trace_helpers.h"
 
 TEST_CASE("views: each view normalizes its own slots, weights are averaged (by hand)") {
   // z = (0, 0, ln 2), views (0, 1, 2), 2 views. View 1 sees slots 0, 1: (1/2, 1/2). View 2 sees 0, 2:

@@ -92,7 +92,8 @@ TEST_CASE("store: refuses a database of another schema version, and a non-store 
     sqlite3_exec(h, "UPDATE meta SET value='99' WHERE key='schema_version'", nullptr, nullptr, nullptr);
     sqlite3_close(h);
   }
-  const std::string want = db + std::string(": results store schema_version = '99' but this kvsim writes version 2 (use a new --db file)");
+  const std::string want =
+      db + std::string(": results store schema_version = '99' but this kvsim writes version 2 (use a new --db file)");
   CHECK_THROWS_WITH_AS(ResultsStore{db}, want.c_str(), FormatError);
   const std::string junk = dir.file("junk.db");
   std::ofstream(junk) << "not a database at all, just text that is long enough to have a header......\n";

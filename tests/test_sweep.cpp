@@ -30,10 +30,11 @@ TEST_CASE("best: Pareto front and best under a budget, both metric directions") 
     return p;
   };
   // lower is better (kl): a(0.1, 5) b(0.2, 3) c(0.2, 4) d(0.3, 3) e(0.5, 1) f(0.4, 0.5)
-  std::vector<BestPoint> pts = {P("a", 0.1, 5), P("b", 0.2, 3), P("c", 0.2, 4), P("d", 0.3, 3), P("e", 0.5, 1),
-                                P("f", 0.4, 0.5)};
-  CHECK(pareto_front(pts, false) == std::vector<size_t>{0, 1, 5});  // a, b, f (d ties b at a higher ratio; e is beaten by f)
-  CHECK(best_under(pts, 0.3, false) == 1);                          // b: 3 at 0.2 beats d: 3 at 0.3
+  std::vector<BestPoint> pts = {P("a", 0.1, 5), P("b", 0.2, 3), P("c", 0.2, 4),
+                                P("d", 0.3, 3), P("e", 0.5, 1), P("f", 0.4, 0.5)};
+  CHECK(pareto_front(pts, false) ==
+        std::vector<size_t>{0, 1, 5});      // a, b, f (d ties b at a higher ratio; e is beaten by f)
+  CHECK(best_under(pts, 0.3, false) == 1);  // b: 3 at 0.2 beats d: 3 at 0.3
   CHECK(best_under(pts, 0.05, false) == -1);
   CHECK(best_under(pts, 1.0, false) == 5);
   // higher is better (out_cos): the same numbers read the other way
@@ -46,9 +47,10 @@ TEST_CASE("best: Pareto front and best under a budget, both metric directions") 
 TEST_CASE("sweep: configurations are identified by their resolved parameters") {
   test::TempDir dir;
   const std::string cfg = dir.file("s.yaml");
-  std::ofstream(cfg) << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
-                     << "sequences: [cookies]\nstrategies:\n  - name: h2o\n    grid: {budget: [64]}\n"
-                     << "  - name: h2o\n    grid: {budget: [64], gqa: [mean]}\n  - name: window\n    grid: {budget: [8]}\n";
+  std::ofstream(cfg)
+      << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
+      << "sequences: [cookies]\nstrategies:\n  - name: h2o\n    grid: {budget: [64]}\n"
+      << "  - name: h2o\n    grid: {budget: [64], gqa: [mean]}\n  - name: window\n    grid: {budget: [8]}\n";
   SweepOptions o;
   o.config = cfg;
   SweepWork w = prepare_sweep(o);
@@ -60,8 +62,9 @@ TEST_CASE("sweep: configurations are identified by their resolved parameters") {
   CHECK(w.groups.size() == 1);
   CHECK(w.groups[0].sequence == "cookies");
   CHECK(w.total_runs == 2);
-  std::ofstream(cfg) << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
-                     << "strategies:\n  - name: window\n    grid: {budget: [8]}\n  - name: h2o\n    grid: {bugdet: [3]}\n";
+  std::ofstream(cfg)
+      << "traces: [" << KVSIM_SOURCE_DIR << "/traces/samples/stories260K.h5]\n"
+      << "strategies:\n  - name: window\n    grid: {budget: [8]}\n  - name: h2o\n    grid: {bugdet: [3]}\n";
   try {
     prepare_sweep(o);
     FAIL("no error");

@@ -44,12 +44,11 @@ strategies:
   CHECK(p.traces == std::vector<std::string>{"/data/a.h5", "/data/b.h5"});
   CHECK(p.prefills == std::vector<int64_t>{64, -1});
   CHECK(p.stride == 4);
-  CHECK(specs(p) == std::vector<std::string>{
-                        "full",
-                        "h2o:budget=32,norm=1", "h2o:budget=32,norm=2", "h2o:budget=64,norm=1", "h2o:budget=64,norm=2",
-                        "window:budget=32", "window:budget=32+kivi:bits=2", "window:budget=32+kivi:bits=4",
-                        "window:budget=64", "window:budget=64+kivi:bits=2", "window:budget=64+kivi:bits=4",
-                        "streaming:ratio=0.25", "streaming:ratio=0.5"});
+  CHECK(specs(p) ==
+        std::vector<std::string>{"full", "h2o:budget=32,norm=1", "h2o:budget=32,norm=2", "h2o:budget=64,norm=1",
+                                 "h2o:budget=64,norm=2", "window:budget=32", "window:budget=32+kivi:bits=2",
+                                 "window:budget=32+kivi:bits=4", "window:budget=64", "window:budget=64+kivi:bits=2",
+                                 "window:budget=64+kivi:bits=4", "streaming:ratio=0.25", "streaming:ratio=0.5"});
   CHECK(p.specs[1].line == 8);
 }
 
@@ -77,7 +76,8 @@ TEST_CASE("sweep config: errors name the file, line and column") {
   };
   CHECK(err("traces: [a.h5]\nstrategies:\n  - name: h2o\n    grid: {budget: [32, 64}\n").rfind("c.yaml:4:", 0) == 0);
   CHECK(err("traces: [a.h5]\nstrategies: [{name: full}]\nbudget: 3\n") ==
-        "c.yaml:3:1: unknown key 'budget' in the sweep config (valid: name, traces, sequences, prefill, protocol, stride, backend, strategies)");
+        "c.yaml:3:1: unknown key 'budget' in the sweep config (valid: name, traces, sequences, prefill, protocol, "
+        "stride, backend, strategies)");
   CHECK(err("traces: [a.h5]\nstride: 0\nstrategies: [{name: full}]\n") == "c.yaml:2:9: stride = 0 must be >= 1");
   CHECK(err("traces: [a.h5]\nstrategies:\n  - name: h2o\n    grid: {budget: {from: 8, to: 4, step: 1}}\n") ==
         "c.yaml:4:20: the range of 'budget' has to < from");

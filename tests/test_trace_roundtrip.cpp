@@ -57,7 +57,8 @@ std::vector<float> make_data(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 3.0f);
   std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = (i % 17 == 0) ? 1.00390625f * static_cast<float>(i % 5) : nd(rng) * (i % 3 ? 1.0f : 100.0f);
+  for (size_t i = 0; i < n; ++i)
+    v[i] = (i % 17 == 0) ? 1.00390625f * static_cast<float>(i % 5) : nd(rng) * (i % 3 ? 1.0f : 100.0f);
   return v;
 }
 
@@ -89,13 +90,15 @@ TEST_CASE("round trip for every stored dtype, compressed and not, two sequences,
           for (int64_t l = 0; l < h.n_layers; ++l) {
             for (Kind kind : spec.kinds) {
               const int64_t heads = h.heads_of(kind);
-              auto data = make_data(static_cast<size_t>(heads * T * h.head_dim), static_cast<uint32_t>(s * 100 + l * 10 + static_cast<int>(kind)));
+              auto data = make_data(static_cast<size_t>(heads * T * h.head_dim),
+                                    static_cast<uint32_t>(s * 100 + l * 10 + static_cast<int>(kind)));
               if (kind == Kind::q) {
                 // token by token, all heads at once (how the recorder writes)
                 std::vector<float> row(static_cast<size_t>(heads * h.head_dim));
                 for (int64_t t = 0; t < T; ++t) {
                   for (int64_t hh = 0; hh < heads; ++hh)
-                    std::memcpy(&row[static_cast<size_t>(hh * h.head_dim)], &data[static_cast<size_t>((hh * T + t) * h.head_dim)],
+                    std::memcpy(&row[static_cast<size_t>(hh * h.head_dim)],
+                                &data[static_cast<size_t>((hh * T + t) * h.head_dim)],
                                 sizeof(float) * static_cast<size_t>(h.head_dim));
                   w.write(kind, l, 0, heads, t, 1, row.data());
                 }
@@ -133,19 +136,22 @@ TEST_CASE("round trip for every stored dtype, compressed and not, two sequences,
         for (int64_t l = 0; l < h.n_layers; ++l) {
           for (Kind kind : {Kind::q, Kind::k, Kind::v, Kind::o}) {
             const int64_t heads = h.heads_of(kind);
-            auto data = make_data(static_cast<size_t>(heads * T * h.head_dim), static_cast<uint32_t>(s * 100 + l * 10 + static_cast<int>(kind)));
+            auto data = make_data(static_cast<size_t>(heads * T * h.head_dim),
+                                  static_cast<uint32_t>(s * 100 + l * 10 + static_cast<int>(kind)));
             auto got = r.read_layer(s, l, kind);
             REQUIRE(got.size() == data.size());
             size_t bad = 0;
             for (size_t i = 0; i < data.size(); ++i) {
               const float want = expected_stored(data[i], dt);
               if (f32_bits(got.data()[i]) != f32_bits(want) && bad++ == 0)
-                MESSAGE("element " << i << ": got " << got.data()[i] << " want " << want << " (input " << data[i] << ")");
+                MESSAGE("element " << i << ": got " << got.data()[i] << " want " << want << " (input " << data[i]
+                                   << ")");
             }
             CHECK(bad == 0);
             // One head through read_head equals the same slice of read_layer.
             auto head = r.read_head(s, l, kind, heads - 1);
-            CHECK(std::memcmp(head.data(), got.data() + (heads - 1) * T * h.head_dim, sizeof(float) * head.size()) == 0);
+            CHECK(std::memcmp(head.data(), got.data() + (heads - 1) * T * h.head_dim, sizeof(float) * head.size()) ==
+                  0);
           }
         }
       }

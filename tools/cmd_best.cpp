@@ -179,10 +179,11 @@ void print_tables(const BestArgs& a, const Answer& r) {
   };
   std::vector<Table> tables;
   Table cmp{"Strategies compared: the best configuration of each with ratio <= " + r.budget,
-            {"strategy", "best spec", "ratio", r.metric, "runs", "front size", "min ratio"}, {}};
+            {"strategy", "best spec", "ratio", r.metric, "runs", "front size", "min ratio"},
+            {}};
   for (const auto& [name, ps] : r.per) {
-    std::vector<std::string> x = ps.best >= 0 ? row(static_cast<size_t>(ps.best))
-                                              : std::vector<std::string>{name, "(none fits)", "-", "-", "-"};
+    std::vector<std::string> x =
+        ps.best >= 0 ? row(static_cast<size_t>(ps.best)) : std::vector<std::string>{name, "(none fits)", "-", "-", "-"};
     x.push_back(std::to_string(ps.front.size()));
     x.push_back(fmt(ps.min_ratio));
     cmp.rows.push_back(x);
@@ -190,7 +191,8 @@ void print_tables(const BestArgs& a, const Answer& r) {
   tables.push_back(cmp);
   Table fr{"Pareto front, all strategies (ratio lower is better; " + r.metric + (r.higher ? " higher" : " lower") +
                " is better)",
-           cols, {}};
+           cols,
+           {}};
   for (size_t i : r.front) fr.rows.push_back(row(i));
   tables.push_back(fr);
   if (a.per_strategy)
@@ -219,9 +221,12 @@ int run_best(const BestArgs& a) {
     throw UsageError("--format '" + a.format + "' is not one of text, markdown, csv, json");
   if (!(a.max_ratio > 0)) throw UsageError("--max-ratio " + fmt(a.max_ratio) + " must be > 0");
   const Answer r = answer(a, m);
-  if (a.format == "json") print_json(a, r);
-  else if (a.format == "csv") print_csv(a, r);
-  else print_tables(a, r);
+  if (a.format == "json")
+    print_json(a, r);
+  else if (a.format == "csv")
+    print_csv(a, r);
+  else
+    print_tables(a, r);
   return 0;
 }
 
@@ -229,7 +234,8 @@ int run_best(const BestArgs& a) {
 
 void add_best(CLI::App& app) {
   auto a = std::make_shared<BestArgs>();
-  CLI::App* c = app.add_subcommand("best", "Grid-search answers from a results store: Pareto front and best under a memory budget");
+  CLI::App* c = app.add_subcommand(
+      "best", "Grid-search answers from a results store: Pareto front and best under a memory budget");
   c->add_option("--db", a->db, "results store written by kvsim sweep")->required();
   c->add_option("--metric", a->metric, "metric to optimise (kl, out_cos, mass, tv, ...)")->required();
   c->add_option("--max-ratio", a->max_ratio, "memory budget: mean ratio (bytes / fp16 full cache) <= R");

@@ -20,7 +20,8 @@ void add_convert(CLI::App& app) {
   c->add_option("--model", a->model, "llama2.c checkpoint (.bin) or Hugging Face directory")->required();
   c->add_option("--out", a->out, "output directory")->required();
   c->add_option("--dtype", a->dtype, "float32, float16 or bfloat16")->capture_default_str();
-  c->add_option("--tokenizer", a->tokenizer, "tokenizer to copy (default: tok512.bin or tokenizer.bin next to the model)");
+  c->add_option("--tokenizer", a->tokenizer,
+                "tokenizer to copy (default: tok512.bin or tokenizer.bin next to the model)");
   c->add_flag("--quiet", a->quiet, "print nothing on success");
   c->callback([a] {
     namespace fs = std::filesystem;
@@ -36,13 +37,14 @@ void add_convert(CLI::App& app) {
         }
     }
     if (!tok.empty()) {
-      const fs::path dst = fs::path(a->out) / (fs::path(tok).extension() == ".model" ? "tokenizer.model" : "tokenizer.bin");
+      const fs::path dst =
+          fs::path(a->out) / (fs::path(tok).extension() == ".model" ? "tokenizer.model" : "tokenizer.bin");
       std::error_code ec;
       fs::remove(dst, ec);
       fs::copy_file(tok, dst, fs::copy_options::overwrite_existing, ec);
       if (ec) throw IoError(dst.string() + ": cannot copy tokenizer (" + ec.message() + ")");
-      fs::permissions(dst, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read,
-                      ec);
+      fs::permissions(
+          dst, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read, ec);
     }
     if (!a->quiet)
       std::fprintf(stderr, "kvsim convert: wrote %s (config.json, model.safetensors %s%s)\n", a->out.c_str(),

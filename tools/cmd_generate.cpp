@@ -3,8 +3,8 @@
 #include <chrono>
 #include <cstdio>
 
-#include "sim/kernels/backend.h"
 #include "sim/base/error.h"
+#include "sim/kernels/backend.h"
 #include "tools/commands.h"
 #include "traces/model/model.h"
 #include "traces/model/runner.h"
@@ -33,8 +33,8 @@ void run_generate(const GenerateArgs& a) {
   if (a.ids && prompt.empty()) prompt.push_back(1);  // BOS
   const int64_t ctx = m.config.seq_len;
   if (static_cast<int64_t>(prompt.size()) > ctx)
-    throw UsageError("--prompt: " + std::to_string(prompt.size()) + " tokens exceed the context length seq_len = " +
-                     std::to_string(ctx) + " of " + a.model);
+    throw UsageError("--prompt: " + std::to_string(prompt.size()) +
+                     " tokens exceed the context length seq_len = " + std::to_string(ctx) + " of " + a.model);
   if (tok && tok->vocab_size() != m.config.vocab_size && !a.quiet)
     std::fprintf(stderr, "kvsim generate: warning: tokenizer has %lld tokens, model %lld\n",
                  (long long)tok->vocab_size(), (long long)m.config.vocab_size);
@@ -62,11 +62,10 @@ void run_generate(const GenerateArgs& a) {
   std::fflush(stdout);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet)
-    std::fprintf(stderr, "kvsim generate: %zu prompt + %zu generated tokens in %.3f s (%.1f tok/s, backend %s)%s\n",
-                 prompt.size(), out.size(), secs, static_cast<double>(out.size()) / std::max(secs, 1e-9),
-                 backend_name(backend), runner.pos() == ctx && static_cast<int64_t>(out.size()) < a.steps
-                                            ? ", stopped at the context length"
-                                            : "");
+    std::fprintf(
+        stderr, "kvsim generate: %zu prompt + %zu generated tokens in %.3f s (%.1f tok/s, backend %s)%s\n",
+        prompt.size(), out.size(), secs, static_cast<double>(out.size()) / std::max(secs, 1e-9), backend_name(backend),
+        runner.pos() == ctx && static_cast<int64_t>(out.size()) < a.steps ? ", stopped at the context length" : "");
 }
 
 }  // namespace
@@ -75,7 +74,8 @@ void add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   CLI::App* c = app.add_subcommand("generate", "Generate text with the native runner (greedy unless --temperature)");
   c->add_option("--model", a->model, "llama2.c checkpoint (.bin) or Hugging Face directory")->required();
-  c->add_option("--tokenizer", a->tokenizer, "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
+  c->add_option("--tokenizer", a->tokenizer,
+                "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
   c->add_option("--prompt", a->prompt, "prompt text (with --ids: token ids, e.g. \"1 410 469\")");
   c->add_option("--steps", a->steps, "tokens to generate")->capture_default_str();
   c->add_flag("--ids", a->ids, "the prompt is token ids and the output is token ids");
@@ -83,7 +83,8 @@ void add_generate(CLI::App& app) {
   c->add_option("--temperature", a->sampling.temperature, "0: greedy")->capture_default_str();
   c->add_option("--top-p", a->sampling.top_p, "nucleus sampling mass")->capture_default_str();
   c->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
-  c->add_option("--backend", a->backend, "cpu, ref, omp, cuda or auto (cuda when a device can run it, else cpu)")->capture_default_str();
+  c->add_option("--backend", a->backend, "cpu, ref, omp, cuda or auto (cuda when a device can run it, else cpu)")
+      ->capture_default_str();
   c->add_flag("--quiet", a->quiet, "no timing line on stderr");
   c->callback([a] {
     run_generate(*a);

@@ -61,8 +61,11 @@ int run_info(const InfoArgs& a) {
     j["total_tokens"] = total_tokens;
     j["sequences"] = nlohmann::json::array();
     for (const auto& s : r.sequences()) {
-      nlohmann::json sj{{"name", s.name}, {"n_tokens", s.n_tokens}, {"prefill_len", s.prefill_len},
-                        {"source", s.source}, {"has_text", s.has_text}};
+      nlohmann::json sj{{"name", s.name},
+                        {"n_tokens", s.n_tokens},
+                        {"prefill_len", s.prefill_len},
+                        {"source", s.source},
+                        {"has_text", s.has_text}};
       if (s.context_len >= 0) sj["context_len"] = s.context_len;
       sj["tensors"] = nlohmann::json::array();
       for (auto k : s.kinds) sj["tensors"].push_back(traces::kind_name(k));
@@ -71,8 +74,12 @@ int run_info(const InfoArgs& a) {
     if (a.check) {
       j["check"] = nlohmann::json::array();
       for (const auto& b : bad)
-        j["check"].push_back({{"dataset", b.dataset}, {"count", b.count}, {"head", b.head}, {"token", b.token},
-                              {"dim", b.dim}, {"value", std::to_string(b.value)}});
+        j["check"].push_back({{"dataset", b.dataset},
+                              {"count", b.count},
+                              {"head", b.head},
+                              {"token", b.token},
+                              {"dim", b.dim},
+                              {"value", std::to_string(b.value)}});
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
@@ -91,8 +98,8 @@ int run_info(const InfoArgs& a) {
     for (const auto& s : r.sequences()) {
       std::string kinds;
       for (auto k : s.kinds) kinds += std::string(kinds.empty() ? "" : ",") + traces::kind_name(k);
-      std::printf("  %-12s %8lld %8lld  %-28s %s\n", s.name.c_str(), (long long)s.n_tokens,
-                  (long long)s.prefill_len, kinds.c_str(), s.source.c_str());
+      std::printf("  %-12s %8lld %8lld  %-28s %s\n", s.name.c_str(), (long long)s.n_tokens, (long long)s.prefill_len,
+                  kinds.c_str(), s.source.c_str());
     }
     if (a.check) std::printf("check        %s\n", bad.empty() ? "all tensors finite" : "NON-FINITE VALUES FOUND");
   }

@@ -56,10 +56,9 @@ std::string python_path() {
 }  // namespace
 
 void add_plot(CLI::App& app) {
-  CLI::App* c = app.add_subcommand(
-      "plot",
-      "Figures (PNG and PDF): pareto, compare, heatmap, position, trace, memory, report; "
-      "`kvsim plot --help` for the options");
+  CLI::App* c = app.add_subcommand("plot",
+                                   "Figures (PNG and PDF): pareto, compare, heatmap, position, trace, memory, report; "
+                                   "`kvsim plot --help` for the options");
   // Every argument goes to the script, --help included.
   c->prefix_command();
   c->set_help_flag();

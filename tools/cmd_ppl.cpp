@@ -51,7 +51,8 @@ std::vector<int32_t> input_ids(const PplArgs& a) {
   }
   if (a.max_tokens == 0 || a.max_tokens < -1)
     throw UsageError("--max-tokens " + std::to_string(a.max_tokens) + " must be >= 1");
-  if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens) ids.resize(static_cast<size_t>(a.max_tokens));
+  if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens)
+    ids.resize(static_cast<size_t>(a.max_tokens));
   return ids;
 }
 
@@ -69,9 +70,14 @@ nlohmann::json to_json(const PplArgs& a, const model::ModelConfig& c, Backend b,
   j["backend"] = backend_name(b);
   j["results"] = nlohmann::json::array();
   for (const auto& r : rs)
-    j["results"].push_back({{"strategy", r.strategy}, {"spec", r.spec}, {"params", r.params}, {"ppl", num(r.ppl)},
-                            {"delta_ppl", num(r.ppl - rs.front().ppl)}, {"nll", num(r.nll)},
-                            {"ratio", num(r.mean_ratio)}, {"seconds", r.seconds}});
+    j["results"].push_back({{"strategy", r.strategy},
+                            {"spec", r.spec},
+                            {"params", r.params},
+                            {"ppl", num(r.ppl)},
+                            {"delta_ppl", num(r.ppl - rs.front().ppl)},
+                            {"nll", num(r.nll)},
+                            {"ratio", num(r.mean_ratio)},
+                            {"seconds", r.seconds}});
   return j;
 }
 
@@ -113,8 +119,7 @@ int run_ppl(const PplArgs& a) {
   auto advance = [&progress](int64_t n) { progress.advance(n); };
   std::vector<model::PerplexityResult> rs;
   rs.push_back(model::perplexity(m, ids, P, nullptr, backend, advance));
-  for (const auto& s : strategies)
-    rs.push_back(model::perplexity(m, ids, P, s.get(), backend, advance, protocol));
+  for (const auto& s : strategies) rs.push_back(model::perplexity(m, ids, P, s.get(), backend, advance, protocol));
   progress.finish();
   if (a.json)
     std::printf("%s\n", to_json(a, m.config, backend, rs).dump(2).c_str());
@@ -136,19 +141,23 @@ void add_ppl(CLI::App& app) {
       "by the logits of the position before it; `full` (the plain cache) is always the first row.\n"
       "ratio: the replay's memory ratio, bytes / fp16 full cache, averaged over layers, KV heads and steps.");
   c->add_option("--model", a->model, "llama2.c checkpoint (.bin) or Hugging Face directory")->required();
-  c->add_option("--tokenizer", a->tokenizer, "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
+  c->add_option("--tokenizer", a->tokenizer,
+                "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
   c->add_option("--text", a->text, "text file to score (tokenized with BOS in front)");
   c->add_option("--prompt", a->prompt, "text to score, given inline");
   c->add_option("--ids", a->ids, "token ids to score as given, e.g. \"1 410 469 347\" (no tokenizer needed)");
   c->add_flag("--no-bos", a->no_bos, "do not put BOS in front of the tokenized text");
-  c->add_option("--strategy", a->strategies,
-                "strategy spec name:key=value,... or strategy+codec (repeatable; `full` is always run); names: " + names);
+  c->add_option(
+      "--strategy", a->strategies,
+      "strategy spec name:key=value,... or strategy+codec (repeatable; `full` is always run); names: " + names);
   c->add_option("--prefill", a->prefill, "prefill length P, 1 <= P < T (default: T/4, at least 1)");
   c->add_option("--protocol", a->protocol,
                 "evict, prefill or sparse: how each strategy's cache meets decoding, as in kvsim run")
       ->capture_default_str();
-  c->add_option("--max-tokens", a->max_tokens, "score only the first N tokens of the input (default: all; must fit the context)");
-  c->add_option("--backend", a->backend, "cpu, ref, omp or auto (cpu/auto: omp when built with OpenMP)")->capture_default_str();
+  c->add_option("--max-tokens", a->max_tokens,
+                "score only the first N tokens of the input (default: all; must fit the context)");
+  c->add_option("--backend", a->backend, "cpu, ref, omp or auto (cpu/auto: omp when built with OpenMP)")
+      ->capture_default_str();
   c->add_flag("--json", a->json, "print JSON instead of a table");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");
   c->callback([a] { exit_status() = run_ppl(*a); });

@@ -110,7 +110,8 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
         const auto q = tok->encode(j.at("question").get<std::string>(), false);
         p.ids.insert(p.ids.end(), q.begin(), q.end());
       } else {
-        throw FormatError(where + ": needs \"prompt\" (text), \"ids\" (token ids) or \"context\" and "
+        throw FormatError(where +
+                          ": needs \"prompt\" (text), \"ids\" (token ids) or \"context\" and "
                           "\"question\" (texts)");
       }
       if (j.contains("context_len"))
@@ -184,7 +185,8 @@ void run_record(const RecordArgs& a) {
                  "kvsim record: wrote %s: %zu sequences, %lld tokens in %.2f s (backend %s); "
                  "trace writing %.2f s = %.0f%% of the recording pass\n",
                  a.out.c_str(), prompts.size(), (long long)total.tokens, all_s, backend_name(backend),
-                 total.write_s + finish_s, 100.0 * (total.write_s + finish_s) / std::max(total.record_s + finish_s, 1e-9));
+                 total.write_s + finish_s,
+                 100.0 * (total.write_s + finish_s) / std::max(total.record_s + finish_s, 1e-9));
 }
 
 }  // namespace
@@ -193,7 +195,8 @@ void add_record(CLI::App& app) {
   auto a = std::make_shared<RecordArgs>();
   CLI::App* c = app.add_subcommand("record", "Record a model's attention tensors (q, k, v) into a trace");
   c->add_option("--model", a->model, "llama2.c checkpoint (.bin) or Hugging Face directory")->required();
-  c->add_option("--tokenizer", a->tokenizer, "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
+  c->add_option("--tokenizer", a->tokenizer,
+                "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
   c->add_option("--prompt", a->prompt, "one prompt (text; with --ids: token ids)");
   c->add_option("--prompts", a->prompts,
                 "JSON lines: {\"prompt\": TEXT}, {\"ids\": [...]} or {\"context\": TEXT, \"question\": TEXT}, optional "
@@ -205,7 +208,9 @@ void add_record(CLI::App& app) {
   c->add_option("--generate", a->opt.generate, "continue each prompt by N generated tokens (-1: fill the context)")
       ->capture_default_str();
   c->add_option("--out", a->out, "output trace (.h5)")->required();
-  c->add_option("--backend", a->backend, "cpu (omp when built, else ref), ref, omp, cuda (GPU; an error without a device), auto")->capture_default_str();
+  c->add_option("--backend", a->backend,
+                "cpu (omp when built, else ref), ref, omp, cuda (GPU; an error without a device), auto")
+      ->capture_default_str();
   c->add_option("--dtype", a->dtype, "stored dtype: float32, float16, bfloat16")->capture_default_str();
   c->add_flag("--compress", a->compress, "gzip + shuffle compression");
   c->add_flag("--pre", a->opt.pre, "also record q_pre and k_pre (before RoPE)");

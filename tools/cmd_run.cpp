@@ -41,7 +41,9 @@ nlohmann::json to_json(const ReplayResult& r, bool per_head) {
   j["eps"] = r.eps;
   j["backend"] = backend_name(r.backend);
   j["bin_edges"] = r.bin_edges;
-  j["timing"] = {{"read_s", r.read_seconds}, {"reference_s", r.ref_seconds}, {"replay_s", r.replay_seconds},
+  j["timing"] = {{"read_s", r.read_seconds},
+                 {"reference_s", r.ref_seconds},
+                 {"replay_s", r.replay_seconds},
                  {"reference_from_cache", r.stats_from_cache}};
   j["results"] = nlohmann::json::array();
   for (const auto& c : r.configs) {
@@ -52,8 +54,8 @@ nlohmann::json to_json(const ReplayResult& r, bool per_head) {
     nlohmann::json s, cv;
     for (int m = 0; m < kNumMetrics; ++m) {
       const auto& x = c.summary[m];
-      s[metric_name(m)] = {{"mean", num(x.mean)}, {"p5", num(x.p5)}, {"p50", num(x.p50)}, {"p95", num(x.p95)},
-                           {"worst", num(x.worst)}};
+      s[metric_name(m)] = {
+          {"mean", num(x.mean)}, {"p5", num(x.p5)}, {"p50", num(x.p50)}, {"p95", num(x.p95)}, {"worst", num(x.worst)}};
       nlohmann::json a = nlohmann::json::array();
       for (double v : c.curve[m]) a.push_back(num(v));
       cv[metric_name(m)] = a;
@@ -66,8 +68,11 @@ nlohmann::json to_json(const ReplayResult& r, bool per_head) {
         nlohmann::json hj{{"layer", h.layer}, {"head", h.head}};
         for (int m = 0; m < kNumMetrics; ++m) {
           const auto& x = h.summary[m];
-          hj[metric_name(m)] = {{"mean", num(x.mean)}, {"p5", num(x.p5)}, {"p50", num(x.p50)},
-                                {"p95", num(x.p95)}, {"worst", num(x.worst)}};
+          hj[metric_name(m)] = {{"mean", num(x.mean)},
+                                {"p5", num(x.p5)},
+                                {"p50", num(x.p50)},
+                                {"p95", num(x.p95)},
+                                {"worst", num(x.worst)}};
         }
         cj["heads"].push_back(hj);
       }
@@ -78,14 +83,14 @@ nlohmann::json to_json(const ReplayResult& r, bool per_head) {
 }
 
 void print_table(const ReplayResult& r) {
-  std::printf("trace %s, sequence %s: T=%lld P=%lld stride=%lld, L=%lld H=%lld Hkv=%lld D=%lld, backend %s, protocol %s\n",
-              r.trace.c_str(), r.sequence.c_str(), (long long)r.T, (long long)r.P, (long long)r.stride,
-              (long long)r.L, (long long)r.H, (long long)r.Hkv, (long long)r.D, backend_name(r.backend),
-              protocol_name(r.protocol));
+  std::printf(
+      "trace %s, sequence %s: T=%lld P=%lld stride=%lld, L=%lld H=%lld Hkv=%lld D=%lld, backend %s, protocol %s\n",
+      r.trace.c_str(), r.sequence.c_str(), (long long)r.T, (long long)r.P, (long long)r.stride, (long long)r.L,
+      (long long)r.H, (long long)r.Hkv, (long long)r.D, backend_name(r.backend), protocol_name(r.protocol));
   const bool sparse = r.protocol == Protocol::sparse;
   std::printf("means over heads of per-head means (worst: mean over heads of the per-head worst step)\n");
-  std::printf("%-36s %8s %8s %9s %9s %8s %9s %7s %7s %7s %6s%s\n", "strategy", "out_cos", "cos_wst", "rel_l2",
-              "mass", "mass_wst", "kl", "tv", "top8", "top32", "ratio", sparse ? "   read" : "");
+  std::printf("%-36s %8s %8s %9s %9s %8s %9s %7s %7s %7s %6s%s\n", "strategy", "out_cos", "cos_wst", "rel_l2", "mass",
+              "mass_wst", "kl", "tv", "top8", "top32", "ratio", sparse ? "   read" : "");
   for (const auto& c : r.configs) {
     auto mean = [&](Metric m) { return c.summary[int(m)].mean; };
     auto worst = [&](Metric m) { return c.summary[int(m)].worst; };
@@ -111,7 +116,8 @@ int run_run(const RunArgs& a) {
   }
   traces::TraceReader reader(a.trace);
   ReplayOptions opt;
-  opt.prefill = parse_prefill(a.prefill, "--prefill"), opt.stride = a.stride, opt.backend = backend, opt.bins = a.bins, opt.eps = a.eps;
+  opt.prefill = parse_prefill(a.prefill, "--prefill"), opt.stride = a.stride, opt.backend = backend, opt.bins = a.bins,
+  opt.eps = a.eps;
   opt.stats_cache = a.stats_cache;
   opt.protocol = parse_protocol(a.protocol);
   if (reader.sequences().empty()) throw FormatError(a.trace + ": the trace has no sequences");
@@ -126,8 +132,8 @@ int run_run(const RunArgs& a) {
   progress.finish();
   if (store) {  // the same rows as kvsim sweep writes (sim/store/STORE.md)
     const auto& h = reader.header();
-    const int64_t trace_id =
-        store->add_trace(store_trace_of(a.trace, h.model, h.synthetic, h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim));
+    const int64_t trace_id = store->add_trace(
+        store_trace_of(a.trace, h.model, h.synthetic, h.n_layers, h.n_heads, h.n_kv_heads, h.head_dim));
     for (size_t i = 0; i < r.configs.size(); ++i) {
       StoreRun run = store_run_of(r, i);
       run.config_id = store->add_config(store_config_of(a.strategies[i]));
@@ -161,7 +167,9 @@ void add_run(CLI::App& app) {
                 "evict: evict back to the budget after every decode step; prefill: compress the prompt once, "
                 "then grow; sparse: a selector picks what each query reads from the full cache (methods.md §1)")
       ->capture_default_str();
-  c->add_option("--backend", a->backend, "ref, omp, cuda or auto (auto: omp, or ref without OpenMP; cuda only when asked for)")->capture_default_str();
+  c->add_option("--backend", a->backend,
+                "ref, omp, cuda or auto (auto: omp, or ref without OpenMP; cuda only when asked for)")
+      ->capture_default_str();
   c->add_option("--sequence", a->sequence, "sequence name (default: the first)");
   c->add_option("--bins", a->bins, "bins of the per-position curves")->capture_default_str();
   c->add_option("--eps", a->eps, "kl smoothing epsilon")->capture_default_str();

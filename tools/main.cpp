@@ -8,7 +8,8 @@
 #include "tools/version.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"kvsim " KVSIM_VERSION ": a simulator for KV-cache compression in LLM inference.\n"
+  CLI::App app{"kvsim " KVSIM_VERSION
+               ": a simulator for KV-cache compression in LLM inference.\n"
                "Record attention traces once, then replay them through many cache strategies offline."};
   app.set_version_flag("--version", "kvsim " KVSIM_VERSION);
   app.require_subcommand(1);

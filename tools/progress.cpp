@@ -9,16 +9,19 @@ namespace kvsim::tools {
 namespace {
 std::string fmt_seconds(double s) {
   char buf[32];
-  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
+  if (s < 60)
+    std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 3600)
+    std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
   return buf;
 }
 }  // namespace
 
 Progress::Progress(std::string label, std::string unit, int64_t total, bool quiet)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total), quiet_(quiet),
-      tty_(isatty(STDERR_FILENO) != 0), t0_(std::chrono::steady_clock::now()), last_(t0_) {}
+    : label_(std::move(label)), unit_(std::move(unit)), total_(total), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0),
+      t0_(std::chrono::steady_clock::now()), last_(t0_) {}
 
 double Progress::elapsed() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
@@ -58,9 +61,9 @@ void Progress::draw(bool final_line) {
     constexpr int kWidth = 24;
     std::string bar(kWidth, ' ');
     for (int i = 0; i < static_cast<int>(frac * kWidth + 1e-9) && i < kWidth; ++i) bar[i] = '#';
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s, %.1f %s/s, %s %s%s   ", label_.c_str(), bar.c_str(),
-                 (long long)done_, (long long)total_, unit_.c_str(), rate, unit_.c_str(),
-                 final_line ? "took" : "ETA", fmt_seconds(final_line ? el : eta).c_str(), tail.c_str());
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s, %.1f %s/s, %s %s%s   ", label_.c_str(), bar.c_str(), (long long)done_,
+                 (long long)total_, unit_.c_str(), rate, unit_.c_str(), final_line ? "took" : "ETA",
+                 fmt_seconds(final_line ? el : eta).c_str(), tail.c_str());
     if (final_line) std::fprintf(stderr, "\n");
   } else {
     std::fprintf(stderr, "%s: %lld/%lld %s (%.0f%%), %.1f %s/s, %s %s%s\n", label_.c_str(), (long long)done_,

@@ -14,7 +14,7 @@ class Progress {
   Progress(std::string label, std::string unit, int64_t total, bool quiet);
   void advance(int64_t n = 1);
   void set_note(std::string note) { note_ = std::move(note); }  // appended to the line, e.g. "1 failed"
-  void finish();  // final line (and newline on a terminal)
+  void finish();                                                // final line (and newline on a terminal)
   // Prints one line on stderr without tearing the bar (even when quiet: warnings are not progress).
   void log(const std::string& line);
   double elapsed() const;

@@ -13,10 +13,10 @@
 #include <sstream>
 
 #include "sim/base/error.h"
-#include "sim/metrics.h"
-#include "sim/instance.h"
-#include "sim/replay.h"
 #include "sim/base/spec.h"
+#include "sim/instance.h"
+#include "sim/metrics.h"
+#include "sim/replay.h"
 #include "sim/stats_cache.h"
 #include "tools/progress.h"
 #include "tools/version.h"
@@ -80,8 +80,8 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
     t.error = e.what();
     std::error_code ec;
     try {
-      t.row.content_hash = fs::is_regular_file(path, ec) ? hash_hex(file_content_hash(path))
-                                                         : content_hash_hex("unreadable:" + path);
+      t.row.content_hash =
+          fs::is_regular_file(path, ec) ? hash_hex(file_content_hash(path)) : content_hash_hex("unreadable:" + path);
     } catch (const std::exception&) {
       t.row.content_hash = content_hash_hex("unreadable:" + path);
     }
@@ -273,7 +273,8 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
   for (const auto& g : w.groups)
     for (const auto& c : w.configs) w.total_runs += runs_under(c, g.protocol) ? 1 : 0;
   if (w.total_runs == 0)
-    throw UsageError(opt.config + ": no configuration runs under the protocols given (selectors run under sparse "
+    throw UsageError(opt.config +
+                     ": no configuration runs under the protocols given (selectors run under sparse "
                      "only, every other strategy under evict or prefill)");
   return w;
 }
@@ -297,8 +298,8 @@ std::vector<SweepBatch> pending_batches(const SweepWork& w, ResultsStore& store,
     for (size_t c = 0; c < w.configs.size(); ++c) {
       if (!runs_under(w.configs[c], grp.protocol)) continue;  // not a run of this sweep
       if (r++ % n_shards != shard) continue;
-      const RunKey key{(*config_ids)[c], (*trace_ids)[grp.trace], grp.sequence, grp.prefill, w.plan.stride,
-                       protocol_name(grp.protocol)};
+      const RunKey key{(*config_ids)[c], (*trace_ids)[grp.trace], grp.sequence,
+                       grp.prefill,      w.plan.stride,           protocol_name(grp.protocol)};
       if (done.count(key)) {
         ++*skipped;
         continue;

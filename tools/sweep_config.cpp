@@ -61,9 +61,7 @@ struct Ctx {
   }
 };
 
-bool is_int_text(const std::string& s) {
-  return !s.empty() && s.find_first_not_of("-0123456789") == std::string::npos;
-}
+bool is_int_text(const std::string& s) { return !s.empty() && s.find_first_not_of("-0123456789") == std::string::npos; }
 
 std::string format_number(double v, bool as_int) {
   if (as_int) return std::to_string(static_cast<int64_t>(std::llround(v)));
@@ -88,7 +86,9 @@ std::vector<std::string> param_values(const Ctx& c, const YAML::Node& n, const s
     const YAML::Node p = n["pow2"];
     if (!p.IsSequence() || p.size() != 2) c.fail(p, "pow2 of '" + name + "' must be [lo, hi]");
     const int64_t lo = c.integer(p[0], "pow2 lo"), hi = c.integer(p[1], "pow2 hi");
-    if (lo < 0 || hi < lo || hi > 40) c.fail(p, "pow2 of '" + name + "' = [" + std::to_string(lo) + ", " + std::to_string(hi) + "] must have 0 <= lo <= hi <= 40");
+    if (lo < 0 || hi < lo || hi > 40)
+      c.fail(p, "pow2 of '" + name + "' = [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                    "] must have 0 <= lo <= hi <= 40");
     for (int64_t e = lo; e <= hi; ++e) out.push_back(std::to_string(int64_t{1} << e));
     return out;
   }
@@ -102,15 +102,18 @@ std::vector<std::string> param_values(const Ctx& c, const YAML::Node& n, const s
     if (!(step > 0)) c.fail(n["step"], "step of '" + name + "' = " + n["step"].Scalar() + " must be > 0");
     if (to < from) c.fail(n, "the range of '" + name + "' has to < from");
     const int64_t count = static_cast<int64_t>(std::floor((to - from) / step + 1e-9)) + 1;
-    if (count > 100000) c.fail(n, "the range of '" + name + "' has " + std::to_string(count) + " values (limit 100000)");
+    if (count > 100000)
+      c.fail(n, "the range of '" + name + "' has " + std::to_string(count) + " values (limit 100000)");
     for (int64_t i = 0; i < count; ++i) out.push_back(format_number(from + static_cast<double>(i) * step, ints));
     return out;
   }
   if (n["num"]) {
     const int64_t num = c.integer(n["num"], "num");
-    if (num < 1 || num > 100000) c.fail(n["num"], "num of '" + name + "' = " + std::to_string(num) + " must be in [1, 100000]");
+    if (num < 1 || num > 100000)
+      c.fail(n["num"], "num of '" + name + "' = " + std::to_string(num) + " must be in [1, 100000]");
     for (int64_t i = 0; i < num; ++i)
-      out.push_back(format_number(num == 1 ? from : from + (to - from) * static_cast<double>(i) / static_cast<double>(num - 1), false));
+      out.push_back(format_number(
+          num == 1 ? from : from + (to - from) * static_cast<double>(i) / static_cast<double>(num - 1), false));
     return out;
   }
   c.fail(n, "the range of '" + name + "' needs step or num");
@@ -141,9 +144,12 @@ std::vector<std::string> expand(const Ctx& c, const std::string& name, const YAM
 std::vector<std::string> resolve_traces(const Ctx& c, const YAML::Node& n, const fs::path& base) {
   std::vector<std::string> out;
   std::vector<YAML::Node> items;
-  if (n.IsScalar()) items.push_back(n);
-  else if (n.IsSequence()) for (const auto& x : n) items.push_back(x);
-  else c.fail(n, "traces must be a path or a list of paths/globs");
+  if (n.IsScalar())
+    items.push_back(n);
+  else if (n.IsSequence())
+    for (const auto& x : n) items.push_back(x);
+  else
+    c.fail(n, "traces must be a path or a list of paths/globs");
   for (const auto& it : items) {
     std::string p = c.scalar(it, "a trace path");
     if (fs::path(p).is_relative()) p = (base / p).lexically_normal().string();
@@ -195,8 +201,10 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
   }
   if (const YAML::Node p = root["prefill"]) {
     std::vector<YAML::Node> items;
-    if (p.IsSequence()) for (const auto& x : p) items.push_back(x);
-    else items.push_back(p);
+    if (p.IsSequence())
+      for (const auto& x : p) items.push_back(x);
+    else
+      items.push_back(p);
     for (const auto& x : items) {
       if (x.IsScalar() && x.Scalar() == "trace") {
         plan.prefills.push_back(-1);
@@ -213,8 +221,10 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
   }
   if (const YAML::Node p = root["protocol"]) {
     std::vector<YAML::Node> items;
-    if (p.IsSequence()) for (const auto& x : p) items.push_back(x);
-    else items.push_back(p);
+    if (p.IsSequence())
+      for (const auto& x : p) items.push_back(x);
+    else
+      items.push_back(p);
     if (items.empty()) c.fail(p, "protocol: give evict, prefill, sparse or a list of them");
     for (const auto& x : items) {
       const std::string name = c.scalar(x, "protocol");
@@ -250,8 +260,10 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
     if (const YAML::Node cs = e["codecs"]) {
       codec_specs.clear();
       std::vector<YAML::Node> items;
-      if (cs.IsSequence()) for (const auto& x : cs) items.push_back(x);
-      else items.push_back(cs);
+      if (cs.IsSequence())
+        for (const auto& x : cs) items.push_back(x);
+      else
+        items.push_back(cs);
       for (const auto& x : items) {
         if (x.IsScalar()) {
           codec_specs.push_back(x.Scalar() == "none" ? "" : x.Scalar());

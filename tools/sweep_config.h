@@ -38,7 +38,7 @@ struct SweepPlan {
   std::vector<std::string> protocols;  // evict | prefill | sparse, in config order (default: evict)
   int64_t stride = 1;
   std::string backend = "auto";
-  std::vector<SweepSpec> specs;        // deduplicated, in grid order
+  std::vector<SweepSpec> specs;  // deduplicated, in grid order
 };
 
 // Throws UsageError "CONFIG:LINE:COL: message" for YAML and schema errors.

@@ -82,8 +82,7 @@ std::string read_str_attr(hid_t obj, const char* name, const std::string& where)
   Handle a = open_attr(obj, name, where);
   Handle ftype(H5Aget_type(a));
   if (H5Tget_class(ftype) != H5T_STRING)
-    throw FormatError(where + ": attribute '" + name + "' is " + class_name(H5Tget_class(ftype)) +
-                      ", expected string");
+    throw FormatError(where + ": attribute '" + name + "' is " + class_name(H5Tget_class(ftype)) + ", expected string");
   if (H5Tis_variable_str(ftype) > 0) {
     Handle mtype(H5Tcopy(H5T_C_S1));
     H5Tset_size(mtype, H5T_VARIABLE);
@@ -136,8 +135,7 @@ void replace_attr(hid_t obj, const char* name, hid_t type, const void* value) {
   if (has_attr(obj, name)) H5Adelete(obj, name);
   Handle space(H5Screate(H5S_SCALAR));
   Handle a(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
-  if (!a.valid() || H5Awrite(a, type, value) < 0)
-    throw IoError(std::string("cannot write attribute '") + name + "'");
+  if (!a.valid() || H5Awrite(a, type, value) < 0) throw IoError(std::string("cannot write attribute '") + name + "'");
 }
 }  // namespace
 
@@ -149,13 +147,9 @@ void write_str_attr(hid_t obj, const char* name, const std::string& value) {
   replace_attr(obj, name, t, &p);
 }
 
-void write_int_attr(hid_t obj, const char* name, int64_t value) {
-  replace_attr(obj, name, H5T_STD_I64LE, &value);
-}
+void write_int_attr(hid_t obj, const char* name, int64_t value) { replace_attr(obj, name, H5T_STD_I64LE, &value); }
 
-void write_float_attr(hid_t obj, const char* name, double value) {
-  replace_attr(obj, name, H5T_IEEE_F64LE, &value);
-}
+void write_float_attr(hid_t obj, const char* name, double value) { replace_attr(obj, name, H5T_IEEE_F64LE, &value); }
 
 hid_t make_f16_type() {
   hid_t t = H5Tcopy(H5T_IEEE_F32LE);

@@ -68,12 +68,12 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   const std::string root = path + ": /";
 
   std::string format = h5::read_str_attr(f, "format", root);
-  if (format != kFormatName)
-    throw FormatError(root + ": format = '" + format + "', expected '" + kFormatName + "'");
+  if (format != kFormatName) throw FormatError(root + ": format = '" + format + "', expected '" + kFormatName + "'");
   int64_t version = h5::read_int_attr(f, "format_version", root);
   if (version != kFormatVersion)
     throw FormatError(root + ": format_version = " + std::to_string(version) + " but this kvsim reads version " +
-                      std::to_string(kFormatVersion) + (version > kFormatVersion ? " (newer file: upgrade kvsim)" : ""));
+                      std::to_string(kFormatVersion) +
+                      (version > kFormatVersion ? " (newer file: upgrade kvsim)" : ""));
   int64_t complete = h5::read_int_attr(f, "complete", root);
   if (complete != 1)
     throw FormatError(root + ": complete = " + std::to_string(complete) +
@@ -120,16 +120,17 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     const int64_t T = s.n_tokens, D = h.head_dim;
     if (T < 1) throw FormatError(where + ": n_tokens = " + std::to_string(T) + ": the sequence is empty");
     if (T > kMaxTokens)
-      throw FormatError(where + ": n_tokens = " + std::to_string(T) + " exceeds the limit " + std::to_string(kMaxTokens));
+      throw FormatError(where + ": n_tokens = " + std::to_string(T) + " exceeds the limit " +
+                        std::to_string(kMaxTokens));
     if (T * D > kMaxHeadElements)
       throw FormatError(where + ": one head would hold n_tokens x head_dim = " + std::to_string(T) + " x " +
                         std::to_string(D) + " elements, over the limit " + std::to_string(kMaxHeadElements));
     if (s.prefill_len < 0 || s.prefill_len > T)
-      throw FormatError(where + ": prefill_len = " + std::to_string(s.prefill_len) + " is outside [0, n_tokens = " +
-                        std::to_string(T) + "]");
+      throw FormatError(where + ": prefill_len = " + std::to_string(s.prefill_len) +
+                        " is outside [0, n_tokens = " + std::to_string(T) + "]");
     if (s.context_len != -1 && (s.context_len < 1 || s.context_len > s.prefill_len))
-      throw FormatError(where + ": context_len = " + std::to_string(s.context_len) + " is outside [1, prefill_len = " +
-                        std::to_string(s.prefill_len) + "]");
+      throw FormatError(where + ": context_len = " + std::to_string(s.context_len) +
+                        " is outside [1, prefill_len = " + std::to_string(s.prefill_len) + "]");
     if (!h5::has_link(g, "tokens")) throw FormatError(where + "/tokens: dataset missing");
     {
       h5::Handle d(H5Dopen2(g, "tokens", H5P_DEFAULT));
@@ -148,15 +149,15 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       char* end = nullptr;
       long idx = std::strtol(ln.c_str(), &end, 10);
       if (end == ln.c_str() || *end != '\0' || idx < 0 || idx >= h.n_layers || std::to_string(idx) != ln)
-        throw ShapeMismatch(where + "/layers/" + ln + ": unexpected layer group (n_layers = " +
-                            std::to_string(h.n_layers) + ")");
+        throw ShapeMismatch(where + "/layers/" + ln +
+                            ": unexpected layer group (n_layers = " + std::to_string(h.n_layers) + ")");
     }
     for (Kind kind : kAllKinds) {
       bool in_all = true, in_any = false;
       for (int64_t l = 0; l < h.n_layers; ++l) {
         if (!h5::has_link(lg, std::to_string(l)))
-          throw FormatError(where + "/layers/" + std::to_string(l) + ": layer missing (n_layers = " +
-                            std::to_string(h.n_layers) + ")");
+          throw FormatError(where + "/layers/" + std::to_string(l) +
+                            ": layer missing (n_layers = " + std::to_string(h.n_layers) + ")");
         const std::string dp = dataset_path(name, l, kind);
         bool present = h5::has_link(f, dp);
         in_all = in_all && present;
@@ -179,8 +180,8 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
           throw FormatError(path + ": " + dp + ": dtype class " + h5::class_name(c) + ", expected float");
         size_t bytes = H5Tget_size(t);
         if (static_cast<int>(bytes) != dtype_bytes(h.stored_dtype))
-          throw FormatError(path + ": " + dp + ": " + std::to_string(bytes) + "-byte floats but stored_dtype = " +
-                            dtype_name(h.stored_dtype));
+          throw FormatError(path + ": " + dp + ": " + std::to_string(bytes) +
+                            "-byte floats but stored_dtype = " + dtype_name(h.stored_dtype));
       }
       if (kind == Kind::q || kind == Kind::k || kind == Kind::v) {
         if (!in_all) {
@@ -260,8 +261,7 @@ void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head
                              int64_t n_tok, float* out) const {
   const SequenceInfo& s = sequence(seq);
   const int64_t heads = header_.heads_of(kind), T = s.n_tokens, D = header_.head_dim;
-  if (!has(seq, kind))
-    throw UsageError(path_ + ": sequence " + s.name + " has no '" + kind_name(kind) + "' tensors");
+  if (!has(seq, kind)) throw UsageError(path_ + ": sequence " + s.name + " has no '" + kind_name(kind) + "' tensors");
   if (layer < 0 || layer >= header_.n_layers || head0 < 0 || n_heads < 1 || head0 + n_heads > heads || t0 < 0 ||
       n_tok < 1 || t0 + n_tok > T)
     throw UsageError(path_ + ": read of layer " + std::to_string(layer) + ", heads [" + std::to_string(head0) + ", " +

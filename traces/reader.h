@@ -44,8 +44,8 @@ class TraceReader {
   // [heads, T, D] for one layer.
   xt::xtensor<float, 3> read_layer(int64_t seq, int64_t layer, Kind kind) const;
   // Reads into a caller buffer: heads [head0, head0+n_heads) x tokens [t0, t0+n_tok) x D.
-  void read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0,
-                  int64_t n_tok, float* out) const;
+  void read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0, int64_t n_tok,
+                  float* out) const;
 
   // Scans every tensor for NaN/Inf, one head at a time; returns one finding per bad dataset.
   std::vector<NonFinite> check_finite() const;

@@ -52,11 +52,9 @@ void TraceHeader::validate(const std::string& where) const {
     throw FormatError(where + ": n_heads = " + std::to_string(n_heads) +
                       " is not a multiple of n_kv_heads = " + std::to_string(n_kv_heads));
   if (rope_style != "interleaved" && rope_style != "half" && rope_style != "none")
-    throw FormatError(where + ": attribute rope_style = '" + rope_style +
-                      "' (expected interleaved, half or none)");
+    throw FormatError(where + ": attribute rope_style = '" + rope_style + "' (expected interleaved, half or none)");
   if (architecture != "llama" && architecture != "gpt2" && architecture != "synthetic")
-    throw FormatError(where + ": attribute architecture = '" + architecture +
-                      "' (expected llama, gpt2 or synthetic)");
+    throw FormatError(where + ": attribute architecture = '" + architecture + "' (expected llama, gpt2 or synthetic)");
 }
 
 std::string iso8601_now() {

@@ -80,13 +80,13 @@ void write_synthetic_trace(const std::string& path, const SynthShape& shape, con
     throw UsageError("synth: --prefill = " + std::to_string(P) + " exceeds --tokens = " + std::to_string(opt.tokens));
   if (opt.sequences < 1) throw UsageError("synth: --sequences must be >= 1");
   if (opt.layers == 0 || opt.layers > shape.n_layers)
-    throw UsageError("synth: --layers = " + std::to_string(opt.layers) + " for shape " + shape.name + " with L = " +
-                     std::to_string(shape.n_layers));
+    throw UsageError("synth: --layers = " + std::to_string(opt.layers) + " for shape " + shape.name +
+                     " with L = " + std::to_string(shape.n_layers));
   if (opt.heavy_frac < 0 || opt.heavy_frac > 1)
     throw UsageError("synth: heavy_frac = " + std::to_string(opt.heavy_frac) + " must be in [0, 1]");
   if (opt.outlier_channels < 0 || opt.outlier_channels > shape.head_dim)
-    throw UsageError("synth: outlier_channels = " + std::to_string(opt.outlier_channels) + " must be in [0, D = " +
-                     std::to_string(shape.head_dim) + "]");
+    throw UsageError("synth: outlier_channels = " + std::to_string(opt.outlier_channels) +
+                     " must be in [0, D = " + std::to_string(shape.head_dim) + "]");
 
   TraceHeader h;
   h.model = "synthetic:" + shape.name;
@@ -118,7 +118,8 @@ void write_synthetic_trace(const std::string& path, const SynthShape& shape, con
     spec.source = "synthetic:" + shape.name + ":seed=" + std::to_string(opt.seed);
     spec.tokens.resize(static_cast<size_t>(T));
     Rng tr(sseed);
-    for (auto& t : spec.tokens) t = static_cast<int32_t>(tr.next() % static_cast<uint64_t>(std::max<int64_t>(h.vocab_size, 1)));
+    for (auto& t : spec.tokens)
+      t = static_cast<int32_t>(tr.next() % static_cast<uint64_t>(std::max<int64_t>(h.vocab_size, 1)));
     if (opt.write_pre) spec.kinds = {Kind::q, Kind::k, Kind::v, Kind::q_pre, Kind::k_pre};
     w.begin_sequence(spec);
 
@@ -215,7 +216,8 @@ void write_synthetic_trace(const std::string& path, const SynthShape& shape, con
           apply_rope(Q, T, D, 0, h.rope_theta, style);
           for (int64_t t = 0; t < T; ++t)
             for (int64_t d = 0; d < D; ++d)
-              Q[t * D + d] += static_cast<float>(a_sink * u[static_cast<size_t>(d)] + a_heavy * hw[static_cast<size_t>(d)]);
+              Q[t * D + d] +=
+                  static_cast<float>(a_sink * u[static_cast<size_t>(d)] + a_heavy * hw[static_cast<size_t>(d)]);
         }
       }
       w.write(Kind::q, l, 0, H, 0, T, q.data());

@@ -38,7 +38,7 @@ const SynthShape& find_synth_shape(const std::string& name);  // throws UsageErr
 
 struct SynthOptions {
   int64_t tokens = 512;
-  int64_t prefill = -1;  // -1: tokens / 2
+  int64_t prefill = -1;      // -1: tokens / 2
   int64_t context_len = -1;  // written as each sequence's context_len when >= 1 (traces/FORMAT.md)
   int64_t sequences = 1;
   uint64_t seed = 0;

@@ -114,11 +114,11 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
     throw UsageError(path_ + ": prefill_len = " + std::to_string(spec.prefill_len) + " is outside [0, " +
                      std::to_string(T) + "]");
   if (spec.context_len != -1 && (spec.context_len < 1 || spec.context_len > spec.prefill_len))
-    throw UsageError(path_ + ": context_len = " + std::to_string(spec.context_len) + " is outside [1, prefill_len = " +
-                     std::to_string(spec.prefill_len) + "]");
+    throw UsageError(path_ + ": context_len = " + std::to_string(spec.context_len) +
+                     " is outside [1, prefill_len = " + std::to_string(spec.prefill_len) + "]");
   if (static_cast<int64_t>(spec.tokens.size()) != T)
-    throw UsageError(path_ + ": " + std::to_string(spec.tokens.size()) + " token ids for n_tokens = " +
-                     std::to_string(T));
+    throw UsageError(path_ + ": " + std::to_string(spec.tokens.size()) +
+                     " token ids for n_tokens = " + std::to_string(T));
   impl_->seq_name = spec.name.empty() ? sequence_name(impl_->n_sequences) : spec.name;
   impl_->seq_tokens = T;
   const std::string gpath = "/sequences/" + impl_->seq_name;
@@ -172,8 +172,7 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
       size_t chunk_bytes = chunk_t * static_cast<size_t>(D) * static_cast<size_t>(dtype_bytes(header_.stored_dtype));
       H5Pset_chunk_cache(dapl, 12421, std::max<size_t>(chunk_bytes * static_cast<size_t>(heads) * 2, 1 << 20), 1.0);
       h5::Handle d(H5Dcreate2(lg, kind_name(kind), impl_->file_type, space, H5P_DEFAULT, dcpl, dapl));
-      if (!d.valid())
-        throw IoError(path_ + ": cannot create " + gpath + "/layers/" + lname + "/" + kind_name(kind));
+      if (!d.valid()) throw IoError(path_ + ": cannot create " + gpath + "/layers/" + lname + "/" + kind_name(kind));
       Impl::Open o;
       o.dset = std::move(d);
       o.total = heads * T * D;
@@ -228,8 +227,8 @@ void TraceWriter::end_sequence() {
   for (auto& [key, o] : impl_->open) {
     if (o.written != o.total)
       throw InternalError("sequence " + impl_->seq_name + ": layers/" + std::to_string(key.second) + "/" +
-                          kind_name(static_cast<Kind>(key.first)) + " received " + std::to_string(o.written) +
-                          " of " + std::to_string(o.total) + " elements");
+                          kind_name(static_cast<Kind>(key.first)) + " received " + std::to_string(o.written) + " of " +
+                          std::to_string(o.total) + " elements");
   }
   impl_->open.clear();
   impl_->seq_group.reset();

@@ -39,8 +39,7 @@ class TraceWriter {
   // Creates the sequence's datasets; returns its name.
   std::string begin_sequence(const SequenceSpec& spec);
   // Writes a block of the current sequence: data is [n_heads, n_tok, D], row-major, float32.
-  void write(Kind kind, int64_t layer, int64_t head0, int64_t n_heads, int64_t t0, int64_t n_tok,
-             const float* data);
+  void write(Kind kind, int64_t layer, int64_t head0, int64_t n_heads, int64_t t0, int64_t n_tok, const float* data);
   // One head's whole sequence: data is [T, D].
   void write_head(Kind kind, int64_t layer, int64_t head, const float* data);
   // Checks that every dataset of the sequence was written in full.

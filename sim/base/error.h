@@ -85,9 +85,9 @@ std::string shape_str(const Seq& dims) {
 
 #define KVSIM_STR2(x) #x
 #define KVSIM_STR(x) KVSIM_STR2(x)
-#define KVSIM_ASSERT(cond)                                                                  \
-  do {                                                                                      \
-    if (!(cond))                                                                            \
-      throw ::kvsim::InternalError(std::string("internal error: assertion `" #cond "` at ") + \
-                                   __FILE__ ":" KVSIM_STR(__LINE__));                       \
+#define KVSIM_ASSERT(cond)                                                                             \
+  do {                                                                                                 \
+    if (!(cond))                                                                                       \
+      throw ::kvsim::InternalError(std::string("internal error: assertion `" #cond "` at ") + __FILE__ \
+                                   ":" KVSIM_STR(__LINE__));                                           \
   } while (0)

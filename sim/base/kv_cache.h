@@ -15,10 +15,10 @@ namespace kvsim {
 // What attention reads: n slots, each a key and value of D floats. A query at position p sees the
 // slots with pos[s] <= p (causal mask); a merged slot carries the position of its newest member.
 struct KvView {
-  const float* k = nullptr;        // [n, D]
-  const float* v = nullptr;        // [n, D]
-  const float* bias = nullptr;     // [n] additive logit bias, or nullptr for all zeros
-  const int64_t* pos = nullptr;    // [n] slot positions, ascending is not required
+  const float* k = nullptr;      // [n, D]
+  const float* v = nullptr;      // [n, D]
+  const float* bias = nullptr;   // [n] additive logit bias, or nullptr for all zeros
+  const int64_t* pos = nullptr;  // [n] slot positions, ascending is not required
   int64_t n = 0;
 };
 
@@ -38,7 +38,7 @@ class KvCache {
   // runner attends over view(). All KV heads of a layer must answer alike within one call.
   virtual bool attend(const float* q,  // [T, G, D], token t's G rows at q + t * stride
                       int64_t stride, int64_t T, int64_t G, int64_t pos0,
-                      float* o) {      // [T, G, D], token t's G rows at o + t * stride
+                      float* o) {  // [T, G, D], token t's G rows at o + t * stride
     (void)q, (void)stride, (void)T, (void)G, (void)pos0, (void)o;
     return false;
   }

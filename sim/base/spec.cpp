@@ -51,9 +51,7 @@ const std::string* ParamReader::raw(const std::string& key) {
   return it == spec_.params.end() ? nullptr : &it->second;
 }
 
-bool ParamReader::has(const std::string& key) {
-  return raw(key) != nullptr;
-}
+bool ParamReader::has(const std::string& key) { return raw(key) != nullptr; }
 
 int64_t ParamReader::get_int(const std::string& key, int64_t def, const std::string&) {
   const std::string* s = raw(key);

@@ -25,8 +25,8 @@ KVSIM_HD double slot_logit(const float* qg,  // [D] one query head
 }
 
 // o[x] = sum_s p[s] v[s, x], s ascending (one channel).
-KVSIM_HD float out_channel(const double* p,      // [n] weights
-                           const float* value,   // [n, D]
+KVSIM_HD float out_channel(const double* p,     // [n] weights
+                           const float* value,  // [n, D]
                            int64_t n, int64_t D, int64_t x) {
   double acc = 0;
   for (int64_t s = 0; s < n; ++s) acc += p[s] * value[s * D + x];

@@ -12,9 +12,9 @@ namespace kvsim {
 
 // Shapes: G = H / Hkv; query head h reads KV head h / G. Logits are q·k / sqrt(D). cuda needs
 // K <= 64 and D <= 256 (UsageError otherwise).
-using AttnStats = void(const float* q,   // [H, T, D]
-                       const float* k,   // [Hkv, T, D]
-                       const float* v,   // [Hkv, T, D]
+using AttnStats = void(const float* q,  // [H, T, D]
+                       const float* k,  // [Hkv, T, D]
+                       const float* v,  // [Hkv, T, D]
                        int64_t H, int64_t Hkv, int64_t T, int64_t D, int64_t K,
                        float* o,          // [H, T, D]   attention output
                        double* lse,       // [H, T]      log-sum-exp of the scaled logits (double: mass sums need it)

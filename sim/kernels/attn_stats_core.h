@@ -65,8 +65,8 @@ KVSIM_HD void stats_row_tile(StatsRow& r, const float* qt, const float* ktile, c
 }
 
 // Writes row `row` of the outputs (o: [.., D], lse, entropy, top_pos/top_w: [.., K]).
-KVSIM_HD void stats_row_finish(const StatsRow& r, int64_t row, int64_t D, int K, float* o, double* lse,
-                               float* entropy, int32_t* top_pos, float* top_w) {
+KVSIM_HD void stats_row_finish(const StatsRow& r, int64_t row, int64_t D, int K, float* o, double* lse, float* entropy,
+                               int32_t* top_pos, float* top_w) {
   const double L = r.m + log(r.l);
   lse[row] = L;
   entropy[row] = static_cast<float>(fmax(0.0, L - r.a / r.l));
@@ -78,9 +78,9 @@ KVSIM_HD void stats_row_finish(const StatsRow& r, int64_t row, int64_t D, int K,
 }
 
 // colsum of key i over the prompt's queries j = i .. P-1, j ascending.
-KVSIM_HD float prompt_colsum_one(const float* qh,    // [T, D] queries of head h
-                                 const float* ki,    // [D] key i
-                                 const double* lseh, // [T]
+KVSIM_HD float prompt_colsum_one(const float* qh,     // [T, D] queries of head h
+                                 const float* ki,     // [D] key i
+                                 const double* lseh,  // [T]
                                  int64_t i, int64_t P, int64_t D, double scale) {
   double acc = 0;
   for (int64_t j = i; j < P; ++j) {

@@ -1,6 +1,7 @@
 // Forward-pass ops of a Llama-family decoder on the CPU: the contract once, declared for ref
 // (sim/kernels/ref/forward_ops.cpp, plain loops, the ground truth) and omp (sim/kernels/omp/,
-// OpenBLAS SGEMM and OpenMP). The GPU twins work on device buffers: cuda/forward_ops.h. Activations are token-major: row t of x is token t.
+// OpenBLAS SGEMM and OpenMP). The GPU twins work on device buffers: cuda/forward_ops.h. Activations are token-major:
+// row t of x is token t.
 #pragma once
 
 #include <cstdint>

@@ -55,12 +55,10 @@ int64_t uniform_bytes(int64_t n_elements, int bits, int64_t group);
 int64_t nf4_bytes(int64_t n_elements, int64_t block, bool double_quant);
 
 // x: [n_t, D]. axis = token needs D % group == 0; axis = channel needs n_t % group == 0.
-using QuantUniform = UniformQuantized(const float* x, int64_t n_t, int64_t D, int bits, QuantAxis axis,
-                                      int64_t group);
+using QuantUniform = UniformQuantized(const float* x, int64_t n_t, int64_t D, int bits, QuantAxis axis, int64_t group);
 using DequantUniform = void(const UniformQuantized& q, float* y);  // y: [n_t, D]
 // x: [n_t, D], n_t * D % block == 0.
-using QuantNf4 = Nf4Quantized(const float* x, int64_t n_t, int64_t D, QuantAxis axis, int64_t block,
-                              bool double_quant);
+using QuantNf4 = Nf4Quantized(const float* x, int64_t n_t, int64_t D, QuantAxis axis, int64_t block, bool double_quant);
 using DequantNf4 = void(const Nf4Quantized& q, float* y);  // y: [n_t, D]
 
 #define KVSIM_DECLARE_QUANT_KERNELS \

@@ -146,11 +146,10 @@ KVSIM_HD void uniform_decode_item(const uint8_t* codes,       // [n_t * D * bits
 // The 16 NormalFloat-4 values (QLoRA, arXiv 2305.14314, Appendix E), ascending: the one copy of
 // the digits, expanded into kvsim::kNf4Values (sim/kernels/ref/quant.cpp) and into the table below
 // (a device function cannot read a host array, so a GPU block builds its own copy).
-#define KVSIM_NF4_VALUES                                                                                    \
-  -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,         \
-      -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,      \
-      0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,              \
-      0.7229568362236023f, 1.0f
+#define KVSIM_NF4_VALUES                                                                              \
+  -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,    \
+      -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f, \
+      0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f
 
 // The values and the midpoints between neighbours.
 struct Nf4Table {
@@ -212,8 +211,9 @@ KVSIM_HD void nf4_dq_group_item(const float* absmax,  // [n_blocks]
   const float sc = m / 127.0f;
   dq_scale[g] = sc;
   for (int64_t i = g * 256; i < end; ++i)
-    absmax_q[i] = sc > 0 ? static_cast<int8_t>(clamp_like_std(floor_f32((absmax[i] - mean) / sc + 0.5f), -127.0f, 127.0f))
-                         : static_cast<int8_t>(0);
+    absmax_q[i] = sc > 0
+                      ? static_cast<int8_t>(clamp_like_std(floor_f32((absmax[i] - mean) / sc + 0.5f), -127.0f, 127.0f))
+                      : static_cast<int8_t>(0);
 }
 
 // What block b decodes with: its absmax, or the double-quantized reconstruction.
@@ -228,10 +228,10 @@ KVSIM_HD float nf4_block_scale(const float* absmax, const int8_t* absmax_q, cons
 // block size is even). dq_mean is read through a pointer: on the GPU it is computed there.
 KVSIM_HD void nf4_codes_item(const float* x,  // [n_t, D]
                              const Nf4Shape& s,
-                             const float* absmax,    // [n_blocks]
-                             const int8_t* absmax_q, // [n_blocks], nullptr without double quantization
-                             const float* dq_scale,  // [n_groups]
-                             const float* dq_mean,   // [1]
+                             const float* absmax,     // [n_blocks]
+                             const int8_t* absmax_q,  // [n_blocks], nullptr without double quantization
+                             const float* dq_scale,   // [n_groups]
+                             const float* dq_mean,    // [1]
                              const Nf4Table& tab, int64_t i,
                              uint8_t* codes)  // [n_t * D / 2]
 {
@@ -247,9 +247,9 @@ KVSIM_HD void nf4_codes_item(const float* x,  // [n_t, D]
 // Item p of n_t * D: y[p] (p = t * D + d, one thread per output float, coalesced writes).
 KVSIM_HD void nf4_decode_item(const uint8_t* codes,  // [n_t * D / 2]
                               const Nf4Shape& s,
-                              const float* absmax,    // [n_blocks]
-                              const int8_t* absmax_q, // [n_blocks], nullptr without double quantization
-                              const float* dq_scale,  // [n_groups]
+                              const float* absmax,     // [n_blocks]
+                              const int8_t* absmax_q,  // [n_blocks], nullptr without double quantization
+                              const float* dq_scale,   // [n_groups]
                               float dq_mean, const Nf4Table& tab, int64_t p,
                               float* y)  // [n_t, D]
 {

@@ -124,8 +124,11 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
     exec("PRAGMA foreign_keys=ON");
     exec(std::string("BEGIN IMMEDIATE;") + kStoreSchemaSql +
          "INSERT OR IGNORE INTO meta VALUES('schema', 'kvsim-results');"
-         "INSERT OR IGNORE INTO meta VALUES('schema_version', '" + std::to_string(kStoreSchemaVersion) + "');"
-         "INSERT OR IGNORE INTO meta VALUES('created', '" + now_iso() + "');COMMIT;");
+         "INSERT OR IGNORE INTO meta VALUES('schema_version', '" +
+         std::to_string(kStoreSchemaVersion) +
+         "');"
+         "INSERT OR IGNORE INTO meta VALUES('created', '" +
+         now_iso() + "');COMMIT;");
   } catch (...) {
     sqlite3_close(db_);
     db_ = nullptr;
@@ -218,10 +221,8 @@ std::vector<int64_t> ResultsStore::add_configs(const std::vector<StoreConfig>& c
 
 std::set<RunKey> ResultsStore::done_runs() {
   std::set<RunKey> out;
-  Stmt q(db_, "SELECT config_id, trace_id, sequence, prefill, stride, protocol FROM runs WHERE status = 'done'",
-         path_);
-  while (q.step())
-    out.insert({q.col_int(0), q.col_int(1), q.col_text(2), q.col_int(3), q.col_int(4), q.col_text(5)});
+  Stmt q(db_, "SELECT config_id, trace_id, sequence, prefill, stride, protocol FROM runs WHERE status = 'done'", path_);
+  while (q.step()) out.insert({q.col_int(0), q.col_int(1), q.col_text(2), q.col_int(3), q.col_int(4), q.col_text(5)});
   return out;
 }
 

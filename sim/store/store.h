@@ -68,12 +68,12 @@ class ResultsStore {
   ResultsStore& operator=(const ResultsStore&) = delete;
 
   const std::string& path() const { return path_; }
-  int64_t add_trace(const StoreTrace& t);     // id; existing row when the hash is known
-  int64_t add_config(const StoreConfig& c);   // id; existing row when the spec is known
+  int64_t add_trace(const StoreTrace& t);    // id; existing row when the hash is known
+  int64_t add_config(const StoreConfig& c);  // id; existing row when the spec is known
   // Many configurations in one transaction (a sweep registers its whole grid at start).
   std::vector<int64_t> add_configs(const std::vector<StoreConfig>& cs);
-  std::set<RunKey> done_runs();               // runs with status 'done'
-  void commit_run(const StoreRun& r);         // replaces an earlier row of the same key
+  std::set<RunKey> done_runs();        // runs with status 'done'
+  void commit_run(const StoreRun& r);  // replaces an earlier row of the same key
   int64_t count_runs(const std::string& status = "");
 
  private:

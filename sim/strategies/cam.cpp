@@ -2,8 +2,8 @@
 // H2O-style accumulated attention per token and a seeded random stream. Rule: choose the token to
 // evict as h2o does (lowest accumulated attention outside the sinks and the recent window); before
 // it goes, with Bernoulli probability p = clamp(A_e / mean A_window, 0, 1), add v_e / m to the
-// values of the next m kept tokens after it (v_e / r when only r < m kept tokens follow it) (A: accumulated attention; the window: those m tokens).
-// Keys are untouched. Defaults: m 4, sinks 0, recent B/2, gqa mean, seed 0.
+// values of the next m kept tokens after it (v_e / r when only r < m kept tokens follow it) (A: accumulated attention;
+// the window: those m tokens). Keys are untouched. Defaults: m 4, sinks 0, recent B/2, gqa mean, seed 0.
 #include <algorithm>
 #include <numeric>
 #include <random>
@@ -38,8 +38,7 @@ class CamState final : public StrategyState {
       for (int64_t s = 0; s < c.size(); ++s) {
         const int32_t p = c.pos(s);
         if (is_protected(p, t, sinks_, recent_)) continue;
-        if (victim < 0 || keep_before(score_[c.pos(victim)], c.pos(victim), score_[p], p))
-          victim = s;
+        if (victim < 0 || keep_before(score_[c.pos(victim)], c.pos(victim), score_[p], p)) victim = s;
       }
       if (victim < 0) return;  // everything is protected
       merge_into_next(c, victim);

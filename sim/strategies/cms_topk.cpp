@@ -4,8 +4,8 @@
 // with the top tokens by the sketch's estimate (which never under-counts). The sketch's memory
 // (d x w fp32 counters + hash parameters) is counted in `bytes`. Defaults: width 256, depth 4,
 // sinks 0, recent B/2, gqa mean, seed 0.
-#include "sim/strategies/cms.h"
 #include "sim/base/error.h"
+#include "sim/strategies/cms.h"
 #include "sim/strategies/evict.h"
 #include "sim/strategies/registry.h"
 

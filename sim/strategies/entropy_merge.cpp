@@ -54,10 +54,12 @@ class EntropyMergeState final : public StrategyState {
     if (attn_w_) {
       // Exact slots weigh by their accumulated attention (floored so an all-zero run stays defined).
       for (int64_t s = 0; s < c.size(); ++s)
-        if (c.n_members(s) == 1) st_.weight[static_cast<size_t>(c.pos(s))] = std::max(st_.score[static_cast<size_t>(c.pos(s))], 1e-12);
+        if (c.n_members(s) == 1)
+          st_.weight[static_cast<size_t>(c.pos(s))] = std::max(st_.score[static_cast<size_t>(c.pos(s))], 1e-12);
     }
     merge_adjacent_runs(c, rule_, h_.data(), st_, t);
-    evict_lowest(c, B_, t, rule_.sinks, rule_.recent, [&](int64_t s) { return st_.score[static_cast<size_t>(c.pos(s))]; });
+    evict_lowest(c, B_, t, rule_.sinks, rule_.recent,
+                 [&](int64_t s) { return st_.score[static_cast<size_t>(c.pos(s))]; });
     merged_slots_ = 0;
     for (int64_t s = 0; s < c.size(); ++s) merged_slots_ += c.n_members(s) > 1 ? 1 : 0;
   }
@@ -75,7 +77,8 @@ class EntropyMergeState final : public StrategyState {
       const int64_t i = h_done_;
       for (int64_t g = 0; g < G_; ++g) e[g] = normalized_entropy(entropy_[(kv_ * G_ + g) * T_ + i], i);
       combine_gqa(e, G_, 1, gqa_, &h_[static_cast<size_t>(i)]);
-      if (gqa_ == Gqa::sum) h_[static_cast<size_t>(i)] /= static_cast<float>(G_);  // compare the mean with the threshold
+      if (gqa_ == Gqa::sum)
+        h_[static_cast<size_t>(i)] /= static_cast<float>(G_);  // compare the mean with the threshold
     }
   }
 
@@ -86,7 +89,7 @@ class EntropyMergeState final : public StrategyState {
   int64_t kv_, G_, T_;
   MergeState st_;
   const float* entropy_ = nullptr;  // [H, T] nats (LayerView::entropy), read up to the current step
-  int64_t h_done_ = 0;               // h_[0 .. h_done_-1] are set
+  int64_t h_done_ = 0;              // h_[0 .. h_done_-1] are set
   std::vector<float> h_, tmp_, e_;
   double merged_slots_ = 0;
 };

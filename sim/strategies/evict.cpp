@@ -46,8 +46,8 @@ int64_t EvictionParams::resolve_budget(int64_t T, int64_t P) const {
   if (press_ratio >= 0) B = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(P) * (1.0 - press_ratio)));
   int64_t r = resolve_recent(B);
   if (B <= sinks + r)
-    throw UsageError("strategy '" + spec + "': budget " + std::to_string(B) + " must exceed sinks + recent = " +
-                     std::to_string(sinks) + " + " + std::to_string(r));
+    throw UsageError("strategy '" + spec + "': budget " + std::to_string(B) +
+                     " must exceed sinks + recent = " + std::to_string(sinks) + " + " + std::to_string(r));
   return B;
 }
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "sim/strategies/slot.h"
 #include "sim/base/spec.h"
+#include "sim/strategies/slot.h"
 #include "sim/strategies/strategy.h"
 
 namespace kvsim {
@@ -24,11 +24,11 @@ struct EvictionParamDefaults {
 };
 
 struct EvictionParams {
-  int64_t budget = -1;  // slots, or -1 when given as a ratio
-  double ratio = -1;    // of the sequence length T
+  int64_t budget = -1;      // slots, or -1 when given as a ratio
+  double ratio = -1;        // of the sequence length T
   double press_ratio = -1;  // kvpress's compression_ratio: the fraction of the prompt P removed
-  int64_t sinks = 0;    // protected first tokens
-  int64_t recent = 0;   // protected newest tokens; -1: half the budget
+  int64_t sinks = 0;        // protected first tokens
+  int64_t recent = 0;       // protected newest tokens; -1: half the budget
   Gqa gqa = Gqa::mean;
   std::string spec;
 
@@ -46,9 +46,7 @@ inline bool is_protected(int32_t pos, int64_t t, int64_t sinks, int64_t recent) 
 }
 
 // a is a better slot to keep than b: higher score, then lower position.
-inline bool keep_before(double sa, int32_t pa, double sb, int32_t pb) {
-  return sa > sb || (sa == sb && pa < pb);
-}
+inline bool keep_before(double sa, int32_t pa, double sb, int32_t pb) { return sa > sb || (sa == sb && pa < pb); }
 
 // Evicts slots of `cache` until it holds at most `B`, lowest score(slot) first, never a slot with
 // is_protected(pos, t, sinks, recent). If `at_least` > size - B, evicts that many instead.

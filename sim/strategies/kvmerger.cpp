@@ -76,7 +76,10 @@ class KvMergerState final : public StrategyState {
         ++j;
       }
       if (j - i >= 2) {
-        merge(c, std::vector<int64_t>(order.begin() + static_cast<std::ptrdiff_t>(i), order.begin() + static_cast<std::ptrdiff_t>(j)), keep);
+        merge(c,
+              std::vector<int64_t>(order.begin() + static_cast<std::ptrdiff_t>(i),
+                                   order.begin() + static_cast<std::ptrdiff_t>(j)),
+              keep);
         any = true;
       }
       i = j;
@@ -89,8 +92,7 @@ class KvMergerState final : public StrategyState {
     const int64_t D = c.D();
     int64_t pivot = set[0];
     for (int64_t s : set)
-      if (keep_before(score_[c.pos(s)], c.pos(s), score_[c.pos(pivot)], c.pos(pivot)))
-        pivot = s;
+      if (keep_before(score_[c.pos(s)], c.pos(s), score_[c.pos(pivot)], c.pos(pivot))) pivot = s;
     std::vector<double> dist2(set.size());
     double mean_d2 = 0;
     for (size_t x = 0; x < set.size(); ++x) {

@@ -18,8 +18,7 @@ int64_t merged_tokens(const SlotCache& cache) {
   return n;
 }
 
-int64_t merge_adjacent_runs(SlotCache& cache, const MergeRule& rule, const float* h_norm, MergeState& st,
-                            int64_t t) {
+int64_t merge_adjacent_runs(SlotCache& cache, const MergeRule& rule, const float* h_norm, MergeState& st, int64_t t) {
   const int64_t n = cache.size(), D = cache.D();
   if (n < 2) return 0;
   std::vector<int64_t> order(static_cast<size_t>(n));

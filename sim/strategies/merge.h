@@ -34,8 +34,8 @@ float normalized_entropy(float entropy_nats, int64_t i);
 // into pieces of at most max_span members, and merges every piece of two or more slots into its
 // first slot. "Adjacent" means neighbours in the cache's position order. Returns the number of
 // slots removed.
-int64_t merge_adjacent_runs(SlotCache& cache, const MergeRule& rule, const float* h_norm /* [T] */,
-                            MergeState& st, int64_t t);
+int64_t merge_adjacent_runs(SlotCache& cache, const MergeRule& rule, const float* h_norm /* [T] */, MergeState& st,
+                            int64_t t);
 
 // Tokens that are members of merged slots.
 int64_t merged_tokens(const SlotCache& cache);

@@ -20,8 +20,8 @@ class OracleTopkState final : public StrategyState {
   OracleTopkState(int64_t B, int64_t D) : B_(B), D_(D) {}
   void prefill(std::span<SlotCache>, const LayerView&, int64_t) override {}  // keeps every token
   void evict(std::span<SlotCache>, int64_t) override {}
-  void select(const SlotCache& cache, int64_t, const float* q, int64_t q_stride, int64_t, std::span<Selection> sel)
-      override {
+  void select(const SlotCache& cache, int64_t, const float* q, int64_t q_stride, int64_t,
+              std::span<Selection> sel) override {
     const int64_t n = cache.size();
     const double scale = 1.0 / std::sqrt(static_cast<double>(D_));
     z_.resize(static_cast<size_t>(n));

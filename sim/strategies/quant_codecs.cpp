@@ -49,8 +49,8 @@ struct Quantizer {
   void validate(const std::string& codec, int64_t D) const {
     if (kind == nf4) {
       if (!((block >= D && block % D == 0) || (block < D && D % block == 0)))
-        throw UsageError(codec + ": block=" + std::to_string(block) + " neither divides nor is a multiple of D = " +
-                         std::to_string(D));
+        throw UsageError(codec + ": block=" + std::to_string(block) +
+                         " neither divides nor is a multiple of D = " + std::to_string(D));
       return;
     }
     if (axis == QuantAxis::token && D % group != 0)
@@ -97,8 +97,10 @@ class QuantCodecState final : public CodecState {
     for (int64_t i = 0; i < tile_; ++i) {
       slots[static_cast<size_t>(i)] = cache.find(pending_[static_cast<size_t>(i)]);
       KVSIM_ASSERT(slots[static_cast<size_t>(i)] >= 0);
-      std::copy(cache.key(slots[static_cast<size_t>(i)]), cache.key(slots[static_cast<size_t>(i)]) + D_, kt.begin() + i * D_);
-      std::copy(cache.value(slots[static_cast<size_t>(i)]), cache.value(slots[static_cast<size_t>(i)]) + D_, vt.begin() + i * D_);
+      std::copy(cache.key(slots[static_cast<size_t>(i)]), cache.key(slots[static_cast<size_t>(i)]) + D_,
+                kt.begin() + i * D_);
+      std::copy(cache.value(slots[static_cast<size_t>(i)]), cache.value(slots[static_cast<size_t>(i)]) + D_,
+                vt.begin() + i * D_);
     }
     // Keys and values may tile differently (kivi: keys per channel over the tile, values per token).
     for (int64_t off = 0; off < tile_; off += kq_.tokens_per_tile(D_))
@@ -117,8 +119,8 @@ class QuantCodecState final : public CodecState {
 
   Quantizer kq_, vq_;
   int64_t residual_, D_, tile_ = 1;
-  std::vector<int32_t> pending_;   // exact tokens awaiting quantization, oldest first
-  std::vector<uint8_t> quantized_; // [T] by position
+  std::vector<int32_t> pending_;    // exact tokens awaiting quantization, oldest first
+  std::vector<uint8_t> quantized_;  // [T] by position
 };
 
 class QuantCodec final : public Codec {
@@ -130,7 +132,8 @@ class QuantCodec final : public Codec {
     Quantizer kq = kq_, vq = vq_;
     // group 0 (the default) on a token axis means min(32, D): per-token groups never span tokens.
     for (Quantizer* q : {&kq, &vq})
-      if (q->kind == Quantizer::uniform && q->group == 0) q->group = q->axis == QuantAxis::token ? std::min<int64_t>(32, D) : 32;
+      if (q->kind == Quantizer::uniform && q->group == 0)
+        q->group = q->axis == QuantAxis::token ? std::min<int64_t>(32, D) : 32;
     kq.validate(name_ + " keys", D);
     vq.validate(name_ + " values", D);
     return std::make_unique<QuantCodecState>(kq, vq, residual_, D, T);
@@ -177,7 +180,8 @@ std::unique_ptr<Codec> make_codec(const StrategySpec& spec, std::map<std::string
     q.bits = read_bits(p, "quant", {2, 4, 8}, 4);
     q.axis = p.get_choice("axis", {"token", "channel"}) == "channel" ? QuantAxis::channel : QuantAxis::token;
     q.group = p.get_int("group", 0, "channels (axis=token) or tokens (axis=channel) per group; 0: min(32, D) or 32");
-    if (q.group < 0) throw UsageError("quant: group=" + std::to_string(q.group) + " must be >= 1 (or 0 for the default)");
+    if (q.group < 0)
+      throw UsageError("quant: group=" + std::to_string(q.group) + " must be >= 1 (or 0 for the default)");
     if ((q.group * q.bits) % 8 != 0)
       throw UsageError("quant: group=" + std::to_string(q.group) + " with bits=" + std::to_string(q.bits) +
                        " must fill whole bytes (group * bits a multiple of 8)");
@@ -191,7 +195,8 @@ std::unique_ptr<Codec> make_codec(const StrategySpec& spec, std::map<std::string
     k.group = read_positive(p, "kivi", "group", 32, "tokens per key group (per-channel quantization)");
     v.axis = QuantAxis::token;
     v.group = p.get_int("vgroup", 0, "channels per value group (per-token); 0: min(32, D)");
-    if (v.group < 0) throw UsageError("kivi: vgroup=" + std::to_string(v.group) + " must be >= 1 (or 0 for the default)");
+    if (v.group < 0)
+      throw UsageError("kivi: vgroup=" + std::to_string(v.group) + " must be >= 1 (or 0 for the default)");
     const int64_t residual = p.get_int("residual", 32, "newest tokens kept in fp16");
     if (residual < 0) throw UsageError("kivi: residual=" + std::to_string(residual) + " must be >= 0");
     if ((k.group * k.bits) % 8 != 0 || (v.group * v.bits) % 8 != 0)

@@ -14,11 +14,11 @@
 
 #include <map>
 #include <memory>
-#include <vector>
 #include <string>
+#include <vector>
 
-#include "sim/strategies/codec.h"
 #include "sim/base/spec.h"
+#include "sim/strategies/codec.h"
 
 namespace kvsim {
 

@@ -16,8 +16,8 @@ namespace kvsim {
 namespace {
 class ScissorhandsState final : public StrategyState {
  public:
-  ScissorhandsState(int64_t B, int64_t sinks, int64_t recent, int64_t history, int64_t m, Gqa gqa, int64_t T,
-                    int64_t G, int64_t kv)
+  ScissorhandsState(int64_t B, int64_t sinks, int64_t recent, int64_t history, int64_t m, Gqa gqa, int64_t T, int64_t G,
+                    int64_t kv)
       : B_(B), sinks_(sinks), recent_(recent), history_(history), m_(m), gqa_(gqa), count_(T, 0), G_(G), kv_(kv) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
@@ -47,7 +47,8 @@ class ScissorhandsState final : public StrategyState {
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
     if (c.size() <= B_) return;
-    evict_lowest(c, B_, t, sinks_, recent_, [&](int64_t s) { return double(count_[c.pos(s)]); }, m_);
+    evict_lowest(
+        c, B_, t, sinks_, recent_, [&](int64_t s) { return double(count_[c.pos(s)]); }, m_);
   }
   double state_bytes(int64_t) const override { return 4.0 * static_cast<double>(B_ + 1); }
 
@@ -82,8 +83,8 @@ class Scissorhands final : public Strategy {
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     int64_t m = std::max<int64_t>(1, std::llround(drop_ * static_cast<double>(B)));
-    return std::make_unique<ScissorhandsState>(B, ep_.sinks, ep_.resolve_recent(B), history_, m, ep_.gqa, ctx.T,
-                                               ctx.G, ctx.kv0);
+    return std::make_unique<ScissorhandsState>(B, ep_.sinks, ep_.resolve_recent(B), history_, m, ep_.gqa, ctx.T, ctx.G,
+                                               ctx.kv0);
   }
 
  private:

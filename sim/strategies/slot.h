@@ -27,8 +27,7 @@ class SlotCache {
   void append_exact(int32_t t, const float* k, const float* v);
   // Appends a general slot: key and value as attention sees them, bias, and its members (sorted;
   // members[0] is the slot's representative position). `exact` says k̂ = k and v̂ = v of a single member.
-  void append(const float* k_hat, const float* v_hat, float bias, const std::vector<int32_t>& members,
-              bool exact);
+  void append(const float* k_hat, const float* v_hat, float bias, const std::vector<int32_t>& members, bool exact);
   // Removes slot s; the last slot takes its index.
   void remove(int64_t s);
   // Removes every slot whose keep[s] is 0 (keep has size() entries), preserving nothing about order.

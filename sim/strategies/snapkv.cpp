@@ -97,8 +97,8 @@ class Snapkv final : public Strategy {
  private:
   void check(int64_t B) const {
     if (B <= window_)
-      throw UsageError("strategy '" + ep_.spec + "': budget " + std::to_string(B) + " must exceed window = " +
-                       std::to_string(window_));
+      throw UsageError("strategy '" + ep_.spec + "': budget " + std::to_string(B) +
+                       " must exceed window = " + std::to_string(window_));
   }
   EvictionParams ep_;
   bool pyramid_;

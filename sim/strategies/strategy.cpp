@@ -27,7 +27,8 @@ Protocol parse_protocol(const std::string& s) {
   if (s == "evict") return Protocol::evict;
   if (s == "prefill") return Protocol::prefill;
   if (s == "sparse") return Protocol::sparse;
-  throw UsageError("protocol '" + s + "' is not one of evict (decode-time eviction), prefill (compress once after "
+  throw UsageError("protocol '" + s +
+                   "' is not one of evict (decode-time eviction), prefill (compress once after "
                    "the prompt, then grow), sparse (query-aware reads over a full cache)");
 }
 
@@ -55,14 +56,26 @@ void combine_gqa(const float* w, int64_t G, int64_t n, Gqa how, float* out) {
 namespace {
 using Factory = std::unique_ptr<Strategy> (*)(ParamReader&);
 const std::vector<std::pair<std::string, Factory>>& registry() {
+  // clang-format off (a table, aligned by hand)
   static const std::vector<std::pair<std::string, Factory>> r = {
-      {"full", make_full},       {"window", make_window},   {"streaming", make_streaming},
-      {"h2o", make_h2o},         {"tova", make_tova},       {"scissorhands", make_scissorhands},
-      {"snapkv", make_snapkv},   {"pyramidkv", make_pyramidkv}, {"knorm", make_knorm},
-      {"random", make_random},   {"entropy_merge", make_entropy_merge},
-      {"cam", make_cam},         {"cms_topk", make_cms_topk},
-      {"kvmerger", make_kvmerger}, {"cms_aggregate", make_cms_aggregate}, {"oracle_topk", make_oracle_topk},
+      {"full", make_full},
+      {"window", make_window},
+      {"streaming", make_streaming},
+      {"h2o", make_h2o},
+      {"tova", make_tova},
+      {"scissorhands", make_scissorhands},
+      {"snapkv", make_snapkv},
+      {"pyramidkv", make_pyramidkv},
+      {"knorm", make_knorm},
+      {"random", make_random},
+      {"entropy_merge", make_entropy_merge},
+      {"cam", make_cam},
+      {"cms_topk", make_cms_topk},
+      {"kvmerger", make_kvmerger},
+      {"cms_aggregate", make_cms_aggregate},
+      {"oracle_topk", make_oracle_topk},
   };
+  // clang-format on
   return r;
 }
 }  // namespace

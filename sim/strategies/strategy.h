@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "sim/base/spec.h"
 #include "sim/strategies/codec.h"
 #include "sim/strategies/slot.h"
-#include "sim/base/spec.h"
 
 namespace kvsim {
 
@@ -58,8 +58,8 @@ Protocol parse_protocol(const std::string& s);  // UsageError listing the three
 
 struct InstanceContext {
   int64_t layer = 0, n_layers = 1;
-  int64_t kv0 = 0;      // first KV head of this instance
-  int64_t n_caches = 1; // 1, or Hkv for a layer-coupled strategy
+  int64_t kv0 = 0;       // first KV head of this instance
+  int64_t n_caches = 1;  // 1, or Hkv for a layer-coupled strategy
   int64_t T = 0, P = 0, D = 0, G = 1;
   uint64_t seed = 0;
   Protocol protocol = Protocol::evict;
@@ -81,10 +81,16 @@ class StrategyState {
   // Reduce every cache to at most its budget.
   virtual void evict(std::span<SlotCache> caches, int64_t t) = 0;
   // Bytes of the strategy's own state for cache c (scores, counters), counted in `bytes`.
-  virtual double state_bytes(int64_t c) const { (void)c; return 0; }
+  virtual double state_bytes(int64_t c) const {
+    (void)c;
+    return 0;
+  }
   // Under protocol B, once prefill has compressed: the part of the state the cache still needs
   // (members of merged slots, say); scores that only ranked tokens for the cut are freed.
-  virtual double frozen_state_bytes(int64_t c) const { (void)c; return 0; }
+  virtual double frozen_state_bytes(int64_t c) const {
+    (void)c;
+    return 0;
+  }
 
   // Selectors (protocol C; Strategy::is_selector()). prefill builds the metadata and keeps every
   // token; select is called once per decode step after token t was stored, with the G query rows

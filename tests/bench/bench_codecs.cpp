@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "sim/kernels/quant.h"
-#include "sim/kernels/quant.h"
 
 using namespace kvsim;
 
@@ -44,7 +43,8 @@ void BM_quant_uniform(benchmark::State& state) {
   const QuantAxis axis = state.range(1) ? QuantAxis::channel : QuantAxis::token;
   const auto& x = data();
   for (auto _ : state) {
-    auto q = Omp ? omp::quant_uniform(x.data(), kT, kD, bits, axis, 32) : ref::quant_uniform(x.data(), kT, kD, bits, axis, 32);
+    auto q = Omp ? omp::quant_uniform(x.data(), kT, kD, bits, axis, 32)
+                 : ref::quant_uniform(x.data(), kT, kD, bits, axis, 32);
     benchmark::DoNotOptimize(q.codes.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * x.size() * 4));
@@ -74,7 +74,8 @@ void BM_nf4(benchmark::State& state) {
   const bool dq = state.range(0) != 0;
   const auto& x = data();
   for (auto _ : state) {
-    auto q = Omp ? omp::quant_nf4(x.data(), kT, kD, QuantAxis::token, 64, dq) : ref::quant_nf4(x.data(), kT, kD, QuantAxis::token, 64, dq);
+    auto q = Omp ? omp::quant_nf4(x.data(), kT, kD, QuantAxis::token, 64, dq)
+                 : ref::quant_nf4(x.data(), kT, kD, QuantAxis::token, 64, dq);
     benchmark::DoNotOptimize(q.codes.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * x.size() * 4));
@@ -85,7 +86,14 @@ void BM_nf4(benchmark::State& state) {
 
 BENCHMARK(BM_memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_quant_uniform, false)->Args({4, 0})->Args({2, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_quant_uniform, true)->Args({8, 0})->Args({4, 0})->Args({2, 0})->Args({4, 1})->Args({2, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_quant_uniform, true)
+    ->Args({8, 0})
+    ->Args({4, 0})
+    ->Args({2, 0})
+    ->Args({4, 1})
+    ->Args({2, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_dequant_uniform, false)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_dequant_uniform, true)->Arg(4)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_nf4, false)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime();

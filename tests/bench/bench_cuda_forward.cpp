@@ -96,7 +96,8 @@ void BM_cuda_record(benchmark::State& state) {
   model::RecordOptions opt;
   opt.output = true;
   opt.block = kBlock;
-  const std::string out = (fs::temp_directory_path() / ("kvsim_bench_cuda_record_" + std::to_string(::getpid()) + ".h5")).string();
+  const std::string out =
+      (fs::temp_directory_path() / ("kvsim_bench_cuda_record_" + std::to_string(::getpid()) + ".h5")).string();
   model::Runner r(*m, Backend::cuda);
   const double plain_s = plain_reference(r, p.ids);
   double s = 0, write_s = 0;

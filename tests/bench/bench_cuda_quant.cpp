@@ -36,11 +36,11 @@ constexpr int kTiles = 16;  // 256 MiB of float32 input in all
 struct Gpu {
   cuda::Stream stream;
   cudaEvent_t start{}, stop{};
-  cuda::DeviceBuffer<float> x, y;                  // [kTiles, kT, kD]
-  cuda::DeviceBuffer<uint8_t> codes;               // [kTiles, kTile] (8 bits at most)
-  cuda::DeviceBuffer<uint16_t> scale, mn;          // [kTiles, kTile / 32]
+  cuda::DeviceBuffer<float> x, y;                       // [kTiles, kT, kD]
+  cuda::DeviceBuffer<uint8_t> codes;                    // [kTiles, kTile] (8 bits at most)
+  cuda::DeviceBuffer<uint16_t> scale, mn;               // [kTiles, kTile / 32]
   cuda::DeviceBuffer<float> absmax, dq_scale, dq_mean;  // [kTiles, kTile / 64], [kTiles, ...], [kTiles]
-  cuda::DeviceBuffer<int8_t> absmax_q;             // [kTiles, kTile / 64]
+  cuda::DeviceBuffer<int8_t> absmax_q;                  // [kTiles, kTile / 64]
 
   Gpu() {
     KVSIM_CUDA_CHECK(cudaEventCreate(&start));

@@ -68,7 +68,8 @@ void BM_record(benchmark::State& state) {
   p.source = "bench";
   model::RecordOptions opt;
   opt.output = true;
-  const std::string out = (fs::temp_directory_path() / ("kvsim_bench_record_" + std::to_string(::getpid()) + ".h5")).string();
+  const std::string out =
+      (fs::temp_directory_path() / ("kvsim_bench_record_" + std::to_string(::getpid()) + ".h5")).string();
   model::Runner r(*m, model::parse_runner_backend("cpu"));
   double write_s = 0, record_s = 0;
   for (auto _ : state) {
@@ -93,5 +94,11 @@ void BM_record(benchmark::State& state) {
 
 BENCHMARK(BM_prefill)->Args({0, 512})->Args({1, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_decode)->Args({0, 256})->Args({1, 16})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_record)->Args({0, 512, 0})->Args({0, 512, 1})->Args({1, 128, 0})->Args({1, 128, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_record)
+    ->Args({0, 512, 0})
+    ->Args({0, 512, 1})
+    ->Args({1, 128, 0})
+    ->Args({1, 128, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_MAIN();

@@ -11,8 +11,8 @@
 #include <string>
 
 #include "cuda/device.h"
-#include "sim/kernels/backend.h"
 #include "sim/exact_stats.h"
+#include "sim/kernels/backend.h"
 #include "tests/bench/bench_common.h"
 
 namespace {
@@ -54,7 +54,11 @@ int main(int argc, char** argv) {
     std::printf("%s: measured peak %.0f GFLOP/s fp32, %.0f GFLOP/s fp64\n", kvsim::cuda::device_name().c_str(),
                 g_peak32, g_peak64);
     benchmark::RegisterBenchmark("BM_attn_stats_cuda", BM_attn_stats_cuda)
-        ->Arg(512)->Arg(2048)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Arg(512)
+        ->Arg(2048)
+        ->Arg(4096)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   } else {
     std::printf("skipped: no CUDA device (%s): GPU cases not run\n", why.c_str());
   }

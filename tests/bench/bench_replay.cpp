@@ -61,7 +61,15 @@ void BM_n_configs(benchmark::State& st) {
   for (auto _ : st) replay_n(specs, true, rs, colsums, Backend::omp);
   st.counters["configs_per_s"] = benchmark::Counter(double(N) * st.iterations(), benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_n_configs)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_n_configs)
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(8)
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
 
 }  // namespace
 

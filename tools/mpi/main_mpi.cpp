@@ -32,8 +32,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     status = kvsim::tools::run_sweep_mpi(a);
   } catch (const CLI::ParseError& e) {
-    if (rank == 0) status = app.exit(e);
-    else status = e.get_exit_code() ? 2 : 0;
+    if (rank == 0)
+      status = app.exit(e);
+    else
+      status = e.get_exit_code() ? 2 : 0;
     if (status != 0) status = 2;
   } catch (const kvsim::Error& e) {
     std::fprintf(stderr, "kvsim: error: %s\n", e.what());

@@ -186,10 +186,11 @@ int coordinator(const SweepWork& w, const SweepOptions& opt, int n_ranks) {
     }
   }
   progress.finish();
-  std::printf("sweep %s: %lld runs done, %lld failed, %lld already done (shard %lld/%lld of %lld runs, %d MPI ranks); "
-              "store %s\n",
-              w.plan.name.c_str(), (long long)done, (long long)failed, (long long)skipped, (long long)shard,
-              (long long)n_shards, (long long)w.total_runs, n_ranks, db.c_str());
+  std::printf(
+      "sweep %s: %lld runs done, %lld failed, %lld already done (shard %lld/%lld of %lld runs, %d MPI ranks); "
+      "store %s\n",
+      w.plan.name.c_str(), (long long)done, (long long)failed, (long long)skipped, (long long)shard,
+      (long long)n_shards, (long long)w.total_runs, n_ranks, db.c_str());
   std::fflush(stdout);
   if (next < batches.size()) {
     std::fprintf(stderr, "kvsim sweep: interrupted; %lld runs committed, rerun the same command to resume\n",
@@ -231,7 +232,8 @@ int run_sweep_mpi(const SweepOptions& opt) {
     for (int r = 0; r < n_ranks; ++r)
       if (std::string(all.data() + r * 16, 16) != std::string(all.data(), 16)) {
         code = 2;
-        err = "MPI rank " + std::to_string(r) + " sees other traces, sequences or configurations than rank 0 "
+        err = "MPI rank " + std::to_string(r) +
+              " sees other traces, sequences or configurations than rank 0 "
               "(are the config and the traces readable at the same paths on every node?)";
       }
   } else {

@@ -80,10 +80,9 @@ ModelConfig parse_config(const std::string& dir) {
     const std::string rw = where + ": rope_scaling";
     std::string type = get_or<std::string>(rs, "rope_type", get_or<std::string>(rs, "type", "", rw), rw);
     if (type == "llama3") {
-      c.inv_freq = llama3_inv_freq(c.head_dim, c.rope_theta, get_field<double>(rs, "factor", rw),
-                                   get_field<double>(rs, "low_freq_factor", rw),
-                                   get_field<double>(rs, "high_freq_factor", rw),
-                                   get_field<double>(rs, "original_max_position_embeddings", rw));
+      c.inv_freq = llama3_inv_freq(
+          c.head_dim, c.rope_theta, get_field<double>(rs, "factor", rw), get_field<double>(rs, "low_freq_factor", rw),
+          get_field<double>(rs, "high_freq_factor", rw), get_field<double>(rs, "original_max_position_embeddings", rw));
     } else if (type == "linear") {
       const double factor = get_field<double>(rs, "factor", rw);
       for (int64_t i = 0; i < c.head_dim / 2; ++i)
@@ -122,8 +121,7 @@ Model load_hf(const std::string& dir) {
       if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
     std::sort(files.begin(), files.end());
   }
-  if (files.empty())
-    throw FormatError(dir + ": no *.safetensors files (PyTorch .bin checkpoints are not supported)");
+  if (files.empty()) throw FormatError(dir + ": no *.safetensors files (PyTorch .bin checkpoints are not supported)");
   std::vector<SafetensorsFile> shards;
   for (const auto& f : files) {
     if (!fs::exists(f)) throw FormatError(index.string() + ": lists " + f + ", which does not exist");

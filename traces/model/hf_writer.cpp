@@ -30,10 +30,14 @@ void save_hf(const Model& m, const std::string& dir, const std::string& dtype) {
   const ModelConfig& c = m.config;
   StDType dt;
   std::string torch_dtype;
-  if (dtype == "float32") dt = StDType::f32, torch_dtype = "float32";
-  else if (dtype == "float16") dt = StDType::f16, torch_dtype = "float16";
-  else if (dtype == "bfloat16") dt = StDType::bf16, torch_dtype = "bfloat16";
-  else throw UsageError("--dtype " + dtype + ": choose float32, float16 or bfloat16");
+  if (dtype == "float32")
+    dt = StDType::f32, torch_dtype = "float32";
+  else if (dtype == "float16")
+    dt = StDType::f16, torch_dtype = "float16";
+  else if (dtype == "bfloat16")
+    dt = StDType::bf16, torch_dtype = "bfloat16";
+  else
+    throw UsageError("--dtype " + dtype + ": choose float32, float16 or bfloat16");
   if (c.rope_style == RopeStyle::none) throw UsageError(c.name + ": models without RoPE cannot be written as Llama");
   if (!c.inv_freq.empty()) throw UsageError(c.name + ": rope_scaling is not carried over by the converter");
   std::error_code ec;

@@ -32,12 +32,11 @@ Model load_llama2c(const std::string& path) {
   c.rope_style = RopeStyle::interleaved;
   c.rope_theta = 10000.0;
   c.norm_eps = 1e-5f;
-  const std::string where = path + " (llama2.c header dim=" + std::to_string(h[0]) + " hidden_dim=" +
-                            std::to_string(h[1]) + " n_layers=" + std::to_string(h[2]) + " n_heads=" +
-                            std::to_string(h[3]) + " n_kv_heads=" + std::to_string(h[4]) + " vocab_size=" +
-                            std::to_string(h[5]) + " seq_len=" + std::to_string(h[6]) + ")";
-  if (c.n_heads < 1 || c.dim % c.n_heads != 0)
-    throw FormatError(where + ": dim is not a multiple of n_heads");
+  const std::string where = path + " (llama2.c header dim=" + std::to_string(h[0]) +
+                            " hidden_dim=" + std::to_string(h[1]) + " n_layers=" + std::to_string(h[2]) +
+                            " n_heads=" + std::to_string(h[3]) + " n_kv_heads=" + std::to_string(h[4]) +
+                            " vocab_size=" + std::to_string(h[5]) + " seq_len=" + std::to_string(h[6]) + ")";
+  if (c.n_heads < 1 || c.dim % c.n_heads != 0) throw FormatError(where + ": dim is not a multiple of n_heads");
   c.head_dim = c.dim / c.n_heads;
   c.validate(where);
 

@@ -33,13 +33,13 @@ void ModelConfig::validate(const std::string& where) const {
   check_positive(where, "vocab_size", vocab_size, 1 << 22);
   check_positive(where, "seq_len", seq_len, 1 << 24);
   if (n_heads % n_kv_heads != 0)
-    throw FormatError(where + ": n_heads = " + std::to_string(n_heads) + " is not a multiple of n_kv_heads = " +
-                      std::to_string(n_kv_heads));
+    throw FormatError(where + ": n_heads = " + std::to_string(n_heads) +
+                      " is not a multiple of n_kv_heads = " + std::to_string(n_kv_heads));
   if (head_dim % 2 != 0 && rope_style != RopeStyle::none)
     throw FormatError(where + ": head_dim = " + std::to_string(head_dim) + " is odd; RoPE needs pairs");
   if (!inv_freq.empty() && static_cast<int64_t>(inv_freq.size()) != head_dim / 2)
-    throw FormatError(where + ": " + std::to_string(inv_freq.size()) + " RoPE frequencies for head_dim = " +
-                      std::to_string(head_dim));
+    throw FormatError(where + ": " + std::to_string(inv_freq.size()) +
+                      " RoPE frequencies for head_dim = " + std::to_string(head_dim));
   if (!(rope_theta > 0)) throw FormatError(where + ": rope_theta = " + std::to_string(rope_theta) + " must be > 0");
   if (!(norm_eps > 0)) throw FormatError(where + ": rms_norm_eps = " + std::to_string(norm_eps) + " must be > 0");
 }
@@ -77,7 +77,8 @@ Model load_model(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_directory(path, ec)) return load_hf(path);
-  if (!fs::exists(path, ec)) throw UsageError(path + ": model not found (expected a llama2.c .bin or a Hugging Face directory)");
+  if (!fs::exists(path, ec))
+    throw UsageError(path + ": model not found (expected a llama2.c .bin or a Hugging Face directory)");
   return load_llama2c(path);
 }
 

@@ -12,22 +12,22 @@
 namespace kvsim::model {
 
 struct ModelConfig {
-  std::string name;                  // path or name, for trace headers and messages
-  std::string hf_architecture;       // LlamaForCausalLM ... ("llama2.c" for legacy checkpoints)
-  int64_t dim = 0;                   // hidden size
-  int64_t hidden_dim = 0;            // FFN inner size
-  int64_t n_layers = 0;              // L
-  int64_t n_heads = 0;               // H
-  int64_t n_kv_heads = 0;            // Hkv
-  int64_t head_dim = 0;              // D
+  std::string name;             // path or name, for trace headers and messages
+  std::string hf_architecture;  // LlamaForCausalLM ... ("llama2.c" for legacy checkpoints)
+  int64_t dim = 0;              // hidden size
+  int64_t hidden_dim = 0;       // FFN inner size
+  int64_t n_layers = 0;         // L
+  int64_t n_heads = 0;          // H
+  int64_t n_kv_heads = 0;       // Hkv
+  int64_t head_dim = 0;         // D
   int64_t vocab_size = 0;
-  int64_t seq_len = 0;               // context length
+  int64_t seq_len = 0;  // context length
   double rope_theta = 10000.0;
   RopeStyle rope_style = RopeStyle::interleaved;
-  std::vector<float> inv_freq;       // [D/2] when rope_scaling changes the frequencies, else empty
+  std::vector<float> inv_freq;  // [D/2] when rope_scaling changes the frequencies, else empty
   float norm_eps = 1e-5f;
   bool tied_embeddings = true;
-  bool qkv_bias = false;             // Qwen2
+  bool qkv_bias = false;  // Qwen2
 
   int64_t q_dim() const { return n_heads * head_dim; }
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
@@ -36,16 +36,16 @@ struct ModelConfig {
 };
 
 struct LayerWeights {
-  std::vector<float> rms_att;  // [dim]
-  std::vector<float> wq;       // [H*D, dim]
-  std::vector<float> wk;       // [Hkv*D, dim]
-  std::vector<float> wv;       // [Hkv*D, dim]
+  std::vector<float> rms_att;     // [dim]
+  std::vector<float> wq;          // [H*D, dim]
+  std::vector<float> wk;          // [Hkv*D, dim]
+  std::vector<float> wv;          // [Hkv*D, dim]
   std::vector<float> bq, bk, bv;  // [H*D], [Hkv*D], [Hkv*D] when qkv_bias, else empty
-  std::vector<float> wo;       // [dim, H*D]
-  std::vector<float> rms_ffn;  // [dim]
-  std::vector<float> w1;       // [hidden, dim] gate
-  std::vector<float> w2;       // [dim, hidden] down
-  std::vector<float> w3;       // [hidden, dim] up
+  std::vector<float> wo;          // [dim, H*D]
+  std::vector<float> rms_ffn;     // [dim]
+  std::vector<float> w1;          // [hidden, dim] gate
+  std::vector<float> w2;          // [dim, hidden] down
+  std::vector<float> w3;          // [hidden, dim] up
 };
 
 struct Model {

@@ -25,8 +25,8 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, in
   const int64_t T = static_cast<int64_t>(ids.size());
   check_prefill(T, P);
   if (T > c.seq_len)
-    throw UsageError(c.name + ": " + std::to_string(T) + " tokens exceed the context length seq_len = " +
-                     std::to_string(c.seq_len));
+    throw UsageError(c.name + ": " + std::to_string(T) +
+                     " tokens exceed the context length seq_len = " + std::to_string(c.seq_len));
   for (int64_t t = 0; t < T; ++t)
     if (ids[t] < 0 || ids[t] >= c.vocab_size)
       throw UsageError(c.name + ": token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) +

@@ -35,9 +35,9 @@ struct PerplexityResult {
   std::string strategy = "full", spec = "full";  // name and spec text ("full": no strategy given)
   std::map<std::string, std::string> params;
   int64_t T = 0, P = 0, n_predicted = 0;  // n_predicted = T - P
-  double nll = 0;         // mean negative log-likelihood (nats per predicted token)
-  double ppl = 0;         // exp(nll)
-  double mean_ratio = 1;  // see 4. above
+  double nll = 0;                         // mean negative log-likelihood (nats per predicted token)
+  double ppl = 0;                         // exp(nll)
+  double mean_ratio = 1;                  // see 4. above
   double seconds = 0;
 };
 

@@ -48,8 +48,8 @@ int64_t tokens_to_generate(const ModelConfig& c, const PromptSpec& prompt, const
   const std::string what = prompt.name.empty() ? prompt.source : prompt.name;
   if (P < 1) throw UsageError(what + ": empty prompt (no tokens)");
   if (P > c.seq_len)
-    throw UsageError(what + ": prompt of " + std::to_string(P) + " tokens exceeds the context length seq_len = " +
-                     std::to_string(c.seq_len));
+    throw UsageError(what + ": prompt of " + std::to_string(P) +
+                     " tokens exceeds the context length seq_len = " + std::to_string(c.seq_len));
   int64_t n_gen = prompt.generate != -2 ? prompt.generate : opt.generate;
   if (n_gen == -1) n_gen = c.seq_len - P;
   if (n_gen < 0) throw UsageError(what + ": --generate = " + std::to_string(n_gen) + " must be >= 0 (or -1: fill)");
@@ -110,8 +110,7 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   auto put = [&](traces::Kind kind, int64_t layer, int64_t pos0, int64_t n_tok, int64_t heads, const float* x) {
     buf.resize(static_cast<size_t>(heads * n_tok * D));
     for (int64_t h = 0; h < heads; ++h)
-      for (int64_t t = 0; t < n_tok; ++t)
-        std::copy_n(x + (t * heads + h) * D, D, buf.data() + (h * n_tok + t) * D);
+      for (int64_t t = 0; t < n_tok; ++t) std::copy_n(x + (t * heads + h) * D, D, buf.data() + (h * n_tok + t) * D);
     const auto w0 = std::chrono::steady_clock::now();
     writer.write(kind, layer, 0, heads, pos0, n_tok, buf.data());
     st.write_s += seconds_since(w0);

@@ -23,21 +23,21 @@ namespace kvsim::model {
 struct RecordOptions {
   int64_t generate = 0;  // tokens to generate after the prompt; -1: fill the context
   SamplerOptions sampling;
-  bool pre = false;      // also q_pre, k_pre
-  bool output = false;   // also o, the attention output
-  int64_t block = 256;   // tokens per recording forward call
+  bool pre = false;     // also q_pre, k_pre
+  bool output = false;  // also o, the attention output
+  int64_t block = 256;  // tokens per recording forward call
   // Called after each generated token and each recorded block with the units of work done in
   // this call (one per generated token, one per recorded token): for progress display.
   std::function<void(int64_t units)> progress;
 };
 
 struct PromptSpec {
-  std::string name;            // sequence name; empty: zero-padded index
-  std::string source;          // provenance, stored as the sequence's `source`
-  std::vector<int32_t> ids;    // prompt ids, BOS included when wanted
-  int64_t generate = -2;       // per-prompt override of RecordOptions::generate (-2: none)
-  int output = -1;             // per-prompt override of RecordOptions::output (-1: none, 0/1)
-  int64_t context_len = -1;    // the prompt's context tokens before its question (-1: none; traces/FORMAT.md)
+  std::string name;          // sequence name; empty: zero-padded index
+  std::string source;        // provenance, stored as the sequence's `source`
+  std::vector<int32_t> ids;  // prompt ids, BOS included when wanted
+  int64_t generate = -2;     // per-prompt override of RecordOptions::generate (-2: none)
+  int output = -1;           // per-prompt override of RecordOptions::output (-1: none, 0/1)
+  int64_t context_len = -1;  // the prompt's context tokens before its question (-1: none; traces/FORMAT.md)
 };
 
 struct RecordStats {
@@ -55,7 +55,7 @@ traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, co
 int64_t tokens_to_generate(const ModelConfig& config, const PromptSpec& prompt, const RecordOptions& opt);
 
 // Records one sequence into `writer` (begin_sequence .. end_sequence). `tok` may be null (no text).
-RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt,
-                            const RecordOptions& opt, traces::TraceWriter& writer);
+RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSpec& prompt, const RecordOptions& opt,
+                            traces::TraceWriter& writer);
 
 }  // namespace kvsim::model

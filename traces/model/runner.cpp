@@ -57,8 +57,7 @@ cuda::HostTap host_tap(const LayerTap& tap) {
 
 Backend parse_runner_backend(const std::string& s) {
   if (s == "auto" && backend_available(Backend::cuda)) return Backend::cuda;
-  if (s == "cpu" || s == "auto" || s.empty())
-    return backend_available(Backend::omp) ? Backend::omp : Backend::ref;
+  if (s == "cpu" || s == "auto" || s.empty()) return backend_available(Backend::omp) ? Backend::omp : Backend::ref;
   if (s == "cuda") {
     require_backend(Backend::cuda);  // "built without CUDA" or "no CUDA device": exit 2, as for `run`
     return Backend::cuda;
@@ -76,8 +75,9 @@ Runner::Runner(const Model& model, Backend backend, KvCacheFactory caches) : mod
   const ModelConfig& c = model_.config;
   if (backend == Backend::cuda) {
     if (caches)
-      throw NotCompiled("backend cuda: the GPU runner keeps a full KV cache on the device; strategy-managed caches "
-                        "run on --backend cpu");
+      throw NotCompiled(
+          "backend cuda: the GPU runner keeps a full KV cache on the device; strategy-managed caches "
+          "run on --backend cpu");
     gpu_ = std::make_unique<cuda::DecoderRunner>(decoder_host(model_));
     return;
   }
@@ -108,8 +108,8 @@ void Runner::check_tokens(const int32_t* tokens, int64_t T) const {
   const ModelConfig& c = model_.config;
   if (T < 1) throw UsageError("forward: no tokens to run");
   if (pos_ + T > c.seq_len)
-    throw UsageError(c.name + ": " + std::to_string(pos_ + T) + " tokens exceed the context length seq_len = " +
-                     std::to_string(c.seq_len));
+    throw UsageError(c.name + ": " + std::to_string(pos_ + T) +
+                     " tokens exceed the context length seq_len = " + std::to_string(c.seq_len));
   for (int64_t t = 0; t < T; ++t)
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
       throw UsageError(c.name + ": token id " + std::to_string(tokens[t]) + " at position " + std::to_string(pos_ + t) +
@@ -134,8 +134,7 @@ void Runner::ensure_buffers(int64_t T) {
   cap_ = T;
 }
 
-const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, const LayerTap& tap,
-                             TapKinds kinds) {
+const float* Runner::forward(const int32_t* tokens, int64_t T, bool all_logits, const LayerTap& tap, TapKinds kinds) {
   const ModelConfig& c = model_.config;
   check_tokens(tokens, T);
   if (gpu_) {

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "sim/kernels/backend.h"
 #include "sim/base/kv_cache.h"
+#include "sim/kernels/backend.h"
 #include "traces/model/model.h"
 
 namespace kvsim::cuda {

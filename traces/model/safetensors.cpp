@@ -136,7 +136,8 @@ void write_safetensors(const std::string& path, const std::vector<StOut>& tensor
       out.write(reinterpret_cast<const char*>(t.data), static_cast<std::streamsize>(numel * 4));
     } else {
       buf.resize(numel);
-      for (size_t i = 0; i < numel; ++i) buf[i] = dtype == StDType::f16 ? f32_to_f16(t.data[i]) : f32_to_bf16(t.data[i]);
+      for (size_t i = 0; i < numel; ++i)
+        buf[i] = dtype == StDType::f16 ? f32_to_f16(t.data[i]) : f32_to_bf16(t.data[i]);
       out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(numel * 2));
     }
   }

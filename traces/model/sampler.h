@@ -15,7 +15,7 @@ struct SamplerOptions {
 
 class Sampler {
  public:
-  explicit Sampler(SamplerOptions opt);  // throws UsageError for out-of-range options
+  explicit Sampler(SamplerOptions opt);              // throws UsageError for out-of-range options
   int32_t next(const float* logits, int64_t vocab);  // logits are not modified
 
  private:

@@ -50,9 +50,9 @@ class StrategyLayer {
  public:
   StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b,
                 Protocol protocol, const StepHook* hook)
-      : strat_(s), protocol_(protocol), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads), D_(c.head_dim),
-        T_(T), P_(P), backend_(b), attend_fn_(kernels(b).attend_slots), hook_(hook),
-        shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
+      : strat_(s), protocol_(protocol), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads),
+        D_(c.head_dim), T_(T), P_(P), backend_(b), attend_fn_(kernels(b).attend_slots),
+        hook_(hook), shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
         per_state_(s.layer_coupled() ? c.n_kv_heads : 1) {
     reset();
   }
@@ -227,10 +227,8 @@ class StrategyKvCache final : public KvCache {
 
 }  // namespace
 
-void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
-                         Protocol protocol) {
-  check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P,
-             protocol);
+void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Protocol protocol) {
+  check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P, protocol);
 }
 
 StrategyCaches::StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,

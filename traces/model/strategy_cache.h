@@ -20,9 +20,9 @@
 #include <memory>
 #include <vector>
 
+#include "sim/base/kv_cache.h"
 #include "sim/instance.h"
 #include "sim/kernels/backend.h"
-#include "sim/base/kv_cache.h"
 #include "sim/strategies/strategy.h"
 #include "traces/model/model.h"
 

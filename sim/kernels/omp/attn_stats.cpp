@@ -4,8 +4,8 @@
 #include <cmath>
 #include <vector>
 
-#include "sim/kernels/omp/exp_f64.h"
 #include "sim/base/topk.h"
+#include "sim/kernels/omp/exp_f64.h"
 
 namespace kvsim::omp {
 
@@ -19,7 +19,6 @@ namespace kvsim::omp {
 namespace {
 constexpr int64_t kQueryTile = 16;
 constexpr int64_t kKeyTile = 64;
-
 
 // z[r][c] = q_r · k_c for 2 rows and 4 keys (all double, contiguous [.., D]).
 inline void dot_2x4(const double* q0, const double* q1, const double* k, int64_t D, double* z0, double* z1) {
@@ -42,8 +41,8 @@ inline double dot_1(const double* a, const double* b, int64_t D) {
 }
 }  // namespace
 
-void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D,
-                int64_t K, float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
+void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D, int64_t K,
+                float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
   const int64_t G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const int64_t n_tiles = (T + kQueryTile - 1) / kQueryTile;

@@ -80,8 +80,7 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-void attention(const float* q, const KvView* kv, float* o, int64_t T, int64_t H, int64_t Hkv, int64_t D,
-               int64_t pos0) {
+void attention(const float* q, const KvView* kv, float* o, int64_t T, int64_t H, int64_t Hkv, int64_t D, int64_t pos0) {
   const int64_t G = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   int64_t max_n = 0;

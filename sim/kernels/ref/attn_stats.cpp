@@ -16,8 +16,8 @@ namespace {
 constexpr int64_t kQueryTile = 16;
 }  // namespace
 
-void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D,
-                int64_t K, float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
+void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64_t Hkv, int64_t T, int64_t D, int64_t K,
+                float* o, double* lse, float* entropy, int32_t* top_pos, float* top_w) {
   using core::kStatsKeyTile;
   const int64_t G = H / Hkv;
   const int Ki = static_cast<int>(K);
@@ -55,7 +55,8 @@ void prompt_colsums(const float* q, const float* k, const double* lse, int64_t H
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   for (int64_t h = 0; h < H; ++h)
     for (int64_t i = 0; i < P; ++i)
-      colsum[h * P + i] = core::prompt_colsum_one(q + h * T * D, k + ((h / G) * T + i) * D, lse + h * T, i, P, D, scale);
+      colsum[h * P + i] =
+          core::prompt_colsum_one(q + h * T * D, k + ((h / G) * T + i) * D, lse + h * T, i, P, D, scale);
 }
 
 }  // namespace kvsim::ref

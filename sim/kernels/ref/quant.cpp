@@ -52,7 +52,7 @@ Nf4Quantized quant_nf4(const float* x, int64_t n_t, int64_t D, QuantAxis axis, i
     q.absmax_q.assign(static_cast<size_t>(n_blocks), 0);
     q.dq_scale.assign(static_cast<size_t>(core::nf4_dq_groups(s)), 0.0f);
     q.dq_mean = core::nf4_dq_mean(q.absmax.data(), n_blocks);  // kernel nf4_dq_mean
-    for (int64_t g = 0; g < core::nf4_dq_groups(s); ++g)        // kernel nf4_dq_group
+    for (int64_t g = 0; g < core::nf4_dq_groups(s); ++g)       // kernel nf4_dq_group
       core::nf4_dq_group_item(q.absmax.data(), n_blocks, q.dq_mean, g, q.dq_scale.data(), q.absmax_q.data());
   }
   core::Nf4Table tab;
