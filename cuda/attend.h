@@ -1,7 +1,7 @@
-// Compressed attention on the GPU: the twin of sim/kernels/ref/attend.h, and the batched form the replay's
-// cuda path uses (sim/replay.cpp): every instance of a layer advances in lockstep, and one launch
-// evaluates all their caches at a step. The arithmetic is sim/kernels/attend_core.h (shared with ref
-// and the host emulation the tests run); each value is computed by one thread in ref's order.
+// Compressed attention on the GPU: the twin of ref::attend_slots (sim/kernels/attend.h), and the batched form the
+// replay's cuda path uses (sim/replay.cpp): every instance of a layer advances in lockstep, and one launch evaluates
+// all their caches at a step. The arithmetic is sim/kernels/attend_core.h (shared with ref and the host emulation the
+// tests run); each value is computed by one thread in ref's order.
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // The arithmetic of the forward-pass kernels (cuda/forward_ops.cu), one row, element or slot at a
 // time, as host-device functions. The kernels only map threads to rows, elements and slots and call
 // these; tests/test_cuda_forward.cpp runs the same functions on the CPU, with the kernels' thread
-// mapping and reduction order emulated, and compares them with sim/ref/forward_ops.
+// mapping and reduction order emulated, and compares them with sim/kernels/ref/forward_ops.
 //
 // Reductions (sums of squares, softmax denominators) are split over n_lanes threads: lane j takes
 // elements j, j + n_lanes, ..., and the lanes' partials are added in a binary tree
