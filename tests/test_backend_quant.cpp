@@ -21,6 +21,7 @@
 #include "sim/kernels/quant_common.h"
 #include "sim/kernels/quant_core.h"
 #include "tests/backend_harness.h"
+#include "tests/quant_cases.h"
 
 using namespace kvsim;
 using test::kBitExact;
@@ -28,146 +29,13 @@ using test::Target;
 
 namespace {
 
-enum class Data { normal, outlier, constant, zeros, tiny, tinier, large, ties };
-
-const char* data_name(Data d) {
-  switch (d) {
-    case Data::normal: return "normal";
-    case Data::outlier: return "outlier channels";
-    case Data::constant: return "constant blocks";
-    case Data::zeros: return "signed zeros";
-    case Data::tiny: return "fp16-subnormal scale";
-    case Data::tinier: return "scale rounds to 0";
-    case Data::large: return "near the fp16 limit";
-    case Data::ties: return "rounding ties";
-  }
-  return "?";
-}
-
-// x: [T, D]. `bits` shapes the uniform ties (0 selects the NF4 ties).
-std::vector<float> make_data(Data kind, int64_t T, int64_t D, uint32_t seed, int bits) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 2.0f);
-  std::vector<float> x(static_cast<size_t>(T * D));
-  const float levels = static_cast<float>((1 << bits) - 1);
-  float nf4_mid[15];
-  for (int i = 0; i < 15; ++i) nf4_mid[i] = 0.5f * (kNf4Values[i] + kNf4Values[i + 1]);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t d = 0; d < D; ++d) {
-      float& v = x[static_cast<size_t>(t * D + d)];
-      const float r = nd(rng);
-      switch (kind) {
-        case Data::normal: v = r; break;
-        case Data::outlier:  // a shifted channel (KIVI's key outliers) and rare huge spikes in another
-          v = d == 5 % D ? r + 20.0f : (d == D - 1 && t % 7 == 0 ? 3000.0f : r);
-          break;
-        case Data::constant: v = d == 1 % D ? -3.0f : 1.25f; break;
-        case Data::zeros: v = d == 1 % D ? r : (r < 0 ? -0.0f : 0.0f); break;
-        case Data::tiny: v = r * 1e-5f; break;
-        case Data::tinier: v = r * 1e-9f; break;
-        case Data::large: v = std::clamp(r * 2e4f, -6e4f, 6e4f); break;
-        case Data::ties: {
-          // Any 4 (uniform) or 16 (NF4) consecutive tokens or channels hold every residue of t + d,
-          // so each block holds its extremes and lands on exact ties.
-          const int64_t k = (t + d) % (bits ? 4 : 16);
-          if (bits) {
-            const float pattern[4] = {0.0f, levels, 0.5f, levels - 1.5f};  // min 0, scale 1: codes of k + 1/2
-            v = pattern[k];
-          } else {
-            v = k == 0 ? 1.0f : nf4_mid[k - 1];  // absmax 1: x / absmax is the midpoint itself
-          }
-          break;
-        }
-      }
-    }
-  }
-  return x;
-}
-
-using Shape = std::pair<int64_t, int64_t>;  // (T, D) or (T, group)
-
-struct UCase {
-  int64_t T, D;
-  int bits;
-  QuantAxis axis;
-  int64_t group;
-  Data data;
-  uint32_t seed;
-};
-
-struct NCase {
-  int64_t T, D;
-  QuantAxis axis;
-  int64_t block;
-  bool dq;
-  Data data;
-  uint32_t seed;
-};
-
-std::string describe(const UCase& c) {
-  return "uniform T=" + std::to_string(c.T) + " D=" + std::to_string(c.D) + " bits=" + std::to_string(c.bits) +
-         (c.axis == QuantAxis::channel ? " axis=channel" : " axis=token") + " group=" + std::to_string(c.group) +
-         " data=" + data_name(c.data) + " seed=" + std::to_string(c.seed);
-}
-std::string describe(const NCase& c) {
-  return "nf4 T=" + std::to_string(c.T) + " D=" + std::to_string(c.D) +
-         (c.axis == QuantAxis::channel ? " axis=channel" : " axis=token") + " block=" + std::to_string(c.block) +
-         (c.dq ? " dq=1" : " dq=0") + " data=" + data_name(c.data) + " seed=" + std::to_string(c.seed);
-}
-
-std::vector<UCase> uniform_cases() {
-  std::vector<UCase> cs;
-  const QuantAxis tok = QuantAxis::token, ch = QuantAxis::channel;
-  // The shapes of the first ref/omp comparison (seed 21 + T, normal data).
-  for (auto [T, D] : {Shape{32, 8}, Shape{96, 128}, Shape{4096, 64}, Shape{64, 96}})
-    for (int bits : {2, 4, 8}) {
-      cs.push_back({T, D, bits, tok, D % 32 == 0 ? 32 : 8, Data::normal, static_cast<uint32_t>(21 + T)});
-      cs.push_back({T, D, bits, ch, 32, Data::normal, static_cast<uint32_t>(21 + T)});
-    }
-  // T off powers of two and larger than a warp; per-channel groups that divide odd T need 8 bits.
-  for (int64_t T : {1, 31, 33, 97, 4097})
-    for (int bits : {2, 4, 8}) {
-      cs.push_back({T, 128, bits, tok, 32, Data::normal, static_cast<uint32_t>(100 + T)});
-      cs.push_back({T, 24, bits, tok, 8, Data::normal, static_cast<uint32_t>(200 + T)});
-    }
-  for (auto [T, g] : {Shape{1, 1}, Shape{31, 31}, Shape{33, 11}, Shape{33, 33}, Shape{97, 97}, Shape{4097, 17}})
-    cs.push_back({T, 40, 8, ch, g, Data::normal, static_cast<uint32_t>(300 + T)});
-  for (int bits : {2, 4}) {
-    cs.push_back({36, 40, bits, ch, 4, Data::normal, 400});
-    cs.push_back({100, 24, bits, ch, 100, Data::normal, 401});
-    cs.push_back({4100, 8, bits, ch, 20, Data::normal, 402});
-  }
-  // Adversarial data on both axes and all bit widths.
-  for (Data d : {Data::outlier, Data::constant, Data::zeros, Data::tiny, Data::tinier, Data::large, Data::ties})
-    for (int bits : {2, 4, 8}) {
-      cs.push_back({33, 128, bits, tok, 32, d, 500});
-      cs.push_back({97, 24, bits, tok, 8, d, 501});
-      cs.push_back({96, 40, bits, ch, 32, d, 502});
-      cs.push_back({100, 8, bits, ch, 4, d, 503});
-    }
-  return cs;
-}
-
-std::vector<NCase> nf4_cases() {
-  std::vector<NCase> cs;
-  const QuantAxis tok = QuantAxis::token, ch = QuantAxis::channel;
-  for (bool dq : {false, true}) {
-    for (QuantAxis axis : {tok, ch}) {
-      // The shapes of the first ref/omp comparison (which ran axis = token), and axis = channel.
-      for (auto [T, D] : {Shape{32, 8}, Shape{96, 128}, Shape{4096, 64}, Shape{64, 96}})
-        cs.push_back({T, D, axis, 64, dq, Data::normal, static_cast<uint32_t>(21 + T)});
-      // T off powers of two; 4097 x 128 is 8194 blocks: 33 double-quantization groups, the last partial.
-      for (auto [T, D] : {Shape{1, 64}, Shape{31, 128}, Shape{97, 128}, Shape{4097, 128}})
-        cs.push_back({T, D, axis, 64, dq, Data::normal, static_cast<uint32_t>(600 + T)});
-      // Small odd blocks that straddle rows (token) or columns (channel).
-      cs.push_back({33, 4, axis, 6, dq, Data::normal, 700});
-      cs.push_back({97, 6, axis, 2, dq, Data::normal, 701});
-      for (Data d : {Data::outlier, Data::constant, Data::zeros, Data::tiny, Data::tinier, Data::large, Data::ties})
-        cs.push_back({97, 128, axis, 64, dq, d, 800});
-    }
-  }
-  return cs;
-}
+// The case list of tests/quant_cases.h, shared with ref's direct checks (tests/test_quant.cpp).
+using test::describe;
+using test::make_data;
+using test::NCase;
+using test::nf4_cases;
+using test::UCase;
+using test::uniform_cases;
 
 void run_uniform_cases(const Kernels& k) {
   const auto cases = uniform_cases();
