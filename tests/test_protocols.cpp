@@ -1,4 +1,4 @@
-// The three protocols of methods.md §1.1 on the instance driver (sim/instance.h), checked by hand:
+// The three protocols (sim/strategies/STRATEGIES.md) on the instance driver (sim/instance.h), checked by hand:
 // A (evict) holds B + 1 slots at attention; B (prefill) holds B_p + t - P + 1; C (sparse) holds
 // every token and reads what the selector picks. Bytes are those of the identity codec (fp16 key
 // and value, 4·D per slot) plus the strategy's state, so every expected value is small arithmetic.

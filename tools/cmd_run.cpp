@@ -165,7 +165,8 @@ void add_run(CLI::App& app) {
   c->add_option("--stride", a->stride, "evaluate every S-th decode step")->capture_default_str();
   c->add_option("--protocol", a->protocol,
                 "evict: evict back to the budget after every decode step; prefill: compress the prompt once, "
-                "then grow; sparse: a selector picks what each query reads from the full cache (methods.md §1)")
+                "then grow; sparse: a selector picks what each query reads from the full cache "
+                "(sim/strategies/STRATEGIES.md, Protocols)")
       ->capture_default_str();
   c->add_option("--backend", a->backend,
                 "ref, omp, cuda or auto (auto: omp, or ref without OpenMP; cuda only when asked for)")

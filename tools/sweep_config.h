@@ -8,7 +8,7 @@
 //   sequences: all                        # or a list of sequence names
 //   prefill: [128]                        # a number or a list; `trace` = the trace's own prefill_len,
 //                                         # `context` = the sequence's context_len (query-agnostic)
-//   protocol: [evict, prefill]            # a name or a list (default evict): methods.md §1.1
+//   protocol: [evict, prefill]            # a name or a list (default evict): STRATEGIES.md
 //   stride: 4
 //   strategies:
 //     - name: h2o

@@ -55,7 +55,7 @@ struct SequenceInfo {
   std::string name;
   int64_t n_tokens = 0;     // T
   int64_t prefill_len = 0;  // P
-  // Optional: where the context ends and the question starts (methods.md §1.2); -1 when absent.
+  // Optional: where the context ends and the question starts (traces/FORMAT.md); -1 when absent.
   // A query-agnostic run compresses at context_len, a query-aware one at prefill_len.
   int64_t context_len = -1;
   std::string source;

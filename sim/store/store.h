@@ -51,7 +51,7 @@ struct StoreRun {
   std::string host, kvsim_version, backend;
   std::vector<StoreSummaryRow> summaries;
   std::vector<StoreCurvePoint> curves;
-  std::string protocol = "evict";  // evict | prefill | sparse (methods.md §1.1)
+  std::string protocol = "evict";  // evict | prefill | sparse (sim/strategies/STRATEGIES.md)
   RunKey key() const { return {config_id, trace_id, sequence, prefill, stride, protocol}; }
 };
 

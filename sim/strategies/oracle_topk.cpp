@@ -1,4 +1,4 @@
-// oracle_topk (protocol C, methods.md §1.1 consequence 3): the upper bound every query-aware
+// oracle_topk (protocol C, sim/strategies/STRATEGIES.md): the upper bound every query-aware
 // selector is compared with. Nothing is evicted; at every decode step each query head reads the
 // `budget` slots with the highest scaled logits q_t·k̂_s/√D + b_s over the cache as held (exact keys
 // without a codec), ties to the lower position (keep_before). It keeps no metadata: a real system

@@ -47,7 +47,7 @@ struct LayerView {
   const float* v_head(int64_t kv) const { return v + kv * T * D; }
 };
 
-// How the cache meets decoding (methods.md §1.1):
+// How the cache meets decoding (sim/strategies/STRATEGIES.md, "Protocols"):
 //   evict    A: after every decode step the strategy evicts back to its budget (design.md §3 d);
 //   prefill  B: compress once: prefill cuts the prompt to the budget by the strategy's own scores,
 //            then every token is appended and none is evicted (B_p + t - P + 1 slots at step t);
