@@ -82,10 +82,14 @@ void Instance::attend(int64_t c, int64_t t, AttendSlotsFn fn, const float* q, in
   state_->select(caches_[c], c, q, q_stride, t, sel_[c]);
   for (int64_t g = 0; g < ctx_.G; ++g) {
     const Selection& sel = sel_[c][g];
-    KVSIM_ASSERT(!sel.empty());
+    const SlotCache& src = sel.from ? *sel.from : caches_[c];
+    KVSIM_ASSERT(!sel.slots.empty() && src.size() == caches_[c].size());
+    KVSIM_ASSERT(sel.bias.empty() || sel.bias.size() == sel.slots.size());
     SlotCache& r = read_[c][g];
-    r.assign_subset(caches_[c], sel.data(), static_cast<int64_t>(sel.size()));
-    read_logit_[c][g].resize(sel.size()), read_w_[c][g].resize(sel.size());
+    const int64_t n = static_cast<int64_t>(sel.slots.size());
+    r.assign_subset(src, sel.slots.data(), n);
+    for (int64_t s = 0; s < static_cast<int64_t>(sel.bias.size()); ++s) r.set_bias(s, r.bias(s) + sel.bias[s]);
+    read_logit_[c][g].resize(sel.slots.size()), read_w_[c][g].resize(sel.slots.size());
     fn(q + g * q_stride, q_stride, 1, ctx_.D, r.slots_view(), read_logit_[c][g].data(), read_w_[c][g].data(),
        out + g * ctx_.D);
   }
@@ -122,8 +126,8 @@ double Instance::read_bytes(int64_t c) const {
   std::vector<uint8_t> read(static_cast<size_t>(caches_[c].size()), 0);
   int64_t n_read = 0;
   for (const Selection& sel : sel_[c])
-    for (int32_t s : sel)
-      if (!read[s]) read[s] = 1, ++n_read;
+    for (int64_t i = 0; i < sel.n_loaded(); ++i)
+      if (const int32_t s = sel.slots[i]; !read[s]) read[s] = 1, ++n_read;
   const double slots = held * static_cast<double>(n_read) / static_cast<double>(caches_[c].size());
   return slots + state_->metadata_read_bytes(caches_[c], c, sel_[c]);
 }

@@ -32,7 +32,8 @@ class OracleTopkState final : public StrategyState {
         for (int64_t x = 0; x < D_; ++x) d += static_cast<double>(qg[x]) * cache.key(s)[x];
         z_[s] = d * scale + cache.bias(s);
       }
-      Selection& out = sel[g];
+      sel[g].clear();
+      std::vector<int32_t>& out = sel[g].slots;
       out.resize(static_cast<size_t>(n));
       std::iota(out.begin(), out.end(), 0);
       const int64_t k = std::min(B_, n);

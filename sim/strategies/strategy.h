@@ -65,8 +65,19 @@ struct InstanceContext {
   Protocol protocol = Protocol::evict;
 };
 
-// What one query head reads at one step under protocol C: slot indices into its cache.
-using Selection = std::vector<int32_t>;
+// What one query head attends over at one step under protocol C (sim/strategies/STRATEGIES.md,
+// "Selectors"): the row `slots` (indices into the cache, or into the selector's own slot-aligned
+// copy `from`: ShadowKV's rebuilt keys), an optional additive logit correction per entry (MagicPIG's
+// importance weights, SparQ's mixture with the mean value), and how many leading entries are K/V
+// the step loads (the rest enter the row through metadata already counted: SparQ's v̄).
+struct Selection {
+  std::vector<int32_t> slots;
+  std::vector<float> bias;           // empty, or one per entry of slots, added to the slot's own bias
+  int64_t loaded = -1;               // slots[0..loaded) are read from the cache; -1: all of them
+  const SlotCache* from = nullptr;   // nullptr: the instance's cache; else the same slots, other keys
+  int64_t n_loaded() const { return loaded < 0 ? static_cast<int64_t>(slots.size()) : loaded; }
+  void clear() { slots.clear(), bias.clear(), loaded = -1, from = nullptr; }
+};
 
 class StrategyState {
  public:
