@@ -16,6 +16,7 @@ void add_record(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_run(CLI::App& app);
 void add_plot(CLI::App& app);
+void add_validate(CLI::App& app);
 void add_sweep(CLI::App& app);
 void add_best(CLI::App& app);
 void add_ppl(CLI::App& app);

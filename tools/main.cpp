@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   kvsim::tools::add_convert(app);
   kvsim::tools::add_run(app);
   kvsim::tools::add_plot(app);
+  kvsim::tools::add_validate(app);
   kvsim::tools::add_sweep(app);
   kvsim::tools::add_best(app);
   kvsim::tools::add_ppl(app);
