@@ -93,7 +93,7 @@ def compare_size(n_targets):
 def heatmap(a, store):
     df = store.configs(a.metric, a.stat)
     row = sf.pick_heatmap_config(df, a.metric, _target(a), a.config)
-    heads = store.heads(int(row.config_id), a.metric, a.stat)
+    heads = store.heads(int(row.config_id), a.metric, a.stat, row.protocol)
     fig = _fig(a, "heatmap")
     ax = fig.add_subplot()
     sf.draw_heatmap(fig, ax, heads, a.metric, a.stat, store.shape,
@@ -169,7 +169,7 @@ def report(a, store):
 
     def heat():
         row = sf.pick_heatmap_config(df, metric, target, a.config)
-        sf.draw_heatmap(fig, ax, store.heads(int(row.config_id), metric, a.stat), metric, a.stat, store.shape, "")
+        sf.draw_heatmap(fig, ax, store.heads(int(row.config_id), metric, a.stat, row.protocol), metric, a.stat, store.shape, "")
         return f"{row.strategy} at {percent(row.ratio)} memory"
 
     what = _optional_panel(ax, heat)
@@ -211,7 +211,8 @@ def _optional_panel(ax, draw):
 
 
 def _columns(df, metric, extra):
-    return df[["strategy", "spec", "params_json", "ratio", metric, "n_runs"] + extra]
+    # ratio: the memory ratio, or under protocol sparse the read ratio (kvsim_store.Store.configs)
+    return df[["strategy", "protocol", "spec", "params_json", "ratio", metric, "n_runs"] + extra]
 
 
 def _panel_title(ax, text, size):

@@ -76,6 +76,9 @@ def parse(argv):
     g.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     g.add_argument("--model", help="only runs on traces whose model or path contains this")
     g.add_argument("--sequence", action="append", help="only this sequence (repeatable)")
+    g.add_argument("--protocol", action="append", choices=["evict", "prefill", "sparse"],
+                   help="only runs under this protocol (repeatable; with several, each strategy gets one line per "
+                        "protocol, labelled 'h2o (prefill)'; sparse runs are placed by their read ratio)")
     g.add_argument("--config", help="heatmap: the configuration (id, spec, or a unique part of a spec)")
     g.add_argument("--yscale", choices=["auto", "linear", "log"], help="pareto: y axis scale (default auto)")
     g = ap.add_argument_group("trace")
@@ -148,7 +151,7 @@ def validate(a):
 
 
 def open_store(a):
-    return Store(a.db, model=a.model, strategies=a.strategy, sequences=a.sequence)
+    return Store(a.db, model=a.model, strategies=a.strategy, sequences=a.sequence, protocols=a.protocol)
 
 
 def main(argv):

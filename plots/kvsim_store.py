@@ -56,7 +56,7 @@ def check_metric(metric, allowed=QUALITY_METRICS):
 class Store:
     """A read-only connection plus the selection (model, strategies, sequences) the plot asked for."""
 
-    def __init__(self, path, model=None, strategies=None, sequences=None):
+    def __init__(self, path, model=None, strategies=None, sequences=None, protocols=None):
         self.path = path
         if not os.path.exists(path):
             raise PlotError(f"{path}: no such results store")
@@ -73,9 +73,9 @@ class Store:
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise PlotError(f"{path}: results store schema version {meta.get('schema_version')}, "
                             f"this kvsim reads version {SCHEMA_VERSION}")
-        self._select(model, strategies, sequences)
+        self._select(model, strategies, sequences, protocols)
 
-    def _select(self, model, strategies, sequences):
+    def _select(self, model, strategies, sequences, protocols=None):
         q = """SELECT r.id, r.config_id, c.strategy, c.spec, c.params_json, r.trace_id, t.path, t.model,
                       t.synthetic, r.sequence, r.prefill, r.n_tokens, r.protocol,
                       t.n_layers, t.n_heads, t.n_kv_heads, t.head_dim
@@ -105,6 +105,17 @@ class Store:
             runs = [r for r in runs if r["sequence"] in sequences]
             if not runs:
                 raise PlotError(f"{self.path}: no finished runs of sequence {', '.join(sequences)}")
+        if protocols:
+            have = sorted({r["protocol"] for r in runs})
+            for p in protocols:
+                if p not in have:
+                    raise PlotError(f"{self.path}: no finished runs under protocol '{p}' (have {', '.join(have)})")
+            runs = [r for r in runs if r["protocol"] in protocols]
+        # One line per (strategy, protocol): with runs under several protocols a strategy's label names
+        # its protocol, 'h2o (prefill)', unless it is the default evict; selectors run under sparse only.
+        several = len({r["protocol"] for r in runs}) > 1
+        for r in runs:
+            r["label"] = protocol_label(r["strategy"], r["protocol"]) if several else r["strategy"]
         self.runs = runs
         self.model = models[0]
         self.synthetic = all(r["synthetic"] for r in runs)
@@ -122,17 +133,23 @@ class Store:
             raise PlotError(f"{self.path}: no 'ratio' results in the store (every run reports it)")
 
     def configs(self, metric, stat="mean"):
-        """DataFrame, one row per configuration: strategy, spec, params, ratio (mean), value (stat of metric),
-        n_runs. Values are means over the selected runs (sequences, traces); 'worst' takes the worst run."""
+        """DataFrame, one row per (configuration, protocol): strategy (the label: 'h2o (prefill)' when the
+        selection mixes protocols), spec, params, ratio (mean), value (stat of metric), n_runs. Values are
+        means over the selected runs (sequences, traces); 'worst' takes the worst run. Under protocol sparse
+        the cache holds everything, so `ratio` is the selector's read_ratio (bytes read per step)."""
         import pandas as pd
 
         # no IN list of run ids: a big sweep's list would pass SQLite's statement length limit
         df = pd.read_sql_query(
             "SELECT run_id, metric, mean, p5, p50, p95, worst FROM summaries "
-            "WHERE layer = -1 AND metric IN ('ratio', ?)", self.con, params=(metric,))
+            "WHERE layer = -1 AND metric IN ('ratio', 'read_ratio', ?)", self.con, params=(metric,))
         df = df[df.run_id.isin(set(self.run_ids))]
-        runs = pd.DataFrame(self.runs)[["run_id", "config_id", "strategy", "spec", "params_json"]]
-        ratio = df[df.metric == "ratio"][["run_id", "mean"]].rename(columns={"mean": "ratio"})
+        runs = pd.DataFrame(self.runs)[["run_id", "config_id", "label", "spec", "params_json", "protocol"]]
+        runs = runs.rename(columns={"label": "strategy"})
+        sparse = set(runs.run_id[runs.protocol == "sparse"])
+        read = df.metric == "read_ratio"
+        use = (df.metric == "ratio") & ~df.run_id.isin(sparse) | read & df.run_id.isin(sparse)
+        ratio = df[use][["run_id", "mean"]].rename(columns={"mean": "ratio"})
         val = df[df.metric == metric][["run_id", stat]].rename(columns={stat: "value"})
         m = runs.merge(ratio, on="run_id").merge(val, on="run_id")
         agg = {"ratio": "mean", "run_id": "count"}
@@ -140,23 +157,25 @@ class Store:
             agg["value"] = "max" if better(metric) < 0 else "min"
         else:
             agg["value"] = "mean"
-        out = m.groupby(["config_id", "strategy", "spec", "params_json"], as_index=False).agg(agg)
+        out = m.groupby(["config_id", "strategy", "spec", "params_json", "protocol"], as_index=False).agg(agg)
         out = out.rename(columns={"run_id": "n_runs"})
         out["params"] = out.params_json.map(_params)
         return out.sort_values(["strategy", "ratio"]).reset_index(drop=True)
 
-    def run_ids_of(self, config_id):
-        return [r["run_id"] for r in self.runs if r["config_id"] == config_id]
+    def run_ids_of(self, config_id, protocol=None):
+        return [r["run_id"] for r in self.runs
+                if r["config_id"] == config_id and (protocol is None or r["protocol"] == protocol)]
 
     def prefill_of(self, config_id):
         p = sorted({r["prefill"] for r in self.runs if r["config_id"] == config_id})
         return p[0] if len(p) == 1 else None
 
-    def heads(self, config_id, metric, stat="mean"):
-        """DataFrame layer, head, value: the configuration's per-(layer, query head) stat, mean over its runs."""
+    def heads(self, config_id, metric, stat="mean", protocol=None):
+        """DataFrame layer, head, value: the configuration's per-(layer, query head) stat, mean over its runs
+        (under `protocol` only, when given)."""
         import pandas as pd
 
-        ids = ",".join(str(i) for i in self.run_ids_of(config_id))
+        ids = ",".join(str(i) for i in self.run_ids_of(config_id, protocol))
         df = pd.read_sql_query(
             f"SELECT layer, head, {stat} AS value FROM summaries "
             f"WHERE layer >= 0 AND head >= 0 AND metric = ? AND run_id IN ({ids})", self.con, params=(metric,))
@@ -166,11 +185,12 @@ class Store:
         df["value"] = df.value.astype(float)
         return df.groupby(["layer", "head"], as_index=False).value.mean()
 
-    def curve(self, config_id, metric):
-        """DataFrame bin, pos (bin centre), pos_lo, pos_hi, value: the configuration's curve, mean over its runs."""
+    def curve(self, config_id, metric, protocol=None):
+        """DataFrame bin, pos (bin centre), pos_lo, pos_hi, value: the configuration's curve, mean over its runs
+        (under `protocol` only, when given)."""
         import pandas as pd
 
-        ids = ",".join(str(i) for i in self.run_ids_of(config_id))
+        ids = ",".join(str(i) for i in self.run_ids_of(config_id, protocol))
         df = pd.read_sql_query(
             f"SELECT bin, pos_lo, pos_hi, value FROM curves WHERE metric = ? AND run_id IN ({ids})",
             self.con, params=(metric,))
@@ -187,6 +207,11 @@ class Store:
         from kvsim_style import short_model
 
         return f"{short_model(self.model or '?')}, {n_seq} sequence{'s' if n_seq != 1 else ''}"
+
+
+def protocol_label(strategy, protocol):
+    """'h2o', 'evict' -> 'h2o'; 'h2o', 'prefill' -> 'h2o (prefill)' (kvsim_style strips the suffix for colours)."""
+    return strategy if protocol in (None, "evict") else f"{strategy} ({protocol})"
 
 
 def _params(js):

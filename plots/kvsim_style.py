@@ -42,6 +42,14 @@ STRATEGY_STYLE = {
     "quant": (_C["black"], "^"),
     "kivi": (_C["sky"], "^"),
     "nf4": (_C["orange"], "^"),
+    # selectors (protocol sparse)
+    "oracle_topk": (_C["black"], "*"),
+    "quest": (_C["blue"], "v"),
+    "sparq": (_C["green"], "v"),
+    "magicpig": (_C["purple"], "v"),
+    "rocketkv": (_C["orange"], "v"),
+    "shadowkv": (_C["sky"], "v"),
+    "pqcache": (_C["vermillion"], "v"),
 }
 CODECS = ("quant", "kivi", "nf4")
 CODEC_LINESTYLE = {None: "-", "kivi": "--", "quant": ":", "nf4": "-."}
@@ -62,9 +70,18 @@ DEFAULT_DPI = 300
 SEQUENTIAL_CMAP = "viridis"  # perceptually uniform and colour-blind safe
 
 
+def split_protocol(name):
+    """'h2o (prefill)' -> ('h2o', 'prefill'); 'h2o' -> ('h2o', None) (labels of kvsim_store.protocol_label)."""
+    if name.endswith(")") and " (" in name:
+        base, proto = name[:-1].rsplit(" (", 1)
+        return base, proto
+    return name, None
+
+
 def split_strategy(name):
-    """'h2o+kivi' -> ('h2o', 'kivi'); 'kivi' -> ('kivi', None); 'h2o' -> ('h2o', None)."""
-    parts = name.split("+")
+    """'h2o+kivi' -> ('h2o', 'kivi'); 'kivi' -> ('kivi', None); 'h2o' -> ('h2o', None); a protocol suffix
+    'h2o+kivi (prefill)' is dropped."""
+    parts = split_protocol(name)[0].split("+")
     base = parts[0]
     codec = parts[-1] if len(parts) > 1 and parts[-1] in CODECS else None
     return base, codec
@@ -77,9 +94,11 @@ def strategy_style(name):
         colour, marker = STRATEGY_STYLE[base]
     else:
         colour, marker = _SPARE[sum(map(ord, base)) % len(_SPARE)], "v"
+    # The same strategy under protocol prefill (compress once, grow): its colour, a filled plus.
+    prefill = split_protocol(name)[1] == "prefill"
     return {
         "color": colour,
-        "marker": marker,
+        "marker": "P" if prefill else marker,
         "linestyle": CODEC_LINESTYLE.get(codec, "-"),
         "mfc": "white" if codec else colour,
         "mec": "black" if colour == _C["yellow"] else colour,
@@ -92,7 +111,7 @@ def strategy_order(names):
 
     def key(n):
         base, codec = split_strategy(n)
-        return (known.index(base) if base in known else len(known), base, codec or "", n)
+        return (known.index(base) if base in known else len(known), base, codec or "", split_protocol(n)[1] or "", n)
 
     return sorted(set(names), key=key)
 

@@ -12,6 +12,8 @@ from kvsim_store import PlotError, best_under, better, metric_label, pareto_fron
 from kvsim_style import OKABE_ITO, percent, split_strategy, strategy_order, strategy_style
 
 MEMORY_LABEL = "KV-cache memory (% of fp16 full cache)"
+# Under protocol sparse the cache holds everything: a selector's x is what each step reads.
+MEMORY_READ_LABEL = "KV-cache memory, or read per step (sparse) (% of fp16 full)"
 
 
 def _log_span(values):
@@ -27,14 +29,14 @@ def choose_yscale(values, metric, requested="auto"):
     return "log" if _log_span(values) > 30 else "linear"
 
 
-def _memory_axis(ax, ratios):
+def _memory_axis(ax, ratios, sparse=False):
     ax.set_xscale("log", base=2)
     lo, hi = max(min(ratios), 1e-4), max(ratios)
     ax.set_xlim(2 ** (math.floor(math.log2(lo) * 2) / 2 - 0.15), 2 ** (math.ceil(math.log2(hi) * 2) / 2 + 0.15))
     ax.xaxis.set_major_locator(LogLocator(base=2))
     ax.xaxis.set_major_formatter(FuncFormatter(percent))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(MEMORY_LABEL)
+    ax.set_xlabel(MEMORY_READ_LABEL if sparse else MEMORY_LABEL)
 
 
 def draw_pareto(ax, df, metric, stat="mean", yscale="auto"):
@@ -68,7 +70,7 @@ def draw_pareto(ax, df, metric, stat="mean", yscale="auto"):
     handles.append(Line2D([], [], color="#c8c8c8", lw=4, marker="o", mfc="none", mec="black", ms=5.5,
                           label="Pareto front (all)"))
     ax.set_yscale(scale)
-    _memory_axis(ax, df.ratio)
+    _memory_axis(ax, df.ratio, sparse="protocol" in df and (df.protocol == "sparse").any())
     ax.set_ylabel(metric_label(metric, stat))
     if floor:
         ax.set_ylim(bottom=floor)
@@ -198,7 +200,7 @@ def draw_position(ax, store, df, metric, target, strategies, rows=None):
     for s in strategies:
         if s not in pick.index:
             continue
-        c = store.curve(int(pick.loc[s, "config_id"]), metric)
+        c = store.curve(int(pick.loc[s, "config_id"]), metric, pick.loc[s, "protocol"])
         if c.empty:
             continue
         if rows is not None:

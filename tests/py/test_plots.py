@@ -161,7 +161,47 @@ def main():
 
         suite.check("failed plots write nothing", no_output_on_error)
         suite.check("pareto front and budget selection", check_front_logic)
+        suite.check("runs under several protocols: one line per (strategy, protocol)",
+                    lambda: check_protocols(kvsim, trace, d))
     suite.finish()
+
+
+def check_protocols(kvsim, trace, d):
+    """A real sweep under evict, prefill and sparse: the CSV has one row per (configuration, protocol),
+    labelled 'h2o (prefill)'; a selector's x is its read_ratio from the store (queried here directly);
+    --protocol keeps one protocol, whose labels then carry no suffix."""
+    import csv
+
+    cfg = os.path.join(d, "protocols.yaml")
+    with open(cfg, "w") as f:
+        f.write("name: protocols\ntraces: [%s]\nprefill: [48]\nprotocol: [evict, prefill, sparse]\nstride: 4\n"
+                "strategies:\n  - {name: h2o, grid: {budget: [16, 32]}}\n"
+                "  - {name: oracle_topk, grid: {budget: [8]}}\n" % trace)
+    db = os.path.join(d, "protocols.db")
+    r = run([kvsim, "sweep", cfg, "--db", db, "--quiet"])
+    assert r.returncode == 0, r.stderr
+    out = os.path.join(d, "proto_figs")
+
+    def rows(*extra):
+        r = run([kvsim, "plot", "pareto", "--db", db, "--out", out, "--dpi", str(DPI), "--format", "png", "--csv",
+                 *extra])
+        assert r.returncode == 0, r.stderr
+        with open(os.path.join(out, "pareto.csv")) as f:
+            return list(csv.DictReader(f))
+
+    got = rows()
+    labels = sorted({(x["strategy"], x["protocol"]) for x in got})
+    assert labels == [("h2o", "evict"), ("h2o (prefill)", "prefill"), ("oracle_topk (sparse)", "sparse")], labels
+    assert len(got) == 5, got
+    con = sqlite3.connect(db)
+    read = con.execute("SELECT s.mean FROM summaries s JOIN runs r ON r.id = s.run_id "
+                       "WHERE s.layer = -1 AND s.metric = 'read_ratio' AND r.protocol = 'sparse'").fetchall()
+    con.close()
+    sparse = [float(x["ratio"]) for x in got if x["protocol"] == "sparse"]
+    assert len(read) == 1 and abs(sparse[0] - read[0][0]) < 1e-6, (sparse, read)
+    assert sparse[0] < 0.9, sparse  # what it reads, not the full cache it holds (ratio 1)
+    only = rows("--protocol", "prefill")
+    assert sorted({x["strategy"] for x in only}) == ["h2o"] and len(only) == 2, only
 
 
 def check_front_logic():
