@@ -74,6 +74,8 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"kvmerger", make_kvmerger},
       {"cms_aggregate", make_cms_aggregate},
       {"oracle_topk", make_oracle_topk},
+      {"quest", make_quest},
+      {"sparq", make_sparq},
   };
   // clang-format on
   return r;
