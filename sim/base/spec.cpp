@@ -31,16 +31,25 @@ StrategySpec parse_spec(const std::string& text) {
   if (colon == std::string::npos) return spec;
   std::string rest = text.substr(colon + 1);
   std::stringstream ss(rest);
-  std::string item;
+  std::string item, last;
   while (std::getline(ss, item, ',')) {
     item = trim(item);
     if (item.empty()) continue;
     size_t eq = item.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+    // A bare integer continues the previous value as a list: dense_layers=0,1 (ParamReader::get_int_list).
+    const bool list_item =
+        eq == std::string::npos && !last.empty() && item.find_first_not_of("0123456789") == std::string::npos;
+    if (list_item) {
+      std::string& v = spec.params[last];
+      v += (v.empty() ? "" : ",") + item;
+      continue;
+    }
+    if (eq == std::string::npos || eq == 0)
       throw UsageError("strategy '" + text + "': parameter '" + item + "' is not key=value");
-    std::string k = trim(item.substr(0, eq)), v = trim(item.substr(eq + 1));
+    std::string k = trim(item.substr(0, eq)), v = trim(item.substr(eq + 1));  // v may be empty: an empty list
     if (spec.params.count(k)) throw UsageError("strategy '" + text + "': parameter '" + k + "' given twice");
     spec.params[k] = v;
+    last = k;
   }
   return spec;
 }
@@ -65,6 +74,29 @@ int64_t ParamReader::get_int(const std::string& key, int64_t def, const std::str
     v = x;
   }
   resolved_[key] = std::to_string(v);
+  return v;
+}
+
+std::vector<int64_t> ParamReader::get_int_list(const std::string& key, const std::vector<int64_t>& def) {
+  const std::string* s = raw(key);
+  std::vector<int64_t> v = def;
+  if (s) {
+    v.clear();
+    std::stringstream ss(*s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      char* end = nullptr;
+      errno = 0;
+      long long x = std::strtoll(item.c_str(), &end, 10);
+      if (errno || end == item.c_str() || *end != '\0')
+        throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s +
+                         " is not a list of integers (a,b,c; empty for none)");
+      v.push_back(x);
+    }
+  }
+  std::string text;
+  for (int64_t x : v) text += (text.empty() ? "" : ",") + std::to_string(x);
+  resolved_[key] = text;
   return v;
 }
 

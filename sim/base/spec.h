@@ -16,7 +16,8 @@ struct StrategySpec {
   std::string text;                           // the spec as given
 };
 
-// Parses "name" or "name:k=v,k=v". Throws UsageError on malformed text or a repeated key.
+// Parses "name" or "name:k=v,k=v". A bare integer after k=v extends v as a list ("k=0,1"); "k=" is an
+// empty value. Throws UsageError on malformed text or a repeated key.
 StrategySpec parse_spec(const std::string& text);
 
 class ParamReader {
@@ -26,6 +27,8 @@ class ParamReader {
   bool has(const std::string& key);
   int64_t get_int(const std::string& key, int64_t def, const std::string& doc = "");
   double get_double(const std::string& key, double def, const std::string& doc = "");
+  // A comma-separated list of integers (`dense_layers=0,1`; `dense_layers=` is the empty list).
+  std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& def);
   // One of `choices`; the first is the default.
   std::string get_choice(const std::string& key, const std::vector<std::string>& choices);
   // Throws UsageError naming unknown keys and listing the known ones.

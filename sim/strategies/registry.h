@@ -26,5 +26,7 @@ std::unique_ptr<Strategy> make_kvmerger(ParamReader& p);
 std::unique_ptr<Strategy> make_cms_aggregate(ParamReader& p);
 // Selectors (protocol sparse).
 std::unique_ptr<Strategy> make_oracle_topk(ParamReader& p);
+std::unique_ptr<Strategy> make_magicpig(ParamReader& p);
+std::unique_ptr<Strategy> make_pqcache(ParamReader& p);
 
 }  // namespace kvsim

@@ -74,6 +74,8 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"kvmerger", make_kvmerger},
       {"cms_aggregate", make_cms_aggregate},
       {"oracle_topk", make_oracle_topk},
+      {"magicpig", make_magicpig},
+      {"pqcache", make_pqcache},
   };
   // clang-format on
   return r;
