@@ -27,7 +27,7 @@ struct PplArgs {
   std::string model, tokenizer, text, prompt, ids, backend = "cpu", protocol = "evict";
   std::vector<std::string> strategies;
   int64_t prefill = -1, max_tokens = -1;
-  bool no_bos = false, json = false, quiet = false;
+  bool no_bos = false, json = false, quiet = false, per_token = false;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -59,7 +59,7 @@ std::vector<int32_t> input_ids(const PplArgs& a) {
 nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
 
 nlohmann::json to_json(const PplArgs& a, const model::ModelConfig& c, Backend b,
-                       const std::vector<model::PerplexityResult>& rs) {
+                       const std::vector<model::PerplexityResult>& rs, const std::vector<int32_t>& ids) {
   nlohmann::json j;
   j["model"] = a.model;
   j["T"] = rs.front().T;
@@ -69,15 +69,28 @@ nlohmann::json to_json(const PplArgs& a, const model::ModelConfig& c, Backend b,
   j["shape"] = {{"L", c.n_layers}, {"H", c.n_heads}, {"Hkv", c.n_kv_heads}, {"D", c.head_dim}};
   j["backend"] = backend_name(b);
   j["results"] = nlohmann::json::array();
-  for (const auto& r : rs)
-    j["results"].push_back({{"strategy", r.strategy},
-                            {"spec", r.spec},
-                            {"params", r.params},
-                            {"ppl", num(r.ppl)},
-                            {"delta_ppl", num(r.ppl - rs.front().ppl)},
-                            {"nll", num(r.nll)},
-                            {"ratio", num(r.mean_ratio)},
-                            {"seconds", r.seconds}});
+  for (const auto& r : rs) {
+    const model::GreedyAgreement g = model::greedy_agreement(rs.front(), r);
+    nlohmann::json x = {
+        {"strategy", r.strategy},
+        {"spec", r.spec},
+        {"params", r.params},
+        {"ppl", num(r.ppl)},
+        {"delta_ppl", num(r.ppl - rs.front().ppl)},
+        {"nll", num(r.nll)},
+        {"ratio", num(r.mean_ratio)},
+        {"greedy_agreement", g.fraction},
+        {"first_divergence", g.first_divergence < 0 ? nlohmann::json(nullptr) : nlohmann::json(g.first_divergence)},
+        {"seconds", r.seconds}};
+    if (a.per_token) {
+      nlohmann::json nll = nlohmann::json::array();
+      for (double v : r.token_nll) nll.push_back(num(v));
+      x["token_nll"] = std::move(nll);
+      x["argmax"] = r.argmax;
+    }
+    j["results"].push_back(std::move(x));
+  }
+  if (a.per_token) j["ids"] = ids;  // token_nll[i] and argmax[i] belong to position prefill + i
   return j;
 }
 
@@ -88,12 +101,12 @@ void print_table(const PplArgs& a, const model::ModelConfig& c, Backend b,
               a.model.c_str(), (long long)f.T, (long long)f.P, (long long)f.n_predicted, (long long)c.n_layers,
               (long long)c.n_heads, (long long)c.n_kv_heads, (long long)c.head_dim, backend_name(b));
   // "Δ" is two bytes in UTF-8 and one column: widths one wider than the rows'
-  std::printf("%-36s %10s %11s %9s %8s %6s %8s\n", "strategy", "ppl", "\xce\x94ppl", "\xce\x94ppl%", "nll", "ratio",
-              "seconds");
+  std::printf("%-36s %10s %11s %9s %8s %6s %6s %8s\n", "strategy", "ppl", "\xce\x94ppl", "\xce\x94ppl%", "nll", "ratio",
+              "agree", "seconds");
   for (const auto& r : rs) {
     const std::string name = r.spec.size() > 36 ? r.spec.substr(0, 33) + "..." : r.spec;
-    std::printf("%-36s %10.4f %+10.4f %+7.2f%% %8.5f %6.3f %8.2f\n", name.c_str(), r.ppl, r.ppl - f.ppl,
-                100.0 * (r.ppl / f.ppl - 1.0), r.nll, r.mean_ratio, r.seconds);
+    std::printf("%-36s %10.4f %+10.4f %+7.2f%% %8.5f %6.3f %6.3f %8.2f\n", name.c_str(), r.ppl, r.ppl - f.ppl,
+                100.0 * (r.ppl / f.ppl - 1.0), r.nll, r.mean_ratio, model::greedy_agreement(f, r).fraction, r.seconds);
   }
 }
 
@@ -122,7 +135,7 @@ int run_ppl(const PplArgs& a) {
   for (const auto& s : strategies) rs.push_back(model::perplexity(m, ids, P, s.get(), backend, advance, protocol));
   progress.finish();
   if (a.json)
-    std::printf("%s\n", to_json(a, m.config, backend, rs).dump(2).c_str());
+    std::printf("%s\n", to_json(a, m.config, backend, rs, ids).dump(2).c_str());
   else
     print_table(a, m.config, backend, rs);
   return 0;
@@ -139,7 +152,9 @@ void add_ppl(CLI::App& app) {
       "The first P tokens run as one prompt over the exact cache, then each strategy compresses and every\n"
       "later token runs alone through it (replay semantics, design.md §3). Tokens P..T-1 are scored, each\n"
       "by the logits of the position before it; `full` (the plain cache) is always the first row.\n"
-      "ratio: the replay's memory ratio, bytes / fp16 full cache, averaged over layers, KV heads and steps.");
+      "ratio: the replay's memory ratio, bytes / fp16 full cache, averaged over layers, KV heads and steps.\n"
+      "agree: greedy agreement, the fraction of predicted positions whose argmax equals the full cache's\n"
+      "(--json adds first_divergence, the first position where they differ).");
   c->add_option("--model", a->model, "llama2.c checkpoint (.bin) or Hugging Face directory")->required();
   c->add_option("--tokenizer", a->tokenizer,
                 "tokenizer (.bin llama2.c or .model SentencePiece; default: next to the model)");
@@ -159,6 +174,8 @@ void add_ppl(CLI::App& app) {
   c->add_option("--backend", a->backend, "cpu, ref, omp or auto (cpu/auto: omp when built with OpenMP)")
       ->capture_default_str();
   c->add_flag("--json", a->json, "print JSON instead of a table");
+  c->add_flag("--per-token", a->per_token,
+              "with --json: each run's token_nll and argmax per predicted position, and the ids scored");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");
   c->callback([a] { exit_status() = run_ppl(*a); });
 }

@@ -72,9 +72,9 @@ struct InstanceContext {
 // the step loads (the rest enter the row through metadata already counted: SparQ's v̄).
 struct Selection {
   std::vector<int32_t> slots;
-  std::vector<float> bias;           // empty, or one per entry of slots, added to the slot's own bias
-  int64_t loaded = -1;               // slots[0..loaded) are read from the cache; -1: all of them
-  const SlotCache* from = nullptr;   // nullptr: the instance's cache; else the same slots, other keys
+  std::vector<float> bias;          // empty, or one per entry of slots, added to the slot's own bias
+  int64_t loaded = -1;              // slots[0..loaded) are read from the cache; -1: all of them
+  const SlotCache* from = nullptr;  // nullptr: the instance's cache; else the same slots, other keys
   int64_t n_loaded() const { return loaded < 0 ? static_cast<int64_t>(slots.size()) : loaded; }
   void clear() { slots.clear(), bias.clear(), loaded = -1, from = nullptr; }
 };

@@ -63,6 +63,25 @@ def main():
         assert res[1]["params"]["budget"] == "8" and res[1]["ratio"] < 1, res[1]
         assert res[1]["delta_ppl"] == res[1]["ppl"] - res[0]["ppl"], res
 
+    def per_token():
+        # token_nll averages to nll; greedy agreement recomputed here from the argmax lists; full agrees
+        # with itself; and a window of 1 token (which must diverge somewhere) names its first divergence.
+        j = ppl_json("--prompt", TEXT, "--prefill", "12", "--strategy", "window:budget=1", "--per-token")
+        n = j["T"] - 12
+        assert len(j["ids"]) == j["T"], j.keys()
+        full, win = j["results"]
+        for r in (full, win):
+            assert len(r["token_nll"]) == n and len(r["argmax"]) == n, r.keys()
+            assert abs(sum(r["token_nll"]) / n - r["nll"]) <= 1e-12 * max(1.0, r["nll"]), r["nll"]
+        assert full["greedy_agreement"] == 1 and full["first_divergence"] is None, full
+        same = [a == b for a, b in zip(full["argmax"], win["argmax"])]
+        assert abs(win["greedy_agreement"] - sum(same) / n) < 1e-12, (win["greedy_agreement"], sum(same))
+        assert not all(same), "window:budget=1 predicts exactly like full: the check cannot discriminate"
+        assert win["first_divergence"] == 12 + same.index(False), (win["first_divergence"], same.index(False))
+        # without --per-token, no per-token arrays (the JSON stays small)
+        j2 = ppl_json("--prompt", TEXT, "--prefill", "12", "--strategy", "window:budget=1")
+        assert "token_nll" not in j2["results"][1] and "greedy_agreement" in j2["results"][1], j2["results"][1]
+
     def ids_equal_text():
         by_text = ppl_json("--prompt", "Zoo", "--prefill", "1", "--strategy", "window:budget=1")
         by_ids = ppl_json("--ids", "1 410 469 347", "--prefill", "1", "--strategy", "window:budget=1")
@@ -120,10 +139,11 @@ def main():
         r = lib.run([kv, "ppl", "--help"])
         assert r.returncode == 0, r.stderr
         for opt in ["--model", "--text", "--prompt", "--ids", "--strategy", "--prefill", "--max-tokens", "--backend",
-                    "--json", "--tokenizer", "--no-bos", "--quiet"]:
+                    "--json", "--tokenizer", "--no-bos", "--quiet", "--per-token"]:
             assert opt in r.stdout, opt
 
-    for name, fn in [("table", table), ("json shape", json_shape), ("--ids equals the tokenized text", ids_equal_text),
+    for name, fn in [("table", table), ("json shape", json_shape), ("--per-token: token nll, argmax, greedy agreement", per_token),
+                     ("--ids equals the tokenized text", ids_equal_text),
                      ("--text file and --max-tokens", text_file_and_max_tokens),
                      ("ratio equals kvsim run's on the same ids", ratio_matches_replay),
                      ("bad inputs: one line, exit 2", bad_inputs), ("--help", help_text)]:

@@ -1,5 +1,6 @@
 #include "traces/model/perplexity.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -17,6 +18,20 @@ double token_nll(const float* logits, int64_t vocab, int32_t target) {
   double sum = 0;
   for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
   return mx + std::log(sum) - static_cast<double>(logits[target]);
+}
+
+GreedyAgreement greedy_agreement(const PerplexityResult& full, const PerplexityResult& r) {
+  KVSIM_ASSERT(full.argmax.size() == r.argmax.size() && full.P == r.P);
+  GreedyAgreement g;
+  int64_t same = 0;
+  for (size_t i = 0; i < r.argmax.size(); ++i) {
+    if (r.argmax[i] == full.argmax[i])
+      ++same;
+    else if (g.first_divergence < 0)
+      g.first_divergence = r.P + static_cast<int64_t>(i);
+  }
+  g.fraction = r.argmax.empty() ? 1.0 : static_cast<double>(same) / static_cast<double>(r.argmax.size());
+  return g;
 }
 
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, int64_t P, const Strategy* strategy,
@@ -42,8 +57,12 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, in
   const float* logits = runner.forward(ids.data(), P);
   if (progress) progress(P);
   double sum = 0;
+  r.token_nll.reserve(static_cast<size_t>(T - P)), r.argmax.reserve(static_cast<size_t>(T - P));
   for (int64_t t = P; t < T; ++t) {
-    sum += token_nll(logits, c.vocab_size, ids[t]);  // logits of position t-1 predict x_t
+    const double nll = token_nll(logits, c.vocab_size, ids[t]);  // logits of position t-1 predict x_t
+    sum += nll;
+    r.token_nll.push_back(nll);
+    r.argmax.push_back(static_cast<int32_t>(std::max_element(logits, logits + c.vocab_size) - logits));
     logits = runner.forward(&ids[t], 1);
     if (progress) progress(1);
   }

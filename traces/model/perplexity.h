@@ -16,6 +16,9 @@
 //      decode step t), (codec bytes + strategy state bytes) / (4 D (t+1)) at attention time,
 //      averaged over all of them: `kvsim run --prefill P` on a trace of the same ids reports the
 //      same mean wherever the strategy's slot count does not depend on the data.
+//   5. Per predicted token t (index t - P): its nll and the argmax of logits_{t-1} (the greedy
+//      prediction at that position; ties to the lower id), for key-token perplexity and greedy
+//      agreement (greedy_agreement below, `kvsim ppl --per-token`, `kvsim validate`).
 // Without a strategy the plain runner with its FullKvCache runs the same schedule (ratio 1).
 #pragma once
 
@@ -24,6 +27,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "sim/kernels/backend.h"
 #include "sim/strategies/strategy.h"
@@ -39,7 +43,17 @@ struct PerplexityResult {
   double ppl = 0;                         // exp(nll)
   double mean_ratio = 1;                  // see 4. above
   double seconds = 0;
+  std::vector<double> token_nll;  // [T - P] per predicted token x_t, t = P..T-1 (see 5.)
+  std::vector<int32_t> argmax;    // [T - P] argmax of logits_{t-1}
 };
+
+// Greedy agreement of a run with the full cache's: the fraction of predicted positions whose argmax
+// equals full's, and the first position t (P..T-1) where they differ, -1 when none.
+struct GreedyAgreement {
+  double fraction = 1;
+  int64_t first_divergence = -1;
+};
+GreedyAgreement greedy_agreement(const PerplexityResult& full, const PerplexityResult& r);
 
 // -log softmax(logits)[target], in double.
 double token_nll(const float* logits, int64_t vocab, int32_t target);
