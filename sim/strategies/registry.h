@@ -28,5 +28,7 @@ std::unique_ptr<Strategy> make_cms_aggregate(ParamReader& p);
 std::unique_ptr<Strategy> make_oracle_topk(ParamReader& p);
 std::unique_ptr<Strategy> make_quest(ParamReader& p);
 std::unique_ptr<Strategy> make_sparq(ParamReader& p);
+std::unique_ptr<Strategy> make_magicpig(ParamReader& p);
+std::unique_ptr<Strategy> make_pqcache(ParamReader& p);
 
 }  // namespace kvsim

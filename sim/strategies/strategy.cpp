@@ -76,6 +76,8 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"oracle_topk", make_oracle_topk},
       {"quest", make_quest},
       {"sparq", make_sparq},
+      {"magicpig", make_magicpig},
+      {"pqcache", make_pqcache},
   };
   // clang-format on
   return r;
