@@ -198,11 +198,11 @@ TEST_CASE("nf4:dq=1: a group of 256 blocks is double-quantized, against a plain-
   const float scale = m / 127.0f;
   for (int64_t t = 0; t < T; ++t) {
     cs->store(c, static_cast<int32_t>(t), &k[t * D], &v[t * D]);
-    if (t == T - 2) {  // 255 blocks: first level only, each with its exact absmax
+    if (t == T - 2) {  // 255 blocks (one per token, quantized on arrival): first level only, exact absmax
       for (int64_t x = 0; x < D; ++x)
         CHECK(c.key(c.find(7))[x] == kNf4Values[nearest(k[7 * D + x] * (1.0f / a[7]))] * a[7]);
-      // 255 tokens x 2 tensors x (64 / 2 + 4) + one fp16 token (2 x 128)
-      CHECK(cs->bytes(c) == 255 * 2 * 36.0 + 256.0);
+      // 255 tokens x 2 tensors x (64 / 2 + 4 for the fp32 absmax)
+      CHECK(cs->bytes(c) == 255 * 2 * 36.0);
     }
   }
   double worst = 0;
@@ -231,7 +231,7 @@ TEST_CASE("degeneracies: a codec that never quantizes and a budget never reached
         std::vector<std::string>{
             "nf4: dq=1 never completed a group of 256 blocks for the keys (their absmax values stayed fp32)",
             "nf4: dq=1 never completed a group of 256 blocks for the values (their absmax values stayed fp32)"});
-  // h2o with budget 3 holds at most 4 slots at a store; kivi's keys need 5 pending (keep 1 + R = 4).
+  // window with budget 3 holds at most 4 slots at a store; kivi's keys need 5 pending (keep 1 + R = 4).
   test::Layer L(2, 1, 16, 8);
   L.fill_random(5);
   LayerView lv = L.view();
@@ -243,11 +243,11 @@ TEST_CASE("degeneracies: a codec that never quantizes and a budget never reached
       inst.step(lv, t, kernels(Backend::ref).attend_slots, [](const Instance&, int64_t) {});
     return inst.degeneracies();
   };
-  CHECK(run("h2o:budget=3+kivi:group=4,residual=4") ==
+  CHECK(run("window:budget=3+kivi:group=4,residual=4") ==
         std::vector<std::string>{"kivi: nothing was ever quantized (keys need 5 and values 6 pending fp16 tokens; "
                                  "the cache never held that many)"});
-  CHECK(run("h2o:budget=64") ==
+  CHECK(run("window:budget=64") ==
         std::vector<std::string>{
-            "h2o: the cache never dropped a token (its budget was never reached: the run equals full)"});
+            "window: the cache never dropped a token (its budget was never reached: the run equals full)"});
   CHECK(run("full+kivi:group=4,residual=4").empty());
 }

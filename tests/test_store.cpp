@@ -128,7 +128,8 @@ TEST_CASE("store: a run's warnings are stored, a schema version 2 store gets the
   const std::string db = dir.file("w.db");
   {
     ResultsStore s(db);
-    StoreRun r = make_run(1, 1, "done", 0.5);
+    const int64_t t = s.add_trace({"a.h5", "abc", "m", false, 5, 8, 4, 8});
+    StoreRun r = make_run(s.add_config({"full+kivi", "full+kivi:bits=2", "{}"}), t, "done", 0.5);
     r.warnings = "kivi: nothing was ever quantized (in 4 of 4 caches)";
     s.commit_run(r);
   }
