@@ -8,7 +8,7 @@ import os
 import sqlite3
 import urllib.parse
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 # design.md §4 names as stored (topk_recall is stored per k).
 METRICS = ["out_cos", "out_rel_l2", "mass", "kl", "tv", "topk8_recall", "topk32_recall", "logit_rel_err",

@@ -133,7 +133,7 @@ def build(path, shape="stories260k", tokens=512, sequences=2, seed=1, empty=Fals
             run_id += 1
             seq = f"{si:04d}"
             failed = strategy == "cms_topk" and si == 1 and ratio < 0.1
-            con.execute("INSERT INTO runs VALUES(?, ?, 1, ?, ?, 1, ?, ?, ?, ?, 'synth', '0.1.0', 'ref', ?, 'evict')",
+            con.execute("INSERT INTO runs VALUES(?, ?, 1, ?, ?, 1, ?, ?, ?, ?, 'synth', '0.1.0', 'ref', ?, 'evict', '')",
                         (run_id, cid, seq, P, tokens, "failed" if failed else "done",
                          "synthetic failure for tests" if failed else None, 0.01 * (1 + rng.random()),
                          "2026-01-01T00:00:00Z"))

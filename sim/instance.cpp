@@ -105,6 +105,16 @@ const float* Instance::weights(int64_t c, int64_t g) const {
 
 void Instance::finish_step(int64_t t) { finish_step(t, wptr_); }
 
+std::vector<std::string> Instance::degeneracies() const {
+  std::vector<std::string> out;
+  for (int64_t c = 0; c < ctx_.n_caches; ++c) {
+    if (!sparse())  // under protocol sparse nothing is dropped by design
+      for (auto& d : state_->degeneracies(caches_[c], c)) out.push_back(strat_.name() + ": " + d);
+    for (auto& d : codec_[c]->degeneracies()) out.push_back(std::move(d));
+  }
+  return out;
+}
+
 void Instance::finish_step(int64_t t, std::span<const float* const> attn) {
   KVSIM_ASSERT(prefilled_ && static_cast<int64_t>(attn.size()) == ctx_.n_caches);
   if (ctx_.protocol != Protocol::evict) return;  // prefill: the cut was the only one; sparse: none

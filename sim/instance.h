@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "sim/kernels/kernels.h"
@@ -99,6 +100,9 @@ class Instance {
   void store_from(const LayerView& lv, int64_t t);
   void attend_from(const LayerView& lv, int64_t t, AttendSlotsFn fn);
   bool sparse() const { return ctx_.protocol == Protocol::sparse; }
+  // After the run, per cache: the strategy's degeneracies (protocols evict and prefill; prefixed
+  // with its name) and the codec's, one line each (StrategyState/CodecState::degeneracies).
+  std::vector<std::string> degeneracies() const;
   // store -> attend -> measure(*this, t) -> observe -> evict.
   template <class Measure>
   void step(const LayerView& lv, int64_t t, AttendSlotsFn fn, Measure&& measure) {

@@ -127,12 +127,23 @@ class InstanceMetrics {
 
 void run_instance(const LayerView& lv, const ExactStats& rs, int64_t layer, const Strategy& strat, const Job& job,
                   const ReplayOptions& opt, AttendSlotsFn attend, const std::vector<int64_t>& edges,
-                  ConfigResult& result) {
+                  ConfigResult& result, std::vector<std::string>& degeneracies) {
   Instance inst(strat, job.ctx);
   InstanceMetrics metrics(lv, rs, opt, layer);
   inst.prefill_from(lv);
   for (int64_t t = job.ctx.P; t < lv.T; ++t) inst.step(lv, t, attend, metrics);
   metrics.finish(inst, edges, result);
+  degeneracies = inst.degeneracies();
+}
+
+// Counts each instance's degeneracies into its configuration (serially, after the threads).
+void count_degeneracies(const std::vector<Job>& jobs, const std::vector<std::vector<std::string>>& found,
+                        std::vector<ConfigResult>& results) {
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    ConfigResult& r = results[jobs[i].config];
+    r.n_caches += jobs[i].ctx.n_caches;
+    for (const auto& d : found[i]) ++r.degenerate[d];
+  }
 }
 
 // Runs body(i) for i in [0, n) on OpenMP threads, rethrowing the first exception on the caller's.
@@ -203,10 +214,13 @@ void replay_layer_lockstep(const LayerView& lv, const ExactStats& rs, int64_t la
       seconds[i] += since(t1);
     });
   }
+  std::vector<std::vector<std::string>> found(jobs.size());
   for (int64_t i = 0; i < n_jobs; ++i) {
     metrics[i]->finish(*insts[i], edges, results[jobs[i].config]);
     results[jobs[i].config].seconds += seconds[i] + shared / static_cast<double>(n_jobs);
+    found[i] = insts[i]->degeneracies();
   }
+  count_degeneracies(jobs, found, results);
 }
 
 }  // namespace
@@ -261,11 +275,12 @@ void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int6
   }
   const AttendSlotsFn attend = kernels(opt.backend).attend_slots;
   std::vector<double> seconds(jobs.size(), 0.0);
+  std::vector<std::vector<std::string>> found(jobs.size());
   const int64_t n_jobs = static_cast<int64_t>(jobs.size());
   auto body = [&](int64_t i) {
     const auto t0 = Clock::now();
     const Job& j = jobs[i];
-    run_instance(lv, rs, layer, *strategies[j.config], j, opt, attend, edges, results[j.config]);
+    run_instance(lv, rs, layer, *strategies[j.config], j, opt, attend, edges, results[j.config], found[i]);
     seconds[i] = since(t0);
   };
   if (opt.backend == Backend::omp) {
@@ -274,6 +289,7 @@ void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int6
     for (int64_t i = 0; i < n_jobs; ++i) body(i);
   }
   for (int64_t i = 0; i < n_jobs; ++i) results[jobs[i].config].seconds += seconds[i];
+  count_degeneracies(jobs, found, results);
 }
 
 void finalize_summaries(ConfigResult& r) {
@@ -375,6 +391,9 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   }
   cache.finish();
   for (auto& c : res.configs) finalize_summaries(c);
+  for (ConfigResult& c : res.configs)
+    for (const auto& [what, n] : c.degenerate)
+      c.warnings.push_back(what + " (in " + std::to_string(n) + " of " + std::to_string(c.n_caches) + " caches)");
   return res;
 }
 

@@ -70,6 +70,11 @@ struct ConfigResult {
   std::array<MetricSummary, kNumMetrics> summary{};      // means over heads of each statistic
   std::array<std::vector<double>, kNumMetrics> curve{};  // means over heads
   double seconds = 0;                                    // replay time (excl. reading, reference)
+  // Degeneracies (Instance::degeneracies): each line with the number of caches it held in,
+  // "kivi: no keys were ever quantized (...) (in 20 of 20 caches)"; printed on stderr and stored.
+  std::vector<std::string> warnings;
+  std::map<std::string, int64_t> degenerate;  // line -> caches, over all layers
+  int64_t n_caches = 0;
 };
 
 struct ReplayResult {

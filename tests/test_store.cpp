@@ -93,7 +93,7 @@ TEST_CASE("store: refuses a database of another schema version, and a non-store 
     sqlite3_close(h);
   }
   const std::string want =
-      db + std::string(": results store schema_version = '99' but this kvsim writes version 2 (use a new --db file)");
+      db + std::string(": results store schema_version = '99' but this kvsim writes version 3 (use a new --db file)");
   CHECK_THROWS_WITH_AS(ResultsStore{db}, want.c_str(), FormatError);
   const std::string junk = dir.file("junk.db");
   std::ofstream(junk) << "not a database at all, just text that is long enough to have a header......\n";
@@ -121,6 +121,41 @@ TEST_CASE("store: a database killed before its schema committed (no tables) is c
   }
   ResultsStore s(db);
   CHECK(s.count_runs() == 0);
+}
+
+TEST_CASE("store: a run's warnings are stored, a schema version 2 store gets the column in place") {
+  test::TempDir dir;
+  const std::string db = dir.file("w.db");
+  {
+    ResultsStore s(db);
+    const int64_t t = s.add_trace({"a.h5", "abc", "m", false, 5, 8, 4, 8});
+    StoreRun r = make_run(s.add_config({"full+kivi", "full+kivi:bits=2", "{}"}), t, "done", 0.5);
+    r.warnings = "kivi: nothing was ever quantized (in 4 of 4 caches)";
+    s.commit_run(r);
+  }
+  sqlite3* h = nullptr;
+  REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
+  auto one = [&](const char* sql) {
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(h, sql, -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    std::string v = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return v;
+  };
+  CHECK(one("SELECT warnings FROM runs") == "kivi: nothing was ever quantized (in 4 of 4 caches)");
+  // Back to the version 2 layout by hand: the column gone, version '2'.
+  REQUIRE(sqlite3_exec(h, "ALTER TABLE runs DROP COLUMN warnings; UPDATE meta SET value='2' WHERE key='schema_version'",
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(h);
+  {
+    ResultsStore s(db);
+    CHECK(s.count_runs("done") == 1);
+  }
+  REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
+  CHECK(one("SELECT value FROM meta WHERE key='schema_version'") == "3");
+  CHECK(one("SELECT '[' || warnings || ']' FROM runs") == "[]");
+  sqlite3_close(h);
 }
 
 TEST_CASE("store: a schema version 1 store is migrated in place, its runs become protocol evict") {
@@ -170,7 +205,8 @@ INSERT INTO summaries VALUES(7, -1, -1, 'kl', 0.25, 0.25, 0.25, 0.25, 0.25, 10);
     sqlite3_finalize(st);
     return v;
   };
-  CHECK(one("SELECT value FROM meta WHERE key='schema_version'") == "2");
+  CHECK(one("SELECT value FROM meta WHERE key='schema_version'") == "3");  // through v2 to v3
+  CHECK(one("SELECT '[' || warnings || ']' FROM runs WHERE id = 7") == "[]");
   CHECK(one("SELECT mean FROM summaries WHERE run_id = 7") == "0.25");  // not cascaded away
   CHECK(one("SELECT group_concat(protocol) FROM (SELECT protocol FROM runs ORDER BY protocol)") == "evict,prefill");
   CHECK(one("SELECT count(*) FROM results WHERE protocol = 'evict' AND metric = 'kl'") == "1");

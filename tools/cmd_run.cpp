@@ -51,6 +51,7 @@ nlohmann::json to_json(const ReplayResult& r, bool per_head) {
     cj["strategy"] = c.strategy;
     cj["spec"] = c.spec;
     cj["params"] = c.params;
+    cj["warnings"] = c.warnings;
     nlohmann::json s, cv;
     for (int m = 0; m < kNumMetrics; ++m) {
       const auto& x = c.summary[m];
@@ -130,6 +131,7 @@ int run_run(const RunArgs& a) {
   opt.progress = [&](const std::string&) { progress.advance(); };
   ReplayResult r = replay_trace(reader, strategies, opt);
   progress.finish();
+  warn_degeneracies(r, "kvsim run");
   if (store) {  // the same rows as kvsim sweep writes (sim/store/STORE.md)
     const auto& h = reader.header();
     const int64_t trace_id = store->add_trace(

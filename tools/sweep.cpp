@@ -202,12 +202,29 @@ StoreTrace store_trace_of(const std::string& path, const std::string& model, boo
   return t;
 }
 
+std::string warnings_text(const ConfigResult& c) {
+  std::string out;
+  for (const auto& w : c.warnings) out += (out.empty() ? "" : "\n") + w;
+  return out;
+}
+
+void warn_degeneracies(const ReplayResult& rr, const std::string& who) {
+  for (const auto& c : rr.configs) {
+    if (c.warnings.empty()) continue;
+    std::string line;
+    for (const auto& w : c.warnings) line += (line.empty() ? "" : "; ") + w;
+    std::fprintf(stderr, "%s: warning: %s, sequence %s: %s\n", who.c_str(), c.spec.c_str(), rr.sequence.c_str(),
+                 line.c_str());
+  }
+}
+
 StoreRun store_run_of(const ReplayResult& rr, size_t config) {
   StoreRun r;
   r.sequence = rr.sequence, r.prefill = rr.P, r.stride = rr.stride, r.n_tokens = rr.T;
   r.protocol = protocol_name(rr.protocol);
   r.host = hostname(), r.kvsim_version = KVSIM_VERSION, r.backend = backend_name(rr.backend);
   r.seconds = rr.configs.at(config).seconds;
+  r.warnings = warnings_text(rr.configs.at(config));
   fill_rows(rr.configs.at(config), rr, r);
   return r;
 }
@@ -361,9 +378,11 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
   opt.stats_cache = stats_cache;
   try {
     const ReplayResult rr = replay_trace(*reader, strategies, opt);
+    warn_degeneracies(rr, "kvsim sweep");
     for (size_t j = 0; j < index.size(); ++j) {
       SweepOutcome& o = out[index[j]];
       o.run.seconds = rr.configs[j].seconds;
+      o.run.warnings = warnings_text(rr.configs[j]);
       fill_rows(rr.configs[j], rr, o.run);
     }
   } catch (const NotCompiled&) {

@@ -94,6 +94,10 @@ StoreConfig store_config_of(const std::string& spec);
 StoreTrace store_trace_of(const std::string& path, const std::string& model, bool synthetic, int64_t L, int64_t H,
                           int64_t Hkv, int64_t D);
 StoreRun store_run_of(const ReplayResult& rr, size_t config);
+// A configuration's degeneracies (ConfigResult::warnings) as the store keeps them: one per line.
+std::string warnings_text(const ConfigResult& c);
+// One line on stderr per degenerate configuration of a replay: "WHO: warning: SPEC, sequence S: ...".
+void warn_degeneracies(const ReplayResult& rr, const std::string& who);
 
 // The default results store of a config: next to it, <config stem>.db.
 std::string default_db_path(const std::string& config);

@@ -1,4 +1,4 @@
--- kvsim results store, schema version 2 (version 1 had no runs.protocol; ResultsStore migrates it) (sim/store/STORE.md documents every column).
+-- kvsim results store, schema version 3 (version 1 had no runs.protocol, version 2 no runs.warnings; ResultsStore migrates both) (sim/store/STORE.md documents every column).
 -- The one copy of the schema: CMake embeds this file in sim/store/store.cpp at build time
 -- (kStoreSchemaSql in the generated sim/store/schema_sql.h), and plots/synth_store.py reads it.
 -- A change here is a new schema version: bump kStoreSchemaVersion (sim/store/store.h) and
@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS configs(id INTEGER PRIMARY KEY, strategy TEXT, spec T
 CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, config_id INTEGER REFERENCES configs(id),
   trace_id INTEGER REFERENCES traces(id), sequence TEXT, prefill INTEGER, stride INTEGER, n_tokens INTEGER,
   status TEXT, error TEXT, seconds REAL, host TEXT, kvsim_version TEXT, backend TEXT, finished TEXT,
-  protocol TEXT NOT NULL DEFAULT 'evict',
+  protocol TEXT NOT NULL DEFAULT 'evict', warnings TEXT NOT NULL DEFAULT '',
   UNIQUE(config_id, trace_id, sequence, prefill, stride, protocol));
 CREATE TABLE IF NOT EXISTS summaries(run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE, layer INTEGER,
   head INTEGER, metric TEXT, mean REAL, p5 REAL, p50 REAL, p95 REAL, worst REAL, n INTEGER,

@@ -113,6 +113,10 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
       }
       if (v == "1") {
         migrate_v1();
+        v = "2";
+      }
+      if (v == "2") {
+        migrate_v2();
         v = std::to_string(kStoreSchemaVersion);
       }
       if (v != std::to_string(kStoreSchemaVersion))
@@ -162,6 +166,21 @@ ALTER TABLE runs_v2 RENAME TO runs;
 UPDATE meta SET value = '2' WHERE key = 'schema_version';
 COMMIT;)sql");
   exec("PRAGMA foreign_keys=ON");
+}
+
+// Version 2 had no runs.warnings: a column added in place (no constraint changes), '' for every run.
+void ResultsStore::migrate_v2() {
+  exec("BEGIN IMMEDIATE");
+  {  // another process may have migrated while this one waited for the write lock
+    Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
+    if (!s.step() || s.col_text(0) != "2") {
+      exec("COMMIT");
+      return;
+    }
+  }
+  exec(
+      "ALTER TABLE runs ADD COLUMN warnings TEXT NOT NULL DEFAULT ''; "
+      "UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;");
 }
 
 ResultsStore::~ResultsStore() {
@@ -247,11 +266,12 @@ void ResultsStore::commit_run(const StoreRun& r) {
     }
     Stmt ins(db_,
              "INSERT INTO runs(config_id, trace_id, sequence, prefill, stride, n_tokens, status, error, seconds, host, "
-             "kvsim_version, backend, finished, protocol) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             "kvsim_version, backend, finished, protocol, warnings) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
              path_);
     ins.bind(1, r.config_id).bind(2, r.trace_id).bind(3, r.sequence).bind(4, r.prefill).bind(5, r.stride);
     ins.bind(6, r.n_tokens).bind(7, r.status).bind(8, r.error).bind(9, r.seconds).bind(10, r.host);
     ins.bind(11, r.kvsim_version).bind(12, r.backend).bind(13, now_iso()).bind(14, r.protocol);
+    ins.bind(15, r.warnings);
     ins.step();
     const int64_t run_id = sqlite3_last_insert_rowid(db_);
     Stmt s(db_, "INSERT INTO summaries VALUES(?,?,?,?,?,?,?,?,?,?)", path_);

@@ -14,7 +14,7 @@ struct sqlite3;
 
 namespace kvsim {
 
-inline constexpr int kStoreSchemaVersion = 2;
+inline constexpr int kStoreSchemaVersion = 3;
 
 struct StoreTrace {
   std::string path, content_hash, model;
@@ -52,6 +52,7 @@ struct StoreRun {
   std::vector<StoreSummaryRow> summaries;
   std::vector<StoreCurvePoint> curves;
   std::string protocol = "evict";  // evict | prefill | sparse (sim/strategies/STRATEGIES.md)
+  std::string warnings;            // the run's degeneracies, one per line ('' when none; STORE.md)
   RunKey key() const { return {config_id, trace_id, sequence, prefill, stride, protocol}; }
 };
 
@@ -79,6 +80,7 @@ class ResultsStore {
  private:
   void exec(const std::string& sql);
   void migrate_v1();  // schema version 1 -> 2 in place (runs.protocol = 'evict')
+  void migrate_v2();  // schema version 2 -> 3 in place (runs.warnings = '')
   std::string path_;
   sqlite3* db_ = nullptr;
 };

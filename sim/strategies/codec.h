@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "sim/strategies/slot.h"
 
@@ -20,6 +21,9 @@ class CodecState {
   virtual void store(SlotCache& cache, int32_t t, const float* k, const float* v) = 0;
   // Physical bytes of `cache` (payload at the real bit width, scales, residual windows, ...).
   virtual double bytes(const SlotCache& cache) const = 0;
+  // After a replay: one line per way the codec degenerated on this cache, worded the same for every
+  // cache so that the replay can count them ("kivi: no keys were ever quantized ..."); empty: none.
+  virtual std::vector<std::string> degeneracies() const { return {}; }
 };
 
 class Codec {

@@ -8,6 +8,8 @@ class FullState final : public StrategyState {
  public:
   void prefill(std::span<SlotCache>, const LayerView&, int64_t) override {}
   void evict(std::span<SlotCache>, int64_t) override {}
+  // Keeping every token is the point of full, not a degeneracy.
+  std::vector<std::string> degeneracies(const SlotCache&, int64_t) const override { return {}; }
 };
 
 class Full final : public Strategy {

@@ -6,6 +6,7 @@
 
 #include "sim/base/error.h"
 #include "sim/kernels/quant.h"
+#include "sim/kernels/quant_core.h"
 
 namespace kvsim {
 
@@ -26,11 +27,13 @@ struct Quantizer {
     return axis == QuantAxis::channel ? group : 1;
   }
   // Physical bytes per token of this tensor once quantized (payload + share of the parameters).
-  double bytes_per_token(int64_t D) const {
+  // nf4: an fp32 absmax per block, or once its group of 256 blocks is double-quantized (second)
+  // an 8-bit code per block plus the group's fp32 scale and fp32 mean.
+  double bytes_per_token(int64_t D, bool second = false) const {
     const double d = static_cast<double>(D);
     if (kind == nf4) {
       const double b = static_cast<double>(block);
-      return d / 2 + (dq ? d / b * 1.0 + d / (b * 256.0) * 4.0 : d / b * 4.0);
+      return d / 2 + (second ? d / b * 1.0 + d / (b * 256.0) * 8.0 : d / b * 4.0);
     }
     const double payload = d * bits / 8.0;
     if (axis == QuantAxis::token) return payload + (d / static_cast<double>(group)) * 4.0;
@@ -51,6 +54,10 @@ struct Quantizer {
       if (!((block >= D && block % D == 0) || (block < D && D % block == 0)))
         throw UsageError(codec + ": block=" + std::to_string(block) +
                          " neither divides nor is a multiple of D = " + std::to_string(D));
+      if (dq && block < D && 256 % (D / block) != 0)
+        throw UsageError(codec + ": dq=1 with block=" + std::to_string(block) + " and D = " + std::to_string(D) +
+                         ": the D / block = " + std::to_string(D / block) +
+                         " blocks of a token must divide the 256 blocks of a second-level group");
       return;
     }
     if (axis == QuantAxis::token && D % group != 0)
@@ -58,75 +65,174 @@ struct Quantizer {
   }
 };
 
+// One tensor's (keys' or values') path through a cache: tokens wait in fp16, oldest first, and
+// once `keep + chunk` of them are pending the oldest `chunk` are quantized together (kivi keys
+// under residual_mode=paper: keep 1, chunk R; its values: keep R + 1, chunk 1; every other rule:
+// keep R, chunk one tile). Tokens evicted or merged while pending are forgotten.
+struct Lane {
+  Quantizer q;
+  int64_t keep = 0, chunk = 1;
+  std::vector<int32_t> pending;
+  int64_t chunks_done = 0;
+  // nf4 with dq: the first-level tiles of the current second-level group (their codes, exact
+  // absmax values and positions), waiting for 256 blocks to complete it.
+  struct Tile {
+    Nf4Quantized q;
+    std::vector<int32_t> pos;
+  };
+  std::vector<Tile> dq_tiles;
+  int64_t dq_blocks = 0, dq_groups_done = 0;
+};
+
 class QuantCodecState final : public CodecState {
  public:
-  QuantCodecState(const Quantizer& kq, const Quantizer& vq, int64_t residual, int64_t D, int64_t T)
-      : kq_(kq), vq_(vq), residual_(residual), D_(D), quantized_(static_cast<size_t>(T), 0) {
-    tile_ = std::max(kq.tokens_per_tile(D), vq.tokens_per_tile(D));
-    // Both tensors must form whole tiles from the same tokens.
-    KVSIM_ASSERT(tile_ % kq.tokens_per_tile(D) == 0 && tile_ % vq.tokens_per_tile(D) == 0);
+  QuantCodecState(std::string codec, const Lane& k, const Lane& v, int64_t D, int64_t T)
+      : codec_(std::move(codec)), lanes_{k, v}, D_(D), level_{std::vector<uint8_t>(static_cast<size_t>(T), 0),
+                                                              std::vector<uint8_t>(static_cast<size_t>(T), 0)} {
+    for (const Lane& l : lanes_) KVSIM_ASSERT(l.chunk >= 1 && l.chunk % l.q.tokens_per_tile(D) == 0);
   }
 
   void store(SlotCache& cache, int32_t t, const float* k, const float* v) override {
     cache.append_exact(t, k, v);
-    pending_.push_back(t);
-    // Forget pending tokens that were evicted or merged since.
-    std::vector<int64_t> slot_of;
-    std::vector<int32_t> live;
-    for (int32_t p : pending_) {
-      const int64_t s = cache.find(p);
-      if (s >= 0 && cache.n_members(s) == 1) live.push_back(p);
+    for (int i = 0; i < 2; ++i) {
+      Lane& l = lanes_[i];
+      l.pending.push_back(t);
+      std::vector<int32_t> live;
+      for (int32_t p : l.pending) {
+        const int64_t s = cache.find(p);
+        if (s >= 0 && cache.n_members(s) == 1) live.push_back(p);
+      }
+      l.pending.swap(live);
+      while (static_cast<int64_t>(l.pending.size()) >= l.keep + l.chunk) quantize_oldest(cache, i);
     }
-    pending_.swap(live);
-    while (static_cast<int64_t>(pending_.size()) >= residual_ + tile_) quantize_oldest(cache);
   }
 
   double bytes(const SlotCache& cache) const override {
-    const double fp16 = 4.0 * static_cast<double>(D_);  // key + value, 2 bytes per element
-    const double qtok = kq_.bytes_per_token(D_) + vq_.bytes_per_token(D_);
-    double b = (kq_.kind == Quantizer::nf4 && kq_.dq ? 4.0 : 0.0) + (vq_.kind == Quantizer::nf4 && vq_.dq ? 4.0 : 0.0);
-    for (int64_t s = 0; s < cache.size(); ++s)
-      b += (cache.n_members(s) == 1 && quantized_[static_cast<size_t>(cache.pos(s))]) ? qtok : fp16;
+    double b = 0;
+    for (int64_t s = 0; s < cache.size(); ++s) {
+      const size_t p = static_cast<size_t>(cache.pos(s));
+      double slot = 0;  // key + value, summed before adding (the order the bytes were always summed in)
+      for (int i = 0; i < 2; ++i) {
+        const int lv = cache.n_members(s) == 1 ? level_[i][p] : 0;
+        slot += lv == 0 ? 2.0 * static_cast<double>(D_) : lanes_[i].q.bytes_per_token(D_, lv == 2);
+      }
+      b += slot;
+    }
     return b;
   }
 
- private:
-  void quantize_oldest(SlotCache& cache) {
-    std::vector<float> kt(static_cast<size_t>(tile_ * D_)), vt(kt.size());
-    std::vector<int64_t> slots(static_cast<size_t>(tile_));
-    for (int64_t i = 0; i < tile_; ++i) {
-      slots[static_cast<size_t>(i)] = cache.find(pending_[static_cast<size_t>(i)]);
-      KVSIM_ASSERT(slots[static_cast<size_t>(i)] >= 0);
-      std::copy(cache.key(slots[static_cast<size_t>(i)]), cache.key(slots[static_cast<size_t>(i)]) + D_,
-                kt.begin() + i * D_);
-      std::copy(cache.value(slots[static_cast<size_t>(i)]), cache.value(slots[static_cast<size_t>(i)]) + D_,
-                vt.begin() + i * D_);
+  std::vector<std::string> degeneracies() const override {
+    std::vector<std::string> out;
+    const char* what[2] = {"keys", "values"};
+    for (int i = 0; i < 2; ++i) {
+      const Lane& l = lanes_[i];
+      if (l.chunks_done == 0)
+        out.push_back(codec_ + ": no " + what[i] + " were ever quantized (they are quantized once " +
+                      std::to_string(l.keep + l.chunk) + " fp16 tokens are pending; the cache never held that many)");
+      else if (l.q.kind == Quantizer::nf4 && l.q.dq && l.dq_groups_done == 0)
+        out.push_back(codec_ + ": dq=1 never completed a group of 256 blocks for the " + what[i] +
+                      " (their absmax values stayed fp32)");
     }
-    // Keys and values may tile differently (kivi: keys per channel over the tile, values per token).
-    for (int64_t off = 0; off < tile_; off += kq_.tokens_per_tile(D_))
-      kq_.roundtrip(kt.data() + off * D_, kq_.tokens_per_tile(D_), D_);
-    for (int64_t off = 0; off < tile_; off += vq_.tokens_per_tile(D_))
-      vq_.roundtrip(vt.data() + off * D_, vq_.tokens_per_tile(D_), D_);
-    for (int64_t i = 0; i < tile_; ++i) {
-      const int64_t s = slots[static_cast<size_t>(i)];
-      std::copy(kt.begin() + i * D_, kt.begin() + (i + 1) * D_, cache.key(s));
-      std::copy(vt.begin() + i * D_, vt.begin() + (i + 1) * D_, cache.value(s));
-      cache.set_exact(s, false);
-      quantized_[static_cast<size_t>(pending_[static_cast<size_t>(i)])] = 1;
-    }
-    pending_.erase(pending_.begin(), pending_.begin() + tile_);
+    if (out.size() == 2 && lanes_[0].chunks_done == 0 && lanes_[1].chunks_done == 0)
+      out = {codec_ + ": nothing was ever quantized (keys need " + std::to_string(lanes_[0].keep + lanes_[0].chunk) +
+             " and values " + std::to_string(lanes_[1].keep + lanes_[1].chunk) +
+             " pending fp16 tokens; the cache never held that many)"};
+    return out;
   }
 
-  Quantizer kq_, vq_;
-  int64_t residual_, D_, tile_ = 1;
-  std::vector<int32_t> pending_;    // exact tokens awaiting quantization, oldest first
-  std::vector<uint8_t> quantized_;  // [T] by position
+ private:
+  void quantize_oldest(SlotCache& cache, int i) {
+    Lane& l = lanes_[i];
+    const int64_t tile = l.q.tokens_per_tile(D_);
+    std::vector<float> x(static_cast<size_t>(tile * D_));
+    for (int64_t off = 0; off < l.chunk; off += tile) {
+      std::vector<int64_t> slots(static_cast<size_t>(tile));
+      for (int64_t j = 0; j < tile; ++j) {
+        const int64_t s = cache.find(l.pending[static_cast<size_t>(off + j)]);
+        KVSIM_ASSERT(s >= 0);
+        slots[static_cast<size_t>(j)] = s;
+        const float* src = i == 0 ? cache.key(s) : cache.value(s);
+        std::copy(src, src + D_, x.begin() + j * D_);
+      }
+      if (l.q.kind == Quantizer::nf4) {
+        // First level now, with the exact absmax (bitsandbytes computes the 4-bit codes before it
+        // compresses the absmax values).
+        Nf4Quantized q = ref::quant_nf4(x.data(), tile, D_, QuantAxis::token, std::min(l.q.block, tile * D_), false);
+        ref::dequant_nf4(q, x.data());
+        if (l.q.dq) {
+          l.dq_blocks += static_cast<int64_t>(q.absmax.size());
+          l.dq_tiles.push_back(
+              {std::move(q), std::vector<int32_t>(l.pending.begin() + off, l.pending.begin() + off + tile)});
+        }
+      } else {
+        l.q.roundtrip(x.data(), tile, D_);
+      }
+      for (int64_t j = 0; j < tile; ++j) {
+        const int64_t s = slots[static_cast<size_t>(j)];
+        std::copy(x.begin() + j * D_, x.begin() + (j + 1) * D_, i == 0 ? cache.key(s) : cache.value(s));
+        cache.set_exact(s, false);
+        level_[i][static_cast<size_t>(l.pending[static_cast<size_t>(off + j)])] = 1;
+      }
+      if (l.q.kind == Quantizer::nf4 && l.q.dq)
+        while (l.dq_blocks >= kDqGroup) second_level(cache, i);
+    }
+    l.pending.erase(l.pending.begin(), l.pending.begin() + l.chunk);
+    ++l.chunks_done;
+  }
+
+  // QLoRA's double quantization of the oldest 256 first-level blocks: their absmax values minus
+  // their mean as 8-bit codes with one fp32 scale (sim/kernels/quant_core.h, the kernels' own
+  // arithmetic); the group's live tokens are decoded again with the reconstructed absmax.
+  void second_level(SlotCache& cache, int i) {
+    Lane& l = lanes_[i];
+    std::vector<float> absmax;
+    for (const auto& tl : l.dq_tiles) absmax.insert(absmax.end(), tl.q.absmax.begin(), tl.q.absmax.end());
+    KVSIM_ASSERT(static_cast<int64_t>(absmax.size()) >= kDqGroup);  // tiles never straddle groups (validate)
+    absmax.resize(static_cast<size_t>(kDqGroup));
+    const float mean = core::nf4_dq_mean(absmax.data(), kDqGroup);
+    float scale = 0;
+    std::vector<int8_t> codes(static_cast<size_t>(kDqGroup));
+    core::nf4_dq_group_item(absmax.data(), kDqGroup, mean, 0, &scale, codes.data());
+    int64_t b = 0;
+    size_t n_done = 0;
+    for (auto& tl : l.dq_tiles) {
+      if (b == kDqGroup) break;
+      for (float& a : tl.q.absmax) a = core::nf4_block_scale(absmax.data(), codes.data(), &scale, mean, b++);
+      std::vector<float> x(static_cast<size_t>(tl.q.n_t * D_));
+      ref::dequant_nf4(tl.q, x.data());
+      for (size_t j = 0; j < tl.pos.size(); ++j) {
+        const int64_t s = cache.find(tl.pos[j]);
+        if (s < 0 || cache.n_members(s) != 1) continue;  // evicted or merged since
+        std::copy(x.begin() + static_cast<int64_t>(j) * D_, x.begin() + static_cast<int64_t>(j + 1) * D_,
+                  i == 0 ? cache.key(s) : cache.value(s));
+        level_[i][static_cast<size_t>(tl.pos[j])] = 2;
+      }
+      ++n_done;
+    }
+    l.dq_tiles.erase(l.dq_tiles.begin(), l.dq_tiles.begin() + static_cast<int64_t>(n_done));
+    l.dq_blocks -= kDqGroup;
+    ++l.dq_groups_done;
+  }
+
+  static constexpr int64_t kDqGroup = 256;  // blocks per second-level group (QLoRA)
+  std::string codec_;
+  Lane lanes_[2];  // keys, values
+  int64_t D_;
+  std::vector<uint8_t> level_[2];  // [T] by position: 0 fp16, 1 quantized, 2 quantized with a double-quantized absmax
+};
+
+// How kivi keeps its newest tokens in fp16 (sim/strategies/STRATEGIES.md, "Storage codecs").
+enum class Residual {
+  paper,  // KIVI's reference code: R keys quantized together once R are pending and a new one arrives
+          // (1..R fp16 keys at attention); values one at a time, the newest R + 1 in fp16 at attention
+  window  // kvsim's earlier rule: once R + G tokens are pending the oldest G (keys and values) are quantized
 };
 
 class QuantCodec final : public Codec {
  public:
-  QuantCodec(std::string name, std::string spec, Quantizer kq, Quantizer vq, int64_t residual)
-      : name_(std::move(name)), spec_(std::move(spec)), kq_(kq), vq_(vq), residual_(residual) {}
+  QuantCodec(std::string name, std::string spec, Quantizer kq, Quantizer vq, int64_t residual,
+             Residual mode = Residual::window)
+      : name_(std::move(name)), spec_(std::move(spec)), kq_(kq), vq_(vq), residual_(residual), mode_(mode) {}
   std::string name() const override { return name_; }
   std::unique_ptr<CodecState> make_state(int64_t D, int64_t T) const override {
     Quantizer kq = kq_, vq = vq_;
@@ -136,13 +242,26 @@ class QuantCodec final : public Codec {
         q->group = q->axis == QuantAxis::token ? std::min<int64_t>(32, D) : 32;
     kq.validate(name_ + " keys", D);
     vq.validate(name_ + " values", D);
-    return std::make_unique<QuantCodecState>(kq, vq, residual_, D, T);
+    Lane k, v;
+    k.q = kq, v.q = vq;
+    if (mode_ == Residual::paper) {
+      k.keep = 1, k.chunk = residual_;  // residual_ is a positive multiple of the key group (make_codec)
+      v.keep = residual_ + 1, v.chunk = vq.tokens_per_tile(D);
+    } else {
+      // Both tensors form whole tiles from the same tokens.
+      const int64_t tile = std::max(kq.tokens_per_tile(D), vq.tokens_per_tile(D));
+      KVSIM_ASSERT(tile % kq.tokens_per_tile(D) == 0 && tile % vq.tokens_per_tile(D) == 0);
+      k.keep = v.keep = residual_;
+      k.chunk = v.chunk = tile;
+    }
+    return std::make_unique<QuantCodecState>(name_, k, v, D, T);
   }
 
  private:
   std::string name_, spec_;
   Quantizer kq_, vq_;
   int64_t residual_;
+  Residual mode_;
 };
 
 int read_bits(ParamReader& p, const std::string& codec, std::initializer_list<int> allowed, int def) {
@@ -188,7 +307,7 @@ std::unique_ptr<Codec> make_codec(const StrategySpec& spec, std::map<std::string
     out = std::make_unique<QuantCodec>("quant", spec.text, q, q, 0);
   } else if (spec.name == "kivi") {
     // kivi: keys per channel over groups of `group` tokens, values per token in groups of `vgroup`
-    // channels; the newest `residual` tokens stay in fp16 until a further full group has formed.
+    // channels; the newest tokens stay in fp16 by `residual_mode` (Residual above).
     Quantizer k, v;
     k.bits = v.bits = read_bits(p, "kivi", {2, 4}, 2);
     k.axis = QuantAxis::channel;
@@ -199,9 +318,15 @@ std::unique_ptr<Codec> make_codec(const StrategySpec& spec, std::map<std::string
       throw UsageError("kivi: vgroup=" + std::to_string(v.group) + " must be >= 1 (or 0 for the default)");
     const int64_t residual = p.get_int("residual", 32, "newest tokens kept in fp16");
     if (residual < 0) throw UsageError("kivi: residual=" + std::to_string(residual) + " must be >= 0");
+    const Residual mode =
+        p.get_choice("residual_mode", {"paper", "window"}) == "window" ? Residual::window : Residual::paper;
+    if (mode == Residual::paper && (residual < k.group || residual % k.group != 0))
+      throw UsageError("kivi: residual=" + std::to_string(residual) +
+                       " must be a positive multiple of group=" + std::to_string(k.group) +
+                       " with residual_mode=paper (the R residual keys are quantized as R / G groups)");
     if ((k.group * k.bits) % 8 != 0 || (v.group * v.bits) % 8 != 0)
       throw UsageError("kivi: group and vgroup times bits must be multiples of 8");
-    out = std::make_unique<QuantCodec>("kivi", spec.text, k, v, residual);
+    out = std::make_unique<QuantCodec>("kivi", spec.text, k, v, residual, mode);
   } else if (spec.name == "nf4") {
     Quantizer q;
     q.kind = Quantizer::nf4;

@@ -7,9 +7,10 @@
 // Byte accounting (`bytes`, per cache, keys and values): fp16 slots (the residual window and
 // merged slots) 2 bytes per element; quantized slots the payload at its bit width plus their
 // share of the group's parameters (fp16 scale + fp16 min per group for quant and kivi, fp32 absmax
-// per 64-block for nf4, or an int8 absmax plus an fp32 scale per 256 blocks with dq=1, and one
-// fp32 mean per cache). A group whose members were partly evicted is counted by its remaining
-// members' share.
+// per 64-block for nf4; with dq=1, once 256 blocks have formed, an 8-bit absmax code per block plus
+// an fp32 scale and an fp32 mean per 256 blocks). A group whose members were partly evicted is
+// counted by its remaining members' share. kivi's residual rule (`residual_mode`) and nf4's double
+// quantization are described in sim/strategies/STRATEGIES.md, "Storage codecs".
 #pragma once
 
 #include <map>

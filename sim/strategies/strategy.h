@@ -6,6 +6,7 @@
 // and hands it plain data only (LayerView), so the same code can run inside a model runner.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -91,6 +92,17 @@ class StrategyState {
   }
   // Reduce every cache to at most its budget.
   virtual void evict(std::span<SlotCache> caches, int64_t t) = 0;
+  // After a replay under protocol evict or prefill: one line per way cache c degenerated, worded
+  // the same for every cache (Instance::degeneracies prefixes the strategy's name). The default:
+  // a cache that never dropped a token never reached its budget, so the run is `full` in disguise.
+  virtual std::vector<std::string> degeneracies(const SlotCache& cache, int64_t c) const {
+    (void)c;
+    if (cache.size() == 0) return {};
+    int64_t last = 0;
+    for (int64_t s = 0; s < cache.size(); ++s) last = std::max<int64_t>(last, cache.pos(s));
+    if (cache.size() != last + 1) return {};
+    return {"the cache never dropped a token (its budget was never reached: the run equals full)"};
+  }
   // Bytes of the strategy's own state for cache c (scores, counters), counted in `bytes`.
   virtual double state_bytes(int64_t c) const {
     (void)c;
