@@ -1,5 +1,7 @@
 // The one instance driver (design.md §3). An instance is one (layer, KV head), or one whole layer
-// for a layer-coupled strategy (tova), which then manages the Hkv caches of the layer together. It
+// for a layer-coupled strategy (tova), which then manages the Hkv caches of the layer together; under
+// gqa=none (Strategy::per_query_head) a (layer, KV head) with G caches, one per query head, each
+// with its own strategy state, all holding the same KV head's tokens. It
 // owns those caches, their codec states and the strategy state, and runs the replay protocol
 //   prefill: store tokens 0..P-1 through the codec -> strategy.prefill
 //   step t:  store token t through the codec -> attend (G query heads per cache) -> [measure]
