@@ -12,8 +12,11 @@ InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t
                              Protocol protocol) {
   InstanceContext ctx;
   ctx.layer = layer, ctx.n_layers = shape.L;
+  KVSIM_ASSERT(!(s.layer_coupled() && s.per_query_head()));
   ctx.kv0 = s.layer_coupled() ? 0 : i;
-  ctx.n_caches = s.layer_coupled() ? shape.Hkv : 1;
+  ctx.q0 = ctx.kv0 * shape.G();
+  ctx.per_query_head = s.per_query_head();
+  ctx.n_caches = s.layer_coupled() ? shape.Hkv : s.per_query_head() ? shape.G() : 1;
   ctx.T = T, ctx.P = P, ctx.D = shape.D, ctx.G = shape.G();
   ctx.protocol = protocol;
   return ctx;
@@ -44,11 +47,20 @@ Instance::Instance(const Strategy& s, const InstanceContext& ctx) : strat_(s), c
     caches_.emplace_back(ctx.D, ctx.P + 1);
     codec_.push_back(s.codec().make_state(ctx.D, ctx.T));
   }
-  state_ = s.make_state(ctx);
+  if (ctx.per_query_head) {  // one state per cache, each for its own query head
+    KVSIM_ASSERT(!s.is_selector());
+    for (int64_t c = 0; c < ctx.n_caches; ++c) {
+      InstanceContext one = ctx;
+      one.q0 = ctx.q_head(c, 0), one.n_caches = 1;
+      states_.push_back(s.make_state(one));
+    }
+  } else {
+    states_.push_back(s.make_state(ctx));
+  }
   logit_.resize(caches_.size()), w_.resize(caches_.size()), wptr_.assign(caches_.size(), nullptr);
-  o_hat_.assign(caches_.size(), std::vector<float>(static_cast<size_t>(ctx.G * ctx.D)));
+  o_hat_.assign(caches_.size(), std::vector<float>(static_cast<size_t>(ctx.rows() * ctx.D)));
   if (sparse()) {
-    const auto per_cache = [&](auto v) { return decltype(v)(static_cast<size_t>(ctx.G)); };
+    const auto per_cache = [&](auto v) { return decltype(v)(static_cast<size_t>(ctx.rows())); };
     sel_.assign(caches_.size(), per_cache(std::vector<Selection>{}));
     read_.assign(caches_.size(), per_cache(std::vector<SlotCache>{}));
     read_logit_.assign(caches_.size(), per_cache(std::vector<std::vector<double>>{}));
@@ -60,14 +72,18 @@ void Instance::store(int64_t c, int64_t t, const float* k, const float* v) {
   codec_[c]->store(caches_[c], static_cast<int32_t>(t), k, v);
 }
 
+std::span<SlotCache> Instance::caches_of(size_t i) {
+  return ctx_.per_query_head ? std::span<SlotCache>(&caches_[i], 1) : std::span<SlotCache>(caches_);
+}
+
 void Instance::prefill(const LayerView& lv) {
   KVSIM_ASSERT(!prefilled_);
-  state_->prefill(caches_, lv, ctx_.P);
+  for (size_t i = 0; i < states_.size(); ++i) states_[i]->prefill(caches_of(i), lv, ctx_.P);
   prefilled_ = true;
 }
 
 void Instance::prepare_attention(int64_t c) {
-  const size_t n = static_cast<size_t>(ctx_.G * caches_[c].size());
+  const size_t n = static_cast<size_t>(ctx_.rows() * caches_[c].size());
   logit_[c].resize(n), w_[c].resize(n);
   wptr_[c] = w_[c].data();
 }
@@ -76,11 +92,11 @@ void Instance::attend(int64_t c, int64_t t, AttendSlotsFn fn, const float* q, in
   float* out = o ? o : o_hat_[c].data();
   if (!sparse()) {
     prepare_attention(c);
-    fn(q, q_stride, ctx_.G, ctx_.D, caches_[c].slots_view(), logit_[c].data(), w_[c].data(), out);
+    fn(q, q_stride, ctx_.rows(), ctx_.D, caches_[c].slots_view(), logit_[c].data(), w_[c].data(), out);
     return;
   }
-  state_->select(caches_[c], c, q, q_stride, t, sel_[c]);
-  for (int64_t g = 0; g < ctx_.G; ++g) {
+  states_[0]->select(caches_[c], c, q, q_stride, t, sel_[c]);
+  for (int64_t g = 0; g < ctx_.rows(); ++g) {
     const Selection& sel = sel_[c][g];
     const SlotCache& src = sel.from ? *sel.from : caches_[c];
     KVSIM_ASSERT(!sel.slots.empty() && src.size() == caches_[c].size());
@@ -118,14 +134,34 @@ std::vector<std::string> Instance::degeneracies() const {
 void Instance::finish_step(int64_t t, std::span<const float* const> attn) {
   KVSIM_ASSERT(prefilled_ && static_cast<int64_t>(attn.size()) == ctx_.n_caches);
   if (ctx_.protocol != Protocol::evict) return;  // prefill: the cut was the only one; sparse: none
-  state_->observe(caches(), attn, t);
-  state_->evict(caches_, t);
+  for (size_t i = 0; i < states_.size(); ++i) {
+    const std::span<SlotCache> cs = caches_of(i);
+    const size_t first = ctx_.per_query_head ? i : 0;
+    states_[i]->observe(cs, attn.subspan(first, cs.size()), t);
+    states_[i]->evict(cs, t);
+  }
 }
 
 double Instance::bytes(int64_t c) const {
   const double held = codec_[c]->bytes(caches_[c]);
-  if (ctx_.protocol == Protocol::prefill && prefilled_) return held + state_->frozen_state_bytes(c);
-  return held + state_->state_bytes(c);
+  const StrategyState& st = ctx_.per_query_head ? *states_[c] : *states_[0];
+  const int64_t local = ctx_.per_query_head ? 0 : c;
+  if (ctx_.protocol == Protocol::prefill && prefilled_) return held + st.frozen_state_bytes(local);
+  return held + st.state_bytes(local);
+}
+
+double Instance::kv_bytes(int64_t c) const {
+  if (!ctx_.per_query_head) return bytes(c);
+  double b = 0;
+  for (int64_t i = 0; i < ctx_.n_caches; ++i) b += bytes(i);
+  return b;
+}
+
+double Instance::kv_read_bytes(int64_t c) const {
+  if (!ctx_.per_query_head) return read_bytes(c);
+  double b = 0;
+  for (int64_t i = 0; i < ctx_.n_caches; ++i) b += read_bytes(i);
+  return b;
 }
 
 double Instance::read_bytes(int64_t c) const {
@@ -139,24 +175,24 @@ double Instance::read_bytes(int64_t c) const {
     for (int64_t i = 0; i < sel.n_loaded(); ++i)
       if (const int32_t s = sel.slots[i]; !read[s]) read[s] = 1, ++n_read;
   const double slots = held * static_cast<double>(n_read) / static_cast<double>(caches_[c].size());
-  return slots + state_->metadata_read_bytes(caches_[c], c, sel_[c]);
+  return slots + states_[0]->metadata_read_bytes(caches_[c], c, sel_[c]);
 }
 
 void Instance::prefill_from(const LayerView& lv) {
   for (int64_t c = 0; c < ctx_.n_caches; ++c)
     for (int64_t t = 0; t < ctx_.P; ++t)
-      store(c, t, lv.k_head(ctx_.kv0 + c) + t * ctx_.D, lv.v_head(ctx_.kv0 + c) + t * ctx_.D);
+      store(c, t, lv.k_head(ctx_.kv_of(c)) + t * ctx_.D, lv.v_head(ctx_.kv_of(c)) + t * ctx_.D);
   prefill(lv);
 }
 
 void Instance::store_from(const LayerView& lv, int64_t t) {
   for (int64_t c = 0; c < ctx_.n_caches; ++c)
-    store(c, t, lv.k_head(ctx_.kv0 + c) + t * ctx_.D, lv.v_head(ctx_.kv0 + c) + t * ctx_.D);
+    store(c, t, lv.k_head(ctx_.kv_of(c)) + t * ctx_.D, lv.v_head(ctx_.kv_of(c)) + t * ctx_.D);
 }
 
 void Instance::attend_from(const LayerView& lv, int64_t t, AttendSlotsFn fn) {
   for (int64_t c = 0; c < ctx_.n_caches; ++c)
-    attend(c, t, fn, lv.q_head((ctx_.kv0 + c) * ctx_.G) + t * ctx_.D, lv.T * ctx_.D);
+    attend(c, t, fn, lv.q_head(ctx_.q_head(c, 0)) + t * ctx_.D, lv.T * ctx_.D);
 }
 
 }  // namespace kvsim

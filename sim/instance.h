@@ -1,5 +1,7 @@
 // The one instance driver (design.md §3). An instance is one (layer, KV head), or one whole layer
-// for a layer-coupled strategy (tova), which then manages the Hkv caches of the layer together. It
+// for a layer-coupled strategy (tova), which then manages the Hkv caches of the layer together; under
+// gqa=none (Strategy::per_query_head) a (layer, KV head) with G caches, one per query head, each
+// with its own strategy state, all holding the same KV head's tokens. It
 // owns those caches, their codec states and the strategy state, and runs the replay protocol
 //   prefill: store tokens 0..P-1 through the codec -> strategy.prefill
 //   step t:  store token t through the codec -> attend (G query heads per cache) -> [measure]
@@ -54,6 +56,11 @@ class Instance {
   const InstanceContext& context() const { return ctx_; }
   int64_t n_caches() const { return ctx_.n_caches; }
   int64_t kv0() const { return ctx_.kv0; }
+  // Query heads attending over each cache (G, or 1 under gqa=none), the KV head cache c holds and
+  // the query head of its row g (InstanceContext).
+  int64_t rows() const { return ctx_.rows(); }
+  int64_t kv_of(int64_t c) const { return ctx_.kv_of(c); }
+  int64_t q_head(int64_t c, int64_t g) const { return ctx_.q_head(c, g); }
   bool prefilled() const { return prefilled_; }
   const SlotCache& cache(int64_t c) const { return caches_[c]; }
   std::span<const SlotCache> caches() const { return {caches_.data(), caches_.size()}; }
@@ -64,8 +71,8 @@ class Instance {
   // plain data as strategy.h describes (the prompt's q, k, v; k_norm, entropy, colsums).
   void prefill(const LayerView& lv);
 
-  // Attention of the G query heads of cache c at step t (design.md §3 step b): rows g of q at
-  // q + g * q_stride; o_hat [G, D] into `o` (the instance's own buffer when null). Under protocol
+  // Attention of the rows() query heads of cache c at step t (design.md §3 step b): rows g of q at
+  // q + g * q_stride; o_hat [rows, D] into `o` (the instance's own buffer when null). Under protocol
   // sparse each query head attends over the slots its selector picked (attended(c, g)).
   void attend(int64_t c, int64_t t, AttendSlotsFn fn, const float* q, int64_t q_stride, float* o = nullptr);
   // For attention computed elsewhere (the cuda batch, protocols evict and prefill): sizes cache c's
@@ -79,8 +86,8 @@ class Instance {
   const SlotCache& attended(int64_t c, int64_t g) const { return sparse() ? read_[c][g] : caches_[c]; }
   const double* logit(int64_t c, int64_t g) const;
   const float* weights(int64_t c, int64_t g) const;
-  const float* o_hat(int64_t c) const { return o_hat_[c].data(); }  // [G, D]
-  const float* weights(int64_t c) const { return w_[c].data(); }    // [G, n] (protocols evict, prefill)
+  const float* o_hat(int64_t c) const { return o_hat_[c].data(); }  // [rows, D]
+  const float* weights(int64_t c) const { return w_[c].data(); }    // [rows, n] (protocols evict, prefill)
 
   // The strategy observes this step's weights over its slots (design.md §3 step c), then evicts
   // back to its budget (step d). The second form observes weights given by the caller.
@@ -93,9 +100,13 @@ class Instance {
   // Bytes this step's attention read from cache c: everything the codec holds (evict, prefill), or
   // the selector's metadata and the selected slots (sparse).
   double read_bytes(int64_t c) const;
+  // What the KV head of cache c holds and reads: bytes(c) and read_bytes(c), or under gqa=none the
+  // sum over the G caches of that KV head (one per query head). The metrics report these.
+  double kv_bytes(int64_t c) const;
+  double kv_read_bytes(int64_t c) const;
 
   // The protocol on data laid out as a LayerView (offline replay, tests): cache c stores KV head
-  // kv0 + c, query head h = (kv0 + c) * G + g attends with row t of lv.q_head(h).
+  // kv_of(c), query head h = q_head(c, g) attends with row t of lv.q_head(h).
   void prefill_from(const LayerView& lv);
   void store_from(const LayerView& lv, int64_t t);
   void attend_from(const LayerView& lv, int64_t t, AttendSlotsFn fn);
@@ -117,7 +128,9 @@ class Instance {
   InstanceContext ctx_;
   std::vector<SlotCache> caches_;                   // [n_caches]
   std::vector<std::unique_ptr<CodecState>> codec_;  // [n_caches]
-  std::unique_ptr<StrategyState> state_;
+  // One strategy state for all caches, or under gqa=none one per cache (caches_of(i) are its).
+  std::vector<std::unique_ptr<StrategyState>> states_;
+  std::span<SlotCache> caches_of(size_t i);
   std::vector<std::vector<double>> logit_;
   std::vector<std::vector<float>> w_, o_hat_;
   std::vector<const float*> wptr_;

@@ -58,16 +58,16 @@ class InstanceMetrics {
   void operator()(const Instance& inst, int64_t t) {
     if (opt_.on_step) opt_.on_step(layer_, inst, t);
     if ((t - inst.context().P) % opt_.stride != 0) return;
-    if (heads_.empty()) heads_.resize(static_cast<size_t>(inst.n_caches() * lv_.G()));
+    if (heads_.empty()) heads_.resize(static_cast<size_t>(inst.n_caches() * inst.rows()));
     for (int64_t c = 0; c < inst.n_caches(); ++c) measure(inst, c, t);
   }
 
   void finish(const Instance& inst, const std::vector<int64_t>& edges, ConfigResult& result) {
-    const int64_t G = lv_.G();
+    const int64_t G = inst.rows();
     heads_.resize(static_cast<size_t>(inst.n_caches() * G));
     for (int64_t c = 0; c < inst.n_caches(); ++c)
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = (inst.kv0() + c) * G + g;
+        const int64_t h = inst.q_head(c, g);
         HeadResult& hr = result.heads[layer_ * lv_.H + h];
         hr.layer = layer_, hr.head = h;
         summarize_head(heads_[c * G + g], edges, hr);
@@ -76,9 +76,9 @@ class InstanceMetrics {
 
  private:
   void measure(const Instance& inst, int64_t c, int64_t t) {
-    const int64_t kv = inst.kv0() + c, D = lv_.D, T = lv_.T, G = lv_.G();
+    const int64_t kv = inst.kv_of(c), D = lv_.D, T = lv_.T, G = inst.rows();
     const CacheErrors ce = cache_errors(inst.cache(c), lv_.k_head(kv), lv_.v_head(kv), lv_.k_norm + kv * T, D);
-    const double bytes = inst.bytes(c), read = inst.read_bytes(c);
+    const double bytes = inst.kv_bytes(c), read = inst.kv_read_bytes(c);
     const SlotCache* marked = nullptr;  // the slots whose members present_ marks now
     MetricRow row{};
     for (int64_t g = 0; g < G; ++g) {
@@ -87,7 +87,7 @@ class InstanceMetrics {
         if (marked) mark(*marked, 0);
         mark(cc, 1), marked = &cc;
       }
-      const int64_t h = kv * G + g;
+      const int64_t h = inst.q_head(c, g);
       StepInputs in;
       in.t = t, in.D = D, in.K = rs_.K, in.eps = opt_.eps;
       in.q = lv_.q_head(h) + t * D;
@@ -122,7 +122,7 @@ class InstanceMetrics {
   const ReplayOptions& opt_;
   const int64_t layer_;
   std::vector<uint8_t> present_;
-  std::vector<HeadTrace> heads_;  // [n_caches * G]
+  std::vector<HeadTrace> heads_;  // [n_caches * rows]
 };
 
 void run_instance(const LayerView& lv, const ExactStats& rs, int64_t layer, const Strategy& strat, const Job& job,
@@ -182,7 +182,7 @@ void replay_layer_lockstep(const LayerView& lv, const ExactStats& rs, int64_t la
   cuda::AttendBatch batch;
   std::vector<int64_t> first(jobs.size());
   double shared = 0;  // packing and the launch, split evenly over the instances
-  const int64_t G = lv.G(), D = lv.D;
+  const int64_t D = lv.D;
   for (int64_t t = jobs.empty() ? lv.T : jobs[0].ctx.P; t < lv.T; ++t) {
     parallel_jobs(n_jobs, [&](int64_t i) {
       const auto t0 = Clock::now();
@@ -193,8 +193,8 @@ void replay_layer_lockstep(const LayerView& lv, const ExactStats& rs, int64_t la
     batch.clear(D);
     for (int64_t i = 0; i < n_jobs; ++i)
       for (int64_t c = 0; c < insts[i]->n_caches(); ++c) {
-        const int64_t r =
-            batch.add(lv.q_head((insts[i]->kv0() + c) * G) + t * D, lv.T * D, G, insts[i]->cache(c).slots_view());
+        const int64_t r = batch.add(lv.q_head(insts[i]->q_head(c, 0)) + t * D, lv.T * D, insts[i]->rows(),
+                                    insts[i]->cache(c).slots_view());
         if (c == 0) first[i] = r;
       }
     (opt.attend_batch ? opt.attend_batch : &cuda::run_attend_batch)(batch);
@@ -203,7 +203,7 @@ void replay_layer_lockstep(const LayerView& lv, const ExactStats& rs, int64_t la
       const auto t1 = Clock::now();
       Instance& inst = *insts[i];
       for (int64_t c = 0; c < inst.n_caches(); ++c) {
-        const int64_t r = first[i] + c, n = G * inst.cache(c).size();
+        const int64_t G = inst.rows(), r = first[i] + c, n = G * inst.cache(c).size();
         inst.prepare_attention(c);
         std::copy(batch.logit_of(r), batch.logit_of(r) + n, inst.logit(c));
         std::copy(batch.w_of(r), batch.w_of(r) + n, inst.weights(c));

@@ -123,6 +123,30 @@ inline std::vector<std::vector<std::set<int32_t>>> kept_sets(const Strategy& s, 
   return kept_sets(s, L, P, kernels(b).attend_slots, layer, n_layers);
 }
 
+// kept_sets for a strategy with gqa=none on a layer with one KV head: [step][query head].
+inline std::vector<std::vector<std::set<int32_t>>> kept_sets_per_query_head(const Strategy& s, Layer& L, int64_t P,
+                                                                            AttendSlotsFn attend) {
+  LayerView lv = L.view();
+  if (s.needs_prompt_colsums()) {
+    ExactStats rs;
+    compute_exact_stats(lv, Backend::ref, rs);
+    compute_prompt_colsums(lv, rs, P, Backend::ref, L.colsums);
+    lv.prompt_colsums = L.colsums.data();
+  }
+  Instance inst(s, make_context(s, ModelShape{1, L.H, L.Hkv, L.D}, 0, 0, L.T, P));
+  std::vector<std::vector<std::set<int32_t>>> out(L.T - P + 1, std::vector<std::set<int32_t>>(inst.n_caches()));
+  auto record = [&](int64_t step) {
+    for (int64_t c = 0; c < inst.n_caches(); ++c) out[step][c] = positions(inst.cache(c));
+  };
+  inst.prefill_from(lv);
+  record(0);
+  for (int64_t t = P; t < L.T; ++t) {
+    inst.step(lv, t, attend, [](const Instance&, int64_t) {});
+    record(t - P + 1);
+  }
+  return out;
+}
+
 // One instance driven by hand: the caches of the first n_caches KV heads with tokens 0..P-1 stored
 // exactly (identity codec), observing weights the test gives.
 struct Driver {
@@ -144,7 +168,7 @@ struct Driver {
     std::vector<const float*> wp;
     for (int64_t c = 0; c < inst->n_caches(); ++c) {
       const auto& m = w_by_pos[c];
-      w[c] = weights_by_pos(inst->cache(c), L.H / L.Hkv, [&](int64_t, int32_t p) {
+      w[c] = weights_by_pos(inst->cache(c), inst->rows(), [&](int64_t, int32_t p) {
         auto it = m.find(p);
         return it == m.end() ? 0.0f : it->second;
       });

@@ -148,20 +148,123 @@ TEST_CASE("strategy snapkv: window votes, pooling, then a sliding window in deco
   // kernel 3, max pooling: pooled 0: max(v0, v1) = .697, 1: max(v0..v2) = .697, 2: .523, 3: .523
   // -> the tie between 0 and 1 keeps both (lower positions first): {0, 1}.
   CHECK(Driver("snapkv:budget=4,window=2,kernel=3", L, 6).pos() == S{0, 1, 4, 5});
-  // avg pooling, kernel 3: 0: (.697+.174)/2 = .436, 1: (.697+.174+.348)/3 = .406, 2: (.174+.348+.523)/3
-  // = .348, 3: (.348+.523)/2 = .436 -> {0, 3} (0 and 3 tie at .4356: both kept).
-  CHECK(Driver("snapkv:budget=4,window=2,kernel=3,pool=avg", L, 6).pos() == S{0, 3, 4, 5});
+  // avg_clipped pooling (kvsim's former avg), kernel 3, divided by the in-range count: 0: (.697+.174)/2
+  // = .436, 1: (.697+.174+.348)/3 = .406, 2: (.174+.348+.523)/3 = .348, 3: (.348+.523)/2 = .436 -> {0, 3}.
+  CHECK(Driver("snapkv:budget=4,window=2,kernel=3,pool=avg_clipped", L, 6).pos() == S{0, 3, 4, 5});
+  // avg pooling as F.avg_pool1d(padding=1): zero padding, divided by the kernel 3: 0: (0+.697+.174)/3
+  // = .290, 1: .406, 2: .348, 3: (.348+.523+0)/3 = .290 -> {1, 2}: the ends are pulled down.
+  CHECK(Driver("snapkv:budget=4,window=2,kernel=3,pool=avg", L, 6).pos() == S{1, 2, 4, 5});
 }
 
-TEST_CASE("strategy pyramidkv: arithmetic per-layer budgets") {
-  // C = 64, w = 8, beta = 20, L = 5: min = 56/20 = 2.8, max = 2 x 56 - 2.8 = 109.2;
-  // budget_l = max - l (max - min)/4 + w: l=0: 109.2 -> 109 + 8 = 117; l=2: 56 + 8 = 64; l=4: 3 + 8 = 11.
+TEST_CASE("strategy pyramidkv: per-layer budgets, the reference's integer schedule and cap at P - window") {
   Layer L(1, 1, 220, 4);
   L.fill_random(7);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 0, 5).cache(0).size() == 117);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 2, 5).cache(0).size() == 64);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 4, 5).cache(0).size() == 11);
-  CHECK(Driver("pyramidkv:budget=64,window=8", L, 200, 0, 1).cache(0).size() == 64);  // one layer: C
+  auto size = [&](const std::string& spec, int64_t P, int64_t l, int64_t n_layers = 5) {
+    return Driver(spec, L, P, l, n_layers).cache(0).size();
+  };
+  // schedule=reference, C = 64, w = 8, beta = 20, L = 5, P = 200 (>= 2(C - w) = 112): min = 56 // 20 = 2,
+  // max = 112 - 2 = 110 (< P - w = 192: no cap), step = (110 - 2) // 4 = 27; budget_l = 110 - 27 l + 8:
+  // l=0: 118, l=2: 64, l=4: 10.
+  const std::string ref = "pyramidkv:budget=64,window=8";
+  CHECK(size(ref, 200, 0) == 118);
+  CHECK(size(ref, 200, 2) == 64);
+  CHECK(size(ref, 200, 4) == 10);
+  CHECK(size(ref, 200, 0, 1) == 64);  // one layer: C
+  // P = 115: max = 110 >= P - w = 107 -> max = 107, min = 112 - 107 = 5, step = 102 // 4 = 25:
+  // l=0: 107 + 8 = 115 (the whole prompt), l=2: 57 + 8 = 65, l=4: 7 + 8 = 15.
+  CHECK(size(ref, 115, 0) == 115);
+  CHECK(size(ref, 115, 2) == 65);
+  CHECK(size(ref, 115, 4) == 15);
+  // P = 100 < 2(C - w): every layer keeps C (the reference's SnapKV branch).
+  CHECK(size(ref, 100, 0) == 64);
+  CHECK(size(ref, 100, 4) == 64);
+  // schedule=capped at P = 100: max = 110 >= 92 -> max = 92, min = 20, step = 72 // 4 = 18:
+  // l=0: 92 + 8 = 100, l=2: 56 + 8 = 64, l=4: 20 + 8 = 28.
+  CHECK(size(ref + ",schedule=capped", 100, 0) == 100);
+  CHECK(size(ref + ",schedule=capped", 100, 2) == 64);
+  CHECK(size(ref + ",schedule=capped", 100, 4) == 28);
+  // schedule=round (the former rule): min = 2.8, max = 109.2, budget_l = round(max - l (max - min)/4) + w:
+  // l=0: 109 + 8 = 117, l=2: 56 + 8 = 64, l=4: 3 + 8 = 11; uncapped, so at P = 100 layer 0 keeps all 100.
+  CHECK(size(ref + ",schedule=round", 200, 0) == 117);
+  CHECK(size(ref + ",schedule=round", 200, 2) == 64);
+  CHECK(size(ref + ",schedule=round", 200, 4) == 11);
+  CHECK(size(ref + ",schedule=round", 100, 0) == 100);
+  CHECK_THROWS_AS(make_strategy(ref + ",schedule=linear"), UsageError);
+}
+
+TEST_CASE("gqa: one order, each query row combined over G, then summed (combined_prompt_colsums)") {
+  // H = 2, Hkv = 1, D = 4, P = 3; keys k0 = (2 ln 8, 0, 0, 0), k1 = k2 = 0; logits q.k / 2.
+  // Row 0: both heads (1). Row 1: head 0 q = 0 -> (.5, .5); head 1 q = (2/3, 0, 0, 0) -> logits (ln 4, 0)
+  // -> (.8, .2). Row 2: head 0 q = (1, 0, 0, 0) -> (ln 8, 0, 0) -> (.8, .1, .1); head 1 q = 0 -> 1/3 each.
+  // max per row, then summed: tok0 1 + .8 + .8 = 2.6, tok1 .5 + 1/3, tok2 1/3. (The max of the per-head
+  // column sums would give tok0 max(2.3, 2.1333) = 2.3.) mean: tok0 (2.3 + 2.1333)/2, tok1 (.6 + .5333)/2,
+  // tok2 (.1 + .3333)/2; sum: twice the mean.
+  Layer L(2, 1, 4, 4);
+  L.K(0, 0, 0) = 2 * std::log(8.0f);
+  L.Q(1, 1, 0) = 2.0f / 3.0f;
+  L.Q(0, 2, 0) = 1.0f;
+  LayerView lv = L.view();
+  ExactStats rs;
+  compute_exact_stats(lv, Backend::ref, rs);
+  compute_prompt_colsums(lv, rs, 3, Backend::ref, L.colsums);
+  lv.prompt_colsums = L.colsums.data();
+  float out[3];
+  combined_prompt_colsums(lv, {0, 0, 2}, 3, Gqa::max, out);
+  CHECK(out[0] == doctest::Approx(2.6).epsilon(1e-5));
+  CHECK(out[1] == doctest::Approx(.5 + 1.0 / 3).epsilon(1e-5));
+  CHECK(out[2] == doctest::Approx(1.0 / 3).epsilon(1e-5));
+  combined_prompt_colsums(lv, {0, 0, 2}, 3, Gqa::mean, out);
+  CHECK(out[0] == doctest::Approx((2.3 + 1 + .8 + 1.0 / 3) / 2).epsilon(1e-5));
+  CHECK(out[1] == doctest::Approx((.6 + .2 + 1.0 / 3) / 2).epsilon(1e-5));
+  CHECK(out[2] == doctest::Approx((.1 + 1.0 / 3) / 2).epsilon(1e-5));
+  combined_prompt_colsums(lv, {0, 0, 2}, 3, Gqa::sum, out);
+  CHECK(out[0] == doctest::Approx(2.3 + 1 + .8 + 1.0 / 3).epsilon(1e-5));
+  // One query head (gqa=none's group): that head's own column sums (head 1: 1 + .8 + 1/3).
+  combined_prompt_colsums(lv, {0, 1, 1}, 3, Gqa::none, out);
+  CHECK(out[0] == doctest::Approx(1 + .8 + 1.0 / 3).epsilon(1e-5));
+}
+
+TEST_CASE("gqa=none: one cache per query head, each the strategy run on that head alone") {
+  // snapkv by hand: H = 2, Hkv = 1, P = 6, window 2, budget 3, kernel 1. k0 = (3, 0, 0, 0),
+  // k1 = (0, 3, 0, 0), others 0; window queries of head 0 = (2, 0, 0, 0) (token 0 gets e^3 of the
+  // row), of head 1 = (0, 2, 0, 0) (token 1 does). Each head keeps its own token plus the window.
+  Layer L(2, 1, 8, 4);
+  L.K(0, 0, 0) = 3, L.K(0, 1, 1) = 3;
+  for (int64_t j : {4, 5}) L.Q(0, j, 0) = 2, L.Q(1, j, 1) = 2;
+  Driver d("snapkv:budget=3,window=2,kernel=1,gqa=none", L, 6);
+  REQUIRE(d.inst->n_caches() == 2);
+  CHECK(d.inst->rows() == 1);
+  CHECK(d.inst->kv_of(1) == 0);
+  CHECK(d.inst->q_head(1, 0) == 1);
+  CHECK(d.pos(0) == S{0, 4, 5});
+  CHECK(d.pos(1) == S{1, 4, 5});
+  // Bytes: 3 fp16 slots of D = 4 are 3 x 2 x 2 x 4 = 48 per cache; the KV head holds both caches.
+  CHECK(d.inst->bytes(0) == 48);
+  CHECK(d.inst->kv_bytes(0) == 96);
+  // Shared selection (gqa=mean): one cache for both heads.
+  Driver m("snapkv:budget=3,window=2,kernel=1", L, 6);
+  CHECK(m.inst->n_caches() == 1);
+  CHECK(m.pos(0).size() == 3);
+  CHECK(m.inst->kv_bytes(0) == 48);
+  // Independent check on random data: cache g of gqa=none equals the strategy run on a layer with
+  // query head g alone (H = Hkv = 1, the MHA code path), at every step, for snapkv, pyramidkv and h2o.
+  Layer R(2, 1, 24, 4);
+  R.fill_random(11);
+  for (const std::string spec : {"snapkv:budget=8,window=3,kernel=3", "pyramidkv:budget=8,window=3",
+                                 "h2o:budget=6,recent=2", "h2o:budget=6,norm=mean"}) {
+    CAPTURE(spec);
+    auto none = make_strategy(spec + ",gqa=none");
+    const auto both = kvsim::test::kept_sets_per_query_head(*none, R, 12, kernels(Backend::ref).attend_slots);
+    for (int64_t g = 0; g < 2; ++g) {
+      Layer one(1, 1, R.T, R.D);
+      one.k = R.k, one.v = R.v;
+      std::copy(R.q.begin() + g * R.T * R.D, R.q.begin() + (g + 1) * R.T * R.D, one.q.begin());
+      auto s = make_strategy(spec);
+      const auto ref = kvsim::test::kept_sets(*s, one, 12, Backend::ref);
+      for (size_t step = 0; step < ref.size(); ++step) CHECK(both[step][g] == ref[step][0]);
+    }
+  }
+  CHECK_THROWS_AS(make_strategy("scissorhands:budget=8,gqa=none"), UsageError);
 }
 
 TEST_CASE("strategy knorm keeps the smallest key norms") {

@@ -39,6 +39,52 @@ TEST_CASE("strategy entropy_merge: runs of high-entropy tokens merge, then the l
   CHECK(e.cache(0).size() == 5);
 }
 
+TEST_CASE("strategy entropy_merge budget=none: threshold only, nothing evicted") {
+  // The layer above: the merge pass gives slots 0, {1,2}, 3, {4,5}, 6, 7 and, with no budget, keeps
+  // all six (the budgeted form evicted 3). Bytes: 6 fp16 slots of D = 2 (8 bytes each) = 48, plus 8
+  // per merged slot (weight, member count) = 16; uniform weights hold no scores: 64.
+  Layer L(1, 1, 8, 2);
+  const float h[8] = {0, .9f, .9f, .1f, .9f, .9f, .9f, .9f};
+  L.entropy.resize(8);
+  for (int i = 0; i < 8; ++i) L.entropy[i] = h[i] * static_cast<float>(std::log(i + 1.0));
+  for (int i = 0; i < 8; ++i) L.K(0, i, 0) = static_cast<float>(i), L.V(0, i, 1) = static_cast<float>(i);
+  L.colsums = {1, .5f, .5f, .2f, .3f, .3f, 1, 1};
+  Driver d("entropy_merge:budget=none,sinks=1,recent=2,threshold=0.5", L, 8);
+  CHECK(d.pos() == S{0, 1, 3, 4, 6, 7});
+  CHECK(d.cache(0).n_members(d.cache(0).find(4)) == 2);
+  CHECK(d.inst->bytes(0) == 64);
+  // weights=attention keeps the scores of the 6 slots held and the next token: + 4 x 7 = 92.
+  CHECK(Driver("entropy_merge:budget=none,sinks=1,recent=2,weights=attention", L, 8).inst->bytes(0) == 92);
+  CHECK(make_strategy("entropy_merge:budget=none")->params().at("budget") == "none");
+  CHECK_THROWS_AS(make_strategy("entropy_merge:budget=none,ratio=0.5"), UsageError);
+  CHECK_THROWS_AS(make_strategy("entropy_merge:threshold=0.5"), UsageError);  // budget=SLOTS|none required
+  CHECK_THROWS_AS(make_strategy("h2o:budget=none"), UsageError);
+}
+
+TEST_CASE("strategy entropy_merge weights=attention: a merged slot weighs its parts' weights when they merged") {
+  // T = 6, P = 4, D = 2, sinks 1, recent 1; h = (0, .9, .9, .9, .1, .1); keys k_i = (i, 0); colsums
+  // (1, .2, .6, .4). Prefill (t = 3): mergeable 1, 2 -> M = {1, 2}, key (.2 x 1 + .6 x 2)/.8 = 1.75,
+  // weight W_M = .8, score .8. Step 4 observes attention .5 on M and .1 on token 3: score_M = 1.3,
+  // s_3 = .5. Token 3 is now mergeable and joins M: key = (W_M k_M + s_3 k_3)/(W_M + s_3) =
+  // (.8 x 1.75 + .5 x 3)/1.3 = 2.2308 (weighing M by its current score 1.3 would give 2.0972).
+  Layer L(1, 1, 6, 2);
+  const float h[6] = {0, .9f, .9f, .9f, .1f, .1f};
+  L.entropy.resize(6);
+  for (int i = 0; i < 6; ++i) L.entropy[i] = h[i] * static_cast<float>(std::log(i + 1.0));
+  for (int i = 0; i < 6; ++i) L.K(0, i, 0) = static_cast<float>(i);
+  L.colsums = {1, .2f, .6f, .4f};
+  Driver d("entropy_merge:budget=none,sinks=1,recent=1,weights=attention", L, 4);
+  const int64_t m = d.cache(0).find(1);
+  CHECK(d.cache(0).n_members(m) == 2);
+  CHECK(d.cache(0).key(m)[0] == doctest::Approx(1.75));
+  d.step(4, {{{1, .5f}, {3, .1f}}});
+  const int64_t m2 = d.cache(0).find(1);
+  CHECK(d.cache(0).n_members(m2) == 3);
+  CHECK(d.cache(0).key(m2)[0] == doctest::Approx(2.9 / 1.3));
+  CHECK(d.cache(0).bias(m2) == doctest::Approx(std::log(3.0)));
+  CHECK(d.pos() == S{0, 1, 4});
+}
+
 TEST_CASE("strategy kvmerger: adjacent similar keys cluster around the highest-attention pivot") {
   // D = 4. Keys: k1 = (1,0,0,0), k2 = (1,.1,0,0) (cos 0.995), k3 = (0,1,0,0) (cos(k2,k3) 0.0995),
   // k4 = (0,1,.1,0) (cos 0.995); k0, k5 = (0,0,0,1). Sinks 1, recent 1, budget 3, threshold 0.9.

@@ -21,7 +21,7 @@ class CamState final : public StrategyState {
   CamState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, int64_t m, uint64_t seed, const InstanceContext& ctx)
       : B_(B), sinks_(sinks), recent_(recent), m_(m),
         rng_(seed ^ (static_cast<uint64_t>(ctx.layer) << 32) ^ static_cast<uint64_t>(ctx.kv0)),
-        score_(ctx.T, ctx.kv0, ctx.G, gqa) {}
+        score_(ctx.T, ctx.group(), gqa) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     score_.start(lv, P);

@@ -31,7 +31,7 @@ class CmsAggregateState final : public StrategyState {
   CmsAggregateState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, AggParams ap, const InstanceContext& ctx)
       : B_(B), sinks_(sinks), recent_(recent), ap_(ap), D_(ctx.D),
         hash_(ap.width, ap.depth, ap.seed ^ (static_cast<uint64_t>(ctx.layer) << 32) ^ static_cast<uint64_t>(ctx.kv0)),
-        score_(ctx.T, ctx.kv0, ctx.G, gqa), sumk_(static_cast<size_t>(ap.width * ap.depth * ctx.D), 0.0),
+        score_(ctx.T, ctx.group(), gqa), sumk_(static_cast<size_t>(ap.width * ap.depth * ctx.D), 0.0),
         sumv_(sumk_.size(), 0.0), members_(static_cast<size_t>(ap.width * ap.depth)) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {

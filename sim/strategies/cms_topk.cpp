@@ -23,7 +23,7 @@ class CmsTopkState final : public StrategyState {
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     KVSIM_ASSERT(lv.prompt_colsums != nullptr);
-    combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
+    combined_prompt_colsums(lv, {kv_, kv_ * G_, G_}, P, gqa_, tmp_.data());
     for (int64_t i = 0; i < P; ++i) sketch_.add(i, tmp_[static_cast<size_t>(i)]);
     evict(caches, P - 1);
   }

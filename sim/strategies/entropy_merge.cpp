@@ -5,8 +5,11 @@
 // outside the sinks and the recent window) into one slot of at most max_span members, key and value
 // the mean of its members (weights = uniform | attention), with proportional attention (bias log n)
 // unless prop=0. Low-entropy tokens stay exact. When merging cannot meet the budget, the slots with
-// the lowest accumulated attention are evicted. Defaults: threshold 0.5, sinks 4, recent 8,
-// max_span 16, weights uniform, prop 1, gqa mean.
+// the lowest accumulated attention are evicted; with budget=none nothing is evicted and the
+// compression is whatever the threshold merges. weights=attention: an exact token weighs its
+// accumulated attention now (floored at 1e-12), a merged slot the sum of its parts' weights when they
+// merged (attention it draws afterwards raises its score, not its weight). Defaults: threshold 0.5,
+// sinks 4, recent 8, max_span 16, weights uniform, prop 1, gqa mean.
 #include <cmath>
 #include <vector>
 
@@ -37,7 +40,7 @@ class EntropyMergeState final : public StrategyState {
     entropy_ = lv.entropy;
     h_done_ = 0;
     normalize_entropy_upto(P - 1);
-    combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
+    combined_prompt_colsums(lv, {kv_, kv_ * G_, G_}, P, gqa_, tmp_.data());
     for (int64_t i = 0; i < P; ++i) st_.score[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
     evict(caches, P - 1);
   }
@@ -62,10 +65,16 @@ class EntropyMergeState final : public StrategyState {
                  [&](int64_t s) { return st_.score[static_cast<size_t>(c.pos(s))]; });
     merged_slots_ = 0;
     for (int64_t s = 0; s < c.size(); ++s) merged_slots_ += c.n_members(s) > 1 ? 1 : 0;
+    slots_ = static_cast<double>(c.size());
   }
 
-  // Accumulated score per slot (fp32) and, per merged slot, its weight and member count.
-  double state_bytes(int64_t) const override { return 4.0 * static_cast<double>(B_ + 1) + 8.0 * merged_slots_; }
+  // Accumulated score per slot (fp32) and, per merged slot, its weight and member count. With
+  // budget=none the scores rank nothing: they are held only as the weights of weights=attention,
+  // for the slots held (and the next token).
+  double state_bytes(int64_t) const override {
+    if (B_ == EvictionParams::kNoBudget) return (attn_w_ ? 4.0 * (slots_ + 1) : 0.0) + 8.0 * merged_slots_;
+    return 4.0 * static_cast<double>(B_ + 1) + 8.0 * merged_slots_;
+  }
   // Once merging stops (protocol prefill), the member bookkeeping of merged slots stays.
   double frozen_state_bytes(int64_t) const override { return 8.0 * merged_slots_; }
 
@@ -91,13 +100,13 @@ class EntropyMergeState final : public StrategyState {
   const float* entropy_ = nullptr;  // [H, T] nats (LayerView::entropy), read up to the current step
   int64_t h_done_ = 0;              // h_[0 .. h_done_-1] are set
   std::vector<float> h_, tmp_, e_;
-  double merged_slots_ = 0;
+  double merged_slots_ = 0, slots_ = 0;
 };
 
 class EntropyMerge final : public Strategy {
  public:
   explicit EntropyMerge(ParamReader& p) {
-    ep_.read(p, {.sinks = 4, .recent = 8, .gqa = true});
+    ep_.read(p, {.sinks = 4, .recent = 8, .gqa = true, .budget_none = true});
     rule_.sinks = ep_.sinks;
     rule_.recent = ep_.recent;
     rule_.threshold = p.get_double("threshold", 0.5, "normalized entropy at or above which a token is mergeable");

@@ -11,10 +11,19 @@ namespace kvsim {
 void EvictionParams::read(ParamReader& p, const EvictionParamDefaults& takes) {
   spec = p.spec().text;
   bool hb = p.has("budget"), hr = p.has("ratio"), hp = p.has("press_ratio");
-  if (int(hb) + int(hr) + int(hp) != 1)
-    throw UsageError("strategy '" + spec +
-                     "': give exactly one of budget=SLOTS, ratio=FRACTION_OF_T or press_ratio=FRACTION_OF_P_REMOVED");
-  if (hb) {
+  if (hb && takes.budget_none && p.spec().params.at("budget") == "none") {
+    p.set_resolved("budget", "none");
+    if (hr || hp) throw UsageError("strategy '" + spec + "': budget=none takes neither ratio= nor press_ratio=");
+    no_budget = true;
+    hb = false;
+  }
+  if (!no_budget && int(hb) + int(hr) + int(hp) != 1)
+    throw UsageError("strategy '" + spec + "': give exactly one of budget=SLOTS" +
+                     (takes.budget_none ? std::string("|none") : std::string()) +
+                     ", ratio=FRACTION_OF_T or press_ratio=FRACTION_OF_P_REMOVED");
+  if (no_budget) {
+    // budget=none: nothing is evicted
+  } else if (hb) {
     budget = p.get_int("budget", 0);
     if (budget <= 0) throw UsageError("strategy '" + spec + "': budget=" + std::to_string(budget) + " must be > 0");
   } else if (hp) {
@@ -36,11 +45,15 @@ void EvictionParams::read(ParamReader& p, const EvictionParamDefaults& takes) {
     if (recent < -1) throw UsageError("strategy '" + spec + "': recent must be >= 0");
     if (recent == -1) p.set_resolved("recent", "budget/2");
   }
-  if (takes.gqa) gqa = parse_gqa(p.get_choice("gqa", {"mean", "max", "sum"}));
+  if (takes.gqa_none)
+    gqa = parse_gqa(p.get_choice("gqa", {"mean", "max", "sum", "none"}));
+  else if (takes.gqa)
+    gqa = parse_gqa(p.get_choice("gqa", {"mean", "max", "sum"}));
   if (budget > 0) resolve_budget(budget, 0);  // validates sinks + recent against a slot budget now
 }
 
 int64_t EvictionParams::resolve_budget(int64_t T, int64_t P) const {
+  if (no_budget) return kNoBudget;
   int64_t B = budget > 0 ? budget : std::max<int64_t>(1, std::llround(ratio * static_cast<double>(T)));
   // kvpress: n_kept = int(P * (1 - compression_ratio)), truncated (scorer_press.py).
   if (press_ratio >= 0) B = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(P) * (1.0 - press_ratio)));
@@ -60,18 +73,18 @@ void evict_positions(SlotCache& cache, const std::vector<int32_t>& positions) {
   cache.remove_unless(keep);
 }
 
-void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j0, int64_t j1, Gqa how,
+void prompt_attention_rows(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t j0, int64_t j1, Gqa how,
                            std::vector<float>& rows) {
-  const int64_t G = lv.G(), D = lv.D, nq = j1 - j0;
+  const int64_t G = grp.n, D = lv.D, nq = j1 - j0;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   rows.assign(nq * P, 0.0f);
   std::vector<double> z(P);
   std::vector<float> per_g(G * P);
-  const float* kk = lv.k_head(kv);
+  const float* kk = lv.k_head(grp.kv);
   for (int64_t j = j0; j < j1; ++j) {
     std::fill(per_g.begin(), per_g.end(), 0.0f);
     for (int64_t g = 0; g < G; ++g) {
-      const float* q = lv.q_head(kv * G + g) + j * D;
+      const float* q = lv.q_head(grp.q0 + g) + j * D;
       double mx = -INFINITY;
       for (int64_t i = 0; i <= j; ++i) {
         float d = 0;
@@ -87,14 +100,31 @@ void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j
   }
 }
 
+void combined_prompt_colsums(const LayerView& lv, const HeadGroup& grp, int64_t P, Gqa how, float* out) {
+  if (how != Gqa::max) {
+    KVSIM_ASSERT(lv.prompt_colsums != nullptr);
+    combine_gqa(lv.prompt_colsums + grp.q0 * P, grp.n, P, how, out);
+    return;
+  }
+  std::vector<double> acc(static_cast<size_t>(P), 0.0);
+  std::vector<float> rows;
+  constexpr int64_t kBlock = 64;  // prompt queries per block: rows of [kBlock, P] at a time
+  for (int64_t j0 = 0; j0 < P; j0 += kBlock) {
+    const int64_t j1 = std::min(P, j0 + kBlock);
+    prompt_attention_rows(lv, grp, P, j0, j1, how, rows);
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t i = 0; i <= j; ++i) acc[static_cast<size_t>(i)] += rows[(j - j0) * P + i];
+  }
+  for (int64_t i = 0; i < P; ++i) out[i] = static_cast<float>(acc[static_cast<size_t>(i)]);
+}
+
 void AccumulatedAttention::start(const LayerView& lv, int64_t P) {
-  KVSIM_ASSERT(lv.prompt_colsums != nullptr);
-  combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
+  combined_prompt_colsums(lv, grp_, P, gqa_, tmp_.data());
   for (int64_t i = 0; i < P; ++i) score_[static_cast<size_t>(i)] = tmp_[static_cast<size_t>(i)];
 }
 
 void AccumulatedAttention::add(const SlotCache& cache, const float* attn, bool view0_only) {
-  combine_gqa(attn, G_, cache.size(), gqa_, tmp_.data());
+  combine_gqa(attn, grp_.n, cache.size(), gqa_, tmp_.data());
   for (int64_t s = 0; s < cache.size(); ++s)
     if (!view0_only || cache.view(s) == 0) score_[static_cast<size_t>(cache.pos(s))] += tmp_[static_cast<size_t>(s)];
 }

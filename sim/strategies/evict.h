@@ -21,10 +21,13 @@ struct EvictionParamDefaults {
   std::optional<int64_t> sinks;   // `sinks`: protected first tokens
   std::optional<int64_t> recent;  // `recent`: protected newest tokens (-1: half the budget)
   bool gqa = false;               // `gqa = mean | max | sum`
+  bool gqa_none = false;          // also `gqa = none` (one cache per query head)
+  bool budget_none = false;       // also `budget = none` (no budget: nothing is evicted)
 };
 
 struct EvictionParams {
-  int64_t budget = -1;      // slots, or -1 when given as a ratio
+  int64_t budget = -1;      // slots, or -1 when given as a ratio (or budget=none)
+  bool no_budget = false;   // budget=none (where the strategy takes it): resolve_budget gives kNoBudget
   double ratio = -1;        // of the sequence length T
   double press_ratio = -1;  // kvpress's compression_ratio: the fraction of the prompt P removed
   int64_t sinks = 0;        // protected first tokens
@@ -37,7 +40,9 @@ struct EvictionParams {
   void read(ParamReader& p, const EvictionParamDefaults& takes);
   // Budget in slots for a sequence of T tokens with prefill P (budget, round(ratio T), or
   // int(P (1 - press_ratio)) as kvpress counts it); throws UsageError if it is not > sinks + recent.
+  // kNoBudget with budget=none.
   int64_t resolve_budget(int64_t T, int64_t P) const;
+  static constexpr int64_t kNoBudget = INT64_MAX / 4;
   int64_t resolve_recent(int64_t B) const { return recent < 0 ? B / 2 : recent; }
 };
 
@@ -57,18 +62,25 @@ void evict_lowest(SlotCache& cache, int64_t B, int64_t t, int64_t sinks, int64_t
 // Evicts exactly the slots whose representative positions are in `positions` (those present).
 void evict_positions(SlotCache& cache, const std::vector<int32_t>& positions);
 
-// Attention rows of prompt queries j in [j0, j1) of the G query heads of KV head kv, over keys
-// 0..j (causal), combined over G by `how`, written into rows[(j - j0) * P + i] for i <= j (0 past j).
-void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j0, int64_t j1, Gqa how,
+// Attention rows of prompt queries j in [j0, j1) of the query heads of `grp` over keys 0..j
+// (causal), each row combined over the group by `how` (combine_gqa), written into
+// rows[(j - j0) * P + i] for i <= j (0 past j).
+void prompt_attention_rows(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t j0, int64_t j1, Gqa how,
                            std::vector<float>& rows /* [j1 - j0, P] */);
 
-// Accumulated attention per position (h2o and kin): started from the prompt's own attention (column
-// sums over the prompt queries) and grown by each step's attention over the slots, both combined over
-// the G query heads of KV head `kv` by `gqa`. A slot's score lives at its representative position.
+// The prompt's attention to token i, i < P, in the one GQA order (strategy.h, Gqa): out[i] =
+// sum over prompt queries j >= i of combine_g P^g_{j,i}. For mean and sum this is, by linearity, the
+// combination of the per-head column sums lv.prompt_colsums (read from there); for max the rows are
+// recomputed from the prompt's q and k (prompt_attention_rows).
+void combined_prompt_colsums(const LayerView& lv, const HeadGroup& grp, int64_t P, Gqa how, float* out /* [P] */);
+
+// Accumulated attention per position (h2o and kin): started from the prompt's own attention
+// (combined_prompt_colsums) and grown by each step's attention over the slots, combined over the
+// query heads of `grp` by `gqa`. A slot's score lives at its representative position.
 class AccumulatedAttention {
  public:
-  AccumulatedAttention(int64_t T, int64_t kv, int64_t G, Gqa gqa)
-      : kv_(kv), G_(G), gqa_(gqa), score_(static_cast<size_t>(T), 0.0), tmp_(static_cast<size_t>(T)) {}
+  AccumulatedAttention(int64_t T, const HeadGroup& grp, Gqa gqa)
+      : grp_(grp), gqa_(gqa), score_(static_cast<size_t>(T), 0.0), tmp_(static_cast<size_t>(T)) {}
   // score[i] = the prompt's combined column sum, i < P (lv.prompt_colsums must be set).
   void start(const LayerView& lv, int64_t P);
   // Adds attn [G, n] over the slots of `cache`; only slots whose view is 0 when `view0_only`.
@@ -77,7 +89,7 @@ class AccumulatedAttention {
   double operator[](int32_t pos) const { return score_[static_cast<size_t>(pos)]; }
 
  private:
-  int64_t kv_, G_;
+  HeadGroup grp_;
   Gqa gqa_;
   std::vector<double> score_;
   std::vector<float> tmp_;

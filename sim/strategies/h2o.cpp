@@ -13,14 +13,14 @@ namespace kvsim {
 namespace {
 class H2oState final : public StrategyState {
  public:
-  H2oState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, bool mean, int64_t T, int64_t G, int64_t kv)
-      : B_(B), sinks_(sinks), recent_(recent), gqa_(gqa), mean_(mean), score_(T, 0.0), seen_(T, 0), tmp_(T), G_(G),
-        kv_(kv) {}
+  H2oState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, bool mean, int64_t T, const HeadGroup& grp)
+      : B_(B), sinks_(sinks), recent_(recent), gqa_(gqa), mean_(mean), score_(T, 0.0), seen_(T, 0), tmp_(T), grp_(grp) {
+  }
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     KVSIM_ASSERT(lv.prompt_colsums != nullptr);
-    // colsums of the G query heads of this KV head: rows kv*G .. kv*G+G-1 of [H, P].
-    combine_gqa(lv.prompt_colsums + kv_ * G_ * P, G_, P, gqa_, tmp_.data());
+    // The prompt's attention of the query heads of this cache (all G, or one under gqa=none).
+    combined_prompt_colsums(lv, grp_, P, gqa_, tmp_.data());
     for (int64_t i = 0; i < P; ++i) {
       score_[i] = tmp_[i];
       seen_[i] = static_cast<int32_t>(P - i);
@@ -29,7 +29,7 @@ class H2oState final : public StrategyState {
   }
   void observe(std::span<const SlotCache> caches, std::span<const float* const> attn, int64_t) override {
     const SlotCache& c = caches[0];
-    combine_gqa(attn[0], G_, c.size(), gqa_, tmp_.data());
+    combine_gqa(attn[0], grp_.n, c.size(), gqa_, tmp_.data());
     for (int64_t s = 0; s < c.size(); ++s) {
       score_[c.pos(s)] += tmp_[s];
       seen_[c.pos(s)] += 1;
@@ -51,20 +51,21 @@ class H2oState final : public StrategyState {
   std::vector<double> score_;
   std::vector<int32_t> seen_;
   std::vector<float> tmp_;
-  int64_t G_, kv_;
+  HeadGroup grp_;
 };
 
 class H2o final : public Strategy {
  public:
   explicit H2o(ParamReader& p) {
-    ep_.read(p, {.sinks = 0, .recent = -1, .gqa = true});
+    ep_.read(p, {.sinks = 0, .recent = -1, .gqa = true, .gqa_none = true});
     mean_ = p.get_choice("norm", {"sum", "mean"}) == "mean";
     set_identity(p);
   }
   bool needs_prompt_colsums() const override { return true; }
+  bool per_query_head() const override { return ep_.gqa == Gqa::none; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
-    return std::make_unique<H2oState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, mean_, ctx.T, ctx.G, ctx.kv0);
+    return std::make_unique<H2oState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, mean_, ctx.T, ctx.group());
   }
 
  private:

@@ -39,7 +39,7 @@ double cosine(const float* a, const float* b, int64_t D) {
 class KvMergerState final : public StrategyState {
  public:
   KvMergerState(int64_t B, int64_t sinks, int64_t recent, Gqa gqa, KvMergerParams mp, const InstanceContext& ctx)
-      : B_(B), sinks_(sinks), recent_(recent), mp_(mp), score_(ctx.T, ctx.kv0, ctx.G, gqa) {}
+      : B_(B), sinks_(sinks), recent_(recent), mp_(mp), score_(ctx.T, ctx.group(), gqa) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     score_.start(lv, P);

@@ -23,7 +23,7 @@ class ScissorhandsState final : public StrategyState {
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     const int64_t j0 = std::max<int64_t>(0, P - history_);
     std::vector<float> rows;
-    prompt_attention_rows(lv, kv_, P, j0, P, gqa_, rows);
+    prompt_attention_rows(lv, {kv_, kv_ * G_, G_}, P, j0, P, gqa_, rows);
     for (int64_t j = j0; j < P; ++j) {
       std::vector<int32_t> hit;
       const float thr = 1.0f / static_cast<float>(j + 1);

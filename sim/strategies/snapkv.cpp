@@ -1,13 +1,17 @@
 // snapkv (Li et al., arXiv 2404.14469) and pyramidkv (Cai et al., arXiv 2406.02069).
 // Once after prefill: the observation window is the last `window` prompt queries (default 32);
-// votes v_i = sum over the window of attention to prompt token i (combined over the G query heads
-// by `gqa`), smoothed by 1-D pooling (`pool` = max | avg, `kernel` default 7, centred, clipped at
-// the ends); keep the top B - window prompt tokens by pooled vote plus the window itself.
-// Decode (the papers compress only the prompt): the selected prompt tokens (at most B - window,
-// also when the prompt fits) stay, and the other slots slide over the newest tokens, so the cache
-// holds at most B slots at every step and always keeps at least `window` recent ones.
-// pyramidkv: the same with per-layer budgets on an arithmetic schedule, C = budget, w = window,
-//   min = (C - w) / beta, max = 2 (C - w) - min, budget_l = max - l (max - min) / (L - 1) + w.
+// votes v_i = sum over the window of attention to prompt token i (each window row combined over the
+// G query heads by `gqa` first, strategy.h; gqa=none: one cache per query head), smoothed by 1-D
+// pooling of width `kernel` (default 7), centred; keep the top B - window prompt tokens by pooled
+// vote plus the window itself. Pooling as the reference code's F.max_pool1d / F.avg_pool1d with
+// padding kernel/2: `max` over the in-range votes, `avg` the sum of the in-range votes divided by
+// the kernel (zero padding, count_include_pad), `avg_clipped` divided by the in-range count instead.
+// Decode (the papers compress only the prompt): under protocol prefill every later token is
+// appended; under protocol evict the selected prompt tokens (at most B - window, also when the
+// prompt fits) stay, and the other slots slide over the newest tokens, so the cache holds at most B
+// slots at every step and always keeps at least `window` recent ones ("SnapKV + sliding window").
+// pyramidkv: the same with per-layer budgets (pyramid_budget; schedule=reference follows
+// KVCache-Factory's PyramidKVCluster, schedule=round is the rounded arithmetic schedule).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -19,28 +23,41 @@
 namespace kvsim {
 
 namespace {
+enum class Pool { max, avg, avg_clipped };
+enum class Schedule { reference, capped, round };
+
+// pooled[i] over votes[0..n), a centred window of `kernel` (odd).
+void pool_votes(const std::vector<double>& votes, int64_t kernel, Pool pool, std::vector<double>& pooled) {
+  const int64_t n = static_cast<int64_t>(votes.size()), h = kernel / 2;
+  pooled.assign(static_cast<size_t>(n), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t a = std::max<int64_t>(0, i - h), b = std::min<int64_t>(n - 1, i + h);
+    double acc = pool == Pool::max ? votes[a] : 0.0;
+    for (int64_t x = a; x <= b; ++x) acc = pool == Pool::max ? std::max(acc, votes[x]) : acc + votes[x];
+    if (pool == Pool::avg) acc /= static_cast<double>(kernel);  // zero padding, count_include_pad
+    if (pool == Pool::avg_clipped) acc /= static_cast<double>(b - a + 1);
+    pooled[i] = acc;
+  }
+}
+
+int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0); }
+
 class SnapkvState final : public StrategyState {
  public:
-  SnapkvState(int64_t B, int64_t window, int64_t kernel, bool max_pool, Gqa gqa, int64_t T, int64_t kv)
-      : B_(B), w_(window), kernel_(kernel), max_pool_(max_pool), gqa_(gqa), heavy_(T, 0), kv_(kv) {}
+  SnapkvState(int64_t B, int64_t window, int64_t kernel, Pool pool, Gqa gqa, int64_t T, const HeadGroup& grp)
+      : B_(B), w_(window), kernel_(kernel), pool_(pool), gqa_(gqa), heavy_(T, 0), grp_(grp) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
     SlotCache& c = caches[0];
     const int64_t w = std::min(w_, P);
     if (P == w) return;  // the whole prompt is the observation window: nothing to select
     std::vector<float> rows;
-    prompt_attention_rows(lv, kv_, P, P - w, P, gqa_, rows);
+    prompt_attention_rows(lv, grp_, P, P - w, P, gqa_, rows);
     const int64_t n = P - w;  // candidates: prompt tokens before the window
-    std::vector<double> votes(n, 0.0), pooled(n, 0.0);
+    std::vector<double> votes(n, 0.0), pooled;
     for (int64_t j = 0; j < w; ++j)
       for (int64_t i = 0; i < n; ++i) votes[i] += rows[j * P + i];
-    const int64_t h = kernel_ / 2;
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t a = std::max<int64_t>(0, i - h), b = std::min<int64_t>(n - 1, i + h);
-      double acc = max_pool_ ? votes[a] : 0.0;
-      for (int64_t x = a; x <= b; ++x) acc = max_pool_ ? std::max(acc, votes[x]) : acc + votes[x];
-      pooled[i] = max_pool_ ? acc : acc / static_cast<double>(b - a + 1);
-    }
+    pool_votes(votes, kernel_, pool_, pooled);
     std::vector<int32_t> order(n);
     std::iota(order.begin(), order.end(), 0);
     const int64_t keep = std::min<int64_t>(B_ - w, n);
@@ -60,20 +77,25 @@ class SnapkvState final : public StrategyState {
 
  private:
   int64_t B_, w_, kernel_;
-  bool max_pool_;
+  Pool pool_;
   Gqa gqa_;
   std::vector<uint8_t> heavy_;  // [T] selected prompt tokens
-  int64_t kv_;
+  HeadGroup grp_;
 };
 
 class Snapkv final : public Strategy {
  public:
   Snapkv(ParamReader& p, bool pyramid) : pyramid_(pyramid) {
-    ep_.read(p, {.sinks = {}, .recent = {}, .gqa = true});
+    ep_.read(p, {.sinks = {}, .recent = {}, .gqa = true, .gqa_none = true});
     window_ = p.get_int("window", 32);
     kernel_ = p.get_int("kernel", 7);
-    max_pool_ = p.get_choice("pool", {"max", "avg"}) == "max";
-    if (pyramid_) beta_ = p.get_double("beta", 20);
+    const std::string pool = p.get_choice("pool", {"max", "avg", "avg_clipped"});
+    pool_ = pool == "max" ? Pool::max : pool == "avg" ? Pool::avg : Pool::avg_clipped;
+    if (pyramid_) {
+      beta_ = p.get_double("beta", 20);
+      const std::string s = p.get_choice("schedule", {"reference", "capped", "round"});
+      schedule_ = s == "reference" ? Schedule::reference : s == "capped" ? Schedule::capped : Schedule::round;
+    }
     const std::string& t = p.spec().text;
     if (window_ <= 0) throw UsageError("strategy '" + t + "': window must be > 0");
     if (kernel_ <= 0 || kernel_ % 2 == 0) throw UsageError("strategy '" + t + "': kernel must be odd and > 0");
@@ -81,17 +103,27 @@ class Snapkv final : public Strategy {
     if (ep_.budget > 0) check(ep_.budget);
     set_identity(p);
   }
+  bool per_query_head() const override { return ep_.gqa == Gqa::none; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t C = ep_.resolve_budget(ctx.T, ctx.P);
     check(C);
-    int64_t B = pyramid_ ? pyramid_budget(C, window_, beta_, ctx.layer, ctx.n_layers) : C;
-    return std::make_unique<SnapkvState>(B, window_, kernel_, max_pool_, ep_.gqa, ctx.T, ctx.kv0);
+    int64_t B = pyramid_ ? pyramid_budget(C, window_, beta_, ctx.layer, ctx.n_layers, ctx.P, schedule_) : C;
+    return std::make_unique<SnapkvState>(B, window_, kernel_, pool_, ep_.gqa, ctx.T, ctx.group());
   }
-  static int64_t pyramid_budget(int64_t C, int64_t w, double beta, int64_t l, int64_t L) {
+  // Slots of layer l of L with nominal budget C, window w, prompt P (STRATEGIES.md, pyramidkv).
+  static int64_t pyramid_budget(int64_t C, int64_t w, double beta, int64_t l, int64_t L, int64_t P, Schedule s) {
     if (L <= 1) return C;
-    double mn = static_cast<double>(C - w) / beta, mx = 2.0 * static_cast<double>(C - w) - mn;
-    double b = mx - static_cast<double>(l) * (mx - mn) / static_cast<double>(L - 1);
-    return std::max<int64_t>(1, std::llround(b)) + w;
+    if (s == Schedule::round) {
+      double mn = static_cast<double>(C - w) / beta, mx = 2.0 * static_cast<double>(C - w) - mn;
+      double b = mx - static_cast<double>(l) * (mx - mn) / static_cast<double>(L - 1);
+      return std::max<int64_t>(1, std::llround(b)) + w;
+    }
+    const int64_t n = C - w;
+    // A prompt shorter than C is kept whole; below 2 (C - w) the reference keeps C in every layer.
+    if (P < C || (s == Schedule::reference && P < 2 * n)) return C;
+    int64_t mn = static_cast<int64_t>(std::floor(static_cast<double>(n) / beta)), mx = 2 * n - mn;
+    if (mx >= P - w) mx = P - w, mn = 2 * n - mx;  // no layer keeps more than the prompt holds
+    return mx - l * floor_div(mx - mn, L - 1) + w;
   }
 
  private:
@@ -103,8 +135,9 @@ class Snapkv final : public Strategy {
   EvictionParams ep_;
   bool pyramid_;
   int64_t window_ = 32, kernel_ = 7;
-  bool max_pool_ = true;
+  Pool pool_ = Pool::max;
   double beta_ = 20;
+  Schedule schedule_ = Schedule::reference;
 };
 }  // namespace
 

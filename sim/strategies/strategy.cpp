@@ -36,10 +36,12 @@ Gqa parse_gqa(const std::string& s) {
   if (s == "mean") return Gqa::mean;
   if (s == "max") return Gqa::max;
   if (s == "sum") return Gqa::sum;
-  throw UsageError("gqa=" + s + " is not one of mean, max, sum");
+  if (s == "none") return Gqa::none;
+  throw UsageError("gqa=" + s + " is not one of mean, max, sum, none");
 }
 
 void combine_gqa(const float* w, int64_t G, int64_t n, Gqa how, float* out) {
+  KVSIM_ASSERT(how != Gqa::none || G == 1);
   for (int64_t s = 0; s < n; ++s) {
     float acc = how == Gqa::max ? w[s] : 0.0f;
     for (int64_t g = 0; g < G; ++g) {

@@ -20,12 +20,20 @@
 
 namespace kvsim {
 
-// How per-query-head attention is combined into one per-KV-head score (design.md §3).
-enum class Gqa { mean, max, sum };
+// How per-query-head attention is combined into one per-KV-head score (sim/strategies/STRATEGIES.md,
+// "GQA"). One order everywhere: each query row's G attention rows are combined into one row, then
+// rows are summed over queries (prompt queries, decode steps). `none` combines nothing: every query
+// head selects for its own cache (G caches per KV head, the reference code after repeat_kv).
+enum class Gqa { mean, max, sum, none };
 Gqa parse_gqa(const std::string& s);
-// out[s] = combine over g of w[g * n + s].
+// out[s] = combine over g of w[g * n + s] (with `none`, G must be 1: a copy).
 void combine_gqa(const float* w,  // [G, n]
                  int64_t G, int64_t n, Gqa how, float* out /* [n] */);
+
+// The query heads that read one cache: KV head kv, query heads q0 .. q0 + n - 1.
+struct HeadGroup {
+  int64_t kv = 0, q0 = 0, n = 1;
+};
 
 // Plain data of one layer of one sequence (prefix 0..T-1 of the tokens). A strategy reads q, k, v
 // and prompt_colsums of the prompt (positions < P) in prefill only, and the per-token k_norm and
@@ -59,11 +67,19 @@ Protocol parse_protocol(const std::string& s);  // UsageError listing the three
 
 struct InstanceContext {
   int64_t layer = 0, n_layers = 1;
-  int64_t kv0 = 0;       // first KV head of this instance
-  int64_t n_caches = 1;  // 1, or Hkv for a layer-coupled strategy
-  int64_t T = 0, P = 0, D = 0, G = 1;
+  int64_t kv0 = 0;                     // first KV head of this instance
+  int64_t q0 = 0;                      // query head of cache 0's first row (kv0 * G, but see per_query_head)
+  int64_t n_caches = 1;                // 1, Hkv for a layer-coupled strategy, G under per_query_head
+  int64_t T = 0, P = 0, D = 0, G = 1;  // G: the model's query heads per KV head
+  // gqa=none: cache c of the instance belongs to query head q0 + c alone, and holds KV head kv0.
+  // The driver gives each cache its own strategy state, whose context has n_caches = 1.
+  bool per_query_head = false;
   uint64_t seed = 0;
   Protocol protocol = Protocol::evict;
+  int64_t rows() const { return per_query_head ? 1 : G; }  // query heads reading each cache
+  int64_t kv_of(int64_t c) const { return per_query_head ? kv0 : kv0 + c; }
+  int64_t q_head(int64_t c, int64_t g) const { return q0 + c * rows() + g; }
+  HeadGroup group(int64_t c = 0) const { return {kv_of(c), q_head(c, 0), rows()}; }
 };
 
 // What one query head attends over at one step under protocol C (sim/strategies/STRATEGIES.md,
@@ -85,7 +101,8 @@ class StrategyState {
   virtual ~StrategyState() = default;
   // caches[c] (KV head kv0 + c) holds tokens 0..P-1 exactly; compress to the budget.
   virtual void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) = 0;
-  // attn[c] is the compressed attention [G, n_c] of step t over the slots of caches[c], where
+  // attn[c] is the compressed attention [rows, n_c] of step t over the slots of caches[c] (rows =
+  // InstanceContext::rows(): G, or 1 under per_query_head), where
   // slot s of cache c has position caches[c].pos(s). Called every step, evaluated or not.
   virtual void observe(std::span<const SlotCache> caches, std::span<const float* const> attn, int64_t t) {
     (void)caches, (void)attn, (void)t;
@@ -143,6 +160,8 @@ class Strategy {
   virtual bool needs_prompt_colsums() const { return false; }
   // Reads LayerView::entropy (the model runner then computes each decode token's exact row entropy).
   virtual bool needs_entropy() const { return false; }
+  // gqa=none: one cache per query head (InstanceContext::per_query_head).
+  virtual bool per_query_head() const { return false; }
   virtual const Codec& codec() const { return identity_codec(); }
   virtual std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const = 0;
 

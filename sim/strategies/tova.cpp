@@ -22,7 +22,7 @@ class TovaState final : public StrategyState {
     std::fill(cur_.begin(), cur_.end(), 0.0);
     std::vector<float> row;
     for (int64_t kv = 0; kv < lv.Hkv; ++kv) {
-      prompt_attention_rows(lv, kv, P, P - 1, P, Gqa::sum, row);
+      prompt_attention_rows(lv, {kv, kv * G_, G_}, P, P - 1, P, Gqa::sum, row);
       for (int64_t i = 0; i < P; ++i) cur_[i] += row[i] / static_cast<double>(lv.H);
     }
     evict(caches, P - 1);

@@ -45,7 +45,8 @@ float exact_row_entropy(const float* q,  // [D]
 }  // namespace
 
 // The instances of one layer (sim/instance.h: slots, codec and strategy states), shared by its Hkv
-// KvCache proxies: KV head kv is cache kv % per_state of instance kv / per_state.
+// KvCache proxies: KV head kv is cache kv % per_state of instance kv / per_state, or under gqa=none
+// (one cache per query head) caches 0..G-1 of instance kv.
 class StrategyLayer {
  public:
   StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b,
@@ -93,7 +94,11 @@ class StrategyLayer {
       k_norm_[kv * T_ + t] = key_norm(kt, D_);
       if (!prefilled_ || !entropy_.empty()) std::copy_n(kt, D_, k_.data() + (kv * T_ + t) * D_);
       if (!prefilled_) std::copy_n(vt, D_, v_.data() + (kv * T_ + t) * D_);
-      inst(kv).store(kv % per_state_, t, kt, vt);
+      Instance& in = inst(kv);
+      if (in.context().per_query_head)
+        for (int64_t c = 0; c < in.n_caches(); ++c) in.store(c, t, kt, vt);
+      else
+        in.store(kv % per_state_, t, kt, vt);
     }
   }
 
@@ -101,6 +106,8 @@ class StrategyLayer {
   // slots (bias included, alternative views not expressible; the runner uses attend() then).
   KvView view(int64_t kv) const {
     if (!prefilled_) return KvView{k_.data() + kv * T_ * D_, v_.data() + kv * T_ * D_, nullptr, prompt_pos_.data(), P_};
+    // Under gqa=none each query head has its own cache: attend() (which returns true) is used then.
+    KVSIM_ASSERT(!inst(kv).context().per_query_head);
     const SlotCache& c = inst(kv).cache(kv % per_state_);
     auto& pos = slot_pos_[kv];
     pos.resize(static_cast<size_t>(c.size()));
@@ -117,10 +124,14 @@ class StrategyLayer {
       return false;
     }
     KVSIM_ASSERT(Tq == 1);
-    const int64_t t = pos0, c = kv % per_state_;
+    const int64_t t = pos0;
     Instance& in = inst(kv);
-    in.attend(c, t, attend_fn_, q, D_, o);
-    ratio_sum_ += cache_ratio(in.bytes(c), D_, t);
+    if (in.context().per_query_head) {  // query head g reads cache g alone
+      for (int64_t g = 0; g < G_; ++g) in.attend(g, t, attend_fn_, q + g * D_, D_, o + g * D_);
+    } else {
+      in.attend(kv % per_state_, t, attend_fn_, q, D_, o);
+    }
+    ratio_sum_ += cache_ratio(in.kv_bytes(kv % per_state_), D_, t);
     ++ratio_n_;
     for (int64_t g = 0; g < G_ && !entropy_.empty(); ++g)
       entropy_[(kv * G_ + g) * T_ + t] = exact_row_entropy(q + g * D_, k_.data() + kv * T_ * D_, t + 1, D_, z_);
