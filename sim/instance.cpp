@@ -124,8 +124,10 @@ void Instance::finish_step(int64_t t) { finish_step(t, wptr_); }
 std::vector<std::string> Instance::degeneracies() const {
   std::vector<std::string> out;
   for (int64_t c = 0; c < ctx_.n_caches; ++c) {
+    const StrategyState& st = ctx_.per_query_head ? *states_[c] : *states_[0];
+    const int64_t local = ctx_.per_query_head ? 0 : c;
     if (!sparse())  // under protocol sparse nothing is dropped by design
-      for (auto& d : state_->degeneracies(caches_[c], c)) out.push_back(strat_.name() + ": " + d);
+      for (auto& d : st.degeneracies(caches_[c], local)) out.push_back(strat_.name() + ": " + d);
     for (auto& d : codec_[c]->degeneracies()) out.push_back(std::move(d));
   }
   return out;
