@@ -62,6 +62,13 @@ void evict_positions(SlotCache& cache, const std::vector<int32_t>& positions);
 void prompt_attention_rows(const LayerView& lv, int64_t kv, int64_t P, int64_t j0, int64_t j1, Gqa how,
                            std::vector<float>& rows /* [j1 - j0, P] */);
 
+// SnapKV's choice (sim/strategies/snapkv.cpp): votes of the last w = min(window, P) prompt queries
+// on each prompt token before the window (their causal attention summed over the window, combined
+// over the G query heads of KV head kv by `gqa`), pooled over `kernel` neighbours (max or avg,
+// centred, clipped at the ends); the `keep` best of positions 0..P-w-1, ties to the lower.
+std::vector<int32_t> snapkv_heavy(const LayerView& lv, int64_t kv, int64_t P, int64_t window, int64_t kernel,
+                                  bool max_pool, Gqa gqa, int64_t keep);
+
 // Accumulated attention per position (h2o and kin): started from the prompt's own attention (column
 // sums over the prompt queries) and grown by each step's attention over the slots, both combined over
 // the G query heads of KV head `kv` by `gqa`. A slot's score lives at its representative position.

@@ -26,5 +26,7 @@ std::unique_ptr<Strategy> make_kvmerger(ParamReader& p);
 std::unique_ptr<Strategy> make_cms_aggregate(ParamReader& p);
 // Selectors (protocol sparse).
 std::unique_ptr<Strategy> make_oracle_topk(ParamReader& p);
+std::unique_ptr<Strategy> make_rocketkv(ParamReader& p);
+std::unique_ptr<Strategy> make_shadowkv(ParamReader& p);
 
 }  // namespace kvsim

@@ -18,6 +18,32 @@
 
 namespace kvsim {
 
+std::vector<int32_t> snapkv_heavy(const LayerView& lv, int64_t kv, int64_t P, int64_t window, int64_t kernel,
+                                  bool max_pool, Gqa gqa, int64_t keep) {
+  const int64_t w = std::min(window, P);
+  const int64_t n = P - w;  // candidates: prompt tokens before the window
+  if (n <= 0 || keep <= 0) return {};
+  std::vector<float> rows;
+  prompt_attention_rows(lv, kv, P, P - w, P, gqa, rows);
+  std::vector<double> votes(n, 0.0), pooled(n, 0.0);
+  for (int64_t j = 0; j < w; ++j)
+    for (int64_t i = 0; i < n; ++i) votes[i] += rows[j * P + i];
+  const int64_t h = kernel / 2;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t a = std::max<int64_t>(0, i - h), b = std::min<int64_t>(n - 1, i + h);
+    double acc = max_pool ? votes[a] : 0.0;
+    for (int64_t x = a; x <= b; ++x) acc = max_pool ? std::max(acc, votes[x]) : acc + votes[x];
+    pooled[i] = max_pool ? acc : acc / static_cast<double>(b - a + 1);
+  }
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  keep = std::min(keep, n);
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                    [&](int32_t a, int32_t b) { return keep_before(pooled[a], a, pooled[b], b); });
+  order.resize(static_cast<size_t>(keep));
+  return order;
+}
+
 namespace {
 class SnapkvState final : public StrategyState {
  public:
@@ -28,25 +54,7 @@ class SnapkvState final : public StrategyState {
     SlotCache& c = caches[0];
     const int64_t w = std::min(w_, P);
     if (P == w) return;  // the whole prompt is the observation window: nothing to select
-    std::vector<float> rows;
-    prompt_attention_rows(lv, kv_, P, P - w, P, gqa_, rows);
-    const int64_t n = P - w;  // candidates: prompt tokens before the window
-    std::vector<double> votes(n, 0.0), pooled(n, 0.0);
-    for (int64_t j = 0; j < w; ++j)
-      for (int64_t i = 0; i < n; ++i) votes[i] += rows[j * P + i];
-    const int64_t h = kernel_ / 2;
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t a = std::max<int64_t>(0, i - h), b = std::min<int64_t>(n - 1, i + h);
-      double acc = max_pool_ ? votes[a] : 0.0;
-      for (int64_t x = a; x <= b; ++x) acc = max_pool_ ? std::max(acc, votes[x]) : acc + votes[x];
-      pooled[i] = max_pool_ ? acc : acc / static_cast<double>(b - a + 1);
-    }
-    std::vector<int32_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    const int64_t keep = std::min<int64_t>(B_ - w, n);
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
-                      [&](int32_t a, int32_t b) { return keep_before(pooled[a], a, pooled[b], b); });
-    for (int64_t i = 0; i < keep; ++i) heavy_[order[i]] = 1;
+    for (int32_t p : snapkv_heavy(lv, kv_, P, w_, kernel_, max_pool_, gqa_, B_ - w)) heavy_[p] = 1;
     if (P <= B_) return;  // the prompt fits: nothing evicted yet; decode slides over the rest
     std::vector<uint8_t> k(c.size(), 1);
     for (int64_t s = 0; s < c.size(); ++s) k[s] = heavy_[c.pos(s)] || c.pos(s) >= P - w;

@@ -74,6 +74,8 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"kvmerger", make_kvmerger},
       {"cms_aggregate", make_cms_aggregate},
       {"oracle_topk", make_oracle_topk},
+      {"rocketkv", make_rocketkv},
+      {"shadowkv", make_shadowkv},
   };
   // clang-format on
   return r;
@@ -108,6 +110,9 @@ class Composed final : public Strategy {
   Composed(std::unique_ptr<Strategy> base, std::unique_ptr<Codec> codec, const std::string& text,
            const std::map<std::string, std::string>& codec_params)
       : base_(std::move(base)), codec_(std::move(codec)) {
+    if (!base_->takes_codec())
+      throw UsageError("'" + text + "': " + base_->name() +
+                       " holds its own keys (low-rank factors), so a storage codec on its cache is not modelled");
     name_ = base_->name() + "+" + codec_->name();
     spec_text_ = text;
     params_ = base_->params();
@@ -117,6 +122,7 @@ class Composed final : public Strategy {
   bool is_selector() const override { return base_->is_selector(); }
   bool needs_prompt_colsums() const override { return base_->needs_prompt_colsums(); }
   bool needs_entropy() const override { return base_->needs_entropy(); }
+  bool needs_pre_rope() const override { return base_->needs_pre_rope(); }
   const Codec& codec() const override { return *codec_; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return base_->make_state(ctx);
