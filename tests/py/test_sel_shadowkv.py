@@ -14,6 +14,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -101,6 +102,14 @@ def main():
     r = subprocess.run([a.kvsim, "run", "--trace", TRACE, "--strategy", "shadowkv", "--protocol", "sparse", "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "rank = 160" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # A trace without k_pre (kvsim synth writes none unless --pre): a one-line refusal naming it, exit 2.
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "nopre.h5")
+        subprocess.run([a.kvsim, "synth", "--shape", "tiny", "--tokens", "64", "--seed", "1", "--out", path, "--quiet"],
+                       check=True, capture_output=True)
+        r = subprocess.run([a.kvsim, "run", "--trace", path, "--strategy", "shadowkv:budget=4,rank=2,chunk=2,outliers=1,local=1",
+                            "--protocol", "sparse", "--prefill", "32", "--quiet"], capture_output=True, text=True)
+        assert r.returncode == 2 and "shadowkv needs k_pre (record with kvsim record --pre)" in r.stderr, r.stderr
     print("ok")
 
 
