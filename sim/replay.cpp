@@ -345,9 +345,13 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   res.protocol = opt.protocol;
   for (const Strategy* s : strategies)
     check_fits(*s, ModelShape{res.L, res.H, res.Hkv, res.D}, res.T, res.P, opt.protocol);
-  bool need_colsums = false;
+  bool need_colsums = false, need_pre = false;
   for (const Strategy* s : strategies) {
     need_colsums = need_colsums || s->needs_prompt_colsums();
+    if (s->needs_pre_rope() && !reader.has(opt.seq, traces::Kind::k_pre))
+      throw UsageError(reader.path() + ": sequence " + sq.name + ": " + s->name() +
+                       " needs k_pre (record with kvsim record --pre)");
+    need_pre = need_pre || s->needs_pre_rope();
     ConfigResult c;
     c.strategy = s->name(), c.spec = s->spec_text(), c.params = s->params();
     c.heads.resize(res.L * res.H);
@@ -362,10 +366,14 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     auto q = reader.read_layer(opt.seq, l, traces::Kind::q);
     auto k = reader.read_layer(opt.seq, l, traces::Kind::k);
     auto v = reader.read_layer(opt.seq, l, traces::Kind::v);
+    xt::xtensor<float, 3> k_pre;
+    if (need_pre) k_pre = reader.read_layer(opt.seq, l, traces::Kind::k_pre);
     res.read_seconds += since(t0);
     LayerView lv;
     lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
     lv.q = q.data(), lv.k = k.data(), lv.v = v.data();
+    if (need_pre) lv.k_pre = k_pre.data();
+    lv.rope_theta = hdr.rope_theta, lv.rope_style = parse_rope_style(hdr.rope_style);
     k_norm.assign(lv.Hkv * lv.T, 0.0f);
     for (int64_t i = 0; i < lv.Hkv * lv.T; ++i) {
       double s = 0;

@@ -74,6 +74,17 @@ void prompt_attention_rows(const LayerView& lv, const HeadGroup& grp, int64_t P,
 // recomputed from the prompt's q and k (prompt_attention_rows).
 void combined_prompt_colsums(const LayerView& lv, const HeadGroup& grp, int64_t P, Gqa how, float* out /* [P] */);
 
+// SnapKV's pooling of the window's votes (sim/strategies/snapkv.cpp): max, avg as the reference code
+// (zero padding, divided by the kernel), or avg_clipped (divided by the neighbours in range).
+enum class SnapPool { max, avg, avg_clipped };
+
+// SnapKV's choice: votes of the last w = min(window, P) prompt queries on each prompt token before
+// the window (their causal attention summed over the window, each row combined over the query heads
+// of `grp` by `gqa`), pooled over `kernel` neighbours (centred), the `keep` best of positions
+// 0..P-w-1, ties to the lower (snapkv, pyramidkv, rocketkv's stage 1).
+std::vector<int32_t> snapkv_heavy(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel,
+                                  SnapPool pool, Gqa gqa, int64_t keep);
+
 // Accumulated attention per position (h2o and kin): started from the prompt's own attention
 // (combined_prompt_colsums) and grown by each step's attention over the slots, combined over the
 // query heads of `grp` by `gqa`. A slot's score lives at its representative position.

@@ -30,5 +30,7 @@ std::unique_ptr<Strategy> make_quest(ParamReader& p);
 std::unique_ptr<Strategy> make_sparq(ParamReader& p);
 std::unique_ptr<Strategy> make_magicpig(ParamReader& p);
 std::unique_ptr<Strategy> make_pqcache(ParamReader& p);
+std::unique_ptr<Strategy> make_rocketkv(ParamReader& p);
+std::unique_ptr<Strategy> make_shadowkv(ParamReader& p);
 
 }  // namespace kvsim

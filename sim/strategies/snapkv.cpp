@@ -23,7 +23,7 @@
 namespace kvsim {
 
 namespace {
-enum class Pool { max, avg, avg_clipped };
+using Pool = SnapPool;
 enum class Schedule { reference, capped, round };
 
 // pooled[i] over votes[0..n), a centred window of `kernel` (odd).
@@ -40,6 +40,30 @@ void pool_votes(const std::vector<double>& votes, int64_t kernel, Pool pool, std
   }
 }
 
+}  // namespace
+
+std::vector<int32_t> snapkv_heavy(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel,
+                                  SnapPool pool, Gqa gqa, int64_t keep) {
+  const int64_t w = std::min(window, P);
+  const int64_t n = P - w;  // candidates: prompt tokens before the window
+  if (n <= 0 || keep <= 0) return {};
+  std::vector<float> rows;
+  prompt_attention_rows(lv, grp, P, P - w, P, gqa, rows);
+  std::vector<double> votes(n, 0.0), pooled;
+  for (int64_t j = 0; j < w; ++j)
+    for (int64_t i = 0; i < n; ++i) votes[i] += rows[j * P + i];
+  pool_votes(votes, kernel, pool, pooled);
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  keep = std::min(keep, n);
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                    [&](int32_t a, int32_t b) { return keep_before(pooled[a], a, pooled[b], b); });
+  order.resize(static_cast<size_t>(keep));
+  return order;
+}
+
+namespace {
+
 int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0)) ? 1 : 0); }
 
 class SnapkvState final : public StrategyState {
@@ -51,19 +75,7 @@ class SnapkvState final : public StrategyState {
     SlotCache& c = caches[0];
     const int64_t w = std::min(w_, P);
     if (P == w) return;  // the whole prompt is the observation window: nothing to select
-    std::vector<float> rows;
-    prompt_attention_rows(lv, grp_, P, P - w, P, gqa_, rows);
-    const int64_t n = P - w;  // candidates: prompt tokens before the window
-    std::vector<double> votes(n, 0.0), pooled;
-    for (int64_t j = 0; j < w; ++j)
-      for (int64_t i = 0; i < n; ++i) votes[i] += rows[j * P + i];
-    pool_votes(votes, kernel_, pool_, pooled);
-    std::vector<int32_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    const int64_t keep = std::min<int64_t>(B_ - w, n);
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
-                      [&](int32_t a, int32_t b) { return keep_before(pooled[a], a, pooled[b], b); });
-    for (int64_t i = 0; i < keep; ++i) heavy_[order[i]] = 1;
+    for (int32_t p : snapkv_heavy(lv, grp_, P, w_, kernel_, pool_, gqa_, B_ - w)) heavy_[p] = 1;
     if (P <= B_) return;  // the prompt fits: nothing evicted yet; decode slides over the rest
     std::vector<uint8_t> k(c.size(), 1);
     for (int64_t s = 0; s < c.size(); ++s) k[s] = heavy_[c.pos(s)] || c.pos(s) >= P - w;

@@ -80,6 +80,8 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"sparq", make_sparq},
       {"magicpig", make_magicpig},
       {"pqcache", make_pqcache},
+      {"rocketkv", make_rocketkv},
+      {"shadowkv", make_shadowkv},
   };
   // clang-format on
   return r;
@@ -114,6 +116,9 @@ class Composed final : public Strategy {
   Composed(std::unique_ptr<Strategy> base, std::unique_ptr<Codec> codec, const std::string& text,
            const std::map<std::string, std::string>& codec_params)
       : base_(std::move(base)), codec_(std::move(codec)) {
+    if (!base_->takes_codec())
+      throw UsageError("'" + text + "': " + base_->name() +
+                       " holds its own keys (low-rank factors), so a storage codec on its cache is not modelled");
     name_ = base_->name() + "+" + codec_->name();
     spec_text_ = text;
     params_ = base_->params();
@@ -123,6 +128,7 @@ class Composed final : public Strategy {
   bool is_selector() const override { return base_->is_selector(); }
   bool needs_prompt_colsums() const override { return base_->needs_prompt_colsums(); }
   bool needs_entropy() const override { return base_->needs_entropy(); }
+  bool needs_pre_rope() const override { return base_->needs_pre_rope(); }
   const Codec& codec() const override { return *codec_; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return base_->make_state(ctx);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "sim/base/rope.h"
 #include "sim/base/spec.h"
 #include "sim/strategies/codec.h"
 #include "sim/strategies/slot.h"
@@ -50,10 +51,16 @@ struct LayerView {
   const float* prompt_colsums = nullptr;  // [H, P]
   // Entropy (nats) of each query's exact attention row over 0..t, from the reference statistics.
   const float* entropy = nullptr;  // [H, T]
+  // Keys before RoPE, or nullptr unless the strategy asked for them (Strategy::needs_pre_rope()),
+  // with the rotation that turns them into k (sim/base/rope.h): ShadowKV's low-rank factors.
+  const float* k_pre = nullptr;  // [Hkv, T, D]
+  double rope_theta = 10000.0;
+  RopeStyle rope_style = RopeStyle::none;
   int64_t G() const { return H / Hkv; }
   const float* q_head(int64_t h) const { return q + h * T * D; }
   const float* k_head(int64_t kv) const { return k + kv * T * D; }
   const float* v_head(int64_t kv) const { return v + kv * T * D; }
+  const float* k_pre_head(int64_t kv) const { return k_pre + kv * T * D; }
 };
 
 // How the cache meets decoding (sim/strategies/STRATEGIES.md, "Protocols"):
@@ -162,6 +169,10 @@ class Strategy {
   virtual bool needs_entropy() const { return false; }
   // gqa=none: one cache per query head (InstanceContext::per_query_head).
   virtual bool per_query_head() const { return false; }
+  // Reads LayerView::k_pre (the trace's pre-RoPE keys; recorded with kvsim record --pre).
+  virtual bool needs_pre_rope() const { return false; }
+  // Whether `name+codec` is meaningful (false for a selector whose keys are not the cache's: shadowkv).
+  virtual bool takes_codec() const { return true; }
   virtual const Codec& codec() const { return identity_codec(); }
   virtual std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const = 0;
 

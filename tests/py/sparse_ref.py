@@ -18,6 +18,7 @@ Selector API (one object per (layer, KV head), made by make_selector(lv)):
   key_for(positions)          -> [n, D] keys attention uses for those positions (optional: rebuilt keys)
 lv fields: layer, n_layers, kv, P, T, D, G, q [G, T, D] (the group's query heads), k, v [T, D],
 q_pre [G, T, D] / k_pre [T, D] (None when absent), k_all / v_all [Hkv, T, D], q_all [H, T, D],
+k_pre_all [Hkv, T, D] (None when absent),
 tokens [T], rope_theta, rope_style.
 """
 import json
@@ -60,7 +61,7 @@ def layer_views(trace, seq=None, P=None):
                                       q=q[hs], k=k[kv], v=v[kv],
                                       q_pre=None if q_pre is None else q_pre[hs],
                                       k_pre=None if k_pre is None else k_pre[kv],
-                                      q_all=q, k_all=k, v_all=v, tokens=tokens,
+                                      q_all=q, k_all=k, v_all=v, k_pre_all=k_pre, tokens=tokens,
                                       rope_theta=float(f.attrs["rope_theta"]), rope_style=str(f.attrs["rope_style"]),
                                       seq=seq)
 
