@@ -386,7 +386,7 @@ def figure(rows, corr, path_stem, fmts):
     colours = {"eviction": "#0072B2", "merging": "#009E73", "sketches": "#CC79A7", "codecs": "#E69F00",
                "compositions": "#D55E00", "selectors": "#000000"}
     shown = ["kl", "out_rel_l2", "1-mass"]
-    fig, axes = plt.subplots(1, 3, figsize=(7.0, 2.8))
+    fig, axes = plt.subplots(1, 3, figsize=(7.0, 2.8), layout="none")
     pts = rows
     for ax, m in zip(axes, shown):
         for fam in FAMILIES:
@@ -397,14 +397,15 @@ def figure(rows, corr, path_stem, fmts):
                        label=fam, marker="o" if fam != "selectors" else "v", lw=0)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=0.05)
-        ax.set_xlabel(f"offline {m} (mean)", fontsize=7)
+        ax.set_yticks([-1, -0.1, 0, 0.1, 1, 10])
+        ax.set_yticklabels(["−1", "−0.1", "0", "0.1", "1", "10"])
+        ax.set_xlabel(f"offline {m} (mean; 0 drawn at 1e-7)", fontsize=7)
         c = corr["overall"][m]
         ax.set_title(f"Spearman {fmt(c['spearman'])}, Kendall {fmt(c['kendall'])}", fontsize=7)
         ax.tick_params(labelsize=6)
     axes[0].set_ylabel("live Δppl (vs full; symlog)", fontsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=6.5, frameon=False)
-    fig.set_constrained_layout(False)
     fig.subplots_adjust(left=0.08, right=0.99, top=0.9, bottom=0.3, wspace=0.3)
     out = []
     for f in fmts:
