@@ -17,6 +17,7 @@
 #include "sim/exact_stats.h"
 #include "sim/instance.h"
 #include "sim/kernels/kernels.h"
+#include "sim/replay.h"
 #include "sim/strategies/slot.h"
 #include "sim/strategies/strategy.h"
 
@@ -187,6 +188,20 @@ inline std::string set_str(const std::set<int32_t>& s) {
   for (int32_t p : s) o << (first ? "" : ",") << p, first = false;
   o << '}';
   return o.str();
+}
+
+// One layer replayed through `s` under protocol `p` with prefill P on the ref backend, with its
+// summaries finalized (the single-layer path of `kvsim run`).
+inline ConfigResult replay_one_layer(const LayerView& lv, const ExactStats& rs, const Strategy& s, Protocol p,
+                                     int64_t P) {
+  ReplayOptions opt;
+  opt.backend = Backend::ref, opt.protocol = p;
+  std::vector<ConfigResult> res(1);
+  res[0].heads.resize(static_cast<size_t>(lv.H));
+  const Strategy* list[] = {&s};
+  replay_layer(lv, rs, 0, 1, P, list, opt, res);
+  finalize_summaries(res[0]);
+  return res[0];
 }
 
 }  // namespace kvsim::test

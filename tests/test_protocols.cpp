@@ -136,16 +136,7 @@ TEST_CASE("protocols: oracle_topk with a budget of at least T equals full exactl
   compute_exact_stats(lv, Backend::ref, rs);
   lv.entropy = rs.entropy.data();
   auto full = make_strategy("full"), oracle = make_strategy("oracle_topk:budget=37");
-  auto replay = [&](const Strategy& s, Protocol p) {
-    ReplayOptions opt;
-    opt.backend = Backend::ref, opt.protocol = p;
-    std::vector<ConfigResult> res(1);
-    res[0].heads.resize(L.H);
-    const Strategy* list[] = {&s};
-    replay_layer(lv, rs, 0, 1, 5, list, opt, res);
-    finalize_summaries(res[0]);
-    return res[0];
-  };
+  auto replay = [&](const Strategy& s, Protocol p) { return test::replay_one_layer(lv, rs, s, p, 5); };
   const ConfigResult a = replay(*full, Protocol::evict), b = replay(*oracle, Protocol::sparse);
   for (int m = 0; m < kNumMetrics; ++m) {
     INFO(metric_name(m));

@@ -137,16 +137,7 @@ TEST_CASE("quest: reading every page equals full exactly, on every metric") {
   compute_exact_stats(lv, Backend::ref, rs);
   lv.entropy = rs.entropy.data();
   auto full = make_strategy("full"), quest = make_strategy("quest:budget=64,dense_layers=");
-  auto replay = [&](const Strategy& s, Protocol p) {
-    ReplayOptions opt;
-    opt.backend = Backend::ref, opt.protocol = p;
-    std::vector<ConfigResult> res(1);
-    res[0].heads.resize(L.H);
-    const Strategy* list[] = {&s};
-    replay_layer(lv, rs, 0, 1, 5, list, opt, res);
-    finalize_summaries(res[0]);
-    return res[0];
-  };
+  auto replay = [&](const Strategy& s, Protocol p) { return test::replay_one_layer(lv, rs, s, p, 5); };
   const ConfigResult a = replay(*full, Protocol::evict), b = replay(*quest, Protocol::sparse);
   for (int m = 0; m < kNumMetrics; ++m) {
     if (m == int(Metric::bytes) || m == int(Metric::ratio) || m == int(Metric::read_bytes) ||

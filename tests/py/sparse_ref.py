@@ -193,3 +193,16 @@ def max_diffs(ref, got, metrics=METRICS):
             d = max(d, abs(a - b) / max(1.0, abs(a)) if m in BYTE_METRICS else abs(a - b))
         out[m] = d
     return out
+
+
+def agree(kvsim, trace, spec, make_selector, stride=1, P=None, seq=None, tol=2e-3):
+    """Replays `spec` in kvsim and `make_selector` here; raises AssertionError listing the mismatches, else
+    prints the largest difference per metric and returns kvsim's per-head means."""
+    ref = replay(trace, make_selector, seq=seq, P=P, stride=stride)
+    got = kvsim_per_head(kvsim, trace, spec, stride=stride, P=P, seq=seq)
+    label = spec if P is None else "%s prefill %s" % (spec, P)
+    bad = compare(ref, got, tol)
+    assert not bad, "\n".join([label] + bad[:20])
+    d = max_diffs(ref, got)
+    print("%s max |numpy - kvsim|: %s" % (label, ", ".join("%s %.1e" % kv for kv in d.items())))
+    return got
