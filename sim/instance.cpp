@@ -128,7 +128,7 @@ std::vector<std::string> Instance::degeneracies() const {
     const int64_t local = ctx_.per_query_head ? 0 : c;
     if (!sparse())  // under protocol sparse nothing is dropped by design
       for (auto& d : st.degeneracies(caches_[c], local)) out.push_back(strat_.name() + ": " + d);
-    for (auto& d : codec_[c]->degeneracies()) out.push_back(std::move(d));
+    for (auto& d : codec_[c]->degeneracies(caches_[c])) out.push_back(std::move(d));
   }
   return out;
 }

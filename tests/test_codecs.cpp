@@ -219,7 +219,7 @@ TEST_CASE("nf4:dq=1: a group of 256 blocks is double-quantized, against a plain-
   CHECK(worst > 0);  // the second level adds error: the absmax no longer round-trips
   // Bytes: per token and tensor 64 / 2 + 1 (8-bit absmax code) + 8 / 256 (the group's fp32 scale and mean).
   CHECK(cs->bytes(c) == 256 * 2 * (32 + 1 + 8.0 / 256));
-  CHECK(cs->degeneracies().empty());
+  CHECK(cs->degeneracies(c).empty());
 }
 
 TEST_CASE("degeneracies: a codec that never quantizes and a budget never reached say so, once per cache") {
@@ -227,7 +227,7 @@ TEST_CASE("degeneracies: a codec that never quantizes and a budget never reached
   SlotCache c(8, 64);
   for (int32_t t = 0; t < 64; ++t) store(*cs, c, t, [](int32_t t2, int x) { return static_cast<float>(t2 - x); });
   // 64 tokens of D = 8 are 8 blocks: the 256 of a second-level group never form.
-  CHECK(cs->degeneracies() ==
+  CHECK(cs->degeneracies(c) ==
         std::vector<std::string>{
             "nf4: dq=1 never completed a group of 256 blocks for the keys (their absmax values stayed fp32)",
             "nf4: dq=1 never completed a group of 256 blocks for the values (their absmax values stayed fp32)"});
@@ -235,11 +235,11 @@ TEST_CASE("degeneracies: a codec that never quantizes and a budget never reached
   test::Layer L(2, 1, 16, 8);
   L.fill_random(5);
   LayerView lv = L.view();
-  auto run = [&](const std::string& spec) {
+  auto run = [&](const std::string& spec, int64_t P = 4) {
     auto s = make_strategy(spec);
-    Instance inst(*s, make_context(*s, ModelShape{1, 2, 1, 8}, 0, 0, 16, 4));
+    Instance inst(*s, make_context(*s, ModelShape{1, 2, 1, 8}, 0, 0, 16, P));
     inst.prefill_from(lv);
-    for (int64_t t = 4; t < 16; ++t)
+    for (int64_t t = P; t < 16; ++t)
       inst.step(lv, t, kernels(Backend::ref).attend_slots, [](const Instance&, int64_t) {});
     return inst.degeneracies();
   };
@@ -250,4 +250,10 @@ TEST_CASE("degeneracies: a codec that never quantizes and a budget never reached
         std::vector<std::string>{
             "window: the cache never dropped a token (its budget was never reached: the run equals full)"});
   CHECK(run("full+kivi:group=4,residual=4").empty());
+  // A 12-token prompt is quantized while it is stored (12 > 5 pending), then window keeps the newest 3:
+  // every quantized token is evicted, and no later one ever is (1..4 pending keys, at most 4 values).
+  CHECK(run("window:budget=3+kivi:group=4,residual=4", 12) ==
+        std::vector<std::string>{"kivi: nothing the cache held at the end was quantized (keys need 5 and values 6 "
+                                 "pending fp16 tokens; the budget keeps fewer, so only prompt tokens that were then "
+                                 "evicted were)"});
 }

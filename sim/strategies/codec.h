@@ -23,7 +23,10 @@ class CodecState {
   virtual double bytes(const SlotCache& cache) const = 0;
   // After a replay: one line per way the codec degenerated on this cache, worded the same for every
   // cache so that the replay can count them ("kivi: no keys were ever quantized ..."); empty: none.
-  virtual std::vector<std::string> degeneracies() const { return {}; }
+  virtual std::vector<std::string> degeneracies(const SlotCache& cache) const {
+    (void)cache;
+    return {};
+  }
 };
 
 class Codec {

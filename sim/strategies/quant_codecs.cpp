@@ -121,22 +121,38 @@ class QuantCodecState final : public CodecState {
     return b;
   }
 
-  std::vector<std::string> degeneracies() const override {
+  // Degenerate: a lane that never quantized, or (the budget kept fewer tokens than the fp16 residual)
+  // whose quantized tokens were all evicted, so that nothing the cache holds at the end is quantized:
+  // the codec then only changed which prompt tokens were rounded before the strategy dropped them.
+  std::vector<std::string> degeneracies(const SlotCache& cache) const override {
     std::vector<std::string> out;
     const char* what[2] = {"keys", "values"};
+    bool none[2] = {false, false};
     for (int i = 0; i < 2; ++i) {
       const Lane& l = lanes_[i];
+      bool held = false;
+      for (int64_t s = 0; s < cache.size() && !held; ++s)
+        held = cache.n_members(s) == 1 && level_[i][static_cast<size_t>(cache.pos(s))] > 0;
+      none[i] = !held;
+      const std::string need = std::to_string(l.keep + l.chunk) + " fp16 tokens are pending";
       if (l.chunks_done == 0)
-        out.push_back(codec_ + ": no " + what[i] + " were ever quantized (they are quantized once " +
-                      std::to_string(l.keep + l.chunk) + " fp16 tokens are pending; the cache never held that many)");
+        out.push_back(codec_ + ": no " + what[i] + " were ever quantized (they are quantized once " + need +
+                      "; the cache never held that many)");
+      else if (!held)
+        out.push_back(codec_ + ": no " + what[i] +
+                      " the cache held at the end were quantized (they are quantized once " + need +
+                      "; the budget keeps fewer, so only prompt tokens that were then evicted were)");
       else if (l.q.kind == Quantizer::nf4 && l.q.dq && l.dq_groups_done == 0)
         out.push_back(codec_ + ": dq=1 never completed a group of 256 blocks for the " + what[i] +
                       " (their absmax values stayed fp32)");
     }
-    if (out.size() == 2 && lanes_[0].chunks_done == 0 && lanes_[1].chunks_done == 0)
-      out = {codec_ + ": nothing was ever quantized (keys need " + std::to_string(lanes_[0].keep + lanes_[0].chunk) +
-             " and values " + std::to_string(lanes_[1].keep + lanes_[1].chunk) +
-             " pending fp16 tokens; the cache never held that many)"};
+    const std::string needs = "keys need " + std::to_string(lanes_[0].keep + lanes_[0].chunk) + " and values " +
+                              std::to_string(lanes_[1].keep + lanes_[1].chunk) + " pending fp16 tokens";
+    if (lanes_[0].chunks_done == 0 && lanes_[1].chunks_done == 0)
+      out = {codec_ + ": nothing was ever quantized (" + needs + "; the cache never held that many)"};
+    else if (none[0] && none[1])
+      out = {codec_ + ": nothing the cache held at the end was quantized (" + needs +
+             "; the budget keeps fewer, so only prompt tokens that were then evicted were)"};
     return out;
   }
 
