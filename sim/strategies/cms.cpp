@@ -1,5 +1,7 @@
 #include "sim/strategies/cms.h"
 
+#include "sim/base/splitmix.h"
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -18,13 +20,6 @@ uint64_t mod_p(__uint128_t x) {
   return r >= kP ? r - kP : r;
 }
 
-uint64_t splitmix(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 }  // namespace
 
 CountMinSketch::CountMinSketch(int64_t width, int64_t depth, uint64_t seed) : width_(width), depth_(depth) {
@@ -35,8 +30,8 @@ CountMinSketch::CountMinSketch(int64_t width, int64_t depth, uint64_t seed) : wi
                      " is too large (depth <= 64, width <= 2^28)");
   uint64_t s = seed;
   for (int64_t j = 0; j < depth; ++j) {
-    a_.push_back(1 + splitmix(s) % (kP - 1));
-    b_.push_back(splitmix(s) % kP);
+    a_.push_back(1 + splitmix64(s) % (kP - 1));
+    b_.push_back(splitmix64(s) % kP);
   }
   counts_.assign(static_cast<size_t>(width * depth), 0.0f);
 }

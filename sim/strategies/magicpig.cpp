@@ -15,18 +15,12 @@
 #include <numbers>
 
 #include "sim/base/error.h"
+#include "sim/base/splitmix.h"
 #include "sim/strategies/registry.h"
 
 namespace kvsim {
 
 namespace {
-
-uint64_t splitmix64(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 // n standard normals from splitmix64 by Box–Muller in double (STRATEGIES.md says how the NumPy check
 // reproduces them): per pair, u1, u2 = (draw >> 11) · 2^-53, r = sqrt(-2 ln(1 - u1)),

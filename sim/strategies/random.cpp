@@ -1,18 +1,12 @@
 // random: evicts a uniformly random slot outside `sinks` and `recent` (both default 0) whenever the
 // cache is over budget. A baseline; `seed` (default 0) and the (layer, KV head) fix the stream.
+#include "sim/base/splitmix.h"
 #include "sim/strategies/evict.h"
 #include "sim/strategies/registry.h"
 
 namespace kvsim {
 
 namespace {
-uint64_t splitmix(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 class RandomState final : public StrategyState {
  public:
   RandomState(int64_t B, int64_t sinks, int64_t recent, uint64_t seed)
@@ -22,7 +16,7 @@ class RandomState final : public StrategyState {
     SlotCache& c = caches[0];
     // A fresh random score per slot and eviction: the lowest are a uniform random subset.
     std::vector<double> r(c.size());
-    for (auto& x : r) x = static_cast<double>(splitmix(rng_) >> 11);
+    for (auto& x : r) x = static_cast<double>(splitmix64(rng_) >> 11);
     evict_lowest(c, B_, t, sinks_, recent_, [&](int64_t s) { return r[s]; });
   }
 
@@ -41,7 +35,7 @@ class Random final : public Strategy {
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     uint64_t s = seed_ * 0x100000001b3ull ^ (static_cast<uint64_t>(ctx.layer) << 32) ^ static_cast<uint64_t>(ctx.kv0);
-    splitmix(s);
+    splitmix64(s);
     return std::make_unique<RandomState>(B, ep_.sinks, ep_.resolve_recent(B), s);
   }
 
