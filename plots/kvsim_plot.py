@@ -61,7 +61,7 @@ def parse(argv):
     ap.add_argument("--db", help="results store (sim/store/STORE.md)")
     ap.add_argument("--trace", help="trace file (traces/FORMAT.md)")
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--name", help="file name stem (default: KIND)")
+    ap.add_argument("--name", help="file name stem, no directories (default: KIND)")
     ap.add_argument("--format", default="png,pdf", help="comma-separated: png, pdf, svg (default png,pdf)")
     ap.add_argument("--dpi", type=int, default=300, help="PNG resolution (default 300, at least 150)")
     ap.add_argument("--size", help="figure size in inches, WxH (default: per kind, 3.5 in wide for one column)")
@@ -117,6 +117,8 @@ def validate(a):
         raise PlotError(f"{a.trace}: no such trace")
     if a.db and not os.path.exists(a.db):
         raise PlotError(f"{a.db}: no such results store")
+    if a.name is not None:
+        check_name(a.name)
     a.formats = [f.strip().lower() for f in a.format.split(",") if f.strip()]
     for f in a.formats:
         if f not in ("png", "pdf", "svg"):
@@ -148,6 +150,12 @@ def validate(a):
         raise PlotError(f"--batch {a.batch}: at least 1")
     if a.gpu_gib is not None and a.gpu_gib <= 0:
         raise PlotError(f"--gpu-gib {a.gpu_gib:g}: must be positive")
+
+
+def check_name(name):
+    """--name is a file name stem inside --out: no directories, so nothing is written outside --out."""
+    if not name or "/" in name or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
+        raise PlotError(f"--name {name!r}: a file name stem without directories (the files go in --out)")
 
 
 def open_store(a):

@@ -64,8 +64,17 @@ class Store:
             raise PlotError(f"{path}: not a file")
         uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
         try:
-            self.con = sqlite3.connect(uri, uri=True)
-            meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+            try:
+                self.con = sqlite3.connect(uri, uri=True)
+                meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+            except sqlite3.OperationalError:
+                # A WAL store in a folder where no -shm can be created (read-only): with no -wal file
+                # everything is in the main file and no writer is active, so read it as immutable
+                # (sim/store/STORE.md).
+                if os.path.exists(path + "-wal"):
+                    raise
+                self.con = sqlite3.connect(uri + "&immutable=1", uri=True)
+                meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
             raise PlotError(f"{path}: not a kvsim results store ({e})") from None
         if meta.get("schema") != "kvsim-results":

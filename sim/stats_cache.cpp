@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sim/base/error.h"
+#include "sim/base/new_file.h"
 
 namespace kvsim {
 
@@ -119,7 +120,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
   }
   if (!hit_) {
     partial_ = path_ + ".partial." + std::to_string(::getpid());
-    out_ = std::fopen(partial_.c_str(), "wb");
+    out_ = create_new_file(partial_);  // never through a link planted at the name
     Header h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kVersion, h.backend = static_cast<uint32_t>(b), h.hash = hash_;

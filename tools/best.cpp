@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 
 #include "sim/base/error.h"
 #include "sim/metrics.h"
@@ -49,16 +48,9 @@ int64_t best_under(const std::vector<BestPoint>& pts, double max_ratio, bool hig
 }
 
 std::vector<BestPoint> load_points(const std::string& db, int metric, const BestFilter& filter) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(db, ec)) throw UsageError(db + ": no such results store");
-  { ResultsStore check(db); }  // refuses non-stores and other schema versions (one line)
-  sqlite3* h = nullptr;
-  if (sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    std::string m = h ? sqlite3_errmsg(h) : "out of memory";
-    sqlite3_close(h);
-    throw IoError(db + ": cannot open results store: " + m);
-  }
-  sqlite3_busy_timeout(h, 60000);
+  // Read-only (a store in a read-only folder works); refuses non-stores and other schema versions.
+  const ResultsStore store(db, StoreMode::read);
+  sqlite3* h = store.handle();
   const char* sql =
       "SELECT c.strategy, c.spec, avg(r_.mean), avg(m_.mean), count(*), r.protocol FROM runs r "
       "JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id "
@@ -70,9 +62,7 @@ std::vector<BestPoint> load_points(const std::string& db, int metric, const Best
   sqlite3_stmt* s = nullptr;
   std::vector<BestPoint> out;
   if (sqlite3_prepare_v2(h, sql, -1, &s, nullptr) != SQLITE_OK) {
-    std::string m = sqlite3_errmsg(h);
-    sqlite3_close(h);
-    throw IoError(db + ": SQL error: " + m);
+    throw IoError(db + ": SQL error: " + sqlite3_errmsg(h));
   }
   sqlite3_bind_text(s, 1, metric_name(metric), -1, SQLITE_STATIC);
   sqlite3_bind_text(s, 2, filter.sequence.c_str(), -1, SQLITE_TRANSIENT);
@@ -93,7 +83,6 @@ std::vector<BestPoint> load_points(const std::string& db, int metric, const Best
   }
   std::string err = rc == SQLITE_DONE ? "" : sqlite3_errmsg(h);
   sqlite3_finalize(s);
-  sqlite3_close(h);
   if (!err.empty()) throw IoError(db + ": SQL error: " + err);
   if (out.empty()) {
     const bool filtered =

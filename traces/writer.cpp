@@ -1,6 +1,7 @@
 #include "traces/writer.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -33,6 +34,9 @@ struct TraceWriter::Impl {
   };
   std::map<std::pair<int, int64_t>, Open> open;
   std::vector<uint16_t> half_buf;
+  // Our descriptor of NAME.h5.partial, holding its lock from creation until the rename or the
+  // removal: -1 until the partial is ours, and then only this writer may remove it.
+  int partial_fd = -1;
 };
 
 namespace {
@@ -44,10 +48,75 @@ void fsync_path(const std::string& p, bool directory) {
   ::close(fd);
 }
 
-// fsync of the HDF5 file's descriptor (the default sec2 driver exposes it).
-void sync_file(hid_t file) {
+// The HDF5 file's descriptor (the default sec2 driver exposes it), or -1.
+int vfd_of(hid_t file) {
   void* handle = nullptr;
-  if (H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) >= 0 && handle) ::fsync(*static_cast<int*>(handle));
+  return H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) >= 0 && handle ? *static_cast<int*>(handle) : -1;
+}
+
+void sync_file(hid_t file) {
+  const int fd = vfd_of(file);
+  if (fd >= 0) ::fsync(fd);
+}
+
+bool same_inode(int fd_a, const struct stat& b) {
+  struct stat a {};
+  return ::fstat(fd_a, &a) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+// Makes `partial` ours before anything is written to it, and returns its descriptor, locked. A new
+// file is created with O_EXCL | O_NOFOLLOW; an existing one is taken over only when it is a plain
+// file that no live writer holds locked (a writer killed earlier left it), so a second writer on
+// the same --out, or a symbolic link planted at NAME.h5.partial, is refused before any byte of the
+// file (or of a link's target) changes. The lock is an open-file-description lock: it dies with its
+// writer, and it is independent of the flock() that HDF5 itself takes on its own descriptor.
+int claim_partial(const std::string& partial) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    int fd = ::open(partial.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    const bool created = fd >= 0;
+    if (!created && errno == EEXIST) fd = ::open(partial.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+      if (errno == ENOENT) continue;  // removed between our two opens: try again
+      if (errno == ELOOP)
+        throw UsageError(partial + ": is a symbolic link; a trace's .partial file is created afresh, never written "
+                                   "through a link (remove the link)");
+      throw IoError(partial + ": cannot create (" + std::strerror(errno) + ")");
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+      const bool regular = S_ISREG(st.st_mode);
+      const auto links = static_cast<long long>(st.st_nlink);
+      ::close(fd);
+      throw UsageError(partial + (regular ? ": has " + std::to_string(links) + " hard links"
+                                          : std::string(": is not a regular file")) +
+                       "; refusing to overwrite it as a trace's .partial file (remove it)");
+    }
+    struct flock lk {};
+    lk.l_type = F_WRLCK;
+    lk.l_whence = SEEK_SET;
+    if (::fcntl(fd, F_OFD_SETLK, &lk) != 0) {
+      const int e = errno;
+      ::close(fd);
+      if (e == EAGAIN || e == EACCES)
+        throw UsageError(partial + ": another writer is writing this trace now (its .partial file is locked); "
+                                   "wait for it to finish or choose another --out");
+      throw IoError(partial + ": cannot lock (" + std::strerror(e) + ")");
+    }
+    // Locked; the name must still lead to this file (the writer we waited on renames or removes it
+    // before it lets go of its lock), else start over.
+    struct stat now {};
+    if (::lstat(partial.c_str(), &now) != 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino) {
+      ::close(fd);
+      continue;
+    }
+    if (!created && ::ftruncate(fd, 0) != 0) {  // a killed writer's leftovers
+      const int e = errno;
+      ::close(fd);
+      throw IoError(partial + ": cannot truncate (" + std::strerror(e) + ")");
+    }
+    return fd;
+  }
+  throw IoError(partial + ": cannot claim it (other writers keep creating and removing it)");
 }
 
 }  // namespace
@@ -63,8 +132,23 @@ TraceWriter::TraceWriter(std::string path, TraceHeader header, WriterOptions opt
   if (!parent.empty() && !fs::is_directory(parent))
     throw UsageError(path_ + ": directory " + parent.string() + " does not exist");
 
+  impl_->partial_fd = claim_partial(partial_path());
+  try {
+    create_file();
+  } catch (...) {
+    discard();
+    throw;
+  }
+}
+
+void TraceWriter::create_file() {
   impl_->file = h5::Handle(H5Fcreate(partial_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
   if (!impl_->file.valid()) throw IoError(partial_path() + ": cannot create (" + std::strerror(errno) + ")");
+  // HDF5 opens the file by name: it must have opened the very file we claimed.
+  struct stat claimed {};
+  const int vfd = vfd_of(impl_->file);
+  if (::fstat(impl_->partial_fd, &claimed) != 0 || vfd < 0 || !same_inode(vfd, claimed))
+    throw IoError(partial_path() + ": was replaced by another file while being created");
 
   switch (header_.stored_dtype) {
     case DType::f32: impl_->file_type = h5::Handle(H5Tcopy(H5T_IEEE_F32LE)); break;
@@ -95,12 +179,18 @@ TraceWriter::TraceWriter(std::string path, TraceHeader header, WriterOptions opt
 }
 
 TraceWriter::~TraceWriter() {
-  if (impl_ && !impl_->finished) {
-    impl_->open.clear();
-    impl_->seq_group.reset();
-    impl_->file.reset();
-    std::error_code ec;
-    fs::remove(partial_path(), ec);
+  if (impl_ && !impl_->finished) discard();
+}
+
+void TraceWriter::discard() {
+  impl_->open.clear();
+  impl_->seq_group.reset();
+  impl_->file.reset();
+  // Only the partial this writer claimed is removed, and before its lock is released.
+  if (impl_->partial_fd >= 0) {
+    ::unlink(partial_path().c_str());
+    ::close(impl_->partial_fd);
+    impl_->partial_fd = -1;
   }
 }
 
@@ -252,6 +342,8 @@ void TraceWriter::finish() {
   fs::path parent = fs::path(path_).parent_path();
   fsync_path(parent.empty() ? "." : parent.string(), true);
   impl_->finished = true;
+  ::close(impl_->partial_fd);  // the lock goes only after the rename
+  impl_->partial_fd = -1;
 }
 
 }  // namespace kvsim::traces

@@ -1,6 +1,9 @@
 // Streaming writer for trace format v1. Writes NAME.h5.partial, and only finish() sets
 // `complete = 1`, syncs and renames it to NAME.h5, so a killed writer never leaves a file that
 // reads as a complete trace. Tensors are written one block of heads x tokens at a time.
+// The partial is claimed before its first byte is written: created with O_EXCL | O_NOFOLLOW and
+// locked until the rename, so a second writer on the same path or a planted link is refused and
+// changes nothing; a partial left by a killed writer (unlocked) is taken over.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +34,8 @@ struct SequenceSpec {
 
 class TraceWriter {
  public:
+  // UsageError when NAME.h5 exists (without overwrite), when another writer holds NAME.h5.partial,
+  // or when NAME.h5.partial is a link or not a plain file.
   TraceWriter(std::string path, TraceHeader header, WriterOptions options = {});
   ~TraceWriter();  // without finish(): closes and removes the .partial file
   TraceWriter(const TraceWriter&) = delete;
@@ -52,6 +57,8 @@ class TraceWriter {
   const TraceHeader& header() const { return header_; }
 
  private:
+  void create_file();  // the HDF5 file in the claimed partial, root attributes, /sequences
+  void discard();      // closes and removes the claimed partial, then releases its lock
   struct Impl;
   std::string path_;
   TraceHeader header_;

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <cctype>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -59,6 +60,21 @@ std::string now_iso() {
   return buf;
 }
 
+// file:PATH?immutable=1 with PATH percent-encoded (SQLite URI filenames).
+std::string immutable_uri(const std::string& path) {
+  std::string uri = "file:";
+  for (unsigned char c : std::filesystem::absolute(path).string()) {
+    if (std::isalnum(c) || c == '/' || c == '-' || c == '_' || c == '.' || c == '~') {
+      uri += static_cast<char>(c);
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      uri += buf;
+    }
+  }
+  return uri + "?immutable=1";
+}
+
 }  // namespace
 
 std::string content_hash_hex(const std::string& s) {
@@ -72,45 +88,50 @@ std::string content_hash_hex(const std::string& s) {
   return buf;
 }
 
-ResultsStore::ResultsStore(const std::string& path) : path_(path) {
+ResultsStore::ResultsStore(const std::string& path, StoreMode mode) : path_(path) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  if (mode == StoreMode::read) {
+    if (!fs::is_regular_file(path, ec)) throw UsageError(path + ": no such results store");
+    open(path_, SQLITE_OPEN_READONLY);
+    try {
+      std::string v;
+      try {
+        v = existing_version();
+      } catch (const FormatError&) {
+        // A WAL store read where no -shm can be created (a read-only folder): with no -wal file,
+        // everything is in the main file and no writer is active, so the file is read as immutable.
+        if (fs::exists(path + "-wal", ec)) throw;
+        sqlite3_close(db_);
+        db_ = nullptr;
+        open(immutable_uri(path), SQLITE_OPEN_READONLY | SQLITE_OPEN_URI);
+        v = existing_version();
+      }
+      if (v.empty()) throw FormatError(path + ": an empty SQLite database, not a kvsim results store (no tables)");
+      if (v != std::to_string(kStoreSchemaVersion))
+        throw FormatError(path + ": results store schema_version = '" + v + "' but this kvsim reads version " +
+                          std::to_string(kStoreSchemaVersion) +
+                          (v == "1" || v == "2" ? " (a writing command, kvsim sweep or run --db, migrates it in place)"
+                                                : " (use a new --db file)"));
+    } catch (...) {
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw;
+    }
+    return;
+  }
   const bool existed = fs::exists(path, ec) && fs::file_size(path, ec) > 0;
   fs::path parent = fs::path(path).parent_path();
   if (!parent.empty() && !fs::is_directory(parent, ec))
     throw UsageError(path + ": directory " + parent.string() + " does not exist");
-  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
-    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    db_ = nullptr;
-    throw IoError(path + ": cannot open results store: " + msg);
-  }
-  sqlite3_busy_timeout(db_, 120000);
+  open(path_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   try {
     if (existed) {
-      // Must be a kvsim store of our schema version before we touch anything.
-      char* err = nullptr;
-      if (sqlite3_exec(db_, "SELECT count(*) FROM sqlite_master", nullptr, nullptr, &err) != SQLITE_OK) {
-        std::string m = err ? err : "?";
-        sqlite3_free(err);
-        throw FormatError(path + ": not an SQLite database (" + m + ")");
-      }
-      bool has_meta = false, has_tables = false;
-      {
-        Stmt s(db_, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", path_);
-        has_meta = s.step();
-        Stmt t(db_, "SELECT 1 FROM sqlite_master", path_);
-        has_tables = t.step();
-      }
-      // A database without any table is one whose creation was killed before the schema
-      // transaction committed (only the WAL header got written): create the schema below.
-      if (!has_meta && has_tables)
-        throw FormatError(path + ": an SQLite database but not a kvsim results store (no meta table)");
-      std::string v = std::to_string(kStoreSchemaVersion);
-      if (has_meta) {
-        Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
-        v = s.step() ? s.col_text(0) : "";
-      }
+      // Must be a kvsim store of our schema version before we touch anything. A database without
+      // any table is one whose creation was killed before the schema transaction committed (only
+      // the WAL header got written): create the schema below.
+      std::string v = existing_version();
+      if (v.empty()) v = std::to_string(kStoreSchemaVersion);
       if (v == "1") {
         migrate_v1();
         v = "2";
@@ -138,6 +159,36 @@ ResultsStore::ResultsStore(const std::string& path) : path_(path) {
     db_ = nullptr;
     throw;
   }
+}
+
+void ResultsStore::open(const std::string& name, int flags) {
+  if (sqlite3_open_v2(name.c_str(), &db_, flags, nullptr) != SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw IoError(path_ + ": cannot open results store: " + msg);
+  }
+  sqlite3_busy_timeout(db_, 120000);
+}
+
+std::string ResultsStore::existing_version() {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, "SELECT count(*) FROM sqlite_master", nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "?";
+    sqlite3_free(err);
+    throw FormatError(path_ + ": not an SQLite database (" + m + ")");
+  }
+  bool has_meta = false, has_tables = false;
+  {
+    Stmt s(db_, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'", path_);
+    has_meta = s.step();
+    Stmt t(db_, "SELECT 1 FROM sqlite_master", path_);
+    has_tables = t.step();
+  }
+  if (!has_tables) return "";
+  if (!has_meta) throw FormatError(path_ + ": an SQLite database but not a kvsim results store (no meta table)");
+  Stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'", path_);
+  return s.step() ? s.col_text(0) : "(missing)";
 }
 
 // Version 1 had no runs.protocol: every run was protocol evict. The runs table is rebuilt with the

@@ -59,16 +59,22 @@ struct StoreRun {
 // 64-bit FNV-1a of a string, as 16 hex digits.
 std::string content_hash_hex(const std::string& s);
 
+// How a command opens the store: `write` creates it (and its schema) or opens it for commits,
+// migrating an older schema in place; `read` never writes a byte (best, plot: a read-only file or
+// folder works; a WAL store whose -shm cannot be created and that has no -wal is read as
+// immutable), and refuses a missing file or one that needs migrating.
+enum class StoreMode { write, read };
+
 class ResultsStore {
  public:
-  // Creates the database (and its schema) or opens an existing one; refuses another schema
-  // version or a file that is not a kvsim store (FormatError, one line).
-  explicit ResultsStore(const std::string& path);
+  // Refuses another schema version or a file that is not a kvsim store (FormatError, one line).
+  explicit ResultsStore(const std::string& path, StoreMode mode = StoreMode::write);
   ~ResultsStore();
   ResultsStore(const ResultsStore&) = delete;
   ResultsStore& operator=(const ResultsStore&) = delete;
 
   const std::string& path() const { return path_; }
+  sqlite3* handle() const { return db_; }  // for a reading command's own queries
   int64_t add_trace(const StoreTrace& t);    // id; existing row when the hash is known
   int64_t add_config(const StoreConfig& c);  // id; existing row when the spec is known
   // Many configurations in one transaction (a sweep registers its whole grid at start).
@@ -79,6 +85,11 @@ class ResultsStore {
 
  private:
   void exec(const std::string& sql);
+  void open(const std::string& name, int flags);
+  // The schema version of an existing file ("" for a database without tables, "(missing)" for a
+  // meta table without one); FormatError when
+  // it is not an SQLite database or not a kvsim store.
+  std::string existing_version();
   void migrate_v1();  // schema version 1 -> 2 in place (runs.protocol = 'evict')
   void migrate_v2();  // schema version 2 -> 3 in place (runs.warnings = '')
   std::string path_;

@@ -96,6 +96,27 @@ ModelConfig parse_config(const std::string& dir) {
   return c;
 }
 
+// config.json's num_hidden_layers must match the weights exactly: a layer the config leaves out
+// would be skipped silently (a different, worse model), so a tensor of a layer >= L is refused.
+template <typename Map>
+void check_layer_count(const Map& all, int64_t L, const std::string& where) {
+  const std::string prefix = "model.layers.";
+  int64_t top = -1;
+  std::string example;
+  for (const auto& entry : all) {
+    const std::string& name = entry.first;
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const size_t end = name.find('.', prefix.size());
+    const std::string idx = name.substr(prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size());
+    if (idx.empty() || idx.size() > 9 || idx.find_first_not_of("0123456789") != std::string::npos) continue;
+    const int64_t l = std::stoll(idx);
+    if (l > top) top = l, example = name;
+  }
+  if (top >= L)
+    throw ShapeMismatch(where + ": num_hidden_layers = " + std::to_string(L) + " but the weights hold layers 0.." +
+                        std::to_string(top) + " (" + example + ")");
+}
+
 }  // namespace
 
 Model load_hf(const std::string& dir) {
@@ -115,7 +136,16 @@ Model load_hf(const std::string& dir) {
     } catch (const json::exception& e) {
       throw FormatError(index.string() + ": malformed index (" + e.what() + ")");
     }
-    for (const auto& n : names) files.push_back((fs::path(dir) / n).string());
+    for (const auto& n : names) {
+      // Shards are files of this directory: an absolute name or one leaving it (../x) is refused.
+      const fs::path rel(n);
+      bool leaves = n.empty() || rel.is_absolute() || rel.has_root_name();
+      for (const auto& part : rel) leaves = leaves || part == "..";
+      if (leaves)
+        throw FormatError(index.string() + ": weight_map names the file '" + n +
+                          "', which is outside the model directory");
+      files.push_back((fs::path(dir) / n).string());
+    }
   } else {
     for (const auto& e : fs::directory_iterator(dir))
       if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
@@ -132,6 +162,8 @@ Model load_hf(const std::string& dir) {
     for (const auto& [name, t] : s.tensors())
       if (!all.emplace(name, std::make_pair(&t, &s.path())).second)
         throw FormatError(s.path() + ": tensor " + name + " also appears in another shard");
+
+  check_layer_count(all, c.n_layers, (fs::path(dir) / "config.json").string());
 
   auto load = [&](const std::string& name, std::vector<int64_t> shape) {
     auto it = all.find(name);

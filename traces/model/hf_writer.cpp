@@ -3,10 +3,10 @@
 // pairing of Hugging Face sees the same pairs: new row a*D/2 + i = old row 2i + a (a in {0, 1}),
 // as in transformers' convert_llama_weights_to_hf.py.
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "sim/base/error.h"
+#include "sim/base/new_file.h"
 #include "traces/model/model.h"
 #include "traces/model/safetensors.h"
 
@@ -63,9 +63,10 @@ void save_hf(const Model& m, const std::string& dir, const std::string& dtype) {
   j["eos_token_id"] = 2;
   j["torch_dtype"] = torch_dtype;
   {
-    std::ofstream out(fs::path(dir) / "config.json");
-    out << j.dump(2) << "\n";
-    if (!out) throw IoError(dir + "/config.json: write failed");
+    NewFile out((fs::path(dir) / "config.json").string());
+    const std::string text = j.dump(2) + "\n";
+    out.write(text.data(), text.size());
+    out.commit();
   }
 
   const bool permute = c.rope_style == RopeStyle::interleaved;

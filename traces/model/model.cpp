@@ -1,5 +1,6 @@
 #include "traces/model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <numbers>
@@ -15,10 +16,15 @@ void check_positive(const std::string& where, const char* name, int64_t v, int64
     throw FormatError(where + ": " + name + " = " + std::to_string(v) + " is outside [1, " + std::to_string(max) + "]");
 }
 
+// The size, and every weight finite: a NaN or Inf weight would turn every logit into NaN.
 void check_size(const std::string& where, const std::string& name, const std::vector<float>& t, int64_t expect) {
   if (static_cast<int64_t>(t.size()) != expect)
     throw ShapeMismatch(where + ": tensor " + name + " has " + std::to_string(t.size()) + " elements, expected " +
                         std::to_string(expect));
+  const auto bad = std::find_if(t.begin(), t.end(), [](float x) { return !std::isfinite(x); });
+  if (bad != t.end())
+    throw NumericError(where + ": tensor " + name + ": non-finite weight " + std::to_string(*bad) + " at element " +
+                       std::to_string(bad - t.begin()) + " of " + std::to_string(t.size()));
 }
 
 }  // namespace

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "sim/base/error.h"
 #include "sim/base/half.h"
+#include "sim/base/new_file.h"
 
 namespace kvsim::model {
 
@@ -19,6 +19,12 @@ StDType parse_st_dtype(const std::string& s, const std::string& where) {
   if (s == "F16") return StDType::f16;
   if (s == "BF16") return StDType::bf16;
   throw FormatError(where + ": dtype " + s + " is not supported (F32, F16, BF16)");
+}
+
+// A JSON value for a message: at most 48 characters.
+std::string short_json(const nlohmann::json& v) {
+  std::string s = v.dump();
+  return s.size() <= 48 ? s : s.substr(0, 45) + "...";
 }
 
 }  // namespace
@@ -60,15 +66,22 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
       const auto& e = it.value();
       t.dtype = parse_st_dtype(e.at("dtype").get<std::string>(), where);
       uint64_t numel = 1;
-      for (const auto& d : e.at("shape")) {
-        const int64_t v = d.get<int64_t>();
-        if (v < 0 || v > (int64_t{1} << 40)) throw FormatError(where + ": shape dimension " + std::to_string(v));
-        t.shape.push_back(v);
+      const auto& shape = e.at("shape");
+      if (!shape.is_array()) throw FormatError(where + ": shape " + short_json(shape) + " is not an array");
+      for (const auto& d : shape) {
+        // An exact non-negative integer: JSON numbers such as 512.5, -1 or 1e3 are refused, not truncated.
+        if (!d.is_number_unsigned())
+          throw FormatError(where + ": shape " + short_json(shape) + ": dimension " + short_json(d) +
+                            " is not a non-negative integer");
+        const uint64_t v = d.get<uint64_t>();
+        if (v > (uint64_t{1} << 40)) throw FormatError(where + ": shape dimension " + std::to_string(v));
+        t.shape.push_back(static_cast<int64_t>(v));
         numel *= static_cast<uint64_t>(v);
         if (numel > (uint64_t{1} << 40)) throw FormatError(where + ": shape too large");
       }
       const auto& off = e.at("data_offsets");
-      if (!off.is_array() || off.size() != 2) throw FormatError(where + ": data_offsets must be [begin, end]");
+      if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+        throw FormatError(where + ": data_offsets " + short_json(off) + " must be [begin, end], non-negative integers");
       const uint64_t b = off[0].get<uint64_t>(), en = off[1].get<uint64_t>();
       if (b > en || en > data_size)
         throw FormatError(where + ": data_offsets [" + std::to_string(b) + ", " + std::to_string(en) +
@@ -123,26 +136,24 @@ void write_safetensors(const std::string& path, const std::vector<StOut>& tensor
   }
   std::string header = h.dump();
   header.append((8 - header.size() % 8) % 8, ' ');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw IoError(path + ": cannot create");
+  NewFile out(path);
   const uint64_t n = header.size();
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
+  out.write(&n, 8);
+  out.write(header.data(), header.size());
   std::vector<uint16_t> buf;
   for (const auto& t : tensors) {
     size_t numel = 1;
     for (int64_t d : t.shape) numel *= static_cast<size_t>(d);
     if (dtype == StDType::f32) {
-      out.write(reinterpret_cast<const char*>(t.data), static_cast<std::streamsize>(numel * 4));
+      out.write(t.data, numel * 4);
     } else {
       buf.resize(numel);
       for (size_t i = 0; i < numel; ++i)
         buf[i] = dtype == StDType::f16 ? f32_to_f16(t.data[i]) : f32_to_bf16(t.data[i]);
-      out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(numel * 2));
+      out.write(buf.data(), numel * 2);
     }
   }
-  out.flush();
-  if (!out) throw IoError(path + ": write failed (disk full?)");
+  out.commit();
 }
 
 }  // namespace kvsim::model

@@ -43,7 +43,8 @@ struct StOut {
   std::vector<int64_t> shape;
   const float* data = nullptr;  // float32, converted to `dtype` on write
 };
-// Writes a safetensors file (tensors in the given order, header padded to 8 bytes).
+// Writes a safetensors file (tensors in the given order, header padded to 8 bytes) via NewFile
+// (sim/base/new_file.h): whole or not at all.
 void write_safetensors(const std::string& path, const std::vector<StOut>& tensors, StDType dtype,
                        const std::map<std::string, std::string>& metadata = {});
 
