@@ -78,8 +78,9 @@ int claim_partial(const std::string& partial) {
     if (fd < 0) {
       if (errno == ENOENT) continue;  // removed between our two opens: try again
       if (errno == ELOOP)
-        throw UsageError(partial + ": is a symbolic link; a trace's .partial file is created afresh, never written "
-                                   "through a link (remove the link)");
+        throw UsageError(partial +
+                         ": is a symbolic link; a trace's .partial file is created afresh, never written "
+                         "through a link (remove the link)");
       throw IoError(partial + ": cannot create (" + std::strerror(errno) + ")");
     }
     struct stat st {};
@@ -87,9 +88,10 @@ int claim_partial(const std::string& partial) {
       const bool regular = S_ISREG(st.st_mode);
       const auto links = static_cast<long long>(st.st_nlink);
       ::close(fd);
-      throw UsageError(partial + (regular ? ": has " + std::to_string(links) + " hard links"
-                                          : std::string(": is not a regular file")) +
-                       "; refusing to overwrite it as a trace's .partial file (remove it)");
+      throw UsageError(
+          partial +
+          (regular ? ": has " + std::to_string(links) + " hard links" : std::string(": is not a regular file")) +
+          "; refusing to overwrite it as a trace's .partial file (remove it)");
     }
     struct flock lk {};
     lk.l_type = F_WRLCK;
@@ -98,8 +100,9 @@ int claim_partial(const std::string& partial) {
       const int e = errno;
       ::close(fd);
       if (e == EAGAIN || e == EACCES)
-        throw UsageError(partial + ": another writer is writing this trace now (its .partial file is locked); "
-                                   "wait for it to finish or choose another --out");
+        throw UsageError(partial +
+                         ": another writer is writing this trace now (its .partial file is locked); "
+                         "wait for it to finish or choose another --out");
       throw IoError(partial + ": cannot lock (" + std::strerror(e) + ")");
     }
     // Locked; the name must still lead to this file (the writer we waited on renames or removes it

@@ -74,7 +74,7 @@ class ResultsStore {
   ResultsStore& operator=(const ResultsStore&) = delete;
 
   const std::string& path() const { return path_; }
-  sqlite3* handle() const { return db_; }  // for a reading command's own queries
+  sqlite3* handle() const { return db_; }    // for a reading command's own queries
   int64_t add_trace(const StoreTrace& t);    // id; existing row when the hash is known
   int64_t add_config(const StoreConfig& c);  // id; existing row when the spec is known
   // Many configurations in one transaction (a sweep registers its whole grid at start).

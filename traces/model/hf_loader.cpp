@@ -107,7 +107,8 @@ void check_layer_count(const Map& all, int64_t L, const std::string& where) {
     const std::string& name = entry.first;
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
     const size_t end = name.find('.', prefix.size());
-    const std::string idx = name.substr(prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size());
+    const std::string idx =
+        name.substr(prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size());
     if (idx.empty() || idx.size() > 9 || idx.find_first_not_of("0123456789") != std::string::npos) continue;
     const int64_t l = std::stoll(idx);
     if (l > top) top = l, example = name;
