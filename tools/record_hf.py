@@ -24,10 +24,10 @@ batches, and with --pre a rotary embedding that rope_theta and rope_style do not
 import argparse
 import datetime
 import importlib.util
-import json
 import math
 import os
 import sys
+import weakref
 
 import h5py
 import numpy as np
@@ -250,7 +250,7 @@ class Tap:
         self.active = False
         self.T = 0
         self.held = {}  # layer -> {kind: [heads, T, D]}
-        self.key_ptrs = {}
+        self.keys_seen = {}  # layer -> weak reference to the key tensor its attention received
 
     def attention(self, module, query, key, value, attention_mask, *args, **kwargs):
         layer = self.layer_of.get(id(module))
@@ -259,7 +259,7 @@ class Tap:
         out = self.delegate[id(module)](module, query, key, value, attention_mask, *args, **kwargs)
         if self.active and layer is not None and "o" in self.kinds:
             o = out[0] if isinstance(out, tuple) else out  # [B, T, H, D]
-            self.held[layer]["o"] = _heads_first(o.transpose(1, 2), "o", layer, self.spec, self.T)
+            self.held[layer]["o"] = _heads_first(o[0].transpose(0, 1), "o", layer, self.spec, self.T)
         return out
 
     def _capture(self, layer, module, query, key, value, kwargs):
@@ -281,12 +281,14 @@ class Tap:
                               f"expected {self.T} and {self.T} (a cache or a prefix the recorder did not see)")
         if "q" in self.held.get(layer, {}) or "done" in self.held.get(layer, {}):
             raise RecordError(f"{where}: attention ran twice in one forward pass")
-        ptr = key.data_ptr()
-        for other, p in self.key_ptrs.items():
-            if p == ptr:
+        # Another layer's keys still alive at the same address are shared keys (a freed tensor's address
+        # is reused by the allocator, so only live ones count).
+        for other, ref in self.keys_seen.items():
+            k = ref()
+            if k is not None and k.data_ptr() == key.data_ptr():
                 raise RecordError(f"{where}: reuses layer {other}'s keys (cross-layer KV sharing): the trace "
                                   "format stores one cache per layer")
-        self.key_ptrs[layer] = ptr
+        self.keys_seen[layer] = weakref.ref(key)
         D = int(self.spec["head_dim"])
         scaling = kwargs.get("scaling")
         if scaling is None:
@@ -357,9 +359,9 @@ def attention_modules(model):
     found = []
     for _, m in model.named_modules():
         cls = type(m).__name__
-        if cls.endswith("Attention") and not cls.endswith("FlashAttention2") and (
-                hasattr(m, "attention_function") or hasattr(m, "q_proj") or hasattr(m, "qkv_proj")
-                or hasattr(m, "c_attn")):
+        # transformers' decoder attention carries layer_idx (a vision tower's attention does not)
+        if cls.endswith("Attention") and (hasattr(m, "attention_function") or (
+                hasattr(m, "layer_idx") and any(hasattr(m, p) for p in ("q_proj", "qkv_proj", "c_attn")))):
             found.append(m)
     out = []
     for i, m in enumerate(found):
@@ -421,6 +423,14 @@ class Hooked:
         self.restore = []
 
     def __enter__(self):
+        self.before = None
+        try:
+            return self._install()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _install(self):
         mods = attention_modules(self.model)
         L = int(self.tap.spec["n_layers"])
         if [l for l, _ in mods] != list(range(L)):
@@ -451,7 +461,8 @@ class Hooked:
         if not hasattr(config, "_attn_implementation"):
             raise RecordError(f"{self.name}: cannot hook: its attention modules have no `attention_function` and it "
                               "is not a transformers model")
-        before = getattr(config, "_attn_implementation", None) or "eager"
+        raw = config._attn_implementation
+        before = raw or "eager"
         if before == "eager":
             mod = sys.modules[type(mods[0][1]).__module__]
             fn = getattr(mod, "eager_attention_forward", None)
@@ -465,16 +476,16 @@ class Hooked:
         AttentionInterface.register("kvsim_record", self.tap.attention)
         try:
             from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-            mask = ALL_MASK_ATTENTION_FUNCTIONS.get(before if before != "eager" else "eager")
+            mask = ALL_MASK_ATTENTION_FUNCTIONS.get(before)
             if mask is not None:
                 AttentionMaskInterface.register("kvsim_record", mask)
         except ImportError:  # transformers < 4.53 builds masks by the model's own rules
             pass
+        self.before = raw
         configs = {id(c): c for c in [config] + [getattr(m, "config", config) for _, m in mods]}.values()
         for c in configs:
             self.restore.append((c, None))
             c._attn_implementation = "kvsim_record"
-        self.before = before
 
     def _hook_pre(self, layer, m):
         """q_pre/k_pre: the output of the q/k norm when the module has one, else of the projection."""
@@ -520,6 +531,7 @@ class Hooked:
         for obj, value in self.restore:
             if value is None:
                 obj._attn_implementation = self.before
+                self.tap.active = False
             else:
                 obj.attention_function = value
         return False

@@ -8,7 +8,9 @@ theta 10000 on interleaved pairs (x[2i], x[2i+1]), SwiGLU FFN, classifier tied t
 Each attention module calls `self.attention_function(self, q, k, v, mask, scaling=...)`, the hook point
 tools/record_hf.py documents for your own modules. Factories for `--model THIS_FILE:NAME`: `build` (the
 model), `build_unhookable` (attention computed inline: nothing to hook), `build_softcapped` (its attention
-function is told to soft-cap the logits, which a trace cannot describe).
+function is told to soft-cap the logits, which a trace cannot describe), `build_scaled` (logits scaled by 1/4
+instead of 1/sqrt(D), as Gemma's query_pre_attn_scalar does), `build_shared_kv` (layers 1.. attend over
+layer 0's keys and values: cross-layer KV sharing).
 """
 import os
 import struct
@@ -152,6 +154,34 @@ class SoftcappedAttention(LlamaAttention):
             self.attention_function = fn
 
 
+class ScaledAttention(LlamaAttention):
+    def forward(self, x, mask):
+        fn = self.attention_function
+        self.attention_function = lambda m, q, k, v, mask, scaling: fn(m, q, k, v, mask, scaling=0.25)
+        try:
+            return super().forward(x, mask)
+        finally:
+            self.attention_function = fn
+
+
+class SharedKVAttention(LlamaAttention):
+    shared = {}  # layer 0's (k, v), reused by every later layer
+
+    def forward(self, x, mask):
+        fn = self.attention_function
+
+        def attend(m, q, k, v, mask, **kw):
+            if self.layer_idx == 0:
+                SharedKVAttention.shared["kv"] = (k, v)
+            return fn(m, q, *SharedKVAttention.shared["kv"], mask, **kw)
+
+        self.attention_function = attend
+        try:
+            return super().forward(x, mask)
+        finally:
+            self.attention_function = fn
+
+
 def build():
     return Llama()
 
@@ -162,3 +192,11 @@ def build_unhookable():
 
 def build_softcapped():
     return Llama(attention=SoftcappedAttention)
+
+
+def build_scaled():
+    return Llama(attention=ScaledAttention)
+
+
+def build_shared_kv():
+    return Llama(attention=SharedKVAttention)

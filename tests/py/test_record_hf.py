@@ -3,7 +3,7 @@
 
 The PyTorch model (tests/py/stories260k_torch.py) is written from the checkpoint's documented layout and is
 first checked against the model author's greedy output (../shared/models/greedy_from_bos_256.json), so it
-does not lean on kvsim's native loader. Then the recorder's trace of a prompt + 60 generated tokens must
+does not lean on kvsim's native loader. Then the recorder's trace of a 60-token prompt + 68 generated tokens must
 equal the native recorder's tensor by tensor (1e-5 of each tensor's largest magnitude: two float32 forward
 passes that differ only in summation order), replay through every strategy to the same metrics (1e-5), pass
 `kvsim info --check`, store bfloat16 as the nearest-even rounding of its float32 values, and refuse bad
@@ -30,8 +30,13 @@ import kvsim_testlib as lib  # noqa: E402
 MODELS = os.path.join(ROOT, "..", "shared", "models", "stories260K")
 FACTORY = os.path.join(HERE, "stories260k_torch.py")
 PROMPT = "1 410 469 347"  # "Zoo" (../shared/models/README.md)
+BUDGET = 40  # below the 60-token prompt (prefill compresses) and above snapkv's default window of 32
 KINDS = ("q", "k", "v", "q_pre", "k_pre", "o")
 REL = 1e-5
+# defaults sized for long prompts, scaled to this one's P = 60 (the strategy's own error message suggests them)
+SCALED = {"shadowkv": "shadowkv:budget=16,rank=8,chunk=4,outliers=2,local=1",
+          "pqcache": f"pqcache:budget={BUDGET},sinks=4,local=8,bits=4", "magicpig": "magicpig:sinks=4,local=8"}
+CODECS = ["quant:bits=4", "kivi:bits=2", "nf4", f"h2o:budget={BUDGET}+kivi:bits=2"]  # not in the names list
 
 
 def main():
@@ -49,7 +54,11 @@ def main():
     s = lib.Suite()
     with lib.tempdir() as d:
         native, mine = os.path.join(d, "native.h5"), os.path.join(d, "torch.h5")
-        common = ["--ids", "--prompt", PROMPT, "--generate", "60", "--pre", "--with-o", "--quiet"]
+        with open(os.path.join(MODELS, "greedy_from_bos_256.json")) as f:
+            greedy_ids = json.load(f)["greedy_ids"]
+        # 60 prompt tokens (BOS + the author's greedy story, so the prompt is text the model knows) + 68
+        long_prompt = " ".join(str(t) for t in [1] + greedy_ids[:59])
+        common = ["--ids", "--prompt", long_prompt, "--generate", "68", "--pre", "--with-o", "--quiet"]
         r = lib.run([kvsim, "record", "--model", os.path.join(MODELS, "stories260K.bin"), "--out", native] + common)
         assert r.returncode == 0, r.stderr
         r = lib.run([sys.executable, os.path.join(ROOT, "tools", "record_hf.py"), "--model", FACTORY + ":build",
@@ -57,8 +66,7 @@ def main():
         assert r.returncode == 0, r.stderr
 
         def module_is_the_documented_model():
-            with open(os.path.join(MODELS, "greedy_from_bos_256.json")) as f:
-                want = json.load(f)["greedy_ids"][:24]
+            want = greedy_ids[:24]
             got = record_hf.greedy(stories260k_torch.build(), [1], 24, "cpu")[1:]
             assert got == want, (got, want)
 
@@ -74,10 +82,10 @@ def main():
                 sa, sb = a["sequences"][na], b["sequences"][nb]
                 for key in ("n_tokens", "prefill_len"):
                     assert sa.attrs[key] == sb.attrs[key], key
-                assert int(sb.attrs["n_tokens"]) == 64 and int(sb.attrs["prefill_len"]) == 4
+                assert int(sb.attrs["n_tokens"]) == 128 and int(sb.attrs["prefill_len"]) == 60
                 assert np.array_equal(sa["tokens"][()], sb["tokens"][()]), "generated tokens differ"
                 assert sb["tokens"].dtype == np.int32
-                assert sb["layers/0/k"].chunks == (1, 64, 8), sb["layers/0/k"].chunks
+                assert sb["layers/0/k"].chunks == (1, 128, 8), sb["layers/0/k"].chunks
 
         def tensors_equal_native():
             worst = (0.0, "")
@@ -103,10 +111,11 @@ def main():
             names = re.search(r"names: (.*?) (?:REQUIRED|--)", help_text).group(1).split(", ")
             assert len(names) >= 15, names
             worst, checked = (0.0, ""), 0
-            for name in names:
+            for name in names + CODECS:
                 spec = None
-                for extra, cand in (([], f"{name}:budget=16"), ([], name), (["--protocol", "sparse"],
-                                                                              f"{name}:budget=16")):
+                # the budget where the strategy takes one, its defaults otherwise; selectors under --protocol sparse
+                cands = [SCALED.get(name, name)] if name in SCALED or ":" in name else [f"{name}:budget={BUDGET}", name]
+                for extra, cand in [(p, c) for p in ([], ["--protocol", "sparse"]) for c in cands]:
                     ra = lib.run([kvsim, "run", "--trace", native, "--strategy", cand, "--json", "--quiet"] + extra)
                     if ra.returncode == 0:
                         spec = (extra, cand)
@@ -123,7 +132,7 @@ def main():
                         checked += 1
                         if err > worst[0]:
                             worst = (err, f"{spec[1]} {metric}.{stat}: native {x} torch {y}")
-            print(f"  {len(names)} strategies, {checked} numbers; worst {worst[0]:.2e} {worst[1]}")
+            print(f"  {len(names)} strategies and {len(CODECS)} codec configurations, {checked} numbers; worst {worst[0]:.2e} {worst[1]}")
             assert worst[0] <= REL, worst
 
         def bfloat16_is_nearest_even():
@@ -141,6 +150,29 @@ def main():
                 pick_lo = (np.abs(x - lo) < np.abs(x - hi)) | ((np.abs(x - lo) == np.abs(x - hi)) & ((u >> 16) & 1 == 0))
                 want = np.where(pick_lo, lo, hi).astype(np.float32)
                 assert np.array_equal(ds.astype(np.float32)[()], want)
+            r = lib.run([kvsim, "info", out, "--check"])
+            assert r.returncode == 0, r.stderr
+
+        def other_scale_is_folded_into_q():
+            out = os.path.join(d, "scaled.h5")
+            rc, err = call(record_hf, ["--model", FACTORY + ":build_scaled", "--out", out] + common)
+            assert rc == 0, err
+            worst = 0.0
+            with h5py.File(out, "r") as f:
+                D = int(f.attrs["head_dim"])
+                for l in range(int(f.attrs["n_layers"])):
+                    g = f[f"sequences/0000/layers/{l}"]
+                    assert abs(g.attrs["q_scale"] - 0.25 * np.sqrt(D)) < 1e-12, dict(g.attrs)
+                    q, k, v, o = (g[x][()].astype(np.float64) for x in ("q", "k", "v", "o"))
+                    T, G = q.shape[1], q.shape[0] // k.shape[0]
+                    for h in range(q.shape[0]):  # the replay's attention, softmax(q k / sqrt(D)), is the model's
+                        z = q[h] @ k[h // G].T / np.sqrt(D) + np.triu(np.full((T, T), -np.inf), 1)
+                        p = np.exp(z - z.max(axis=1, keepdims=True))
+                        ref = (p / p.sum(axis=1, keepdims=True)) @ v[h // G]
+                        worst = max(worst, np.abs(ref - o[h]).max() / np.abs(o[h]).max())
+                assert "q_scale" not in h5py.File(mine, "r")["sequences/0000/layers/0"].attrs
+            print(f"  softmax(q k / sqrt(D)) v vs the model's o: worst relative {worst:.2e}")
+            assert worst <= REL, worst
             r = lib.run([kvsim, "info", out, "--check"])
             assert r.returncode == 0, r.stderr
 
@@ -163,6 +195,8 @@ def main():
         s.check("kvsim info --check accepts the trace", info_check_accepts)
         s.check("every strategy replays both traces to the same metrics (1e-5)", replays_agree)
         s.check("--dtype bfloat16 stores the nearest-even rounding", bfloat16_is_nearest_even)
+        s.check("a logit scale other than 1/sqrt(D) is folded into q and recorded as q_scale",
+                other_scale_is_folded_into_q)
         s.check("an existing --out is refused and left as it was",
                 lambda: refuses(["--model", FACTORY + ":build"] + base, native, r"already exists"))
         s.check("a wrong --dtype is refused, nothing written",
@@ -174,6 +208,9 @@ def main():
         s.check("soft-capped attention is refused mid-recording, its .partial removed",
                 lambda: refuses(["--model", FACTORY + ":build_softcapped"] + base, os.path.join(d, "z.h5"),
                                 r"layer 0: soft-capped attention logits \(softcap = 30.0\)"))
+        s.check("cross-layer KV sharing is refused, its .partial removed",
+                lambda: refuses(["--model", FACTORY + ":build_shared_kv"] + base, os.path.join(d, "s.h5"),
+                                r"layer 1: reuses layer 0's keys \(cross-layer KV sharing\)"))
         s.check("a token id outside the vocabulary is refused",
                 lambda: refuses(["--model", FACTORY + ":build", "--ids", "--prompt", "1 512"], os.path.join(d, "w.h5"),
                                 r"token id 512 is outside \[0, vocab_size = 512\)"))
