@@ -311,7 +311,8 @@ class Tap:
         if got is None or "q" not in got:
             raise RecordError(f"layer {layer}: {type(module).__name__} ran without calling the attention "
                               "function the recorder hooked: cannot record this model")
-        missing = [k for k in self.kinds if k not in got and not (k.endswith("_pre") and self.spec["rope_style"] == "none")]
+        unrotated = self.spec["rope_style"] == "none"  # q_pre, k_pre are q, k (record's sink copies them)
+        missing = [k for k in self.kinds if k not in got and not (k.endswith("_pre") and unrotated)]
         if missing:
             raise RecordError(f"layer {layer}: {type(module).__name__} did not produce {', '.join(missing)}")
         if "q_pre" in self.kinds and "q_pre" in got and got["q_scale"] != 1.0:

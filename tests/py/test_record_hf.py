@@ -5,7 +5,8 @@ The PyTorch model (tests/py/stories260k_torch.py) is written from the checkpoint
 first checked against the model author's greedy output (../shared/models/greedy_from_bos_256.json), so it
 does not lean on kvsim's native loader. Then the recorder's trace of a 60-token prompt + 68 generated tokens must
 equal the native recorder's tensor by tensor (1e-5 of each tensor's largest magnitude: two float32 forward
-passes that differ only in summation order), replay through every strategy to the same metrics (1e-5), pass
+passes that differ only in summation order), replay through every strategy to the same metrics (1e-5; knorm
+and 4-bit quant looser, see LOOSE), pass
 `kvsim info --check`, store bfloat16 as the nearest-even rounding of its float32 values, and refuse bad
 input with one line and exit 2, leaving nothing behind. Skipped without ../shared/models or torch. Run:
     /usr/bin/python3 tests/py/test_record_hf.py --kvsim build/kvsim
@@ -37,6 +38,14 @@ REL = 1e-5
 SCALED = {"shadowkv": "shadowkv:budget=16,rank=8,chunk=4,outliers=2,local=1",
           "pqcache": f"pqcache:budget={BUDGET},sinks=4,local=8,bits=4", "magicpig": "magicpig:sinks=4,local=8"}
 CODECS = ["quant:bits=4", "kivi:bits=2", "nf4", f"h2o:budget={BUDGET}+kivi:bits=2"]  # not in the names list
+# Loosened where a discrete decision rests on values equal in exact arithmetic, so float32 noise (the two
+# recorders differ by ~5e-6 of each tensor's scale) picks the outcome, not the recorder:
+# - knorm ranks keys by L2 norm; a repeated token has the same k_pre at both positions and RoPE preserves
+#   norms, so in layer 0 their norms tie exactly (e.g. 10.1388720 vs 10.1388719) and either may be kept.
+# - quant:bits=4 rounds each element to one of 16 levels; an element within 5e-6 of a level boundary lands
+#   one level apart in the two traces, which moves one step's kl and so the p50 by ~5e-5.
+# Every other strategy agrees to ~5e-7.
+LOOSE = {f"knorm:budget={BUDGET}": 5e-3, "quant:bits=4": 2e-4}
 
 
 def main():
@@ -76,7 +85,8 @@ def main():
                             "head_dim", "vocab_size", "rope_theta", "rope_style", "stored_dtype", "synthetic",
                             "complete"):
                     assert a.attrs[key] == b.attrs[key], f"{key}: native {a.attrs[key]} torch {b.attrs[key]}"
-                    assert type(a.attrs[key]) is type(b.attrs[key]), f"{key}: {type(a.attrs[key])} vs {type(b.attrs[key])}"
+                    ta, tb = type(a.attrs[key]), type(b.attrs[key])
+                    assert ta is tb, f"{key}: {ta} vs {tb}"
                 (na,), (nb,) = list(a["sequences"]), list(b["sequences"])
                 assert na == nb == "0000", (na, nb)
                 sa, sb = a["sequences"][na], b["sequences"][nb]
@@ -110,11 +120,12 @@ def main():
             help_text = " ".join(lib.run([kvsim, "run", "--help"]).stdout.split())
             names = re.search(r"names: (.*?) (?:REQUIRED|--)", help_text).group(1).split(", ")
             assert len(names) >= 15, names
-            worst, checked = (0.0, ""), 0
+            worst, checked, strict = (0.0, ""), 0, 0.0
             for name in names + CODECS:
                 spec = None
                 # the budget where the strategy takes one, its defaults otherwise; selectors under --protocol sparse
-                cands = [SCALED.get(name, name)] if name in SCALED or ":" in name else [f"{name}:budget={BUDGET}", name]
+                fixed = name in SCALED or ":" in name
+                cands = [SCALED.get(name, name)] if fixed else [f"{name}:budget={BUDGET}", name]
                 for extra, cand in [(p, c) for p in ([], ["--protocol", "sparse"]) for c in cands]:
                     ra = lib.run([kvsim, "run", "--trace", native, "--strategy", cand, "--json", "--quiet"] + extra)
                     if ra.returncode == 0:
@@ -128,12 +139,16 @@ def main():
                 for metric, stats in ja["summary"].items():
                     for stat, x in stats.items():
                         y = jb["summary"][metric][stat]
+                        tol = LOOSE.get(spec[1], REL)
                         err = abs(x - y) / max(1.0, abs(x))
                         checked += 1
-                        if err > worst[0]:
-                            worst = (err, f"{spec[1]} {metric}.{stat}: native {x} torch {y}")
-            print(f"  {len(names)} strategies and {len(CODECS)} codec configurations, {checked} numbers; worst {worst[0]:.2e} {worst[1]}")
-            assert worst[0] <= REL, worst
+                        if err / tol > worst[0]:
+                            worst = (err / tol, f"{spec[1]} {metric}.{stat}: native {x} torch {y}, tolerance {tol}")
+                        if spec[1] not in LOOSE:
+                            strict = max(strict, err)
+            print(f"  {len(names)} strategies and {len(CODECS)} codec configurations, {checked} numbers; worst "
+                  f"difference {strict:.1e} outside {', '.join(LOOSE)}; worst against its tolerance: {worst[1]}")
+            assert worst[0] <= 1.0, worst
 
         def bfloat16_is_nearest_even():
             out = os.path.join(d, "bf16.h5")
@@ -147,7 +162,8 @@ def main():
                 lo = (u & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
                 hi = ((u & np.uint32(0xFFFF0000)) + np.uint32(0x10000)).view(np.float32).astype(np.float64)
                 x = u.view(np.float32).astype(np.float64)
-                pick_lo = (np.abs(x - lo) < np.abs(x - hi)) | ((np.abs(x - lo) == np.abs(x - hi)) & ((u >> 16) & 1 == 0))
+                dlo, dhi = np.abs(x - lo), np.abs(x - hi)
+                pick_lo = (dlo < dhi) | ((dlo == dhi) & ((u >> 16) & 1 == 0))
                 want = np.where(pick_lo, lo, hi).astype(np.float32)
                 assert np.array_equal(ds.astype(np.float32)[()], want)
             r = lib.run([kvsim, "info", out, "--check"])
@@ -193,7 +209,8 @@ def main():
                 attributes_and_tokens_agree)
         s.check("every tensor equals kvsim record's within 1e-5 of its scale", tensors_equal_native)
         s.check("kvsim info --check accepts the trace", info_check_accepts)
-        s.check("every strategy replays both traces to the same metrics (1e-5)", replays_agree)
+        s.check("every strategy replays both traces to the same metrics (1e-5; knorm and 4-bit quant: LOOSE)",
+                replays_agree)
         s.check("--dtype bfloat16 stores the nearest-even rounding", bfloat16_is_nearest_even)
         s.check("a logit scale other than 1/sqrt(D) is folded into q and recorded as q_scale",
                 other_scale_is_folded_into_q)

@@ -93,7 +93,8 @@ def main():
                                     "sliding-window attention (window 16)"))
         if hasattr(transformers, "Gemma2ForCausalLM"):
             s.check("Gemma 2's soft-capped attention logits are refused",
-                    lambda: refused(transformers.Gemma2ForCausalLM(small(transformers.Gemma2Config, head_dim=16)).eval(),
+                    lambda: refused(transformers.Gemma2ForCausalLM(small(transformers.Gemma2Config,
+                                                                         head_dim=16)).eval(),
                                     "soft-capped attention logits"))
     s.finish()
 
