@@ -690,7 +690,7 @@ def main(argv=None):
             raise RecordError(f"--model {a.model}: no tokenizer (kvsim_tokenizer); pass token ids with --ids")
         else:
             ids = list(tok(a.prompt)["input_ids"]) if callable(tok) else list(tok.encode(a.prompt))
-        text_of = (lambda xs: tok.decode(xs)) if tok is not None else None
+        text_of = (lambda xs: tok.decode(xs, skip_special_tokens=True)) if tok is not None else None
         vocab = int(spec.get("vocab_size", 0))
         bad = [t for t in ids if t < 0 or (vocab and t >= vocab)]
         if bad:

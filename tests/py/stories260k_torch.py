@@ -73,8 +73,11 @@ class LlamaAttention(nn.Module):
         k = self.k_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.Hkv, self.D).transpose(1, 2)
         q, k = rope_interleaved(q, self.theta), rope_interleaved(k, self.theta)
-        o, _ = self.attention_function(self, q, k, v, mask, scaling=self.D ** -0.5)
+        o, _ = self.attend(q, k, v, mask)
         return self.o_proj(o.reshape(B, T, -1))
+
+    def attend(self, q, k, v, mask):
+        return self.attention_function(self, q, k, v, mask, scaling=self.D ** -0.5)
 
 
 class Block(nn.Module):
@@ -145,41 +148,22 @@ class InlineAttention(LlamaAttention):
 
 
 class SoftcappedAttention(LlamaAttention):
-    def forward(self, x, mask):
-        fn = self.attention_function
-        self.attention_function = lambda m, q, k, v, mask, **kw: fn(m, q, k, v, mask, softcap=30.0, **kw)
-        try:
-            return super().forward(x, mask)
-        finally:
-            self.attention_function = fn
+    def attend(self, q, k, v, mask):
+        return self.attention_function(self, q, k, v, mask, scaling=self.D ** -0.5, softcap=30.0)
 
 
 class ScaledAttention(LlamaAttention):
-    def forward(self, x, mask):
-        fn = self.attention_function
-        self.attention_function = lambda m, q, k, v, mask, scaling: fn(m, q, k, v, mask, scaling=0.25)
-        try:
-            return super().forward(x, mask)
-        finally:
-            self.attention_function = fn
+    def attend(self, q, k, v, mask):
+        return self.attention_function(self, q, k, v, mask, scaling=0.25)
 
 
 class SharedKVAttention(LlamaAttention):
-    shared = {}  # layer 0's (k, v), reused by every later layer
+    shared = {}  # layer 0's (k, v), attended by every later layer
 
-    def forward(self, x, mask):
-        fn = self.attention_function
-
-        def attend(m, q, k, v, mask, **kw):
-            if self.layer_idx == 0:
-                SharedKVAttention.shared["kv"] = (k, v)
-            return fn(m, q, *SharedKVAttention.shared["kv"], mask, **kw)
-
-        self.attention_function = attend
-        try:
-            return super().forward(x, mask)
-        finally:
-            self.attention_function = fn
+    def attend(self, q, k, v, mask):
+        if self.layer_idx == 0:
+            SharedKVAttention.shared["kv"] = (k, v)
+        return self.attention_function(self, q, *SharedKVAttention.shared["kv"], mask, scaling=self.D ** -0.5)
 
 
 def build():
