@@ -647,6 +647,14 @@ def load_model(arg, torch_dtype, device):
     return model.to(device), spec, tok
 
 
+def decode(tok, ids):
+    """The sequence's text: a transformers tokenizer drops BOS/EOS markers; any other decodes as it does."""
+    try:
+        return tok.decode(ids, skip_special_tokens=True)
+    except TypeError:
+        return tok.decode(ids)
+
+
 def parse_ids(text):
     try:
         return [int(t) for t in text.replace(",", " ").split()]
@@ -690,7 +698,7 @@ def main(argv=None):
             raise RecordError(f"--model {a.model}: no tokenizer (kvsim_tokenizer); pass token ids with --ids")
         else:
             ids = list(tok(a.prompt)["input_ids"]) if callable(tok) else list(tok.encode(a.prompt))
-        text_of = (lambda xs: tok.decode(xs, skip_special_tokens=True)) if tok is not None else None
+        text_of = (lambda xs: decode(tok, xs)) if tok is not None else None
         vocab = int(spec.get("vocab_size", 0))
         bad = [t for t in ids if t < 0 or (vocab and t >= vocab)]
         if bad:
