@@ -247,6 +247,7 @@ class Tap:
         self.spec, self.kinds, self.sink = spec, kinds, sink
         self.layer_of = {}  # id(attention module) -> layer index
         self.delegate = {}  # id(attention module) -> the attention function it used before
+        self.default_delegate = None
         self.active = False
         self.T = 0
         self.held = {}  # layer -> {kind: [heads, T, D]}
@@ -256,7 +257,8 @@ class Tap:
         layer = self.layer_of.get(id(module))
         if self.active and layer is not None:
             self._capture(layer, module, query, key, value, kwargs)
-        out = self.delegate[id(module)](module, query, key, value, attention_mask, *args, **kwargs)
+        fn = self.delegate.get(id(module), self.default_delegate)  # a module outside the decoder: pass through
+        out = fn(module, query, key, value, attention_mask, *args, **kwargs)
         if self.active and layer is not None and "o" in self.kinds:
             o = out[0] if isinstance(out, tuple) else out  # [B, T, H, D]
             self.held[layer]["o"] = _heads_first(o[0].transpose(0, 1), "o", layer, self.spec, self.T)
@@ -474,6 +476,7 @@ class Hooked:
                               "in transformers' AttentionInterface")
         for _, m in mods:
             self.tap.delegate[id(m)] = fn
+        self.tap.default_delegate = fn
         AttentionInterface.register("kvsim_record", self.tap.attention)
         try:
             from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
