@@ -13,6 +13,7 @@ packages=(
   libsentencepiece-dev
   libopenmpi-dev openmpi-bin
   python3 python3-matplotlib python3-h5py python3-numpy python3-pandas python3-yaml python3-scipy
+  python3-torch
 )
 
 missing=()
