@@ -316,28 +316,22 @@ void finalize_summaries(ConfigResult& r) {
   }
 }
 
-ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Strategy* const> strategies,
-                          const ReplayOptions& opt) {
+ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* const> strategies,
+                           const ReplayOptions& opt) {
   require_backend(opt.backend);
-  if (reader.sequences().empty()) throw FormatError(reader.path() + ": the trace has no sequences");
-  if (opt.seq < 0 || opt.seq >= static_cast<int64_t>(reader.sequences().size()))
-    throw UsageError(reader.path() + ": sequence index " + std::to_string(opt.seq) + " out of range [0, " +
-                     std::to_string(reader.sequences().size()) + ")");
   if (strategies.empty()) throw UsageError("no strategy given");
-  const auto& hdr = reader.header();
-  const auto& sq = reader.sequence(opt.seq);
   ReplayResult res;
-  res.trace = reader.path(), res.sequence = sq.name;
-  res.T = sq.n_tokens, res.stride = opt.stride;
-  res.P = opt.prefill == kPrefillOfTrace ? sq.prefill_len : opt.prefill;
+  res.trace = src.name, res.sequence = src.sequence;
+  res.T = src.T, res.stride = opt.stride;
+  res.P = opt.prefill == kPrefillOfTrace ? src.prefill_len : opt.prefill;
   if (opt.prefill == kPrefillAtContext) {
-    if (sq.context_len < 0)
-      throw UsageError(reader.path() + ": sequence " + sq.name +
+    if (src.context_len < 0)
+      throw UsageError(src.name + ": sequence " + src.sequence +
                        " has no context_len (record it with kvsim record --context-len or a JSON line's "
                        "context/question)");
-    res.P = sq.context_len;
+    res.P = src.context_len;
   }
-  res.L = hdr.n_layers, res.H = hdr.n_heads, res.Hkv = hdr.n_kv_heads, res.D = hdr.head_dim;
+  res.L = src.L, res.H = src.H, res.Hkv = src.Hkv, res.D = src.D;
   res.eps = opt.eps, res.backend = opt.backend;
   check_replay_args(res.T, res.P, res.stride);
   res.bin_edges = bin_edges(res.P, res.T, opt.bins);
@@ -348,8 +342,8 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   bool need_colsums = false, need_pre = false;
   for (const Strategy* s : strategies) {
     need_colsums = need_colsums || s->needs_prompt_colsums();
-    if (s->needs_pre_rope() && !reader.has(opt.seq, traces::Kind::k_pre))
-      throw UsageError(reader.path() + ": sequence " + sq.name + ": " + s->name() +
+    if (s->needs_pre_rope() && !src.has_k_pre)
+      throw UsageError(src.name + ": sequence " + src.sequence + ": " + s->name() +
                        " needs k_pre (record with kvsim record --pre)");
     need_pre = need_pre || s->needs_pre_rope();
     ConfigResult c;
@@ -357,23 +351,20 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     c.heads.resize(res.L * res.H);
     res.configs.push_back(std::move(c));
   }
-  StatsCache cache(reader.path(), opt.seq, opt.backend, res.L, res.H, res.T, res.D, opt.stats_cache);
+  StatsCache cache(src.stats_path, src.stats_seq, opt.backend, res.L, res.H, res.T, res.D,
+                   src.stats_path.empty() ? std::string("off") : opt.stats_cache);
   res.stats_from_cache = cache.hit();
   ExactStats rs;
   std::vector<float> k_norm, colsums;
   for (int64_t l = 0; l < res.L; ++l) {
     auto t0 = Clock::now();
-    auto q = reader.read_layer(opt.seq, l, traces::Kind::q);
-    auto k = reader.read_layer(opt.seq, l, traces::Kind::k);
-    auto v = reader.read_layer(opt.seq, l, traces::Kind::v);
-    xt::xtensor<float, 3> k_pre;
-    if (need_pre) k_pre = reader.read_layer(opt.seq, l, traces::Kind::k_pre);
+    const LayerTensors in = src.read(l, need_pre);
     res.read_seconds += since(t0);
     LayerView lv;
     lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
-    lv.q = q.data(), lv.k = k.data(), lv.v = v.data();
-    if (need_pre) lv.k_pre = k_pre.data();
-    lv.rope_theta = hdr.rope_theta, lv.rope_style = parse_rope_style(hdr.rope_style);
+    lv.q = in.q, lv.k = in.k, lv.v = in.v;
+    if (need_pre) lv.k_pre = in.k_pre;
+    lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
     k_norm.assign(lv.Hkv * lv.T, 0.0f);
     for (int64_t i = 0; i < lv.Hkv * lv.T; ++i) {
       double s = 0;
@@ -403,6 +394,33 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     for (const auto& [what, n] : c.degenerate)
       c.warnings.push_back(what + " (in " + std::to_string(n) + " of " + std::to_string(c.n_caches) + " caches)");
   return res;
+}
+
+ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Strategy* const> strategies,
+                          const ReplayOptions& opt) {
+  require_backend(opt.backend);
+  if (reader.sequences().empty()) throw FormatError(reader.path() + ": the trace has no sequences");
+  if (opt.seq < 0 || opt.seq >= static_cast<int64_t>(reader.sequences().size()))
+    throw UsageError(reader.path() + ": sequence index " + std::to_string(opt.seq) + " out of range [0, " +
+                     std::to_string(reader.sequences().size()) + ")");
+  const auto& hdr = reader.header();
+  const auto& sq = reader.sequence(opt.seq);
+  LayerSource src;
+  src.name = reader.path(), src.sequence = sq.name;
+  src.L = hdr.n_layers, src.H = hdr.n_heads, src.Hkv = hdr.n_kv_heads, src.D = hdr.head_dim, src.T = sq.n_tokens;
+  src.prefill_len = sq.prefill_len, src.context_len = sq.context_len;
+  src.rope_theta = hdr.rope_theta, src.rope_style = parse_rope_style(hdr.rope_style);
+  src.has_k_pre = reader.has(opt.seq, traces::Kind::k_pre);
+  src.stats_path = reader.path(), src.stats_seq = opt.seq;
+  xt::xtensor<float, 3> q, k, v, k_pre;  // the layer in memory
+  src.read = [&](int64_t l, bool want_pre) {
+    q = reader.read_layer(opt.seq, l, traces::Kind::q);
+    k = reader.read_layer(opt.seq, l, traces::Kind::k);
+    v = reader.read_layer(opt.seq, l, traces::Kind::v);
+    if (want_pre) k_pre = reader.read_layer(opt.seq, l, traces::Kind::k_pre);
+    return LayerTensors{q.data(), k.data(), v.data(), want_pre ? k_pre.data() : nullptr};
+  };
+  return replay_source(src, strategies, opt);
 }
 
 }  // namespace kvsim

@@ -103,7 +103,31 @@ void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int6
 // Fills the means over heads (summary and curves) from results[i].heads.
 void finalize_summaries(ConfigResult& r);
 
-// Whole sequence of a trace, one layer in memory at a time.
+// What a whole-sequence replay reads: a trace's sequence, or tensors a caller holds in memory (the
+// Python module's run_arrays). `read(layer)` returns the layer's tensors, valid until the next call.
+struct LayerTensors {
+  const float* q = nullptr;      // [H, T, D]
+  const float* k = nullptr;      // [Hkv, T, D]
+  const float* v = nullptr;      // [Hkv, T, D]
+  const float* k_pre = nullptr;  // [Hkv, T, D] when has_k_pre and a strategy needs it
+};
+struct LayerSource {
+  std::string name, sequence;  // reported as ReplayResult::trace and ::sequence
+  int64_t L = 0, H = 0, Hkv = 0, D = 0, T = 0;
+  int64_t prefill_len = 0, context_len = -1;  // what --prefill trace / context resolve to (-1: none)
+  double rope_theta = 10000.0;
+  RopeStyle rope_style = RopeStyle::none;
+  bool has_k_pre = false;
+  std::string stats_path;  // the sidecar cache's key (a trace's path); "": no sidecar cache
+  int64_t stats_seq = 0;
+  std::function<LayerTensors(int64_t layer, bool want_k_pre)> read;
+};
+
+// Whole sequence of a layer source, one layer in memory at a time.
+ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* const> strategies,
+                           const ReplayOptions& opt);
+
+// Whole sequence of a trace, one layer in memory at a time (replay_source over the trace).
 ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Strategy* const> strategies,
                           const ReplayOptions& opt);
 

@@ -4,6 +4,7 @@
 
 #include "sim/base/error.h"
 #include "tools/commands.h"
+#include "tools/report_json.h"
 #include "traces/reader.h"
 
 namespace kvsim::tools {
@@ -38,39 +39,7 @@ int run_info(const InfoArgs& a) {
   for (const auto& s : r.sequences()) total_tokens += s.n_tokens;
 
   if (a.json) {
-    nlohmann::json j;
-    j["path"] = r.path();
-    j["bytes"] = r.file_bytes();
-    j["format"] = traces::kFormatName;
-    j["format_version"] = traces::kFormatVersion;
-    j["model"] = h.model;
-    j["architecture"] = h.architecture;
-    j["n_layers"] = h.n_layers;
-    j["n_heads"] = h.n_heads;
-    j["n_kv_heads"] = h.n_kv_heads;
-    j["head_dim"] = h.head_dim;
-    j["vocab_size"] = h.vocab_size;
-    j["rope_theta"] = h.rope_theta;
-    j["rope_style"] = h.rope_style;
-    j["stored_dtype"] = traces::dtype_name(h.stored_dtype);
-    j["recorder"] = h.recorder;
-    j["device"] = h.device;
-    j["synthetic"] = h.synthetic;
-    j["created"] = h.created;
-    j["complete"] = h.complete;
-    j["total_tokens"] = total_tokens;
-    j["sequences"] = nlohmann::json::array();
-    for (const auto& s : r.sequences()) {
-      nlohmann::json sj{{"name", s.name},
-                        {"n_tokens", s.n_tokens},
-                        {"prefill_len", s.prefill_len},
-                        {"source", s.source},
-                        {"has_text", s.has_text}};
-      if (s.context_len >= 0) sj["context_len"] = s.context_len;
-      sj["tensors"] = nlohmann::json::array();
-      for (auto k : s.kinds) sj["tensors"].push_back(traces::kind_name(k));
-      j["sequences"].push_back(sj);
-    }
+    nlohmann::json j = trace_info_json(r);
     if (a.check) {
       j["check"] = nlohmann::json::array();
       for (const auto& b : bad)

@@ -4,13 +4,13 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
-#include <nlohmann/json.hpp>
 
 #include "sim/base/error.h"
 #include "sim/replay.h"
 #include "sim/strategies/strategy.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
+#include "tools/report_json.h"
 #include "tools/sweep.h"
 #include "traces/reader.h"
 
@@ -26,62 +26,6 @@ struct RunArgs {
   double eps = 1e-6;
   bool json = false, quiet = false, per_head = false;
 };
-
-nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
-
-nlohmann::json to_json(const ReplayResult& r, bool per_head) {
-  nlohmann::json j;
-  j["trace"] = r.trace;
-  j["sequence"] = r.sequence;
-  j["prefill"] = r.P;
-  j["protocol"] = protocol_name(r.protocol);
-  j["stride"] = r.stride;
-  j["T"] = r.T;
-  j["shape"] = {{"L", r.L}, {"H", r.H}, {"Hkv", r.Hkv}, {"D", r.D}};
-  j["eps"] = r.eps;
-  j["backend"] = backend_name(r.backend);
-  j["bin_edges"] = r.bin_edges;
-  j["timing"] = {{"read_s", r.read_seconds},
-                 {"reference_s", r.ref_seconds},
-                 {"replay_s", r.replay_seconds},
-                 {"reference_from_cache", r.stats_from_cache}};
-  j["results"] = nlohmann::json::array();
-  for (const auto& c : r.configs) {
-    nlohmann::json cj;
-    cj["strategy"] = c.strategy;
-    cj["spec"] = c.spec;
-    cj["params"] = c.params;
-    cj["warnings"] = c.warnings;
-    nlohmann::json s, cv;
-    for (int m = 0; m < kNumMetrics; ++m) {
-      const auto& x = c.summary[m];
-      s[metric_name(m)] = {
-          {"mean", num(x.mean)}, {"p5", num(x.p5)}, {"p50", num(x.p50)}, {"p95", num(x.p95)}, {"worst", num(x.worst)}};
-      nlohmann::json a = nlohmann::json::array();
-      for (double v : c.curve[m]) a.push_back(num(v));
-      cv[metric_name(m)] = a;
-    }
-    cj["summary"] = s;
-    cj["curves"] = cv;
-    if (per_head) {
-      cj["heads"] = nlohmann::json::array();
-      for (const auto& h : c.heads) {
-        nlohmann::json hj{{"layer", h.layer}, {"head", h.head}};
-        for (int m = 0; m < kNumMetrics; ++m) {
-          const auto& x = h.summary[m];
-          hj[metric_name(m)] = {{"mean", num(x.mean)},
-                                {"p5", num(x.p5)},
-                                {"p50", num(x.p50)},
-                                {"p95", num(x.p95)},
-                                {"worst", num(x.worst)}};
-        }
-        cj["heads"].push_back(hj);
-      }
-    }
-    j["results"].push_back(cj);
-  }
-  return j;
-}
 
 void print_table(const ReplayResult& r) {
   std::printf(
@@ -144,7 +88,7 @@ int run_run(const RunArgs& a) {
     }
   }
   if (a.json)
-    std::printf("%s\n", to_json(r, a.per_head).dump(2).c_str());
+    std::printf("%s\n", run_json(r, a.per_head).dump(2).c_str());
   else
     print_table(r);
   return 0;

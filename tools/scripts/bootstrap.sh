@@ -12,7 +12,7 @@ packages=(
   libcli11-dev libsqlite3-dev sqlite3 libyaml-cpp-dev nlohmann-json3-dev
   libsentencepiece-dev
   libopenmpi-dev openmpi-bin
-  python3 python3-matplotlib python3-h5py python3-numpy python3-pandas python3-yaml python3-scipy
+  python3 python3-dev pybind11-dev python3-matplotlib python3-h5py python3-numpy python3-pandas python3-yaml python3-scipy
   python3-torch
 )
 
