@@ -38,7 +38,7 @@ TEST_CASE("capacity: longest context and largest batch, Llama-2-7B on 24 GiB") {
   CHECK(max_context(avail, 524288, 1) == 23446);            // 23,446.7
   CHECK(max_context(avail, 524288, 4) == 5861);             // 5,861.7
   CHECK(max_batch(avail, 524288, 4096) == 5);               // 5.72
-  CHECK(max_context(avail, 524288 * 0.28125, 1) == 83366);  // nf4's 4.5 bits of 16: 83,366.0
+  CHECK(max_context(avail, 524288 * 0.28125, 1) == 83367);  // nf4: 4.5 bits of 16: 12,292,972,544 / 147,456 = 83,367.06
   CHECK(max_context(-1.0, 524288, 1) == 0);
   CHECK(max_batch(0.0, 524288, 4096) == 0);
 }
@@ -60,8 +60,15 @@ TEST_CASE("capacity: sizes") {
   CHECK_THROWS_AS(weight_dtype_bytes("fp8"), UsageError);
 }
 
-TEST_CASE("capacity: the wall's bytes per token and slack by hand") {
+TEST_CASE("capacity: the wall's bytes per token and its page-rounded prediction, by hand") {
   const auto c = config_of_shape(traces::find_synth_shape("stories260k"));
   CHECK(model::wall_bytes_per_token(c) == 5 * 4 * (2 * 8 * 4 + 8));  // 1440
-  CHECK(model::wall_slack_bytes(c) == (3 * 5 * 4 + 64) * 4096);
+  // 20 caches, each K and V 32 bytes per token (128 tokens a page), positions 8 (512 a page). With
+  // 4 MiB = 1024 pages beyond one token: n tokens need 40 (ceil(n/128) - 1) + 20 (ceil(n/512) - 1) new
+  // pages; n = 3072 needs 40*23 + 20*5 = 1020, n = 3073 needs 40*24 + 20*6 = 1080.
+  CHECK(model::wall_page_tokens(c, 4 << 20) == 3072);
+  CHECK(1 + (4 << 20) / model::wall_bytes_per_token(c) == 2913);  // the formula without pages
+  // 2 MiB = 512 pages: n = 1536 needs 40*11 + 20*2 = 480; n = 1537 needs 40*12 + 20*3 = 540
+  CHECK(model::wall_page_tokens(c, 2 << 20) == 1536);
+  CHECK(model::wall_page_tokens(c, 4096) == 128);  // one page: none can grow, the first pages hold 128 tokens
 }

@@ -207,8 +207,8 @@ nlohmann::json wall_json(const model::WallResult& w) {
           {"limit_bytes", w.limit_bytes},
           {"baseline_bytes", w.baseline_bytes},
           {"bytes_per_token", w.bytes_per_token},
-          {"slack_bytes", w.slack_bytes},
           {"predicted_tokens", w.predicted_tokens},
+          {"page_tokens", w.page_tokens},
           {"measured_tokens", w.measured_tokens},
           {"relative_error",
            static_cast<double>(w.measured_tokens - w.predicted_tokens) / static_cast<double>(w.predicted_tokens)},
@@ -261,16 +261,20 @@ nlohmann::json to_json(const Report& rp) {
 }
 
 void print_wall(const model::WallResult& w) {
+  const auto pct = [&](int64_t x) {
+    return 100.0 * static_cast<double>(w.measured_tokens - x) / static_cast<double>(x);
+  };
   std::printf(
-      "measured CPU wall (native runner, RLIMIT_DATA = %s above its %s at the start): %s per token (float32 K and "
-      "V + an int64 position per (layer, KV head)); predicted 1 + limit / bytes per token = %lld tokens, "
-      "measured %lld (%+.2f%%, slack up to %s of pages), %s after %.2f s\n",
+      "measured CPU wall (native runner, RLIMIT_DATA = %s above its %s at the start, %s per token: float32 "
+      "K and V + an int64 position per (layer, KV head)):\n",
       size_str(static_cast<double>(w.limit_bytes)).c_str(), size_str(static_cast<double>(w.baseline_bytes)).c_str(),
-      size_str(static_cast<double>(w.bytes_per_token)).c_str(), (long long)w.predicted_tokens,
-      (long long)w.measured_tokens,
-      100.0 * static_cast<double>(w.measured_tokens - w.predicted_tokens) / static_cast<double>(w.predicted_tokens),
-      size_str(static_cast<double>(w.slack_bytes)).c_str(),
-      w.hit_limit ? ("allocation failed (" + w.failure + ")").c_str() : "stopped at --max-tokens", w.seconds);
+      size_str(static_cast<double>(w.bytes_per_token)).c_str());
+  std::printf(
+      "  predicted 1 + limit / bytes per token = %lld tokens; with whole pages per mapping %lld; measured "
+      "%lld (%+.2f%%, %+.2f%%), %s after %.2f s\n",
+      (long long)w.predicted_tokens, (long long)w.page_tokens, (long long)w.measured_tokens, pct(w.predicted_tokens),
+      pct(w.page_tokens), w.hit_limit ? ("allocation failed: " + w.failure).c_str() : "stopped at --max-tokens",
+      w.seconds);
 }
 
 void print_table(const Report& rp) {

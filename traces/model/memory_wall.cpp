@@ -122,10 +122,18 @@ int64_t wall_bytes_per_token(const ModelConfig& c) {
   return c.n_layers * c.n_kv_heads * (2 * c.head_dim * static_cast<int64_t>(sizeof(float)) + 8);
 }
 
-int64_t wall_slack_bytes(const ModelConfig& c) {
-  // a page per mapping, plus one step's transient attention scores (a float per cached token per
-  // query head at most, for the predicted context) rounded to pages: taken as 64 pages
-  return (3 * c.n_layers * c.n_kv_heads + 64) * page_bytes();
+int64_t wall_page_tokens(const ModelConfig& c, int64_t limit_bytes) {
+  const int64_t page = page_bytes(), caches = c.n_layers * c.n_kv_heads;
+  const int64_t row = c.head_dim * static_cast<int64_t>(sizeof(float));
+  auto pages = [&](int64_t n) { return caches * (2 * ((n * row + page - 1) / page) + (n * 8 + page - 1) / page); };
+  const int64_t held = pages(1), budget = limit_bytes / page;
+  // pages(n) grows with n and pages(n) * page >= n * bytes per token: hi does not fit
+  int64_t lo = 1, hi = 2 + (limit_bytes + held * page) / wall_bytes_per_token(c);
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (pages(mid) - held <= budget ? lo : hi) = mid;
+  }
+  return lo;
 }
 
 WallResult measure_memory_wall(Model& m, const WallOptions& opt) {
@@ -140,8 +148,8 @@ WallResult measure_memory_wall(Model& m, const WallOptions& opt) {
   WallResult r;
   r.limit_bytes = opt.limit_bytes;
   r.bytes_per_token = wall_bytes_per_token(m.config);
-  r.slack_bytes = wall_slack_bytes(m.config);
   r.predicted_tokens = 1 + opt.limit_bytes / r.bytes_per_token;
+  r.page_tokens = wall_page_tokens(m.config, opt.limit_bytes);
 
   struct SeqLen {  // lifts the context length for the run and puts it back
     ModelConfig& c;

@@ -20,9 +20,11 @@ namespace kvsim::model {
 // Bytes the wall's cache holds per token: K and V in float32 plus an int64 position, for each of
 // the L * Hkv (layer, KV head) caches.
 int64_t wall_bytes_per_token(const ModelConfig& c);
-// The largest slack between the formula and the measurement: each of the 3 * L * Hkv mappings may
-// hold up to a page it does not use yet, plus the transient buffers of one decode step.
-int64_t wall_slack_bytes(const ModelConfig& c);
+
+// The tokens the wall's cache holds at most when `limit_bytes` are granted beyond what it held with
+// one token, counting whole pages: each of the 3 * L * Hkv mappings (K, V, positions) grows by a page
+// when its tokens need one. The formula 1 + limit / wall_bytes_per_token, with page rounding.
+int64_t wall_page_tokens(const ModelConfig& c, int64_t limit_bytes);
 
 struct WallOptions {
   int64_t limit_bytes = 0;  // data memory the growth may use beyond what the process holds at the start
@@ -34,8 +36,9 @@ struct WallOptions {
 struct WallResult {
   int64_t limit_bytes = 0;     // as asked
   int64_t baseline_bytes = 0;  // the process's data memory (VmData) when the limit was set
-  int64_t bytes_per_token = 0, slack_bytes = 0;
+  int64_t bytes_per_token = 0;
   int64_t predicted_tokens = 0;  // 1 (the first token, held before the limit) + limit / bytes_per_token
+  int64_t page_tokens = 0;       // wall_page_tokens: the same with the mappings' page rounding
   int64_t measured_tokens = 0;   // tokens the cache held when an allocation failed (or max_tokens)
   bool hit_limit = false;        // false: stopped at max_tokens
   std::string failure;           // what failed ("std::bad_alloc"); empty when !hit_limit
