@@ -60,6 +60,30 @@ def main():
         # (24 GiB - 13,476,831,232 B) / 524,288 B = 23,446.7 tokens
         assert j["results"][0]["max_batch"] == 5, j["results"][0]  # 12,292,972,544 / (4096 x 524,288) = 5.7
 
+    def hf_config():
+        # Llama-3-8B's config.json (its published fields): the same answer as the named shape
+        f = os.path.join(d, "llama3-8b-config.json")
+        with open(f, "w") as fh:
+            json.dump({"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
+                       "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                       "vocab_size": 128256, "max_position_embeddings": 8192, "rope_theta": 500000.0,
+                       "rms_norm_eps": 1e-05, "tie_word_embeddings": False, "hidden_act": "silu"}, fh)
+        by_config = cap_json("--config", f, "--memory", "24GiB,80GiB")
+        by_shape = cap_json("--shape", "llama3-8b", "--memory", "24GiB,80GiB")
+        assert by_config["parameters"] == PARAMS["llama3-8b"], by_config["parameters"]
+        assert by_config["results"] == by_shape["results"], (by_config["results"], by_shape["results"])
+
+    def trace_shape():
+        # the embedded trace: its shape (stories260K: L=5, Hkv=4, D=8), its own data for the ratio
+        t = os.path.join(ROOT, "traces", "samples", "stories260K.h5")
+        j = cap_json("--trace", t, "--weights", "1MiB", "--memory", "64MiB", "--strategy", "window:ratio=0.5")
+        assert j["kv_bytes_per_token_fp16"] == 2 * 5 * 4 * 8 * 2, j
+        assert j["ratio_source"]["T"] == 512, j["ratio_source"]
+        win = j["results"][1]
+        assert win["max_context"] == math.floor(63 * MIB / (640 * win["ratio"])), win
+        # B = 0.5 x 512 = 256 fp16 slots plus the newest token at its peak, no state: 257 / 512
+        assert abs(win["ratio"] - 257 / 512) < 1e-12, win
+
     def weights_and_reserve():
         j = cap_json("--shape", "llama3-8b", "--memory", "80GiB", "--weights-dtype", "nf4", "--reserve", "2GiB")
         w = PARAMS["llama3-8b"] * 4.5 / 8
@@ -138,10 +162,7 @@ def main():
 
     def bad(args, needle):
         r = cap(*args, timeout=60)
-        assert r.returncode == 2, (args, r.returncode, r.stderr)
-        assert r.stderr.count("\n") == 1, r.stderr
-        assert needle in r.stderr, (needle, r.stderr)
-        assert r.stdout == "", r.stdout
+        lib.check_usage_error(r, needle, args)
 
     def bad_inputs():
         notjson = os.path.join(d, "config.json")
@@ -171,6 +192,8 @@ def main():
             bad(["--model", MODEL, "--memory", "1GiB", "--mem-limit", "4MiB", "--backend", "cuda"], "cuda")
 
     for name, fn in [("named shapes: bytes per token, context, batch by hand", named_shapes),
+                     ("--config: a Hugging Face config.json", hf_config),
+                     ("--trace: the shape and ratio of a trace", trace_shape),
                      ("weights dtype, --weights, --reserve", weights_and_reserve),
                      ("measured ratios of nf4 and h2o against their byte accounting", measured_ratios),
                      ("kvsim plot memory --capacity", plot_from_capacity),
