@@ -373,7 +373,8 @@ void add_capacity(CLI::App& app) {
       "at longer contexts, a budget in tokens much less (both walls are then further than printed).\n"
       "--mem-limit SIZE (with --model): the native runner grows a greedy context one token at a time under\n"
       "RLIMIT_DATA = its data memory at the start + SIZE, and reports the tokens held when an allocation\n"
-      "failed against 1 + SIZE / (its bytes per token: float32 K and V + an int64 position per (layer, KV head)).\n"
+      "failed against 1 + SIZE / (its bytes per token: float32 K and V + an int64 position per (layer, KV head)),\n"
+      "and against the same with every mapping grown by whole pages (traces/model/memory_wall.h).\n"
       "Sizes: bytes, or KiB MiB GiB TiB (K M G T alike), or KB MB GB TB.");
   c->add_option("--shape", a->shape, "a named shape: " + shapes);
   c->add_option("--config", a->config, "a Hugging Face config.json (or the directory holding one)");
