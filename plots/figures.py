@@ -112,6 +112,9 @@ def position(a, store):
 
 
 def _memory_args(a, store):
+    if a.capacity:
+        shape, _, weights, gpu, batch = mem.load_capacity(a.capacity)
+        return None, None, shape, a.gpu_gib or gpu, weights, a.batch or batch
     shape = model_shapes.parse_shape(a.shape or "llama3-8b")
     weights = mem.weights_gib_of(shape, a.minus_weights, a.weights_gib)
     quality = a.quality if a.quality is not None else model_shapes.DEFAULT_QUALITY.get(a.metric, 0.1)
@@ -121,10 +124,11 @@ def _memory_args(a, store):
 
 def memory(a, store):
     df, quality, shape, gpu, weights, batch = _memory_args(a, store)
-    n = len(mem.memory_lines(df, a.metric, quality))
+    lines = mem.load_capacity(a.capacity)[1] if a.capacity else mem.memory_lines(df, a.metric, quality)
+    n = len(lines)
     ncol = 1 if n <= 10 else 2
     fig, ax, lax = _with_legend(a, "memory", n, ncol=ncol)
-    handles, rows = mem.draw_memory(ax, df, a.metric, quality, shape, gpu, weights, batch, a.max_tokens)
+    handles, rows = mem.draw_memory(ax, df, a.metric, quality, shape, gpu, weights, batch, a.max_tokens, lines)
     sf.legend_below(fig, lax, handles, ncol=ncol)
     return fig, bool(store and store.synthetic), pd.DataFrame(rows)
 

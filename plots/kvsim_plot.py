@@ -21,7 +21,8 @@ KINDS = {
     "heatmap": "layer x head of one metric for one configuration (--db)",
     "position": "a metric along the sequence, per strategy (--db; the store's curves)",
     "trace": "attention sinks, entropy, heavy hitters and key outliers straight from a trace (--trace)",
-    "memory": "KV-cache bytes against sequence length, a GPU's memory and where each strategy runs out (--db optional)",
+    "memory": "KV-cache bytes against sequence length, a GPU's memory and where each strategy runs out (--db or "
+              "--capacity optional)",
     "report": "one multi-panel figure of the main plots (--db, and --trace for the trace panel)",
 }
 STORE_KINDS = {"pareto", "compare", "heatmap", "position", "report"}
@@ -43,6 +44,7 @@ OPTION_KINDS = {
     "batch": {"memory", "report"},
     "quality": {"memory", "report"},
     "max_tokens": {"memory"},
+    "capacity": {"memory"},
     "csv": set(KINDS) - {"report"},
 }
 
@@ -94,6 +96,8 @@ def parse(argv):
     g.add_argument("--quality", type=float,
                    help="worst acceptable value of --metric for a strategy's configuration (default per metric)")
     g.add_argument("--max-tokens", type=int, help="right end of the length axis")
+    g.add_argument("--capacity", help="the JSON of `kvsim capacity --json`: its shape, weights, batch, first memory "
+                                      "size and each strategy's measured ratio (instead of --db and --shape)")
     a = ap.parse_args(argv)
     validate(a)
     return a
@@ -148,6 +152,12 @@ def validate(a):
         raise PlotError(f"--sinks {a.sinks}: at least 1")
     if a.batch is not None and a.batch < 1:
         raise PlotError(f"--batch {a.batch}: at least 1")
+    if a.capacity is not None:
+        if a.db or a.shape or a.weights_gib is not None or a.minus_weights or a.quality is not None:
+            raise PlotError("--capacity brings the shape, weights and ratios: it does not go with --db, --shape, "
+                            "--weights-gib, --minus-weights or --quality")
+        if not os.path.exists(a.capacity):
+            raise PlotError(f"{a.capacity}: no such file")
     if a.gpu_gib is not None and a.gpu_gib <= 0:
         raise PlotError(f"--gpu-gib {a.gpu_gib:g}: must be positive")
 

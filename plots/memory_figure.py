@@ -5,7 +5,9 @@ weights) and the sequence length at which each runs out of it.
 A strategy's bytes are its measured mean `ratio` times the fp16 full cache, so the ratio is assumed to stay
 the same at every length (true for budgets given as a ratio and for codecs; a budget in tokens would
 flatten out instead)."""
+import json
 import math
+import os
 
 import numpy as np
 from matplotlib.lines import Line2D
@@ -28,15 +30,16 @@ def select(df, metric, quality):
     return ok.loc[ok.groupby("strategy").ratio.idxmin().values]
 
 
-def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max_tokens=None):
+def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max_tokens=None, lines=None):
     """Returns (legend handles, rows of label, ratio, GiB per 1K tokens, OOM length). df may be None (no store:
-    the full cache alone)."""
+    the full cache alone); lines, when given ((label, ratio, style strategy), from load_capacity), replace the
+    store's."""
     label, L, Hkv, D, _ = shape
     per_tok = full_bytes_per_token(L, Hkv, D) * batch
     avail = (gpu_gib - weights_gib) * GIB
     if avail <= 0:
         raise PlotError(f"--gpu-gib {gpu_gib:g} leaves nothing after {weights_gib:.1f} GiB of weights")
-    lines = memory_lines(df, metric, quality)
+    lines = lines or memory_lines(df, metric, quality)
     oom = {name: avail / (per_tok * r) for name, r, _ in lines}
     hi = max_tokens or 2 ** math.ceil(math.log2(max(oom.values()) * 1.6))
     hi = min(max(hi, 2 ** 12), 2 ** 30)
@@ -70,6 +73,8 @@ def draw_memory(ax, df, metric, quality, shape, gpu_gib, weights_gib, batch, max
     ax.set_xlabel("sequence length (tokens)" + (f", batch {batch}" if batch > 1 else ""))
     ax.set_ylabel("KV-cache memory (GiB)")
     title = f"{label} (L={L}, Hkv={Hkv}, D={D})"
+    if df is None and len(lines) > 1:
+        title += "\neach strategy at its ratio measured by kvsim capacity;\nlegend: memory ratio, strategy: sequence length at OOM"
     if df is not None:
         rel = "≥" if better(metric) > 0 else "≤"
         title += f"\neach strategy at its least memory with {metric} {rel} {quality:g};\nlegend: memory ratio, strategy: sequence length at OOM"
@@ -103,6 +108,30 @@ def memory_lines(df, metric, quality):
         pick = select(df, metric, quality).set_index("strategy")
         lines += _group_ties([(s, float(pick.ratio[s])) for s in strategy_order(pick.index)])
     return lines
+
+
+def load_capacity(path):
+    """The output of `kvsim capacity --json`: (shape, lines, weights GiB, GPU GiB, batch). Lines are the
+    strategies in their order with their measured ratios; the GPU is the first --memory size; weights include
+    the reserve."""
+    try:
+        with open(path) as f:
+            j = json.load(f)
+        shape = (os.path.basename(j["model"]), int(j["shape"]["L"]), int(j["shape"]["Hkv"]), int(j["shape"]["D"]),
+                 None)
+        lines, seen = [], set()
+        for r in j["results"]:
+            if r["strategy"] not in seen:
+                seen.add(r["strategy"])
+                style = r["strategy"].split(":")[0].split("+")[0].split(" ")[0]
+                lines.append((r["strategy"], float(r["ratio"]), style))
+        gpu = float(j["results"][0]["memory_bytes"]) / GIB
+        weights = (float(j["weights_bytes"]) + float(j.get("reserve_bytes", 0))) / GIB
+        return shape, lines, weights, gpu, int(j["batch"])
+    except OSError as e:
+        raise PlotError(f"--capacity {path}: {e.strerror}") from None
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise PlotError(f"--capacity {path}: not the JSON of kvsim capacity --json ({type(e).__name__}: {e})") from None
 
 
 def _is_even_pow2(v):

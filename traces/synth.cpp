@@ -12,11 +12,11 @@ namespace kvsim::traces {
 const std::vector<SynthShape>& synth_shapes() {
   static const std::vector<SynthShape> shapes = {
       {"tiny", 2, 4, 2, 16, 256, 10000.0, "half"},
-      {"stories260k", 5, 8, 4, 8, 512, 10000.0, "interleaved"},
-      {"llama2-7b", 32, 32, 32, 128, 32000, 10000.0, "half"},
-      {"llama3-8b", 32, 32, 8, 128, 128256, 500000.0, "half"},
-      {"mistral-7b", 32, 32, 8, 128, 32000, 10000.0, "half"},
-      {"qwen2.5-7b", 28, 28, 4, 128, 152064, 1000000.0, "half"},
+      {"stories260k", 5, 8, 4, 8, 512, 10000.0, "interleaved", 172, true, false},
+      {"llama2-7b", 32, 32, 32, 128, 32000, 10000.0, "half", 11008, false, false},
+      {"llama3-8b", 32, 32, 8, 128, 128256, 500000.0, "half", 14336, false, false},
+      {"mistral-7b", 32, 32, 8, 128, 32000, 10000.0, "half", 14336, false, false},
+      {"qwen2.5-7b", 28, 28, 4, 128, 152064, 1000000.0, "half", 18944, false, true},
   };
   return shapes;
 }

@@ -31,6 +31,10 @@ struct SynthShape {
   int64_t n_layers, n_heads, n_kv_heads, head_dim, vocab_size;
   double rope_theta;
   std::string rope_style;
+  // What the weights' size needs (kvsim capacity): the FFN inner size (0: not a real model's shape,
+  // its weights unknown), an lm_head tied to the embedding, q/k/v biases (Qwen2). dim = H * D.
+  int64_t ffn_dim = 0;
+  bool tied_embeddings = false, qkv_bias = false;
 };
 
 const std::vector<SynthShape>& synth_shapes();

@@ -26,6 +26,14 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
+def check_usage_error(r, needle, args=()):
+    """A refused bad input: exit code 2, one line on stderr that contains `needle`, nothing on stdout."""
+    assert r.returncode == 2, (list(args), r.returncode, r.stderr)
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert needle in r.stderr, (needle, r.stderr)
+    assert r.stdout == "", r.stdout
+
+
 class Suite:
     """A tiny runner: each check is a function; prints 'N passed, N failed' at the end."""
 

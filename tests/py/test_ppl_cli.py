@@ -111,10 +111,7 @@ def main():
 
     def bad(args, needle):
         r = lib.run([kv, "ppl"] + args, timeout=60)
-        assert r.returncode == 2, (args, r.returncode, r.stderr)
-        assert r.stderr.count("\n") == 1, r.stderr
-        assert needle in r.stderr, (needle, r.stderr)
-        assert r.stdout == "", r.stdout
+        lib.check_usage_error(r, needle, args)
 
     def bad_inputs():
         long_text = os.path.join(d, "long.txt")

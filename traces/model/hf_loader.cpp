@@ -35,10 +35,15 @@ T get_or(const json& j, const char* key, T def, const std::string& where) {
   return get_field<T>(j, key, where);
 }
 
-ModelConfig parse_config(const std::string& dir) {
-  const std::string where = (fs::path(dir) / "config.json").string();
+}  // namespace
+
+ModelConfig load_hf_config(const std::string& path) {
+  const bool is_dir = fs::is_directory(path);
+  const std::string where = is_dir ? (fs::path(path) / "config.json").string() : path;
   std::ifstream in(where);
-  if (!in) throw UsageError(dir + ": not a Hugging Face model directory (no config.json)");
+  if (!in)
+    throw UsageError(is_dir ? path + ": not a Hugging Face model directory (no config.json)"
+                            : path + ": cannot open the config file");
   json j;
   try {
     j = json::parse(in);
@@ -46,7 +51,7 @@ ModelConfig parse_config(const std::string& dir) {
     throw FormatError(where + ": not JSON (" + e.what() + ")");
   }
   ModelConfig c;
-  c.name = dir;
+  c.name = is_dir ? path : where;
   const auto archs = get_field<std::vector<std::string>>(j, "architectures", where);
   if (archs.size() != 1 || !kArchitectures.count(archs[0]))
     throw FormatError(where + ": architecture " + (archs.empty() ? std::string("[]") : archs[0]) +
@@ -96,6 +101,8 @@ ModelConfig parse_config(const std::string& dir) {
   return c;
 }
 
+namespace {
+
 // config.json's num_hidden_layers must match the weights exactly: a layer the config leaves out
 // would be skipped silently (a different, worse model), so a tensor of a layer >= L is refused.
 template <typename Map>
@@ -122,7 +129,7 @@ void check_layer_count(const Map& all, int64_t L, const std::string& where) {
 
 Model load_hf(const std::string& dir) {
   Model m;
-  m.config = parse_config(dir);
+  m.config = load_hf_config(dir);
   const ModelConfig& c = m.config;
 
   // Which files: the index's weight_map when sharded, else every *.safetensors in the directory.

@@ -64,6 +64,9 @@ struct Model {
 Model load_model(const std::string& path);
 Model load_llama2c(const std::string& path);
 Model load_hf(const std::string& dir);
+// A Hugging Face config.json alone (a file, or a directory holding one): the configuration without
+// weights, as load_hf reads it (kvsim capacity).
+ModelConfig load_hf_config(const std::string& path);
 
 // Writes `model` as a Hugging Face directory: config.json (Llama, or Qwen2 when it has q/k/v
 // biases) and model.safetensors in dtype float32 | float16 | bfloat16. Interleaved-RoPE weights are
