@@ -20,5 +20,6 @@ void add_validate(CLI::App& app);
 void add_sweep(CLI::App& app);
 void add_best(CLI::App& app);
 void add_ppl(CLI::App& app);
+void add_prefix(CLI::App& app);
 
 }  // namespace kvsim::tools
