@@ -23,6 +23,7 @@ KINDS = {
     "trace": "attention sinks, entropy, heavy hitters and key outliers straight from a trace (--trace)",
     "memory": "KV-cache bytes against sequence length, a GPU's memory and where each strategy runs out (--db optional)",
     "report": "one multi-panel figure of the main plots (--db, and --trace for the trace panel)",
+    "prefix": "prefix-cache hit rate against capacity, one line per codec (--prefix-json: `kvsim prefix --json`)",
 }
 STORE_KINDS = {"pareto", "compare", "heatmap", "position", "report"}
 # Options that only some kinds read; giving one to another kind is a usage error rather than silently ignored.
@@ -43,6 +44,8 @@ OPTION_KINDS = {
     "batch": {"memory", "report"},
     "quality": {"memory", "report"},
     "max_tokens": {"memory"},
+    "prefix_json": {"prefix"},
+    "hit": {"prefix"},
     "csv": set(KINDS) - {"report"},
 }
 
@@ -94,6 +97,10 @@ def parse(argv):
     g.add_argument("--quality", type=float,
                    help="worst acceptable value of --metric for a strategy's configuration (default per metric)")
     g.add_argument("--max-tokens", type=int, help="right end of the length axis")
+    g = ap.add_argument_group("prefix")
+    g.add_argument("--prefix-json", action="append",
+                   help="output of `kvsim prefix --json` (repeatable: the codecs of several runs on one figure)")
+    g.add_argument("--hit", help="token (default) or request hit rate")
     a = ap.parse_args(argv)
     validate(a)
     return a
@@ -109,6 +116,8 @@ def validate(a):
         raise PlotError(f"'{a.kind}' plots read a results store: give --db FILE")
     if a.kind == "trace" and not a.trace:
         raise PlotError("'trace' plots read a trace: give --trace FILE")
+    if a.kind == "prefix" and not a.prefix_json:
+        raise PlotError("'prefix' plots read `kvsim prefix --json` output: give --prefix-json FILE")
     if a.trace and a.kind not in ("trace", "report"):
         raise PlotError(f"--trace does not apply to '{a.kind}' plots")
     if a.db and a.kind == "trace":

@@ -179,7 +179,7 @@ TEST_CASE("prefix workloads: chats grow by their turns, random prompts do not re
 
 TEST_CASE("prefix reuse on stories260K: the identity codec's continuation equals the uncached one") {
   if (!test::have_models()) KVSIM_SKIP("no ../shared/models (stories260K)");
-  const model::Model m = model::load_model(kvsim::test::stories_bin());
+  const model::Model m = model::load_model(kvsim_test::stories_bin());
   std::vector<int32_t> a(70), b;
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<int32_t>(3 + (i * 37) % 500);
   b = a;
