@@ -41,46 +41,28 @@ int32_t PrefixCache::new_node(int32_t parent, double now) {
 
 void PrefixCache::remove_leaf(int32_t node) {
   Node& n = nodes_[static_cast<size_t>(node)];
-  KVSIM_ASSERT(node != 0 && n.live && n.children.empty());
-  auto& siblings = nodes_[static_cast<size_t>(n.parent)].children;
-  for (auto it = siblings.begin(); it != siblings.end(); ++it)
+  KVSIM_ASSERT(node != 0 && n.live && n.children.empty() && !n.pinned);
+  leaves_.erase({n.last_use, n.created, node});
+  Node& parent = nodes_[static_cast<size_t>(n.parent)];
+  for (auto it = parent.children.begin(); it != parent.children.end(); ++it)
     if (it->second == node) {
-      siblings.erase(it);
+      parent.children.erase(it);
       break;
     }
   n.live = false;
   free_.push_back(node);
   --cached_blocks_;
+  if (n.parent != 0 && parent.children.empty() && !parent.pinned)
+    leaves_.insert({parent.last_use, parent.created, n.parent});
 }
 
 void PrefixCache::expire(double now) {
-  if (std::isinf(opt_.ttl)) return;
-  // Post-order over the tree: an expired block's descendants are expired too (the touch keeps
-  // ancestors at least as recent), so children go before their parent.
-  std::vector<std::pair<int32_t, bool>> stack{{0, false}};
-  while (!stack.empty()) {
-    auto [id, done] = stack.back();
-    stack.pop_back();
-    if (!done) {
-      stack.push_back({id, true});
-      for (const auto& [tokens, child] : nodes_[static_cast<size_t>(id)].children) stack.push_back({child, false});
-    } else if (id != 0 && now - nodes_[static_cast<size_t>(id)].last_use > opt_.ttl) {
-      remove_leaf(id);
-      ++evictions_ttl_;
-    }
+  // The oldest leaf first: an expired block's descendants are expired too (the touch keeps
+  // ancestors at least as recent), so its subtree goes leaf by leaf before it becomes a leaf itself.
+  while (!leaves_.empty() && now - std::get<0>(*leaves_.begin()) > opt_.ttl) {
+    remove_leaf(std::get<2>(*leaves_.begin()));
+    ++evictions_ttl_;
   }
-}
-
-int32_t PrefixCache::lru_leaf() const {
-  int32_t best = -1;
-  for (size_t i = 1; i < nodes_.size(); ++i) {
-    const Node& n = nodes_[i];
-    if (!n.live || !n.children.empty() || n.pinned) continue;
-    const Node* b = best < 0 ? nullptr : &nodes_[static_cast<size_t>(best)];
-    if (!b || n.last_use < b->last_use || (n.last_use == b->last_use && n.created < b->created))
-      best = static_cast<int32_t>(i);
-  }
-  return best;
 }
 
 PrefixServe PrefixCache::serve(const int32_t* ids, int64_t n, double now) {
@@ -99,15 +81,15 @@ PrefixServe PrefixCache::serve(const int32_t* ids, int64_t n, double now) {
     path.push_back(it->second);
   }
   r.hit = std::min<int64_t>(b, max_hit_blocks) * B;
-  for (int32_t id : path) {
-    nodes_[static_cast<size_t>(id)].last_use = now;
-    nodes_[static_cast<size_t>(id)].pinned = true;
+  for (size_t i = 1; i < path.size(); ++i) {  // touch and pin: out of the evictable leaves
+    Node& x = nodes_[static_cast<size_t>(path[i])];
+    leaves_.erase({x.last_use, x.created, path[i]});
+    x.last_use = now;
+    x.pinned = true;
   }
   for (; b < n / B; ++b) {
-    while (bytes() + block_bytes_ > opt_.capacity_bytes) {
-      const int32_t victim = lru_leaf();
-      if (victim < 0) break;
-      remove_leaf(victim);
+    while (bytes() + block_bytes_ > opt_.capacity_bytes && !leaves_.empty()) {
+      remove_leaf(std::get<2>(*leaves_.begin()));  // the least recently used, then the one cached first
       ++evictions_lru_;
     }
     if (bytes() + block_bytes_ > opt_.capacity_bytes) break;
@@ -118,7 +100,11 @@ PrefixServe PrefixCache::serve(const int32_t* ids, int64_t n, double now) {
     path.push_back(id);
     r.inserted += B;
   }
-  for (int32_t id : path) nodes_[static_cast<size_t>(id)].pinned = false;
+  for (size_t i = 1; i < path.size(); ++i) {
+    Node& x = nodes_[static_cast<size_t>(path[i])];
+    x.pinned = false;
+    if (x.children.empty()) leaves_.insert({x.last_use, x.created, path[i]});
+  }
   r.bytes_after = bytes();
   return r;
 }

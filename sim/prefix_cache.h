@@ -19,7 +19,9 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "sim/strategies/codec.h"
@@ -68,15 +70,16 @@ class PrefixCache {
     bool pinned = false;  // on the path of the request being served
   };
   void expire(double now);
-  void remove_leaf(int32_t node);
-  // The least recently used live leaf not pinned (on the path of the request being served), or -1.
-  int32_t lru_leaf() const;
+  void remove_leaf(int32_t node);  // a leaf in leaves_
   int32_t new_node(int32_t parent, double now);
 
   PrefixCacheOptions opt_;
   double block_bytes_;
   std::vector<Node> nodes_;  // nodes_[0]: the root (the empty prefix, costs nothing)
   std::vector<int32_t> free_;
+  // The evictable blocks: live leaves other than the root that are not pinned, in eviction order
+  // (last use, then insertion order), each as (last_use, created, node).
+  std::set<std::tuple<double, int64_t, int32_t>> leaves_;
   int64_t cached_blocks_ = 0, created_ = 0, evictions_ttl_ = 0, evictions_lru_ = 0;
 };
 

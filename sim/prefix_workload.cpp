@@ -69,10 +69,24 @@ std::vector<PrefixRequest> synth_prefix_workload(const std::string& text, int64_
   if (k == "system-prompt") {
     const int64_t n = positive(p, k, "requests", 200), sys = positive(p, k, "system", 1024);
     const int64_t user = positive(p, k, "user", 128), prompts = positive(p, k, "prompts", 1);
+    const double zipf = p.get_double("zipf", 0.0);
+    if (!(zipf >= 0) || !std::isfinite(zipf))
+      throw UsageError("--synth system-prompt: zipf=" + std::to_string(zipf) + " must be >= 0");
     std::vector<std::vector<int32_t>> system;
-    for (int64_t i = 0; i < prompts; ++i) system.push_back(d.tokens(sys));
+    std::vector<double> cdf;  // prompt k with probability proportional to 1 / (k + 1)^zipf
+    for (int64_t i = 0; i < prompts; ++i) {
+      system.push_back(d.tokens(sys));
+      cdf.push_back((cdf.empty() ? 0.0 : cdf.back()) + std::pow(static_cast<double>(i + 1), -zipf));
+    }
     for (int64_t i = 0; i < n; ++i) {
-      std::vector<int32_t> ids = system[static_cast<size_t>(d.below(prompts))];
+      int64_t k = 0;
+      if (zipf == 0) {
+        k = d.below(prompts);
+      } else {
+        const double u = d.uniform() * cdf.back();
+        while (k + 1 < prompts && cdf[static_cast<size_t>(k)] <= u) ++k;
+      }
+      std::vector<int32_t> ids = system[static_cast<size_t>(k)];
       append(ids, d.tokens(d.about(user)));
       out.push_back({std::move(ids), 0.0, ""});
     }

@@ -2,8 +2,9 @@
 // cases serving users ask about. Token ids are uniform in [3, vocab) (0..2 are left to the special
 // tokens); arrivals are a Poisson stream of `rate` requests per second (exponential gaps), the
 // same seed giving the same workload. Lengths drawn "about N" are uniform in [N/2, 3N/2].
-//   system-prompt  requests=200 system=1024 user=128 prompts=1: each request is one of `prompts`
-//                  shared system prompts (chosen uniformly) followed by its own user turn;
+//   system-prompt  requests=200 system=1024 user=128 prompts=1 zipf=0: each request is one of
+//                  `prompts` shared system prompts followed by its own user turn; prompt k is chosen
+//                  with probability proportional to 1 / (k + 1)^zipf (0: uniformly);
 //   chat           sessions=16 turns=8 system=256 user=64 reply=128: multi-turn chats that grow;
 //                  turn j of a session re-sends its system prompt and every earlier user turn and
 //                  reply, then the new user turn; sessions take turns (turn 1 of every session,

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <numeric>
+#include <set>
 
 #include "model_test_util.h"
 #include "sim/base/error.h"
@@ -155,6 +156,19 @@ TEST_CASE("prefix workloads: seeded, and the shared system prompt hits exactly i
   CHECK(s.tokens == tokens);
   CHECK(s.hit_requests == 19);
   CHECK(synth_prefix_workload("system-prompt:requests=20,system=64,user=16,seed=4", 1000)[0].ids != w[0].ids);
+}
+
+TEST_CASE("prefix workloads: zipf skews which system prompt a request carries") {
+  // 4 prompts of 32 tokens: uniform draws use several; zipf=60 gives prompt 0 probability 1 - 1e-18.
+  auto first_prompts = [](const std::vector<PrefixRequest>& w) {
+    std::set<std::vector<int32_t>> s;
+    for (const auto& q : w) s.insert(std::vector<int32_t>(q.ids.begin(), q.ids.begin() + 32));
+    return s.size();
+  };
+  CHECK(first_prompts(synth_prefix_workload("system-prompt:requests=40,system=32,user=8,prompts=4", 1000)) == 4);
+  CHECK(first_prompts(synth_prefix_workload("system-prompt:requests=40,system=32,user=8,prompts=4,zipf=60", 1000)) ==
+        1);
+  CHECK_THROWS_AS(synth_prefix_workload("system-prompt:zipf=-1", 1000), UsageError);
 }
 
 TEST_CASE("prefix workloads: chats grow by their turns, random prompts do not reuse") {
