@@ -2,6 +2,7 @@
 each result object's capacity_bytes and token_hit_rate (or request_hit_rate). A codec that stores fewer
 bytes per token holds more tokens in the same capacity, so its curve sits to the left."""
 import json
+import textwrap
 
 from matplotlib.ticker import FuncFormatter
 
@@ -75,7 +76,7 @@ def draw_prefix(ax, workload, by_codec, hit="token"):
     ax.set_ylim(0, max(0.05, min(1.0, 1.1 * max(r[key] for v in by_codec.values() for _, r in v))))
     ax.set_xlabel("prefix-cache capacity" + (" (log scale)" if log_x else ""))
     ax.set_ylabel(f"{hit} hit rate")
-    ax.set_title(f"prefix cache: {workload}", fontsize=7)
+    ax.set_title(textwrap.fill(f"prefix cache: {workload}", 50, break_on_hyphens=False), fontsize=6.5)
     ax.grid(True, lw=0.3, alpha=0.5)
     return handles, rows
 

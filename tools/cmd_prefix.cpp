@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -41,7 +42,7 @@ struct HeadShape {
   int64_t L = 0, Hkv = 0, D = 0, vocab = 0;
 };
 
-// "256MiB" -> 268435456; units B, KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB (powers of 1024).
+// "256MiB" -> 268435456; units B, kB (or KB)/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB (powers of 1024).
 double parse_size(const std::string& text) {
   size_t used = 0;
   double x = 0;
@@ -52,15 +53,23 @@ double parse_size(const std::string& text) {
   }
   std::string unit = text.substr(used);
   while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
-  static const std::pair<const char*, double> units[] = {
-      {"", 1},      {"B", 1},        {"KB", 1e3},        {"MB", 1e6},           {"GB", 1e9},
-      {"TB", 1e12}, {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+  static const std::pair<const char*, double> units[] = {{"", 1},
+                                                         {"B", 1},
+                                                         {"KB", 1e3},
+                                                         {"kB", 1e3},
+                                                         {"MB", 1e6},
+                                                         {"GB", 1e9},
+                                                         {"TB", 1e12},
+                                                         {"KiB", 1024.0},
+                                                         {"MiB", 1048576.0},
+                                                         {"GiB", 1073741824.0},
+                                                         {"TiB", 1099511627776.0}};
   for (const auto& [name, scale] : units)
     if (unit == name) {
       if (!(x >= 0) || !std::isfinite(x)) throw UsageError("--capacity " + text + ": must be >= 0 bytes");
       return x * scale;
     }
-  throw UsageError("--capacity '" + text + "': unknown unit '" + unit + "' (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)");
+  throw UsageError("--capacity '" + text + "': unknown unit '" + unit + "' (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)");
 }
 
 std::vector<double> parse_capacities(const std::string& list) {
@@ -94,7 +103,9 @@ HeadShape head_shape(const PrefixArgs& a, const model::Model* m) {
   return h;
 }
 
-std::vector<PrefixRequest> read_workload(const std::string& path, const model::Tokenizer* tok) {
+// tokenizer() is asked only for "text" lines (an ids-only workload needs none).
+std::vector<PrefixRequest> read_workload(const std::string& path,
+                                         const std::function<const model::Tokenizer*()>& tokenizer) {
   std::ifstream in(path);
   if (!in) throw UsageError("--workload " + path + ": cannot open");
   std::vector<PrefixRequest> out;
@@ -115,6 +126,7 @@ std::vector<PrefixRequest> read_workload(const std::string& path, const model::T
       if (j.contains("ids")) {
         for (const auto& v : j.at("ids")) q.ids.push_back(v.get<int32_t>());
       } else if (j.contains("text")) {
+        const model::Tokenizer* tok = tokenizer();
         if (!tok) throw UsageError(where + ": \"text\" needs a tokenizer (--model or --tokenizer)");
         q.ids = tok->encode(j.at("text").get<std::string>(), true);
       } else {
@@ -201,8 +213,8 @@ nlohmann::json reuse_json(const model::PrefixReuseResult& r) {
           {"prefill_seconds_saved", r.seconds_uncached - r.seconds_cached},
           {"greedy_agreement", r.greedy_agreement()},
           {"positions", r.positions},
-          {"ppl_uncached", std::exp(r.nll_uncached)},
-          {"ppl_cached", std::exp(r.nll_cached)},
+          {"ppl_uncached", r.positions > 0 ? nlohmann::json(std::exp(r.nll_uncached)) : nlohmann::json(nullptr)},
+          {"ppl_cached", r.positions > 0 ? nlohmann::json(std::exp(r.nll_cached)) : nlohmann::json(nullptr)},
           {"max_logit_diff", r.max_logit_diff}};
 }
 
@@ -224,9 +236,12 @@ int run_prefix(const PrefixArgs& a) {
     codecs.push_back(make_codec_run(s, h, a.bpt_tokens));
 
   std::unique_ptr<model::Tokenizer> tok;
-  if (!a.tokenizer.empty() || m) tok = model::tokenizer_for_model(a.model, a.tokenizer);
+  auto tokenizer = [&]() -> const model::Tokenizer* {
+    if (!tok && (!a.tokenizer.empty() || m)) tok = model::tokenizer_for_model(a.model, a.tokenizer);
+    return tok.get();
+  };
   const std::vector<PrefixRequest> w =
-      a.synth.empty() ? read_workload(a.workload, tok.get()) : synth_prefix_workload(a.synth, h.vocab);
+      a.synth.empty() ? read_workload(a.workload, tokenizer) : synth_prefix_workload(a.synth, h.vocab);
   if (!a.write_workload.empty()) write_workload(a.write_workload, w);
   int64_t tokens = 0;
   std::set<std::string> sessions;
@@ -298,7 +313,9 @@ int run_prefix(const PrefixArgs& a) {
                 r["token_hit_rate"].get<double>(), r["request_hit_rate"].get<double>(),
                 (long long)r["prefill_tokens_saved"].get<int64_t>(), r["peak_bytes"].get<double>(),
                 (long long)r["evictions_ttl"].get<int64_t>(), (long long)r["evictions_lru"].get<int64_t>());
-    if (r.contains("model")) {
+    if (r.contains("model") && r["model"]["hit_requests"].get<int64_t>() == 0) {
+      std::printf("  model: 0 of %lld requests hit\n", (long long)r["model"]["requests"].get<int64_t>());
+    } else if (r.contains("model")) {
       const auto& x = r["model"];
       std::printf(
           "  model: %lld of %lld requests hit; prefill %.4f s -> %.4f s (saved %.4f s); greedy agreement %.4f;"

@@ -50,14 +50,15 @@ def main():
         assert run.returncode == 0, run.stderr
         # one decode step (t = 255): the cache holds all 256 tokens; bytes per (layer, KV head)
         by_run = [res["summary"]["bytes"]["mean"] * 2 * 2 / 256 for res in json.loads(run.stdout)["results"]]
-        got = prefix_json("--trace", trace, "--capacity", "0", "--bpt-tokens", "256", "--codec", "fp16",
+        one = workload("one.jsonl", [{"ids": [1, 2, 3]}])
+        got = prefix_json("--workload", one, "--trace", trace, "--capacity", "0", "--bpt-tokens", "256", "--codec", "fp16",
                           "--codec", "nf4", "--codec", "kivi:bits=2")
         mine = [res["bytes_per_token"] for res in got["results"]]
         hand = [HAND_BPT[c] for c in ("fp16", "nf4", "kivi:bits=2")]
         assert mine == hand, (mine, hand)
         assert by_run == hand, (by_run, hand)
         # the named shape gives the same numbers as the trace of that shape
-        shape = prefix_json("--shape", "tiny", "--capacity", "0", "--bpt-tokens", "256", "--codec", "kivi:bits=2")
+        shape = prefix_json("--workload", one, "--shape", "tiny", "--capacity", "0", "--bpt-tokens", "256", "--codec", "kivi:bits=2")
         assert shape["results"][0]["bytes_per_token"] == 81.375
 
     # LRU order by hand (block 2 = 512 bytes, capacity 2 blocks): A B A C B A B with one block each.
