@@ -2,12 +2,11 @@
 each result object's capacity_bytes and token_hit_rate (or request_hit_rate). A codec that stores fewer
 bytes per token holds more tokens in the same capacity, so its curve sits to the left."""
 import json
-import textwrap
 
 from matplotlib.ticker import FuncFormatter
 
 from kvsim_store import PlotError
-from kvsim_style import percent, strategy_style
+from kvsim_style import percent, strategy_style, wrap_spec
 
 HIT_KEYS = {"token": "token_hit_rate", "request": "request_hit_rate"}
 
@@ -76,7 +75,7 @@ def draw_prefix(ax, workload, by_codec, hit="token"):
     ax.set_ylim(0, max(0.05, min(1.0, 1.1 * max(r[key] for v in by_codec.values() for _, r in v))))
     ax.set_xlabel("prefix-cache capacity" + (" (log scale)" if log_x else ""))
     ax.set_ylabel(f"{hit} hit rate")
-    ax.set_title(textwrap.fill(f"prefix cache: {workload}", 50, break_on_hyphens=False), fontsize=6.5)
+    ax.set_title("prefix cache, " + wrap_spec(workload, 40), fontsize=6.5)
     ax.grid(True, lw=0.3, alpha=0.5)
     return handles, rows
 
