@@ -17,6 +17,7 @@
 #include "sim/prefix_workload.h"
 #include "sim/strategies/quant_codecs.h"
 #include "tools/commands.h"
+#include "tools/jsonl.h"
 #include "traces/model/model.h"
 #include "traces/model/prefix_reuse.h"
 #include "traces/model/runner.h"
@@ -106,21 +107,9 @@ HeadShape head_shape(const PrefixArgs& a, const model::Model* m) {
 // tokenizer() is asked only for "text" lines (an ids-only workload needs none).
 std::vector<PrefixRequest> read_workload(const std::string& path,
                                          const std::function<const model::Tokenizer*()>& tokenizer) {
-  std::ifstream in(path);
-  if (!in) throw UsageError("--workload " + path + ": cannot open");
   std::vector<PrefixRequest> out;
-  std::string line;
   int64_t with_arrival = 0;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw FormatError(where + ": not JSON (" + e.what() + ")");
-    }
-    if (!j.is_object()) throw FormatError(where + ": expected a JSON object");
+  for_each_jsonl_object("--workload", path, [&](const nlohmann::json& j, const std::string& where) {
     PrefixRequest q;
     try {
       if (j.contains("ids")) {
@@ -152,7 +141,7 @@ std::vector<PrefixRequest> read_workload(const std::string& path,
       throw FormatError(where + ": arrival " + std::to_string(q.arrival) + " s is before the previous request's (" +
                         std::to_string(out.back().arrival) + " s): requests must be in arrival order");
     out.push_back(std::move(q));
-  }
+  });
   if (out.empty()) throw UsageError("--workload " + path + ": no requests");
   if (with_arrival != 0 && with_arrival != static_cast<int64_t>(out.size()))
     throw FormatError(path + ": " + std::to_string(with_arrival) + " of " + std::to_string(out.size()) +
