@@ -207,6 +207,37 @@ nlohmann::json reuse_json(const model::PrefixReuseResult& r) {
           {"max_logit_diff", r.max_logit_diff}};
 }
 
+void print_table(const nlohmann::json& j, const HeadShape& h, const PrefixArgs& a) {
+  char ttl[32] = "none";
+  if (!std::isinf(a.ttl)) std::snprintf(ttl, sizeof ttl, "%g s", a.ttl);
+  std::printf("workload %s: %zu requests, %lld tokens, %zu sessions; %s (L=%lld Hkv=%lld D=%lld); block %lld, ttl %s\n",
+              j["workload"].get<std::string>().c_str(), (size_t)j["requests"].get<int64_t>(),
+              (long long)j["tokens"].get<int64_t>(), (size_t)j["sessions"].get<int64_t>(), h.source.c_str(),
+              (long long)h.L, (long long)h.Hkv, (long long)h.D, (long long)a.block, ttl);
+  std::printf("%-22s %11s %14s %8s %8s %12s %14s %9s %9s\n", "codec", "bytes/tok", "capacity", "tok_hit", "req_hit",
+              "tokens_saved", "peak_bytes", "evict_ttl", "evict_lru");
+  for (const auto& r : j["results"]) {
+    const std::string name = r["codec"].get<std::string>().substr(0, 22);
+    std::printf("%-22s %11.2f %14.0f %8.4f %8.4f %12lld %14.0f %9lld %9lld\n", name.c_str(),
+                r["bytes_per_token"].get<double>(), r["capacity_bytes"].get<double>(),
+                r["token_hit_rate"].get<double>(), r["request_hit_rate"].get<double>(),
+                (long long)r["prefill_tokens_saved"].get<int64_t>(), r["peak_bytes"].get<double>(),
+                (long long)r["evictions_ttl"].get<int64_t>(), (long long)r["evictions_lru"].get<int64_t>());
+    if (r.contains("model") && r["model"]["hit_requests"].get<int64_t>() == 0) {
+      std::printf("  model: 0 of %lld requests hit\n", (long long)r["model"]["requests"].get<int64_t>());
+    } else if (r.contains("model")) {
+      const auto& x = r["model"];
+      std::printf(
+          "  model: %lld of %lld requests hit; prefill %.4f s -> %.4f s (saved %.4f s); greedy agreement %.4f;"
+          " ppl %.4f -> %.4f; max |logit diff| %.3g\n",
+          (long long)x["hit_requests"].get<int64_t>(), (long long)x["requests"].get<int64_t>(),
+          x["prefill_seconds_uncached"].get<double>(), x["prefill_seconds_cached"].get<double>(),
+          x["prefill_seconds_saved"].get<double>(), x["greedy_agreement"].get<double>(),
+          x["ppl_uncached"].get<double>(), x["ppl_cached"].get<double>(), x["max_logit_diff"].get<double>());
+    }
+  }
+}
+
 int run_prefix(const PrefixArgs& a) {
   if (int(!a.workload.empty()) + int(!a.synth.empty()) != 1)
     throw UsageError("give exactly one of --workload F.jsonl or --synth KIND[:key=value,...]");
@@ -289,32 +320,7 @@ int run_prefix(const PrefixArgs& a) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  std::printf("workload %s: %zu requests, %lld tokens, %zu sessions; %s (L=%lld Hkv=%lld D=%lld); block %lld, ttl %s\n",
-              j["workload"].get<std::string>().c_str(), w.size(), (long long)tokens, sessions.size(), h.source.c_str(),
-              (long long)h.L, (long long)h.Hkv, (long long)h.D, (long long)a.block,
-              std::isinf(a.ttl) ? "none" : (std::to_string(a.ttl) + " s").c_str());
-  std::printf("%-22s %11s %14s %8s %8s %12s %14s %9s %9s\n", "codec", "bytes/tok", "capacity", "tok_hit", "req_hit",
-              "tokens_saved", "peak_bytes", "evict_ttl", "evict_lru");
-  for (const auto& r : j["results"]) {
-    const std::string name = r["codec"].get<std::string>().substr(0, 22);
-    std::printf("%-22s %11.2f %14.0f %8.4f %8.4f %12lld %14.0f %9lld %9lld\n", name.c_str(),
-                r["bytes_per_token"].get<double>(), r["capacity_bytes"].get<double>(),
-                r["token_hit_rate"].get<double>(), r["request_hit_rate"].get<double>(),
-                (long long)r["prefill_tokens_saved"].get<int64_t>(), r["peak_bytes"].get<double>(),
-                (long long)r["evictions_ttl"].get<int64_t>(), (long long)r["evictions_lru"].get<int64_t>());
-    if (r.contains("model") && r["model"]["hit_requests"].get<int64_t>() == 0) {
-      std::printf("  model: 0 of %lld requests hit\n", (long long)r["model"]["requests"].get<int64_t>());
-    } else if (r.contains("model")) {
-      const auto& x = r["model"];
-      std::printf(
-          "  model: %lld of %lld requests hit; prefill %.4f s -> %.4f s (saved %.4f s); greedy agreement %.4f;"
-          " ppl %.4f -> %.4f; max |logit diff| %.3g\n",
-          (long long)x["hit_requests"].get<int64_t>(), (long long)x["requests"].get<int64_t>(),
-          x["prefill_seconds_uncached"].get<double>(), x["prefill_seconds_cached"].get<double>(),
-          x["prefill_seconds_saved"].get<double>(), x["greedy_agreement"].get<double>(),
-          x["ppl_uncached"].get<double>(), x["ppl_cached"].get<double>(), x["max_logit_diff"].get<double>());
-    }
-  }
+  print_table(j, h, a);
   return 0;
 }
 
