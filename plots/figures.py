@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import memory_figure as mem
+import prefix_figure
 import model_shapes
 import store_figures as sf
 import trace_figures as tf
@@ -19,7 +20,7 @@ def build(a, store):
     """(figure, synthetic?, table of the plotted numbers or None) for the parsed arguments a and an open Store
     (or None)."""
     fn = {"pareto": pareto, "compare": compare, "heatmap": heatmap, "position": position, "trace": trace,
-          "memory": memory, "report": report}[a.kind]
+          "memory": memory, "report": report, "prefix": prefix}[a.kind]
     return fn(a, store)
 
 
@@ -131,6 +132,14 @@ def memory(a, store):
     handles, rows = mem.draw_memory(ax, df, a.metric, quality, shape, gpu, weights, batch, a.max_tokens, lines)
     sf.legend_below(fig, lax, handles, ncol=ncol)
     return fig, bool(store and store.synthetic), pd.DataFrame(rows)
+
+
+def prefix(a, store):
+    workload, by_codec = prefix_figure.load_results(a.prefix_json)
+    fig, ax, lax = _with_legend(a, "prefix", len(by_codec), ncol=1)
+    handles, rows = prefix_figure.draw_prefix(ax, workload, by_codec, prefix_figure.check_hit(a.hit or "token"))
+    sf.legend_below(fig, lax, handles, ncol=1)
+    return fig, False, pd.DataFrame(rows)
 
 
 def trace(a, store):

@@ -24,6 +24,7 @@ KINDS = {
     "memory": "KV-cache bytes against sequence length, a GPU's memory and where each strategy runs out (--db or "
               "--capacity optional)",
     "report": "one multi-panel figure of the main plots (--db, and --trace for the trace panel)",
+    "prefix": "prefix-cache hit rate against capacity, one line per codec (--prefix-json: `kvsim prefix --json`)",
 }
 STORE_KINDS = {"pareto", "compare", "heatmap", "position", "report"}
 # Options that only some kinds read; giving one to another kind is a usage error rather than silently ignored.
@@ -45,6 +46,8 @@ OPTION_KINDS = {
     "quality": {"memory", "report"},
     "max_tokens": {"memory"},
     "capacity": {"memory"},
+    "prefix_json": {"prefix"},
+    "hit": {"prefix"},
     "csv": set(KINDS) - {"report"},
 }
 
@@ -98,6 +101,10 @@ def parse(argv):
     g.add_argument("--max-tokens", type=int, help="right end of the length axis")
     g.add_argument("--capacity", help="the JSON of `kvsim capacity --json`: its shape, weights, batch, first memory "
                                       "size and each strategy's measured ratio (instead of --db and --shape)")
+    g = ap.add_argument_group("prefix")
+    g.add_argument("--prefix-json", action="append",
+                   help="output of `kvsim prefix --json` (repeatable: the codecs of several runs on one figure)")
+    g.add_argument("--hit", help="token (default) or request hit rate")
     a = ap.parse_args(argv)
     validate(a)
     return a
@@ -113,6 +120,8 @@ def validate(a):
         raise PlotError(f"'{a.kind}' plots read a results store: give --db FILE")
     if a.kind == "trace" and not a.trace:
         raise PlotError("'trace' plots read a trace: give --trace FILE")
+    if a.kind == "prefix" and not a.prefix_json:
+        raise PlotError("'prefix' plots read `kvsim prefix --json` output: give --prefix-json FILE")
     if a.trace and a.kind not in ("trace", "report"):
         raise PlotError(f"--trace does not apply to '{a.kind}' plots")
     if a.db and a.kind == "trace":

@@ -64,6 +64,7 @@ SIZES = {
     "position": (3.5, 3.4),
     "trace": (7.0, 5.6),
     "memory": (3.5, 3.6),
+    "prefix": (3.5, 3.2),
     "report": (7.0, 9.0),
 }
 DEFAULT_DPI = 300

@@ -14,6 +14,7 @@
 #include "cuda/device.h"
 #include "sim/base/error.h"
 #include "tools/commands.h"
+#include "tools/jsonl.h"
 #include "tools/version.h"
 #include "traces/model/recorder.h"
 
@@ -84,19 +85,7 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
     out.push_back(std::move(p));
     return out;
   }
-  std::ifstream in(a.prompts);
-  if (!in) throw UsageError("--prompts " + a.prompts + ": cannot open");
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = a.prompts + ":" + std::to_string(n);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw FormatError(where + ": not JSON (" + e.what() + ")");
-    }
-    if (!j.is_object()) throw FormatError(where + ": expected a JSON object");
+  for_each_jsonl_object("--prompts", a.prompts, [&](const nlohmann::json& j, const std::string& where) {
     model::PromptSpec p;
     try {
       if (j.contains("ids")) {
@@ -126,7 +115,7 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
       throw FormatError(where + ": " + e.what());
     }
     out.push_back(std::move(p));
-  }
+  });
   if (out.empty()) throw UsageError("--prompts " + a.prompts + ": no prompts");
   return out;
 }

@@ -21,5 +21,6 @@ void add_sweep(CLI::App& app);
 void add_best(CLI::App& app);
 void add_ppl(CLI::App& app);
 void add_capacity(CLI::App& app);
+void add_prefix(CLI::App& app);
 
 }  // namespace kvsim::tools

@@ -95,6 +95,23 @@ void Runner::reset() {
   pos_ = 0;
 }
 
+void Runner::load_prefix(int64_t n, const std::vector<std::vector<float>>& keys,
+                         const std::vector<std::vector<float>>& values) {
+  if (gpu_) throw NotCompiled("backend cuda: loading a cached prefix into the device KV cache is not supported");
+  const ModelConfig& c = model_.config;
+  if (n < 0 || n > c.seq_len)
+    throw UsageError(c.name + ": a cached prefix of " + std::to_string(n) +
+                     " tokens does not fit seq_len = " + std::to_string(c.seq_len));
+  const size_t need = static_cast<size_t>(n * c.head_dim);
+  KVSIM_ASSERT(keys.size() == caches_.size() && values.size() == caches_.size());
+  reset();
+  for (size_t i = 0; i < caches_.size(); ++i) {
+    KVSIM_ASSERT(keys[i].size() >= need && values[i].size() >= need);
+    if (n > 0) caches_[i]->append(keys[i].data(), values[i].data(), n, 0);
+  }
+  pos_ = n;
+}
+
 void Runner::wait_taps() {
   if (gpu_) gpu_->wait_taps();
 }

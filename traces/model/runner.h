@@ -57,6 +57,11 @@ class Runner {
 
   // Empties the caches; the next token is at position 0.
   void reset();
+  // Starts a sequence from a cached prefix of n tokens (`kvsim prefix --model`): empties the caches,
+  // appends keys[l * Hkv + g] and values[l * Hkv + g] ([n, D] each, as cached: keys after RoPE) to
+  // the cache of (layer l, KV head g), and moves pos() to n. NotCompiled on cuda.
+  void load_prefix(int64_t n, const std::vector<std::vector<float>>& keys,
+                   const std::vector<std::vector<float>>& values);
   // Runs tokens at positions pos() .. pos()+T-1 and appends them to the caches. Returns the logits
   // [vocab] of the last token, or [T, vocab] when all_logits. Throws UsageError when the tokens
   // would run past the context or an id is outside the vocabulary.
