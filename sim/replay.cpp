@@ -4,8 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <exception>
+#include <limits>
 #include <memory>
 
 #include "cuda/attend.h"
@@ -255,16 +255,22 @@ int64_t parse_memory(const std::string& s, const std::string& what) {
   }
   std::string unit = s.substr(std::min(used, s.size()));
   for (const char* tail : {"iB", "B"})
-    if (unit.size() > std::strlen(tail) && unit.compare(unit.size() - std::strlen(tail), std::string::npos, tail) == 0) {
+    if (unit.size() > std::strlen(tail) &&
+        unit.compare(unit.size() - std::strlen(tail), std::string::npos, tail) == 0) {
       unit.resize(unit.size() - std::strlen(tail));
       break;
     }
   int shift = -1;
-  if (unit.empty()) shift = 0;
-  else if (unit == "K" || unit == "k") shift = 10;
-  else if (unit == "M" || unit == "m") shift = 20;
-  else if (unit == "G" || unit == "g") shift = 30;
-  else if (unit == "T" || unit == "t") shift = 40;
+  if (unit.empty())
+    shift = 0;
+  else if (unit == "K" || unit == "k")
+    shift = 10;
+  else if (unit == "M" || unit == "m")
+    shift = 20;
+  else if (unit == "G" || unit == "g")
+    shift = 30;
+  else if (unit == "T" || unit == "t")
+    shift = 40;
   if (used == 0 || shift < 0 || v < 1 || v > (std::numeric_limits<int64_t>::max() >> shift))
     throw UsageError(what + " '" + s + "' must be a positive number of bytes, optionally with K, M, G or T (16G)");
   return static_cast<int64_t>(v) << shift;
@@ -363,8 +369,8 @@ std::string non_finite_metric(const ConfigResult& r) {
     if (std::string b = bad(r.summary[m], m, ""); !b.empty()) return b;
   for (const HeadResult& h : r.heads)
     for (int m = 0; m < kNumMetrics; ++m)
-      if (std::string b = bad(h.summary[m], m,
-                              " in layer " + std::to_string(h.layer) + ", head " + std::to_string(h.head));
+      if (std::string b =
+              bad(h.summary[m], m, " in layer " + std::to_string(h.layer) + ", head " + std::to_string(h.head));
           !b.empty())
         return b;
   return "";
@@ -414,8 +420,8 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   if (const int64_t need = replay_layer_bytes(res.H, res.Hkv, res.T, res.D, need_pre); need > opt.max_memory)
     throw UsageError(reader.path() + ": sequence " + sq.name + ": replaying one layer holds " + std::to_string(need) +
                      " bytes (q, k, v and the reference statistics for H = " + std::to_string(res.H) +
-                     ", Hkv = " + std::to_string(res.Hkv) + ", T = " + std::to_string(res.T) + ", D = " +
-                     std::to_string(res.D) + "), over --max-memory " + std::to_string(opt.max_memory) +
+                     ", Hkv = " + std::to_string(res.Hkv) + ", T = " + std::to_string(res.T) +
+                     ", D = " + std::to_string(res.D) + "), over --max-memory " + std::to_string(opt.max_memory) +
                      "; raise --max-memory if the machine has it");
   StatsCache cache(reader.path(), opt.seq, opt.backend, res.L, res.H, res.T, res.D, opt.stats_cache);
   res.stats_from_cache = cache.hit();

@@ -55,7 +55,7 @@ struct ReplayOptions {
   // Sidecar cache of the reference statistics: "" the default cache folder (stats_cache.h),
   // "off" none, else a folder.
   std::string stats_cache;
-  int64_t max_memory = kDefaultMaxMemory;  // bytes; replay_layer_bytes() above it is refused
+  int64_t max_memory = kDefaultMaxMemory;            // bytes; replay_layer_bytes() above it is refused
   std::function<void(const std::string&)> progress;  // one line per layer; null: silent
   // The cuda path's batched attention (lockstep replay). Null: cuda::run_attend_batch with
   // backend cuda. Set, the lockstep replay runs with this function on any backend: the tests pass

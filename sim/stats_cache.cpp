@@ -6,7 +6,9 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sys/stat.h>
+#include <tuple>
 #include <unistd.h>
 #include <vector>
 
@@ -52,8 +54,7 @@ uint64_t checksum_layer(uint64_t h, const ExactStats& rs) {
 bool read_layer_body(std::FILE* f, ExactStats& rs) {
   return read_all(f, rs.o.data(), 4 * rs.o.size()) && read_all(f, rs.lse.data(), 8 * rs.lse.size()) &&
          read_all(f, rs.entropy.data(), 4 * rs.entropy.size()) &&
-         read_all(f, rs.top_pos.data(), 4 * rs.top_pos.size()) &&
-         read_all(f, rs.top_w.data(), 4 * rs.top_w.size());
+         read_all(f, rs.top_pos.data(), 4 * rs.top_pos.size()) && read_all(f, rs.top_w.data(), 4 * rs.top_w.size());
 }
 
 // "" when every value of the layer is one the reference kernels can produce, else what is wrong.
@@ -106,6 +107,33 @@ uint64_t hash_file_bytes(const std::string& path) {
   return h ^ total;
 }
 
+}  // namespace
+
+namespace {
+// Sidecars this process validated, by identity (a sweep opens the same sidecar once per batch and
+// validating reads all of it; a rewritten or replaced file has a new identity).
+using FileId = std::tuple<dev_t, ino_t, off_t, time_t, long>;
+std::mutex valid_mu;
+std::set<std::pair<std::string, FileId>> valid_files;
+
+bool file_id(const std::string& path, FileId& id) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return false;
+  id = FileId{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+  return true;
+}
+
+bool known_valid(const std::string& path) {
+  FileId id;
+  std::lock_guard<std::mutex> lock(valid_mu);
+  return file_id(path, id) && valid_files.count({path, id}) > 0;
+}
+
+void remember_valid(const std::string& path) {
+  FileId id;
+  std::lock_guard<std::mutex> lock(valid_mu);
+  if (file_id(path, id)) valid_files.insert({path, id});
+}
 }  // namespace
 
 uint64_t file_content_hash(const std::string& path) {
@@ -172,7 +200,10 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
       invalid_ = "its size is " + std::to_string(size) + " bytes, expected " + std::to_string(want);
       hit_ = false;
     }
-    if (hit_) invalid_ = validate_body();
+    if (hit_ && !known_valid(path_)) {
+      invalid_ = validate_body();
+      if (invalid_.empty()) remember_valid(path_);
+    }
     if (!invalid_.empty()) hit_ = false;
     if (!hit_) std::fclose(in_), in_ = nullptr;  // stale, foreign or damaged: recompute and replace it
   }

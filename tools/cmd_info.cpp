@@ -107,7 +107,9 @@ int run_info(const InfoArgs& a) {
       std::printf("  %-12s %8lld %8lld  %-28s %s\n", s.name.c_str(), (long long)s.n_tokens, (long long)s.prefill_len,
                   kinds.c_str(), s.source.c_str());
     }
-    if (a.check) std::printf("check        %s\n", bad.empty() ? "all tensors finite, |x| <= 65504" : "NON-FINITE OR OUT-OF-RANGE VALUES FOUND");
+    if (a.check)
+      std::printf("check        %s\n",
+                  bad.empty() ? "all tensors finite, |x| <= 65504" : "NON-FINITE OR OUT-OF-RANGE VALUES FOUND");
   }
   if (!bad.empty()) {
     const auto& b = bad.front();
@@ -127,7 +129,8 @@ void add_info(CLI::App& app) {
   CLI::App* c = app.add_subcommand("info", "Show a trace's model, shape, dtype and sequences; validate the file");
   c->add_option("TRACE", a->trace, "trace file (.h5)")->required();
   c->add_flag("--json", a->json, "print JSON instead of a table");
-  c->add_flag("--check", a->check, "scan every tensor, streaming one chunk at a time, for NaN, inf and |x| > 65504 (exit 2 if any)");
+  c->add_flag("--check", a->check,
+              "scan every tensor, streaming one chunk at a time, for NaN, inf and |x| > 65504 (exit 2 if any)");
   c->callback([a] { exit_status() = run_info(*a); });
 }
 

@@ -63,7 +63,7 @@ struct SweepWork {
   std::vector<SweepConfigEntry> configs;
   std::vector<SweepTraceEntry> traces;
   std::vector<SweepGroup> groups;
-  int64_t total_runs = 0;  // all runs of the sweep, every shard
+  int64_t total_runs = 0;                  // all runs of the sweep, every shard
   int64_t max_memory = kDefaultMaxMemory;  // ReplayOptions::max_memory of every replay
 };
 

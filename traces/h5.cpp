@@ -67,8 +67,9 @@ void require_stored_inside(hid_t dset, const std::string& where, uint64_t max_ch
   if (!dcpl.valid()) throw FormatError(where + ": cannot read the dataset's storage properties");
   const H5D_layout_t layout = H5Pget_layout(dcpl);
   if (layout == H5D_VIRTUAL)
-    throw FormatError(where + ": a virtual dataset (its data lives in other datasets or files); a trace must hold "
-                              "its data itself");
+    throw FormatError(where +
+                      ": a virtual dataset (its data lives in other datasets or files); a trace must hold "
+                      "its data itself");
   if (const int n_ext = H5Pget_external_count(dcpl); n_ext != 0)
     throw FormatError(where + ": external storage in " + std::to_string(n_ext) +
                       " outside file(s); a trace must hold its data itself");

@@ -69,8 +69,9 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   file_bytes_ = fs::file_size(path, ec);
   const std::string fname = fs::path(path).filename().string();
   if (fname.size() >= 8 && fname.compare(fname.size() - 8, 8, ".partial") == 0)
-    throw FormatError(path + ": a .partial file is a trace still being written or left by a killed writer; only "
-                             "the renamed file (without .partial) is a trace");
+    throw FormatError(path +
+                      ": a .partial file is a trace still being written or left by a killed writer; only "
+                      "the renamed file (without .partial) is a trace");
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw FormatError(path + ": not an HDF5 file (" + std::to_string(file_bytes_) + " bytes, no HDF5 signature)");
   impl_->file = h5::Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
@@ -336,10 +337,10 @@ void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head
   for (int64_t i = 0; i < n; ++i) {
     if (in_range(out[i])) continue;
     const int64_t head = head0 + i / (n_tok * D), token = t0 + (i / D) % n_tok, dim = i % D;
-    throw NumericError(path_ + ": " + dataset_path(sequence(seq).name, layer, kind) + ": value " +
-                       value_str(out[i]) + " at [head " + std::to_string(head) + ", token " + std::to_string(token) +
-                       ", dim " + std::to_string(dim) + "]: a trace holds finite values with |x| <= " +
-                       value_str(kMaxAbsValue) + " (traces/FORMAT.md)");
+    throw NumericError(path_ + ": " + dataset_path(sequence(seq).name, layer, kind) + ": value " + value_str(out[i]) +
+                       " at [head " + std::to_string(head) + ", token " + std::to_string(token) + ", dim " +
+                       std::to_string(dim) + "]: a trace holds finite values with |x| <= " + value_str(kMaxAbsValue) +
+                       " (traces/FORMAT.md)");
   }
 }
 
