@@ -100,7 +100,8 @@ void require_stored_inside(hid_t dset, const std::string& where, uint64_t max_ch
                       " bytes each, over the limit " + std::to_string(max_chunk_bytes) +
                       " (every read would inflate a whole chunk)");
   hsize_t have = 0;
-  if (H5Dget_num_chunks(dset, H5S_ALL, &have) < 0) throw FormatError(where + ": cannot count the stored chunks");
+  Handle space(H5Dget_space(dset));
+  if (H5Dget_num_chunks(dset, space, &have) < 0) throw FormatError(where + ": cannot count the stored chunks");
   if (have < n_chunks)
     throw FormatError(where + ": only " + std::to_string(have) + " of the " + std::to_string(n_chunks) +
                       " chunks its shape " + shape_str(dims) + " declares are stored in the file");
