@@ -359,8 +359,9 @@ xt::xtensor<float, 3> TraceReader::read_layer(int64_t seq, int64_t layer, Kind k
 }
 
 std::vector<NonFinite> TraceReader::check_finite() const {
-  // Streams one head by one chunk's worth of tokens at a time (256 when not chunked): memory stays at
-  // one chunk whatever T and D are, and each chunk is inflated once per head it holds.
+  // Streams one head by whole chunks of tokens at a time (256-token blocks when not chunked), about
+  // 4 MiB per read: memory stays bounded whatever T and D are, and each chunk is inflated once per
+  // head it holds.
   std::vector<NonFinite> found;
   std::vector<float> buf;
   for (int64_t s = 0; s < static_cast<int64_t>(sequences_.size()); ++s) {
@@ -369,7 +370,9 @@ std::vector<NonFinite> TraceReader::check_finite() const {
     for (int64_t l = 0; l < header_.n_layers; ++l) {
       for (Kind kind : si.kinds) {
         const std::string dp = dataset_path(si.name, l, kind);
-        const int64_t step = std::min(T, block_tokens(dp));
+        // Whole chunks, as many as fit in 4 MiB (fewer reads of small chunks), at least one.
+        const int64_t chunk = block_tokens(dp);
+        const int64_t step = std::min(T, chunk * std::max<int64_t>(1, (int64_t{4} << 20) / (4 * D * chunk)));
         buf.resize(static_cast<size_t>(step * D));
         NonFinite nf;
         for (int64_t h = 0; h < header_.heads_of(kind); ++h) {

@@ -50,7 +50,7 @@ class TraceReader {
                   float* out) const;
 
   // Scans every tensor for NaN, inf and |x| > kMaxAbsValue in blocks of one head by one chunk's
-  // tokens (memory independent of T); returns one finding per bad dataset.
+  // tokens (about 4 MiB at a time, independent of T); returns one finding per bad dataset.
   std::vector<NonFinite> check_finite() const;
 
  private:
