@@ -1,8 +1,11 @@
 #include "sim/replay.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 
 #include "cuda/attend.h"
@@ -242,6 +245,44 @@ int64_t parse_prefill(const std::string& s, const std::string& what) {
   return v;
 }
 
+int64_t parse_memory(const std::string& s, const std::string& what) {
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = s.substr(std::min(used, s.size()));
+  for (const char* tail : {"iB", "B"})
+    if (unit.size() > std::strlen(tail) &&
+        unit.compare(unit.size() - std::strlen(tail), std::string::npos, tail) == 0) {
+      unit.resize(unit.size() - std::strlen(tail));
+      break;
+    }
+  int shift = -1;
+  if (unit.empty())
+    shift = 0;
+  else if (unit == "K" || unit == "k")
+    shift = 10;
+  else if (unit == "M" || unit == "m")
+    shift = 20;
+  else if (unit == "G" || unit == "g")
+    shift = 30;
+  else if (unit == "T" || unit == "t")
+    shift = 40;
+  if (used == 0 || shift < 0 || v < 1 || v > (std::numeric_limits<int64_t>::max() >> shift))
+    throw UsageError(what + " '" + s + "' must be a positive number of bytes, optionally with K, M, G or T (16G)");
+  return static_cast<int64_t>(v) << shift;
+}
+
+int64_t replay_layer_bytes(int64_t H, int64_t Hkv, int64_t T, int64_t D, bool pre) {
+  // Within the reader's limits (H, Hkv, D <= 4096, T <= 2^24) every product fits in int64.
+  const int64_t tensors = 4 * T * D * (H + (pre ? 3 : 2) * Hkv);
+  const int64_t stats = H * T * (4 * D + 8 + 4 + 8 * kExactTopK);  // ExactStats: o, lse, entropy, top-k
+  return tensors + stats;
+}
+
 void check_replay_args(int64_t T, int64_t P, int64_t stride) {
   check_prefill(T, P);
   if (stride <= 0) throw UsageError("stride = " + std::to_string(stride) + " must be >= 1");
@@ -316,6 +357,25 @@ void finalize_summaries(ConfigResult& r) {
   }
 }
 
+std::string non_finite_metric(const ConfigResult& r) {
+  auto bad = [](const MetricSummary& s, int m, const std::string& where) -> std::string {
+    const std::pair<const char*, double> stats[] = {
+        {"mean", s.mean}, {"p5", s.p5}, {"p50", s.p50}, {"p95", s.p95}, {"worst", s.worst}};
+    for (const auto& [name, x] : stats)
+      if (!std::isfinite(x)) return std::string(metric_name(m)) + " " + name + " = " + std::to_string(x) + where;
+    return "";
+  };
+  for (int m = 0; m < kNumMetrics; ++m)
+    if (std::string b = bad(r.summary[m], m, ""); !b.empty()) return b;
+  for (const HeadResult& h : r.heads)
+    for (int m = 0; m < kNumMetrics; ++m)
+      if (std::string b =
+              bad(h.summary[m], m, " in layer " + std::to_string(h.layer) + ", head " + std::to_string(h.head));
+          !b.empty())
+        return b;
+  return "";
+}
+
 ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* const> strategies,
                            const ReplayOptions& opt) {
   require_backend(opt.backend);
@@ -351,9 +411,16 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
     c.heads.resize(res.L * res.H);
     res.configs.push_back(std::move(c));
   }
+  if (const int64_t need = replay_layer_bytes(res.H, res.Hkv, res.T, res.D, need_pre); need > opt.max_memory)
+    throw UsageError(src.name + ": sequence " + src.sequence + ": replaying one layer holds " + std::to_string(need) +
+                     " bytes (q, k, v and the reference statistics for H = " + std::to_string(res.H) +
+                     ", Hkv = " + std::to_string(res.Hkv) + ", T = " + std::to_string(res.T) +
+                     ", D = " + std::to_string(res.D) + "), over --max-memory " + std::to_string(opt.max_memory) +
+                     "; raise --max-memory if the machine has it");
   StatsCache cache(src.stats_path, src.stats_seq, opt.backend, res.L, res.H, res.T, res.D,
                    src.stats_path.empty() ? std::string("off") : opt.stats_cache);
   res.stats_from_cache = cache.hit();
+  if (!cache.invalid_reason().empty()) res.stats_cache_rebuilt = cache.path() + ": " + cache.invalid_reason();
   ExactStats rs;
   std::vector<float> k_norm, colsums;
   for (int64_t l = 0; l < res.L; ++l) {

@@ -35,6 +35,15 @@ inline constexpr int64_t kPrefillAtContext = -2;
 // naming `what` otherwise).
 int64_t parse_prefill(const std::string& s, const std::string& what);
 
+// What one replay may hold at once (--max-memory; README "Memory"): a layer's q, k, v (and k_pre)
+// as float32 plus its reference statistics. A trace declaring more is refused before any allocation.
+inline constexpr int64_t kDefaultMaxMemory = int64_t{8} << 30;
+// Bytes as an integer with an optional binary suffix K, M, G or T (KiB, MiB, ... also accepted):
+// "512M", "16G". UsageError naming `what` otherwise.
+int64_t parse_memory(const std::string& s, const std::string& what);
+// The replay's per-layer memory for shape (H, Hkv, T, D), with k_pre when `pre`.
+int64_t replay_layer_bytes(int64_t H, int64_t Hkv, int64_t T, int64_t D, bool pre);
+
 struct ReplayOptions {
   int64_t prefill = -1;  // kPrefillOfTrace: the sequence's prefill_len; kPrefillAtContext: its context_len
   int64_t stride = 1;    // evaluate every stride-th decode step (observe/evict still run every step)
@@ -46,6 +55,7 @@ struct ReplayOptions {
   // Sidecar cache of the reference statistics: "" the default cache folder (stats_cache.h),
   // "off" none, else a folder.
   std::string stats_cache;
+  int64_t max_memory = kDefaultMaxMemory;            // bytes; replay_layer_bytes() above it is refused
   std::function<void(const std::string&)> progress;  // one line per layer; null: silent
   // The cuda path's batched attention (lockstep replay). Null: cuda::run_attend_batch with
   // backend cuda. Set, the lockstep replay runs with this function on any backend: the tests pass
@@ -87,6 +97,9 @@ struct ReplayResult {
   std::vector<ConfigResult> configs;
   double read_seconds = 0, ref_seconds = 0, replay_seconds = 0;
   bool stats_from_cache = false;
+  // Set when the sidecar found for this trace was invalid (StatsCache::invalid_reason) and was recomputed:
+  // "PATH: WHY". The commands print it as a warning.
+  std::string stats_cache_rebuilt;
 };
 
 // Validates P and stride against T (UsageError with the numbers).
@@ -102,6 +115,9 @@ void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int6
 
 // Fills the means over heads (summary and curves) from results[i].heads.
 void finalize_summaries(ConfigResult& r);
+// "" when every summary statistic of every metric (the run's and each head's) is finite, else which one
+// is not ("kl mean = nan in layer 1, head 3"): such a run is a failed run, never a result.
+std::string non_finite_metric(const ConfigResult& r);
 
 // What a whole-sequence replay reads: a trace's sequence, or tensors a caller holds in memory (the
 // Python module's run_arrays). `read(layer)` returns the layer's tensors, valid until the next call.

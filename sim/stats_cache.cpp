@@ -1,11 +1,14 @@
 #include "sim/stats_cache.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sys/stat.h>
+#include <tuple>
 #include <unistd.h>
 #include <vector>
 
@@ -16,7 +19,7 @@ namespace kvsim {
 
 namespace {
 constexpr char kMagic[8] = {'K', 'V', 'S', 'T', 'A', 'T', 'S', '\0'};
-constexpr uint32_t kVersion = 2;  // 2: lse in float64
+constexpr uint32_t kVersion = 3;  // 2: lse in float64; 3: a checksum after the last layer
 
 struct Header {
   char magic[8];
@@ -28,6 +31,57 @@ struct Header {
 
 bool read_all(std::FILE* f, void* p, size_t n) { return std::fread(p, 1, n, f) == n; }
 bool write_all(std::FILE* f, const void* p, size_t n) { return std::fwrite(p, 1, n, f) == n; }
+
+// The body checksum: FNV-1a over 4-byte words (every array's size is a multiple of 4 bytes).
+constexpr uint64_t kChecksumSeed = 0xcbf29ce484222325ull;
+uint64_t checksum_update(uint64_t h, const void* p, size_t n) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i + 4 <= n; i += 4) {
+    uint32_t w;
+    std::memcpy(&w, b + i, 4);
+    h = (h ^ w) * 0x100000001b3ull;
+  }
+  return h;
+}
+
+uint64_t checksum_layer(uint64_t h, const ExactStats& rs) {
+  h = checksum_update(h, rs.o.data(), 4 * rs.o.size());
+  h = checksum_update(h, rs.lse.data(), 8 * rs.lse.size());
+  h = checksum_update(h, rs.entropy.data(), 4 * rs.entropy.size());
+  h = checksum_update(h, rs.top_pos.data(), 4 * rs.top_pos.size());
+  return checksum_update(h, rs.top_w.data(), 4 * rs.top_w.size());
+}
+
+bool read_layer_body(std::FILE* f, ExactStats& rs) {
+  return read_all(f, rs.o.data(), 4 * rs.o.size()) && read_all(f, rs.lse.data(), 8 * rs.lse.size()) &&
+         read_all(f, rs.entropy.data(), 4 * rs.entropy.size()) &&
+         read_all(f, rs.top_pos.data(), 4 * rs.top_pos.size()) && read_all(f, rs.top_w.data(), 4 * rs.top_w.size());
+}
+
+// "" when every value of the layer is one the reference kernels can produce, else what is wrong.
+std::string check_layer_values(const ExactStats& rs, int64_t layer) {
+  const int64_t H = rs.H, T = rs.T, D = rs.D, K = rs.K;
+  auto at = [&](int64_t h, int64_t t) {
+    return " at layer " + std::to_string(layer) + ", head " + std::to_string(h) + ", step " + std::to_string(t);
+  };
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t row = h * T + t;
+      if (!std::isfinite(rs.lse[row])) return "log-sum-exp " + std::to_string(rs.lse[row]) + at(h, t);
+      if (!(rs.entropy[row] >= 0 && std::isfinite(rs.entropy[row])))
+        return "entropy " + std::to_string(rs.entropy[row]) + at(h, t);
+      for (int64_t x = 0; x < D; ++x)
+        if (!std::isfinite(rs.o[row * D + x])) return "output " + std::to_string(rs.o[row * D + x]) + at(h, t);
+      for (int64_t j = 0; j < K; ++j) {
+        const int32_t p = rs.top_pos[row * K + j];
+        const float w = rs.top_w[row * K + j];
+        if (p < -1 || p > t)
+          return "top-k position " + std::to_string(p) + at(h, t) + " outside [0, " + std::to_string(t) + "]";
+        if (!(w >= 0.0f && w <= 1.0f + 1e-5f)) return "top-k weight " + std::to_string(w) + at(h, t);
+      }
+    }
+  return "";
+}
 }  // namespace
 
 namespace {
@@ -54,6 +108,33 @@ uint64_t hash_file_bytes(const std::string& path) {
   return h ^ total;
 }
 
+}  // namespace
+
+namespace {
+// Sidecars this process validated, by identity (a sweep opens the same sidecar once per batch and
+// validating reads all of it; a rewritten or replaced file has a new identity).
+using FileId = std::tuple<dev_t, ino_t, off_t, time_t, long>;
+std::mutex valid_mu;
+std::set<std::pair<std::string, FileId>> valid_files;
+
+bool file_id(const std::string& path, FileId& id) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return false;
+  id = FileId{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
+  return true;
+}
+
+bool known_valid(const std::string& path) {
+  FileId id;
+  std::lock_guard<std::mutex> lock(valid_mu);
+  return file_id(path, id) && valid_files.count({path, id}) > 0;
+}
+
+void remember_valid(const std::string& path) {
+  FileId id;
+  std::lock_guard<std::mutex> lock(valid_mu);
+  if (file_id(path, id)) valid_files.insert({path, id});
+}
 }  // namespace
 
 uint64_t file_content_hash(const std::string& path) {
@@ -114,9 +195,18 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
            h.backend == static_cast<uint32_t>(b) && h.revision == kExactStatsRevision && h.hash == hash_ &&
            h.seq == seq && h.L == L && h.H == H && h.T == T && h.D == D && h.K == K_;
     std::error_code ec;
-    if (hit_ && static_cast<int64_t>(fs::file_size(path_, ec)) != static_cast<int64_t>(sizeof h) + L * layer_bytes())
+    const int64_t want = static_cast<int64_t>(sizeof h) + L * layer_bytes() + 8;
+    const int64_t size = static_cast<int64_t>(fs::file_size(path_, ec));
+    if (hit_ && size != want) {
+      invalid_ = "its size is " + std::to_string(size) + " bytes, expected " + std::to_string(want);
       hit_ = false;
-    if (!hit_) std::fclose(in_), in_ = nullptr;  // stale or foreign: recompute and replace it
+    }
+    if (hit_ && !known_valid(path_)) {
+      invalid_ = validate_body();
+      if (invalid_.empty()) remember_valid(path_);
+    }
+    if (!invalid_.empty()) hit_ = false;
+    if (!hit_) std::fclose(in_), in_ = nullptr;  // stale, foreign or damaged: recompute and replace it
   }
   if (!hit_) {
     partial_ = path_ + ".partial." + std::to_string(::getpid());
@@ -144,16 +234,30 @@ StatsCache::~StatsCache() {
 
 int64_t StatsCache::layer_bytes() const { return 4 * (H_ * T_ * D_ + H_ * T_ + 2 * H_ * T_ * K_) + 8 * H_ * T_; }
 
+std::string StatsCache::validate_body() {
+  ExactStats rs;
+  rs.resize(H_, T_, D_, K_);
+  uint64_t sum = kChecksumSeed;
+  for (int64_t l = 0; l < L_; ++l) {
+    if (!read_layer_body(in_, rs)) return "truncated in layer " + std::to_string(l);
+    sum = checksum_layer(sum, rs);
+    if (std::string bad = check_layer_values(rs, l); !bad.empty()) return bad;
+  }
+  uint64_t stored = 0;
+  if (!read_all(in_, &stored, sizeof stored)) return "no checksum";
+  if (stored != sum) return "checksum mismatch";
+  return "";
+}
+
 bool StatsCache::load(int64_t layer, ExactStats& rs) {
   if (!hit_) return false;
   rs.resize(H_, T_, D_, K_);
   if (std::fseek(in_, static_cast<long>(sizeof(Header) + layer * layer_bytes()), SEEK_SET) != 0)
     throw IoError(path_ + ": seek failed");
-  bool ok = read_all(in_, rs.o.data(), 4 * rs.o.size()) && read_all(in_, rs.lse.data(), 8 * rs.lse.size()) &&
-            read_all(in_, rs.entropy.data(), 4 * rs.entropy.size()) &&
-            read_all(in_, rs.top_pos.data(), 4 * rs.top_pos.size()) &&
-            read_all(in_, rs.top_w.data(), 4 * rs.top_w.size());
-  if (!ok) throw IoError(path_ + ": truncated reading layer " + std::to_string(layer));
+  if (!read_layer_body(in_, rs)) throw IoError(path_ + ": truncated reading layer " + std::to_string(layer));
+  // Validated when opened; a file changed since then is not trusted either.
+  if (std::string bad = check_layer_values(rs, layer); !bad.empty())
+    throw FormatError(path_ + ": sidecar changed while in use: " + bad + " (delete it and rerun)");
   return true;
 }
 
@@ -169,12 +273,13 @@ void StatsCache::store(int64_t layer, const ExactStats& rs) {
     std::remove(partial_.c_str());
     return;
   }
+  sum_ = checksum_layer(sum_, rs);
   ++stored_;
 }
 
 void StatsCache::finish() {
   if (!out_) return;
-  bool ok = stored_ == L_ && std::fflush(out_) == 0;
+  bool ok = stored_ == L_ && write_all(out_, &sum_, sizeof sum_) && std::fflush(out_) == 0;
   std::fclose(out_), out_ = nullptr;
   if (ok && std::rename(partial_.c_str(), path_.c_str()) == 0) return;
   std::remove(partial_.c_str());

@@ -2,7 +2,9 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
+#include <cmath>
 #include <fstream>
+#include <limits>
 
 #include "sim/base/error.h"
 #include "sim/store/store.h"
@@ -211,4 +213,37 @@ INSERT INTO summaries VALUES(7, -1, -1, 'kl', 0.25, 0.25, 0.25, 0.25, 0.25, 10);
   CHECK(one("SELECT group_concat(protocol) FROM (SELECT protocol FROM runs ORDER BY protocol)") == "evict,prefill");
   CHECK(one("SELECT count(*) FROM results WHERE protocol = 'evict' AND metric = 'kl'") == "1");
   sqlite3_close(h);
+}
+
+TEST_CASE("store: a done run with a non-finite summary statistic is recorded failed, without rows") {
+  test::TempDir dir;
+  const std::string db = dir.file("r.db");
+  ResultsStore s(db);
+  const int64_t t = s.add_trace({"a.h5", "h1", "m", true, 2, 4, 2, 16});
+  const int64_t c = s.add_config({"window", "window:budget=8", "{}"});
+  StoreRun bad = make_run(c, t, "done", 0.25);
+  bad.summaries[1].p95 = std::numeric_limits<double>::infinity();  // one head's p95 only
+  s.commit_run(bad);
+  StoreRun nan_run = make_run(c, t, "done", std::nan(""));
+  nan_run.prefill = 64;
+  s.commit_run(nan_run);
+  s.commit_run(make_run(c, t, "done", 0.5));  // prefill 128 again: replaces the inf run
+  CHECK(s.count_runs("done") == 1);
+  CHECK(s.count_runs("failed") == 1);
+  CHECK(s.done_runs().size() == 1);
+  CHECK(scalar(db,
+               "SELECT count(*) FROM runs WHERE prefill = 64 AND status = 'failed' AND "
+               "error = 'the metric kl = nan (run summary) is not finite'") == 1);
+  CHECK(scalar(db, "SELECT count(*) FROM summaries s JOIN runs r ON r.id = s.run_id WHERE r.prefill = 64") == 0);
+  CHECK(scalar(db, "SELECT count(*) FROM curves c JOIN runs r ON r.id = c.run_id WHERE r.prefill = 64") == 0);
+  // The inf in one head's p95 alone makes the run failed (seen before the good run replaced it).
+  ResultsStore s2(dir.file("r2.db"));
+  const int64_t t2 = s2.add_trace({"a.h5", "h1", "m", true, 2, 4, 2, 16});
+  const int64_t c2 = s2.add_config({"window", "window:budget=8", "{}"});
+  bad.config_id = c2, bad.trace_id = t2;
+  s2.commit_run(bad);
+  CHECK(s2.count_runs("failed") == 1);
+  CHECK(scalar(dir.file("r2.db"),
+               "SELECT count(*) FROM runs WHERE error = 'the metric kl = inf in layer 0, "
+               "head 3 is not finite'") == 1);
 }

@@ -52,7 +52,8 @@ std::vector<BestPoint> load_points(const std::string& db, int metric, const Best
   const ResultsStore store(db, StoreMode::read);
   sqlite3* h = store.handle();
   const char* sql =
-      "SELECT c.strategy, c.spec, avg(r_.mean), avg(m_.mean), count(*), r.protocol FROM runs r "
+      "SELECT c.strategy, c.spec, CASE WHEN count(r_.mean) = count(*) THEN avg(r_.mean) END, "
+      "CASE WHEN count(m_.mean) = count(*) THEN avg(m_.mean) END, count(*), r.protocol FROM runs r "
       "JOIN configs c ON c.id = r.config_id JOIN traces t ON t.id = r.trace_id "
       "JOIN summaries r_ ON r_.run_id = r.id AND r_.layer = -1 AND r_.head = -1 AND r_.metric = 'ratio' "
       "JOIN summaries m_ ON m_.run_id = r.id AND m_.layer = -1 AND m_.head = -1 AND m_.metric = ?1 "

@@ -29,6 +29,12 @@ std::string human_bytes(double b) {
   return buf;
 }
 
+std::string value_text(float x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(x));
+  return buf;
+}
+
 int run_info(const InfoArgs& a) {
   traces::TraceReader r(a.trace);
   const traces::TraceHeader& h = r.header();
@@ -48,7 +54,7 @@ int run_info(const InfoArgs& a) {
                               {"head", b.head},
                               {"token", b.token},
                               {"dim", b.dim},
-                              {"value", std::to_string(b.value)}});
+                              {"value", value_text(b.value)}});
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
@@ -70,13 +76,16 @@ int run_info(const InfoArgs& a) {
       std::printf("  %-12s %8lld %8lld  %-28s %s\n", s.name.c_str(), (long long)s.n_tokens, (long long)s.prefill_len,
                   kinds.c_str(), s.source.c_str());
     }
-    if (a.check) std::printf("check        %s\n", bad.empty() ? "all tensors finite" : "NON-FINITE VALUES FOUND");
+    if (a.check)
+      std::printf("check        %s\n",
+                  bad.empty() ? "all tensors finite, |x| <= 65504" : "NON-FINITE OR OUT-OF-RANGE VALUES FOUND");
   }
   if (!bad.empty()) {
     const auto& b = bad.front();
     std::string more = bad.size() > 1 ? " (and " + std::to_string(bad.size() - 1) + " more datasets)" : "";
-    throw NumericError(a.trace + ": " + b.dataset + ": " + std::to_string(b.count) + " non-finite values, first " +
-                       std::to_string(b.value) + " at [head " + std::to_string(b.head) + ", token " +
+    throw NumericError(a.trace + ": " + b.dataset + ": " + std::to_string(b.count) +
+                       " non-finite or out-of-range values (a trace holds finite |x| <= 65504), first " +
+                       value_text(b.value) + " at [head " + std::to_string(b.head) + ", token " +
                        std::to_string(b.token) + ", dim " + std::to_string(b.dim) + "]" + more);
   }
   return 0;
@@ -89,7 +98,8 @@ void add_info(CLI::App& app) {
   CLI::App* c = app.add_subcommand("info", "Show a trace's model, shape, dtype and sequences; validate the file");
   c->add_option("TRACE", a->trace, "trace file (.h5)")->required();
   c->add_flag("--json", a->json, "print JSON instead of a table");
-  c->add_flag("--check", a->check, "scan every tensor for NaN/Inf (exit 2 if any)");
+  c->add_flag("--check", a->check,
+              "scan every tensor, streaming one chunk at a time, for NaN, inf and |x| > 65504 (exit 2 if any)");
   c->callback([a] { exit_status() = run_info(*a); });
 }
 

@@ -21,7 +21,7 @@ namespace {
 struct RunArgs {
   std::string trace, backend = "auto", sequence, stats_cache, db, protocol = "evict";
   std::vector<std::string> strategies;
-  std::string prefill = "trace";
+  std::string prefill = "trace", max_memory = "8G";
   int64_t stride = 1, bins = 16;
   double eps = 1e-6;
   bool json = false, quiet = false, per_head = false;
@@ -64,6 +64,7 @@ int run_run(const RunArgs& a) {
   opt.prefill = parse_prefill(a.prefill, "--prefill"), opt.stride = a.stride, opt.backend = backend, opt.bins = a.bins,
   opt.eps = a.eps;
   opt.stats_cache = a.stats_cache;
+  opt.max_memory = parse_memory(a.max_memory, "--max-memory");
   opt.protocol = parse_protocol(a.protocol);
   if (reader.sequences().empty()) throw FormatError(a.trace + ": the trace has no sequences");
   if (!a.sequence.empty()) opt.seq = reader.find_sequence(a.sequence);
@@ -91,6 +92,9 @@ int run_run(const RunArgs& a) {
     std::printf("%s\n", run_json(r, a.per_head).dump(2).c_str());
   else
     print_table(r);
+  for (const ConfigResult& c : r.configs)  // the store recorded these runs failed (ResultsStore::commit_run)
+    if (const std::string bad = non_finite_metric(c); !bad.empty())
+      throw Error(a.trace + ": " + c.spec + ": the metric " + bad + " is not finite: the run failed");
   return 0;
 }
 
@@ -124,6 +128,10 @@ void add_run(CLI::App& app) {
                 "folder of the reference-statistics sidecar cache (default: $KVSIM_CACHE_DIR, else "
                 "~/.cache/kvsim; 'off': none)");
   c->add_option("--db", a->db, "also commit the runs to this results store (sim/store/STORE.md), as kvsim sweep does");
+  c->add_option("--max-memory", a->max_memory,
+                "most bytes the replay may hold (a layer's q, k, v and reference statistics; K, M, G, T suffixes); "
+                "a trace needing more is refused")
+      ->capture_default_str();
   c->add_flag("--json", a->json, "print JSON instead of a table");
   c->add_flag("--per-head", a->per_head, "with --json: include per-(layer, head) summaries");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");

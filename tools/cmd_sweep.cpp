@@ -24,6 +24,10 @@ void add_sweep(CLI::App& app) {
   c->add_option(
       "--stats-cache", a->stats_cache,
       "folder of the reference-statistics sidecar cache (default: $KVSIM_CACHE_DIR, else ~/.cache/kvsim; 'off': none)");
+  c->add_option("--max-memory", a->max_memory,
+                "most bytes one replay may hold (a layer's q, k, v and reference statistics; K, M, G, T suffixes); "
+                "a trace needing more is refused")
+      ->capture_default_str();
   c->add_flag("--mpi", *mpi, "distribute over MPI ranks (only in the MPI driver: mpirun -np N kvsim_mpi sweep ...)");
   c->add_flag("--quiet", a->quiet, "no progress on stderr");
   c->callback([a, mpi] {

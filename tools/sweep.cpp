@@ -209,6 +209,9 @@ std::string warnings_text(const ConfigResult& c) {
 }
 
 void warn_degeneracies(const ReplayResult& rr, const std::string& who) {
+  if (!rr.stats_cache_rebuilt.empty())
+    std::fprintf(stderr, "%s: warning: invalid sidecar %s: recomputed the reference statistics and replaced it\n",
+                 who.c_str(), rr.stats_cache_rebuilt.c_str());
   for (const auto& c : rr.configs) {
     if (c.warnings.empty()) continue;
     std::string line;
@@ -268,6 +271,7 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
   const std::string backend = opt.backend.empty() ? w.plan.backend : opt.backend;
   w.backend = parse_replay_backend(backend);
   if (opt.batch < 1) throw UsageError("--batch " + std::to_string(opt.batch) + " must be >= 1");
+  w.max_memory = parse_memory(opt.max_memory, "--max-memory");
   std::set<std::string> seen;
   for (const auto& s : w.plan.specs) {
     SweepConfigEntry e;
@@ -376,6 +380,7 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
   opt.prefill = g.prefill, opt.stride = w.plan.stride, opt.seq = g.seq_index, opt.backend = w.backend;
   opt.protocol = g.protocol;
   opt.stats_cache = stats_cache;
+  opt.max_memory = w.max_memory;
   try {
     const ReplayResult rr = replay_trace(*reader, strategies, opt);
     warn_degeneracies(rr, "kvsim sweep");
@@ -383,6 +388,10 @@ std::vector<SweepOutcome> run_batch(const SweepWork& w, const SweepBatch& b, con
       SweepOutcome& o = out[index[j]];
       o.run.seconds = rr.configs[j].seconds;
       o.run.warnings = warnings_text(rr.configs[j]);
+      if (const std::string bad = non_finite_metric(rr.configs[j]); !bad.empty()) {
+        fail(o, w.configs.at(o.config).spec + ": the metric " + bad + " is not finite");
+        continue;
+      }
       fill_rows(rr.configs[j], rr, o.run);
     }
   } catch (const NotCompiled&) {

@@ -25,6 +25,7 @@ namespace kvsim::tools {
 
 struct SweepOptions {
   std::string config, db, shard, backend, stats_cache;
+  std::string max_memory = "8G";  // --max-memory (parse_memory, sim/replay.h)
   int64_t batch = 32;
   bool quiet = false;
 };
@@ -62,7 +63,8 @@ struct SweepWork {
   std::vector<SweepConfigEntry> configs;
   std::vector<SweepTraceEntry> traces;
   std::vector<SweepGroup> groups;
-  int64_t total_runs = 0;  // all runs of the sweep, every shard
+  int64_t total_runs = 0;                  // all runs of the sweep, every shard
+  int64_t max_memory = kDefaultMaxMemory;  // ReplayOptions::max_memory of every replay
 };
 
 // The outcome of one run (ids are filled by whoever writes the store).

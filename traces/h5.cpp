@@ -42,6 +42,71 @@ bool has_link(hid_t loc, const std::string& path) {
   return true;
 }
 
+void require_hard_links(hid_t loc, const std::string& path, const std::string& where) {
+  size_t pos = 0;
+  while (pos <= path.size()) {
+    size_t next = path.find('/', pos);
+    if (next == std::string::npos) next = path.size();
+    const std::string prefix = path.substr(0, next);
+    pos = next + 1;
+    if (prefix.empty() || prefix == "/") continue;
+    H5L_info_t info;
+    if (H5Lget_info(loc, prefix.c_str(), &info, H5P_DEFAULT) < 0)
+      throw FormatError(where + ": cannot read the link '" + prefix + "'");
+    if (info.type == H5L_TYPE_HARD) continue;
+    std::string kind = info.type == H5L_TYPE_SOFT       ? "a soft link"
+                       : info.type == H5L_TYPE_EXTERNAL ? "an external link (to another file)"
+                                                        : "a user-defined link";
+    throw FormatError(where + ": '" + prefix + "' is " + kind +
+                      "; a trace must hold its data itself, through hard links only");
+  }
+}
+
+void require_stored_inside(hid_t dset, const std::string& where, uint64_t max_chunk_bytes) {
+  Handle dcpl(H5Dget_create_plist(dset));
+  if (!dcpl.valid()) throw FormatError(where + ": cannot read the dataset's storage properties");
+  const H5D_layout_t layout = H5Pget_layout(dcpl);
+  if (layout == H5D_VIRTUAL)
+    throw FormatError(where +
+                      ": a virtual dataset (its data lives in other datasets or files); a trace must hold "
+                      "its data itself");
+  if (const int n_ext = H5Pget_external_count(dcpl); n_ext != 0)
+    throw FormatError(where + ": external storage in " + std::to_string(n_ext) +
+                      " outside file(s); a trace must hold its data itself");
+  Handle type(H5Dget_type(dset));
+  const uint64_t elem = H5Tget_size(type);
+  uint64_t declared = elem;
+  const std::vector<hsize_t> dims = dataset_dims(dset);
+  for (hsize_t d : dims) declared *= d;  // callers checked the shape against the limits first
+  const uint64_t stored = H5Dget_storage_size(dset);
+  if (layout == H5D_CONTIGUOUS || layout == H5D_COMPACT) {
+    if (stored < declared)
+      throw FormatError(where + ": only " + std::to_string(stored) + " of the " + std::to_string(declared) +
+                        " bytes its shape " + shape_str(dims) + " declares are stored in the file");
+    return;
+  }
+  if (layout != H5D_CHUNKED) throw FormatError(where + ": unknown storage layout " + std::to_string(layout));
+  std::vector<hsize_t> chunk(dims.size());
+  if (H5Pget_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data()) != static_cast<int>(chunk.size()))
+    throw FormatError(where + ": cannot read the chunk shape");
+  uint64_t chunk_bytes = elem, n_chunks = 1;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (chunk[i] == 0) throw FormatError(where + ": chunk shape " + shape_str(chunk) + " has a zero extent");
+    chunk_bytes *= chunk[i];
+    n_chunks *= (dims[i] + chunk[i] - 1) / chunk[i];
+  }
+  if (chunk_bytes > max_chunk_bytes)
+    throw FormatError(where + ": chunks of " + shape_str(chunk) + " hold " + std::to_string(chunk_bytes) +
+                      " bytes each, over the limit " + std::to_string(max_chunk_bytes) +
+                      " (every read would inflate a whole chunk)");
+  hsize_t have = 0;
+  Handle space(H5Dget_space(dset));
+  if (H5Dget_num_chunks(dset, space, &have) < 0) throw FormatError(where + ": cannot count the stored chunks");
+  if (have < n_chunks)
+    throw FormatError(where + ": only " + std::to_string(have) + " of the " + std::to_string(n_chunks) +
+                      " chunks its shape " + shape_str(dims) + " declares are stored in the file");
+}
+
 namespace {
 
 Handle open_attr(hid_t obj, const char* name, const std::string& where) {

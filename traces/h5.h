@@ -42,6 +42,14 @@ class Handle {
 bool has_attr(hid_t obj, const char* name);
 bool has_link(hid_t loc, const std::string& path);
 
+// A trace holds its data itself (traces/FORMAT.md "Storage"): throws FormatError naming `where` unless
+// every component of `path` below `loc` is a hard link (no external, soft or user-defined link).
+void require_hard_links(hid_t loc, const std::string& path, const std::string& where);
+// Throws FormatError naming `where` unless every byte the dataset declares is stored in this file:
+// no virtual layout, no external storage, a contiguous or compact layout whose storage holds all of
+// it, or a chunked one with every chunk written and each chunk at most `max_chunk_bytes` inflated.
+void require_stored_inside(hid_t dset, const std::string& where, uint64_t max_chunk_bytes);
+
 // Readers: `where` is "file.h5: /path" for messages. Missing attribute or wrong class throws FormatError.
 std::string read_str_attr(hid_t obj, const char* name, const std::string& where);
 int64_t read_int_attr(hid_t obj, const char* name, const std::string& where);

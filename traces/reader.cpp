@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <vector>
 
@@ -46,6 +47,14 @@ const float* f16_table() {
   return table.data();
 }
 
+bool in_range(float x) { return std::fabs(x) <= kMaxAbsValue; }  // false for NaN
+
+std::string value_str(float x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(x));
+  return buf;
+}
+
 std::string dataset_path(const std::string& seq, int64_t layer, Kind kind) {
   return "/sequences/" + seq + "/layers/" + std::to_string(layer) + "/" + kind_name(kind);
 }
@@ -58,6 +67,11 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   if (!fs::exists(path, ec)) throw UsageError(path + ": no such file");
   if (fs::is_directory(path, ec)) throw UsageError(path + ": is a directory, expected a trace file");
   file_bytes_ = fs::file_size(path, ec);
+  const std::string fname = fs::path(path).filename().string();
+  if (fname.size() >= 8 && fname.compare(fname.size() - 8, 8, ".partial") == 0)
+    throw FormatError(path +
+                      ": a .partial file is a trace still being written or left by a killed writer; only "
+                      "the renamed file (without .partial) is a trace");
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw FormatError(path + ": not an HDF5 file (" + std::to_string(file_bytes_) + " bytes, no HDF5 signature)");
   impl_->file = h5::Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
@@ -101,6 +115,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   h.validate(root);
 
   if (!h5::has_link(f, "/sequences")) throw FormatError(path + ": /sequences: group missing");
+  h5::require_hard_links(f, "/sequences", path + ": /sequences");
   h5::Handle seqs(H5Gopen2(f, "/sequences", H5P_DEFAULT));
   if (!seqs.valid()) throw FormatError(path + ": /sequences: not a group");
   const std::vector<std::string> names = child_names(seqs);
@@ -109,6 +124,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   for (const std::string& name : names) {
     const std::string gpath = "/sequences/" + name;
     const std::string where = path + ": " + gpath;
+    h5::require_hard_links(f, gpath, where);
     h5::Handle g(H5Gopen2(f, gpath.c_str(), H5P_DEFAULT));
     if (!g.valid()) throw FormatError(where + ": not a group");
     SequenceInfo s;
@@ -132,18 +148,28 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       throw FormatError(where + ": context_len = " + std::to_string(s.context_len) +
                         " is outside [1, prefill_len = " + std::to_string(s.prefill_len) + "]");
     if (!h5::has_link(g, "tokens")) throw FormatError(where + "/tokens: dataset missing");
+    h5::require_hard_links(g, "tokens", where + "/tokens");
     {
       h5::Handle d(H5Dopen2(g, "tokens", H5P_DEFAULT));
+      if (!d.valid()) throw FormatError(where + "/tokens: not a dataset");
       auto dims = h5::dataset_dims(d);
       if (dims.size() != 1 || static_cast<int64_t>(dims[0]) != T)
         throw ShapeMismatch(where + "/tokens: shape " + shape_str(dims) + " but n_tokens = " + std::to_string(T));
       h5::Handle t(H5Dget_type(d));
       if (H5Tget_class(t) != H5T_INTEGER)
         throw FormatError(where + "/tokens: dtype class " + h5::class_name(H5Tget_class(t)) + ", expected integer");
+      h5::require_stored_inside(d, where + "/tokens", kMaxChunkBytes);
     }
     s.has_text = h5::has_link(g, "text");
+    if (s.has_text) {
+      h5::require_hard_links(g, "text", where + "/text");
+      h5::Handle d(H5Dopen2(g, "text", H5P_DEFAULT));
+      if (!d.valid()) throw FormatError(where + "/text: not a dataset");
+      h5::require_stored_inside(d, where + "/text", kMaxChunkBytes);
+    }
 
     if (!h5::has_link(g, "layers")) throw FormatError(where + "/layers: group missing");
+    h5::require_hard_links(g, "layers", where + "/layers");
     h5::Handle lg(H5Gopen2(g, "layers", H5P_DEFAULT));
     for (const std::string& ln : child_names(lg)) {
       char* end = nullptr;
@@ -159,10 +185,12 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
           throw FormatError(where + "/layers/" + std::to_string(l) +
                             ": layer missing (n_layers = " + std::to_string(h.n_layers) + ")");
         const std::string dp = dataset_path(name, l, kind);
+        h5::require_hard_links(lg, std::to_string(l), where + "/layers/" + std::to_string(l));
         bool present = h5::has_link(f, dp);
         in_all = in_all && present;
         in_any = in_any || present;
         if (!present) continue;
+        h5::require_hard_links(f, dp, path + ": " + dp);
         h5::Handle d(H5Dopen2(f, dp.c_str(), H5P_DEFAULT));
         if (!d.valid()) throw FormatError(path + ": " + dp + ": not a dataset");
         auto dims = h5::dataset_dims(d);
@@ -182,6 +210,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
         if (static_cast<int>(bytes) != dtype_bytes(h.stored_dtype))
           throw FormatError(path + ": " + dp + ": " + std::to_string(bytes) +
                             "-byte floats but stored_dtype = " + dtype_name(h.stored_dtype));
+        h5::require_stored_inside(d, path + ": " + dp, kMaxChunkBytes);
       }
       if (kind == Kind::q || kind == Kind::k || kind == Kind::v) {
         if (!in_all) {
@@ -257,8 +286,8 @@ std::string TraceReader::text(int64_t seq) const {
   return out;
 }
 
-void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0,
-                             int64_t n_tok, float* out) const {
+void TraceReader::read_raw(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0,
+                           int64_t n_tok, float* out) const {
   const SequenceInfo& s = sequence(seq);
   const int64_t heads = header_.heads_of(kind), T = s.n_tokens, D = header_.head_dim;
   if (!has(seq, kind)) throw UsageError(path_ + ": sequence " + s.name + " has no '" + kind_name(kind) + "' tensors");
@@ -301,6 +330,20 @@ void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head
   if (rc < 0) throw FormatError(path_ + ": " + dp + ": read failed (truncated or corrupt data?)");
 }
 
+void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0,
+                             int64_t n_tok, float* out) const {
+  read_raw(seq, layer, kind, head0, n_heads, t0, n_tok, out);
+  const int64_t D = header_.head_dim, n = n_heads * n_tok * D;
+  for (int64_t i = 0; i < n; ++i) {
+    if (in_range(out[i])) continue;
+    const int64_t head = head0 + i / (n_tok * D), token = t0 + (i / D) % n_tok, dim = i % D;
+    throw NumericError(path_ + ": " + dataset_path(sequence(seq).name, layer, kind) + ": value " + value_str(out[i]) +
+                       " at [head " + std::to_string(head) + ", token " + std::to_string(token) + ", dim " +
+                       std::to_string(dim) + "]: a trace holds finite values with |x| <= " + value_str(kMaxAbsValue) +
+                       " (traces/FORMAT.md)");
+  }
+}
+
 xt::xtensor<float, 2> TraceReader::read_head(int64_t seq, int64_t layer, Kind kind, int64_t head) const {
   const int64_t T = sequence(seq).n_tokens, D = header_.head_dim;
   xt::xtensor<float, 2> out({static_cast<size_t>(T), static_cast<size_t>(D)});
@@ -316,24 +359,35 @@ xt::xtensor<float, 3> TraceReader::read_layer(int64_t seq, int64_t layer, Kind k
 }
 
 std::vector<NonFinite> TraceReader::check_finite() const {
+  // Streams one head by whole chunks of tokens at a time (256-token blocks when not chunked), about
+  // 4 MiB per read: memory stays bounded whatever T and D are, and each chunk is inflated once per
+  // head it holds.
   std::vector<NonFinite> found;
+  std::vector<float> buf;
   for (int64_t s = 0; s < static_cast<int64_t>(sequences_.size()); ++s) {
     const SequenceInfo& si = sequences_[static_cast<size_t>(s)];
     const int64_t T = si.n_tokens, D = header_.head_dim;
-    std::vector<float> buf(static_cast<size_t>(T * D));
     for (int64_t l = 0; l < header_.n_layers; ++l) {
       for (Kind kind : si.kinds) {
+        const std::string dp = dataset_path(si.name, l, kind);
+        // Whole chunks, as many as fit in 4 MiB (fewer reads of small chunks), at least one.
+        const int64_t chunk = block_tokens(dp);
+        const int64_t step = std::min(T, chunk * std::max<int64_t>(1, (int64_t{4} << 20) / (4 * D * chunk)));
+        buf.resize(static_cast<size_t>(step * D));
         NonFinite nf;
         for (int64_t h = 0; h < header_.heads_of(kind); ++h) {
-          read_block(s, l, kind, h, 1, 0, T, buf.data());
-          for (int64_t i = 0; i < T * D; ++i) {
-            if (std::isfinite(buf[static_cast<size_t>(i)])) continue;
-            if (nf.count++ == 0) {
-              nf.dataset = dataset_path(si.name, l, kind);
-              nf.head = h;
-              nf.token = i / D;
-              nf.dim = i % D;
-              nf.value = buf[static_cast<size_t>(i)];
+          for (int64_t t0 = 0; t0 < T; t0 += step) {
+            const int64_t n_tok = std::min(step, T - t0);
+            read_raw(s, l, kind, h, 1, t0, n_tok, buf.data());
+            for (int64_t i = 0; i < n_tok * D; ++i) {
+              if (in_range(buf[static_cast<size_t>(i)])) continue;
+              if (nf.count++ == 0) {
+                nf.dataset = dp;
+                nf.head = h;
+                nf.token = t0 + i / D;
+                nf.dim = i % D;
+                nf.value = buf[static_cast<size_t>(i)];
+              }
             }
           }
         }
@@ -342,6 +396,15 @@ std::vector<NonFinite> TraceReader::check_finite() const {
     }
   }
   return found;
+}
+
+int64_t TraceReader::block_tokens(const std::string& dp) const {
+  h5::Handle d(H5Dopen2(impl_->file, dp.c_str(), H5P_DEFAULT));
+  h5::Handle dcpl(H5Dget_create_plist(d));
+  hsize_t chunk[3] = {0, 0, 0};
+  if (dcpl.valid() && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 3, chunk) == 3 && chunk[1] > 0)
+    return static_cast<int64_t>(chunk[1]);
+  return kChunkTokens;
 }
 
 }  // namespace kvsim::traces

@@ -14,7 +14,7 @@
 
 namespace kvsim::traces {
 
-// One non-finite finding of check_finite().
+// One finding of check_finite(): a value that is NaN, inf or beyond |x| <= kMaxAbsValue.
 struct NonFinite {
   std::string dataset;  // /sequences/0000/layers/3/k
   int64_t head = 0, token = 0, dim = 0;
@@ -43,14 +43,21 @@ class TraceReader {
   xt::xtensor<float, 2> read_head(int64_t seq, int64_t layer, Kind kind, int64_t head) const;
   // [heads, T, D] for one layer.
   xt::xtensor<float, 3> read_layer(int64_t seq, int64_t layer, Kind kind) const;
-  // Reads into a caller buffer: heads [head0, head0+n_heads) x tokens [t0, t0+n_tok) x D.
+  // Reads into a caller buffer: heads [head0, head0+n_heads) x tokens [t0, t0+n_tok) x D. Every read
+  // refuses (NumericError naming the dataset, head, token and dim) a value that is NaN, inf or beyond
+  // |x| <= kMaxAbsValue (traces/FORMAT.md "Values").
   void read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0, int64_t n_tok,
                   float* out) const;
 
-  // Scans every tensor for NaN/Inf, one head at a time; returns one finding per bad dataset.
+  // Scans every tensor for NaN, inf and |x| > kMaxAbsValue in blocks of one head by one chunk's
+  // tokens (about 4 MiB at a time, independent of T); returns one finding per bad dataset.
   std::vector<NonFinite> check_finite() const;
 
  private:
+  // read_block without the value check (check_finite counts instead of throwing).
+  void read_raw(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0, int64_t n_tok,
+                float* out) const;
+  int64_t block_tokens(const std::string& dataset) const;  // tokens per chunk, or kChunkTokens
   struct Impl;
   std::string path_;
   TraceHeader header_;

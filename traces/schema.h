@@ -18,6 +18,12 @@ inline constexpr int64_t kMaxHeads = 4096;
 inline constexpr int64_t kMaxHeadDim = 4096;
 inline constexpr int64_t kMaxTokens = int64_t{1} << 24;
 inline constexpr int64_t kMaxHeadElements = int64_t{1} << 31;  // one [T, D] head slice
+// One chunk, inflated: a standard chunk [1, 256, D] is at most 4 MiB (D = 4096 float32).
+inline constexpr uint64_t kMaxChunkBytes = uint64_t{64} << 20;
+// Every q/k/v value a reader hands out satisfies |x| <= kMaxAbsValue (no NaN, no inf): the largest
+// finite float16, so that every trace is float16-representable, the codecs' float16 scales and
+// zero points cannot overflow, and a logit q.k/sqrt(D) stays below D * 65504^2 / sqrt(D) < 3e11.
+inline constexpr float kMaxAbsValue = 65504.0f;
 
 enum class DType { f32, f16, bf16 };
 const char* dtype_name(DType d);

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -303,7 +304,31 @@ int64_t ResultsStore::count_runs(const std::string& status) {
   return q.col_int(0);
 }
 
-void ResultsStore::commit_run(const StoreRun& r) {
+namespace {
+// "" when every summary statistic is finite, else the first that is not (STORE.md: such a run is failed).
+std::string non_finite_row(const StoreRun& r) {
+  for (const auto& row : r.summaries)
+    for (double x : {row.mean, row.p5, row.p50, row.p95, row.worst})
+      if (!std::isfinite(x))
+        return row.metric + " = " + std::to_string(x) +
+               (row.layer < 0 ? std::string(" (run summary)")
+                              : " in layer " + std::to_string(row.layer) + ", head " + std::to_string(row.head));
+  return "";
+}
+}  // namespace
+
+void ResultsStore::commit_run(const StoreRun& run) {
+  // A non-finite metric is never a result: the run is recorded failed, without its rows, so that
+  // done_runs() reruns it and best never ranks it.
+  StoreRun failed;
+  if (const std::string bad = run.status == "done" ? non_finite_row(run) : ""; !bad.empty()) {
+    failed = run;
+    failed.status = "failed";
+    failed.error = "the metric " + bad + " is not finite";
+    failed.summaries.clear();
+    failed.curves.clear();
+  }
+  const StoreRun& r = failed.status == "failed" ? failed : run;
   exec("BEGIN IMMEDIATE");
   try {
     {

@@ -79,8 +79,10 @@ class ResultsStore {
   int64_t add_config(const StoreConfig& c);  // id; existing row when the spec is known
   // Many configurations in one transaction (a sweep registers its whole grid at start).
   std::vector<int64_t> add_configs(const std::vector<StoreConfig>& cs);
-  std::set<RunKey> done_runs();        // runs with status 'done'
-  void commit_run(const StoreRun& r);  // replaces an earlier row of the same key
+  std::set<RunKey> done_runs();  // runs with status 'done'
+  // Replaces an earlier row of the same key. A run marked done whose summaries hold a non-finite
+  // statistic is recorded failed (error names the metric), without summaries or curves.
+  void commit_run(const StoreRun& r);
   int64_t count_runs(const std::string& status = "");
 
  private:
