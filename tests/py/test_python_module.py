@@ -196,6 +196,13 @@ def t_errors():
     raises(kvsim.UsageError, lambda: kvsim.run_arrays(q, q[:1], q[:1], ["h2o"], prefill="trace"), "prefill")
     raises(kvsim.FormatError, lambda: kvsim.run_arrays(np.zeros((3, 8, 4), np.float32), q[:1] * 0 + np.zeros(
         (2, 8, 4), np.float32), np.zeros((2, 8, 4), np.float32), ["h2o:budget=4"], prefill=4), "Hkv must divide H")
+    nan = np.zeros((2, 8, 4), np.float32)
+    nan[1, 5, 2] = np.nan
+    raises(kvsim.FormatError, lambda: kvsim.run_arrays(q, nan[:1], nan[1:], ["h2o:budget=4"], prefill=4),
+           "v of layer 0: value nan at [head 0, token 5, dim 2]")
+    big = np.full((1, 8, 4), 70000.0, np.float32)
+    raises(kvsim.FormatError, lambda: kvsim.run_arrays(q, big, q[:1], ["h2o:budget=4"], prefill=4), "|x| <= 65504")
+    raises(kvsim.UsageError, lambda: kvsim.run(TRACE, ["h2o:budget=64"], max_memory="1K"), "max-memory")
     with tl.tempdir() as d:
         bad = os.path.join(d, "x.db")
         with open(bad, "w") as f:

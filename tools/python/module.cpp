@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "tools/sweep.h"
 #include "tools/version.h"
 #include "traces/reader.h"
+#include "traces/schema.h"
 
 namespace py = pybind11;
 
@@ -40,7 +42,7 @@ struct Strategies {
 };
 
 struct RunArgs {
-  std::string prefill, protocol, backend;
+  std::string prefill, protocol, backend, max_memory;
   int64_t stride = 1, bins = 16;
   double eps = 1e-6;
   bool per_head = false;
@@ -52,6 +54,7 @@ ReplayOptions options_of(const RunArgs& a) {
   opt.stride = a.stride, opt.bins = a.bins, opt.eps = a.eps;
   opt.backend = parse_replay_backend(a.backend);
   opt.protocol = parse_protocol(a.protocol);
+  opt.max_memory = parse_memory(a.max_memory, "max_memory");
   if (!(a.eps > 0 && a.eps < 1)) throw UsageError("eps " + std::to_string(a.eps) + " must be in (0, 1)");
   if (a.bins <= 0) throw UsageError("bins " + std::to_string(a.bins) + " must be >= 1");
   return opt;
@@ -67,6 +70,20 @@ void set_progress(ReplayOptions& opt, const py::object& progress, int64_t layers
   };
 }
 
+// As `kvsim run`: degeneracies and a rebuilt sidecar as warnings on stderr, and a configuration
+// whose metric came out non-finite fails the call (the CLI exits 1) rather than returning NaNs.
+std::string finish(const ReplayResult& r, bool per_head, const std::string& who) {
+  {
+    py::gil_scoped_acquire gil;  // stderr is Python's too
+    py::module_::import("sys").attr("stderr").attr("flush")();
+  }
+  warn_degeneracies(r, who);
+  for (const ConfigResult& c : r.configs)
+    if (const std::string bad = non_finite_metric(c); !bad.empty())
+      throw Error(r.trace + ": " + c.spec + ": the metric " + bad + " is not finite: the run failed");
+  return run_json(r, per_head).dump();
+}
+
 std::string run_trace_json(const std::string& trace, const std::vector<std::string>& specs, const RunArgs& a,
                            const std::string& sequence, const std::string& stats_cache, const py::object& progress) {
   Strategies s(specs);
@@ -77,7 +94,7 @@ std::string run_trace_json(const std::string& trace, const std::vector<std::stri
   if (!sequence.empty()) opt.seq = reader.find_sequence(sequence);
   set_progress(opt, progress, reader.header().n_layers);
   py::gil_scoped_release nogil;
-  return run_json(replay_trace(reader, s.ptrs, opt), a.per_head).dump();
+  return finish(replay_trace(reader, s.ptrs, opt), a.per_head, "kvsim.run");
 }
 
 // One layer's tensors: [H, T, D] (q) or [Hkv, T, D] (k, v, k_pre), float32, C order.
@@ -94,6 +111,16 @@ void check_layer(const Array& x, const char* what, int64_t layer, int64_t heads,
     throw ShapeMismatch(std::string(what) + " of layer " + std::to_string(layer) + ": shape " + shape() + " where [" +
                         std::to_string(heads) + ", " + std::to_string(T) + ", " + std::to_string(D) +
                         "] is expected (from layer 0's q and k)");
+}
+
+void check_values(const Array& x, const char* what, int64_t layer) {
+  const float* p = x.data();
+  const int64_t T = x.shape(1), D = x.shape(2), n = x.shape(0) * T * D;
+  for (int64_t i = 0; i < n; ++i)
+    if (!(std::fabs(p[i]) <= traces::kMaxAbsValue))
+      throw NumericError(std::string(what) + " of layer " + std::to_string(layer) + ": value " + std::to_string(p[i]) +
+                         " at [head " + std::to_string(i / (T * D)) + ", token " + std::to_string(i / D % T) +
+                         ", dim " + std::to_string(i % D) + "]: values must be finite with |x| <= 65504, as in a trace");
 }
 
 std::string run_arrays_json(const std::vector<Array>& q, const std::vector<Array>& k, const std::vector<Array>& v,
@@ -130,7 +157,13 @@ std::string run_arrays_json(const std::vector<Array>& q, const std::vector<Array
   ReplayOptions opt = options_of(a);
   set_progress(opt, progress, src.L);
   py::gil_scoped_release nogil;
-  return run_json(replay_source(src, s.ptrs, opt), a.per_head).dump();
+  for (int64_t l = 0; l < src.L; ++l) {  // the rule a trace's values obey (traces/FORMAT.md "Values")
+    check_values(q[l], "q", l);
+    check_values(k[l], "k", l);
+    check_values(v[l], "v", l);
+    if (!k_pre.empty()) check_values(k_pre[l], "k_pre", l);
+  }
+  return finish(replay_source(src, s.ptrs, opt), a.per_head, "kvsim.run_arrays");
 }
 
 std::string info_json(const std::string& trace) { return trace_info_json(traces::TraceReader(trace)).dump(); }
@@ -215,19 +248,22 @@ PYBIND11_MODULE(_core, m) {
       "run_json",
       [](const std::string& trace, const std::vector<std::string>& strategies, const std::string& prefill,
          int64_t stride, const std::string& protocol, const std::string& backend, const std::string& sequence,
-         int64_t bins, double eps, const std::string& stats_cache, bool per_head, const py::object& progress) {
-        return run_trace_json(trace, strategies, RunArgs{prefill, protocol, backend, stride, bins, eps, per_head},
+         int64_t bins, double eps, const std::string& stats_cache, bool per_head, const std::string& max_memory,
+         const py::object& progress) {
+        return run_trace_json(trace, strategies,
+                              RunArgs{prefill, protocol, backend, max_memory, stride, bins, eps, per_head},
                               sequence, stats_cache, progress);
       },
       py::arg("trace"), py::arg("strategies"), py::arg("prefill"), py::arg("stride"), py::arg("protocol"),
       py::arg("backend"), py::arg("sequence"), py::arg("bins"), py::arg("eps"), py::arg("stats_cache"),
-      py::arg("per_head"), py::arg("progress"));
+      py::arg("per_head"), py::arg("max_memory"), py::arg("progress"));
   m.def(
       "run_arrays_json",
       [](const std::vector<Array>& q, const std::vector<Array>& k, const std::vector<Array>& v,
          const std::vector<Array>& k_pre, const std::vector<std::string>& strategies, int64_t prefill, int64_t stride,
          const std::string& protocol, const std::string& backend, int64_t bins, double eps, bool per_head,
-         double rope_theta, const std::string& rope_style, const std::string& name, const py::object& progress) {
+         double rope_theta, const std::string& rope_style, const std::string& name, const std::string& max_memory,
+         const py::object& progress) {
         return run_arrays_json(q, k, v, k_pre, strategies,
                                RunArgs{std::to_string(prefill), protocol, backend, stride, bins, eps, per_head},
                                prefill, rope_theta, rope_style, name, progress);

@@ -84,12 +84,13 @@ def _frame(result):
 
 
 def run(trace, strategies, prefill="trace", stride=1, protocol="evict", backend="auto", sequence=None, bins=16,
-        eps=1e-6, stats_cache="", per_head=False, progress=None):
+        eps=1e-6, stats_cache="", per_head=False, max_memory="8G", progress=None):
     """Replays one sequence of a trace through each strategy spec (as `kvsim run`): a long DataFrame of
     summaries (see the module doc); `kvsim.heads(df)` (with per_head=True) and `kvsim.positions(df)`
     give the per-(layer, head) and per-position frames. prefill: an int, "trace" or "context"."""
     r = _core.run_json(os.fspath(trace), _specs(strategies), str(prefill), int(stride), protocol, backend,
-                       sequence or "", int(bins), float(eps), stats_cache, bool(per_head), _progress(progress))
+                       sequence or "", int(bins), float(eps), stats_cache, bool(per_head), str(max_memory),
+                       _progress(progress))
     return _frame(json.loads(r))
 
 
@@ -118,16 +119,19 @@ def _layers(x, what):
 
 
 def run_arrays(q, k, v, strategies, prefill, stride=1, protocol="evict", backend="auto", k_pre=None, bins=16,
-               eps=1e-6, rope_theta=10000.0, rope_style="none", name="arrays", per_head=False, progress=None):
+               eps=1e-6, rope_theta=10000.0, rope_style="none", name="arrays", per_head=False, max_memory="8G",
+               progress=None):
     """Replays tensors already in memory, without a file: q [L, H, T, D] (after RoPE), k and v
     [L, Hkv, T, D] (or one layer [heads, T, D], or lists of layers), optionally k_pre (pre-RoPE keys,
     for ShadowKV, with rope_theta and rope_style 'half' or 'interleaved'). Converted to float32 as a
-    trace's tensors are when read. The same frame as run(); no sidecar cache is used."""
+    trace's tensors are when read, and held to a trace's rule: finite, |x| <= 65504 (NumericError, a
+    FormatError, otherwise). The same frame as run(); no sidecar cache is used."""
     if isinstance(prefill, bool) or not isinstance(prefill, (int, np.integer)):
         raise UsageError(f"run_arrays: prefill {prefill!r} must be an integer P (0 <= P < T)")
     r = _core.run_arrays_json(_layers(q, "q"), _layers(k, "k"), _layers(v, "v"), _layers(k_pre, "k_pre"),
                               _specs(strategies), int(prefill), int(stride), protocol, backend, int(bins), float(eps),
-                              bool(per_head), float(rope_theta), rope_style, name, _progress(progress))
+                              bool(per_head), float(rope_theta), rope_style, name, str(max_memory),
+                              _progress(progress))
     return _frame(json.loads(r))
 
 
