@@ -144,8 +144,9 @@ specs = ["full", "window:budget=8", "streaming:budget=8,sinks=2", "streaming:bud
          "pyramidkv:budget=8,window=4", "knorm:budget=8", "random:budget=8,seed=3", "entropy_merge:budget=8",
          "cam:budget=8", "kvmerger:budget=8", "cms_topk:budget=8,width=16,depth=2",
          "cms_aggregate:budget=8,width=8,depth=2", "quant:bits=4,axis=token,group=16", "kivi:bits=2,residual=8",
-         "nf4:dq=1", "h2o:ratio=0.5+kivi:bits=4", "window:budget=8+quant:bits=8", "oracle_topk:k=4", "quest:k=4",
-         "sparq:k=4", "magicpig:k=4", "pqcache:k=4", "rocketkv:k=4", "shadowkv:k=4", "h2o:budget=8,gqa=max",
+         "nf4:dq=1", "h2o:ratio=0.5+kivi:bits=4", "window:budget=8+quant:bits=8", "oracle_topk:budget=8",
+         "quest:budget=8,page=4", "sparq:budget=8,r=4,k=4", "magicpig:budget=8,local=2", "pqcache:budget=8,m=2,bits=4",
+         "rocketkv:budget=8,window=4", "shadowkv:budget=8,chunk=4,rank=2", "h2o:budget=8,gqa=max",
          "full:dense_layers=0,1"]
 for i, s in enumerate(specs):
     put(os.path.join(d, "%02d" % i), s)
@@ -229,5 +230,5 @@ with tempfile.TemporaryDirectory() as tmp:
           "--stats-cache", tmp, "--quiet")
     made = [f for f in os.listdir(tmp) if f.endswith(".kvstats")]
     assert len(made) == 1, made
-    shutil.copy(os.path.join(tmp, made[0]), os.path.join(d, "tiny_s0_ref.sidecar"  # not *.kvstats: .gitignore))
+    shutil.copy(os.path.join(tmp, made[0]), os.path.join(d, "tiny_s0_ref.sidecar"))  # not *.kvstats: .gitignore
 print("fuzz seeds written under", os.path.relpath(FUZZ, ROOT))
