@@ -1,5 +1,5 @@
 // The strategy-spec parser (`--strategy SPEC`): the input is the spec text. A spec that parses is
-// replayed on fixtures/tiny.h5 (T = 24, P = 12) as `kvsim run` would, so parameter values are
+// replayed on fixtures/tiny.h5 (T = 12, P = 6) as `kvsim run` would, so parameter values are
 // checked against a real shape too (protocol sparse for selectors, evict otherwise).
 #include <memory>
 #include <vector>

@@ -43,8 +43,8 @@ def kvsim(*args):
 # ---- fixtures -------------------------------------------------------------------------------
 fix = os.path.join(FUZZ, "fixtures")
 os.makedirs(os.path.join(fix, "hf"), exist_ok=True)
-# tiny shape: L=2, H=4, Hkv=2, D=16; T=24, P=12, float16.
-kvsim("synth", "--shape", "tiny", "--tokens", "24", "--seed", "1", "--dtype", "float16", "--force", "--quiet",
+# tiny shape, first layer: L=1, H=4, Hkv=2, D=16; T=12, P=6, float16.
+kvsim("synth", "--shape", "tiny", "--tokens", "12", "--layers", "1", "--seed", "1", "--dtype", "float16", "--force", "--quiet",
       "--out", os.path.join(fix, "tiny.h5"))
 
 
