@@ -30,7 +30,8 @@ void exercise_trace(const std::string& path);
 
 // Runs f; a kvsim::Error is the expected answer to bad input, except InternalError (an assertion
 // of kvsim's own failed: a bug whatever the input). Anything else escaping is reported with its
-// message and aborts, which libFuzzer and replay_main.cpp count as a crash.
+// message and aborts, which libFuzzer and replay_main.cpp count as a crash. With $KVSIM_FUZZ_VERBOSE
+// set, the rejections are printed too (to see which seeds get past the parsers).
 template <class F>
 void expect_clean(F&& f) {
   try {
@@ -38,7 +39,8 @@ void expect_clean(F&& f) {
   } catch (const kvsim::InternalError& e) {
     std::fprintf(stderr, "fuzz: kvsim assertion failed: %s\n", e.what());
     std::abort();
-  } catch (const kvsim::Error&) {
+  } catch (const kvsim::Error& e) {
+    if (std::getenv("KVSIM_FUZZ_VERBOSE")) std::fprintf(stderr, "rejected: %s\n", e.what());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fuzz: exception other than kvsim::Error escaped: %s\n", e.what());
     std::abort();
