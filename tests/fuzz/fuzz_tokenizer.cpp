@@ -9,8 +9,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   kvsim::fuzz::write_file(path, data, size);
   kvsim::fuzz::expect_clean([&] {
     kvsim::model::Llama2cTokenizer tok(path);
-    static const std::string text = std::string("Once upon a time, \xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x80") +
-                                    std::string(1, '\0') + "<0x41> end";
+    static const std::string text =
+        std::string("Once upon a time, \xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x80") + std::string(1, '\0') +
+        "<0x41> end";
     const std::vector<int32_t> ids = tok.encode(text, true);
     (void)tok.decode(ids);
     const int32_t V = static_cast<int32_t>(tok.vocab_size());

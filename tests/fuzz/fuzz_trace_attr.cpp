@@ -17,11 +17,10 @@
 
 namespace {
 
-const char* const kNames[] = {"format",     "format_version", "complete",     "model",    "architecture",
-                              "n_layers",   "n_heads",        "n_kv_heads",   "head_dim", "vocab_size",
-                              "rope_theta", "rope_style",     "stored_dtype", "recorder", "device",
-                              "synthetic",  "created",        "n_tokens",     "prefill_len", "context_len",
-                              "source"};
+const char* const kNames[] = {"format",       "format_version", "complete", "model",      "architecture", "n_layers",
+                              "n_heads",      "n_kv_heads",     "head_dim", "vocab_size", "rope_theta",   "rope_style",
+                              "stored_dtype", "recorder",       "device",   "synthetic",  "created",      "n_tokens",
+                              "prefill_len",  "context_len",    "source"};
 constexpr size_t kNumNames = sizeof kNames / sizeof kNames[0];
 const char* const kTargets[] = {"/", "/sequences/0000", "/sequences/0000/layers/0/k", "/sequences/0000/tokens"};
 
