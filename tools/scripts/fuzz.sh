@@ -7,7 +7,7 @@
 #   tools/scripts/fuzz.sh --smoke                   CI's pass (tools/scripts/test.sh): the regressions
 #                                                   (tests/fuzz/regressions/NAME/) replayed, then 6 s per
 #                                                   harness, about a minute in all
-# Fuzzers run under `nice -n 19` (the machine is shared). Findings are written to
+# Fuzzers run under `nice -n 19` (the machine is shared). Findings of this run are written to
 # build-fuzz/fuzz-artifacts/NAME/ (crash-*, leak-*, timeout-*, oom-*); replay one with
 # build-fuzz/tests/fuzz/fuzz_NAME FILE. The exit status is 1 when any harness found something,
 # 0 otherwise, and 0 with a "skipped:" line when clang or libFuzzer is missing.
@@ -73,6 +73,7 @@ printf '%-12s %7s %12s %9s %7s %6s %8s %5s %7s\n' harness seconds executions exe
 for h in "${harnesses[@]}"; do
   work=$build/fuzz-corpus/$h
   art=$build/fuzz-artifacts/$h
+  rm -rf "$art"  # count this run's findings only
   mkdir -p "$work" "$art"
   log=$build/fuzz-$h.log
   rc=0
