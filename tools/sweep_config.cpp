@@ -173,7 +173,9 @@ std::vector<std::string> resolve_traces(const Ctx& c, const YAML::Node& n, const
 
 }  // namespace
 
-SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
+namespace {
+
+SweepPlan parse_text(const std::string& text, const std::string& path) {
   Ctx c{path};
   YAML::Node root;
   try {
@@ -284,6 +286,19 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
       }
   }
   return plan;
+}
+
+}  // namespace
+
+SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
+  try {
+    return parse_text(text, path);
+  } catch (const YAML::Exception& e) {
+    // A node of the wrong kind where the schema reads a scalar (a sequence as a grid key:
+    // `grid: {[8, 16]: ...}`) is yaml-cpp's BadConversion: one line with its place, as every error.
+    throw UsageError(path + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
+                     ": YAML error: " + e.msg);
+  }
 }
 
 SweepPlan load_sweep_config(const std::string& path) {

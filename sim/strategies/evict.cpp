@@ -124,6 +124,8 @@ void AccumulatedAttention::start(const LayerView& lv, int64_t P) {
 }
 
 void AccumulatedAttention::add(const SlotCache& cache, const float* attn, bool view0_only) {
+  // A cache may hold more slots than the T tokens (cms_aggregate's d x w sketch buckets are slots).
+  if (tmp_.size() < static_cast<size_t>(cache.size())) tmp_.resize(static_cast<size_t>(cache.size()));
   combine_gqa(attn, grp_.n, cache.size(), gqa_, tmp_.data());
   for (int64_t s = 0; s < cache.size(); ++s)
     if (!view0_only || cache.view(s) == 0) score_[static_cast<size_t>(cache.pos(s))] += tmp_[static_cast<size_t>(s)];

@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config git
+  clang
   libhdf5-dev hdf5-tools
   xtensor-dev xtl-dev
   doctest-dev libbenchmark-dev

@@ -3,6 +3,8 @@
 #  1. installs the Debian packages (tools/scripts/bootstrap.sh; skips what is present)
 #  2. build/       Release, OpenMP, CUDA when nvcc is present (compiled with warnings as errors)
 #  3. build-asan/  Debug with AddressSanitizer + UndefinedBehaviorSanitizer, CUDA off
+#     then the fuzz smoke pass (tools/scripts/fuzz.sh --smoke: build-fuzz/ with clang, the libFuzzer
+#     harnesses of tests/fuzz/ replay their regressions and run 6 s each; skipped without clang)
 #  4. build-noomp/ Release with OpenMP off (KVSIM_OPENMP=OFF), CUDA and benchmarks off: everything
 #                  must build and test without OpenMP, and what needs it must report skipped
 # and runs ctest in each. Tests labelled `slow` run in the Release build only.
@@ -24,6 +26,9 @@ grep -A12 "kvsim .* configuration" build-asan.configure.log || true
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs" -LE slow
+
+echo "== build-fuzz/ (clang, libFuzzer + address+undefined sanitizers: smoke pass) =="
+bash tools/scripts/fuzz.sh --smoke
 
 echo "== build-noomp/ (Release, OpenMP off, CUDA off) =="
 cmake -S . -B build-noomp -DCMAKE_BUILD_TYPE=Release -DKVSIM_OPENMP=OFF -DKVSIM_CUDA=OFF -DKVSIM_BENCH=OFF \
