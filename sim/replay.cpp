@@ -339,7 +339,11 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   }
   res.L = hdr.n_layers, res.H = hdr.n_heads, res.Hkv = hdr.n_kv_heads, res.D = hdr.head_dim;
   res.eps = opt.eps, res.backend = opt.backend;
-  check_replay_args(res.T, res.P, res.stride);
+  try {
+    check_replay_args(res.T, res.P, res.stride);
+  } catch (const UsageError& e) {
+    throw UsageError(reader.path() + ": sequence " + sq.name + ": " + e.what());
+  }
   res.bin_edges = bin_edges(res.P, res.T, opt.bins);
   // Resolve every budget against T before any work (bad budgets fail fast, exit 2).
   res.protocol = opt.protocol;

@@ -13,6 +13,7 @@
 
 #include "cuda/device.h"
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "tools/commands.h"
 #include "tools/version.h"
 #include "traces/model/recorder.h"
@@ -84,6 +85,7 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
     out.push_back(std::move(p));
     return out;
   }
+  require_regular_file(a.prompts, "--prompts");
   std::ifstream in(a.prompts);
   if (!in) throw UsageError("--prompts " + a.prompts + ": cannot open");
   std::string line;

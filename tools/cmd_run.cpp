@@ -144,7 +144,7 @@ int run_run(const RunArgs& a) {
     }
   }
   if (a.json)
-    std::printf("%s\n", to_json(r, a.per_head).dump(2).c_str());
+    std::printf("%s\n", json_text(to_json(r, a.per_head)).c_str());
   else
     print_table(r);
   return 0;

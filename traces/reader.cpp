@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "sim/base/half.h"
 #include "traces/h5.h"
 
@@ -57,6 +58,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   std::error_code ec;
   if (!fs::exists(path, ec)) throw UsageError(path + ": no such file");
   if (fs::is_directory(path, ec)) throw UsageError(path + ": is a directory, expected a trace file");
+  require_regular_file(path, "trace");  // before H5Fis_hdf5, which would block on a FIFO
   file_bytes_ = fs::file_size(path, ec);
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw FormatError(path + ": not an HDF5 file (" + std::to_string(file_bytes_) + " bytes, no HDF5 signature)");

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "traces/model/model.h"
 #include "traces/model/safetensors.h"
 
@@ -37,6 +38,7 @@ T get_or(const json& j, const char* key, T def, const std::string& where) {
 
 ModelConfig parse_config(const std::string& dir) {
   const std::string where = (fs::path(dir) / "config.json").string();
+  require_regular_file(where, "model config");
   std::ifstream in(where);
   if (!in) throw UsageError(dir + ": not a Hugging Face model directory (no config.json)");
   json j;
@@ -107,6 +109,7 @@ Model load_hf(const std::string& dir) {
   std::vector<std::string> files;
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   if (fs::exists(index)) {
+    require_regular_file(index.string(), "shard index");
     std::ifstream in(index);
     std::set<std::string> names;
     try {
