@@ -67,14 +67,16 @@ struct Ctx {
   }
   double number(const YAML::Node& n, const std::string& what) const {
     const std::string s = scalar(n, what);
+    size_t used = 0;
+    double v = 0;
     try {
-      size_t used = 0;
-      double v = std::stod(s, &used);
-      if (used == s.size() && std::isfinite(v)) return v;
-      if (used == s.size()) fail(n, what + " = '" + s + "' is not finite");
+      v = std::stod(s, &used);
     } catch (...) {
+      used = 0;
     }
-    fail(n, what + " = '" + s + "' is not a number");
+    if (used != s.size() || s.empty()) fail(n, what + " = '" + s + "' is not a number");
+    if (!std::isfinite(v)) fail(n, what + " = '" + s + "' is not finite");
+    return v;
   }
 };
 

@@ -62,6 +62,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   file_bytes_ = fs::file_size(path, ec);
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw FormatError(path + ": not an HDF5 file (" + std::to_string(file_bytes_) + " bytes, no HDF5 signature)");
+  h5::check_global_heaps(path);  // before the library reads a variable-length string attribute
   impl_->file = h5::Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
   if (!impl_->file.valid())
     throw FormatError(path + ": HDF5 signature present but the file cannot be opened (truncated or corrupt, " +

@@ -105,7 +105,7 @@ def main():
             "t.yaml:", "the strategies expand to over 1000000"))
         s.check("a duplicate key is refused", lambda: one_line_error(
             kv(k, "sweep", grid("d.yaml", "  - name: h2o\n    grid: {budget: [8], budget: [16]}\n"),
-               "--db", os.path.join(d, "d.db")), "d.yaml:3:", "'budget' is given twice"))
+               "--db", os.path.join(d, "d.db")), "d.yaml:4:", "'budget' is given twice"))
         s.check("a duplicate top-level key is refused", lambda: one_line_error(
             kv(k, "sweep", path("d2.yaml", f"traces: [{trace}]\nstride: 2\nstride: 4\nstrategies: [{{name: full}}]\n"),
                "--db", os.path.join(d, "d2.db")), "d2.yaml:3:", "'stride' is given twice"))
@@ -127,7 +127,7 @@ def main():
             kv(k, "run", "--trace", trace, "--strategy", "h2o:budget=9223372036854775807"), "must be in [1, 2147483647]"))
 
         def huge_budget_equals_full():
-            r = kv(k, "run", "--trace", trace, "--strategy", "h2o:budget=2147483647", "--json", "--quiet")
+            r = kv(k, "run", "--trace", trace, "--strategy", "full", "--strategy", "h2o:budget=2147483647", "--json", "--quiet")
             assert r.returncode == 0, r.stderr
             res = json.loads(r.stdout)["results"]
             full = [x for x in res if x["strategy"] == "full"][0]["summary"]
