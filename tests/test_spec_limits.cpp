@@ -100,13 +100,18 @@ TEST_CASE("strategy specs: a range error names the parameter, its value and the 
         "strategy 'streaming:budget=64,prefix=-1': prefix=-1 must be in [0, 1]");
   CHECK(error_of("random:budget=64,seed=-1") ==
         "strategy 'random:budget=64,seed=-1': seed=-1 must be in [0, 9223372036854775807]");
-  CHECK(error_of("magicpig:dense_layers=0,-3") ==
-        "strategy 'magicpig:dense_layers=0,-3': dense_layers holds -3, outside [0, 2147483647]");
+  CHECK(error_of("magicpig:dense_layers=-3") ==
+        "strategy 'magicpig:dense_layers=-3': dense_layers holds -3, outside [0, 2147483647]");
+  CHECK(error_of("magicpig:dense_layers=0,99999999999") ==
+        "strategy 'magicpig:dense_layers=0,99999999999': dense_layers holds 99999999999, outside [0, 2147483647]");
 }
 
 TEST_CASE("strategy specs: the largest valid values are accepted, and a flag is 0 or 1 only") {
   CHECK(error_of("h2o:budget=2147483647") == "no error");
   CHECK(error_of("random:budget=64,seed=9223372036854775807") == "no error");
+  CHECK(error_of("random:budget=64,seed=9223372036854775808") ==
+        "strategy 'random:budget=64,seed=9223372036854775808': seed=9223372036854775808 must be in [0, "
+        "9223372036854775807]");
   CHECK(error_of("kivi:residual=2147483616") == "no error");  // a multiple of group = 32 below 2^31
   // prefix=1 and prefix=01 are one configuration (resolved "1"); prefix=-1 or 2 is no configuration.
   CHECK(make_strategy("streaming:budget=64,prefix=01")->params().at("prefix") == "1");

@@ -64,15 +64,17 @@ bool ParamReader::has(const std::string& key) { return raw(key) != nullptr; }
 
 namespace {
 // Parses one integer of `text` (a whole parameter value or one list item); false if it is not one.
-bool parse_int(const std::string& text, int64_t& out) {
+// Beyond int64 it is out of every range: `out` is then one past the range's end (in_range below).
+bool parse_int(const std::string& text, int64_t& out, bool& overflow) {
   char* end = nullptr;
   errno = 0;
   long long x = std::strtoll(text.c_str(), &end, 10);
   if (end == text.c_str() || *end != '\0') return false;
-  // Out of long long's range: saturated, so that the range check below names it.
-  out = errno == ERANGE ? x : static_cast<int64_t>(x);
+  overflow = errno == ERANGE;
+  out = static_cast<int64_t>(x);
   return true;
 }
+bool in_range(int64_t v, bool overflow, IntRange r) { return !overflow && v >= r.lo && v <= r.hi; }
 std::string range_str(IntRange r) { return "[" + std::to_string(r.lo) + ", " + std::to_string(r.hi) + "]"; }
 }  // namespace
 
@@ -80,8 +82,10 @@ int64_t ParamReader::get_int(const std::string& key, int64_t def, IntRange range
   const std::string* s = raw(key);
   int64_t v = def;
   if (s) {
-    if (!parse_int(*s, v)) throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s + " is not an integer");
-    if (v < range.lo || v > range.hi)
+    bool overflow = false;
+    if (!parse_int(*s, v, overflow))
+      throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s + " is not an integer");
+    if (!in_range(v, overflow, range))
       throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s + " must be in " + range_str(range));
   }
   resolved_[key] = std::to_string(v);
@@ -106,10 +110,11 @@ std::vector<int64_t> ParamReader::get_int_list(const std::string& key, const std
     std::string item;
     while (std::getline(ss, item, ',')) {
       int64_t x = 0;
-      if (!parse_int(item, x))
+      bool overflow = false;
+      if (!parse_int(item, x, overflow))
         throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s +
                          " is not a list of integers (a,b,c; empty for none)");
-      if (x < range.lo || x > range.hi)
+      if (!in_range(x, overflow, range))
         throw UsageError("strategy '" + spec_.text + "': " + key + " holds " + item + ", outside " +
                          range_str(range));
       v.push_back(x);
