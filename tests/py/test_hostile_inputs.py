@@ -132,11 +132,13 @@ def main():
             res = json.loads(r.stdout)["results"]
             full = [x for x in res if x["strategy"] == "full"][0]["summary"]
             h2o = [x for x in res if x["strategy"] == "h2o"][0]["summary"]
-            # A budget above T never evicts: the run is full, so every metric equals full's.
-            for m in ("ratio", "mass", "kl", "out_cos"):
+            # A budget above T never evicts: attention is full's, so these metrics equal full's.
+            for m in ("mass", "kl", "out_cos"):
                 assert h2o[m]["mean"] == full[m]["mean"], (m, h2o[m], full[m])
-            assert h2o["ratio"]["mean"] == 1.0, h2o["ratio"]
-        s.check("budget=2^31-1 runs as full (ratio 1, not -2e16)", huge_budget_equals_full)
+            # The ratio counts h2o's score state as allocated for B + 1 slots (STRATEGIES.md): large,
+            # but positive and finite (it was -2e16 from an overflow, which `best` then picked).
+            assert 1.0 <= h2o["ratio"]["mean"] < float("inf"), h2o["ratio"]
+        s.check("budget=2^31-1 runs as full (ratio positive, not -2e16)", huge_budget_equals_full)
         s.check("h2o:budget=16+ is refused", lambda: one_line_error(
             kv(k, "run", "--trace", trace, "--strategy", "h2o:budget=16+"), "nothing after '+'"))
         s.check("streaming:prefix=-1 is refused", lambda: one_line_error(
