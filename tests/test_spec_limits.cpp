@@ -18,43 +18,75 @@ namespace {
 struct IntParam {
   const char* base;  // a valid spec without the parameter ("" for none)
   const char* key;
-  int64_t lo;        // smallest valid value
+  int64_t lo;         // smallest valid value
   bool seed = false;  // a seed: every value in [0, INT64_MAX] is valid
 };
 
 // clang-format off (a table)
 const std::vector<IntParam> kParams = {
     {"window:", "budget", 1},
-    {"h2o:", "budget", 1},            {"h2o:budget=64,", "sinks", 0},        {"h2o:budget=64,", "recent", -1},
-    {"tova:", "budget", 1},           {"knorm:", "budget", 1},              {"random:budget=64,", "seed", 0, true},
-    {"streaming:budget=64,", "sinks", 0},  {"streaming:budget=64,", "prefix", 0},
+    {"h2o:", "budget", 1},
+    {"h2o:budget=64,", "sinks", 0},
+    {"h2o:budget=64,", "recent", -1},
+    {"tova:", "budget", 1},
+    {"knorm:", "budget", 1},
+    {"random:budget=64,", "seed", 0, true},
+    {"streaming:budget=64,", "sinks", 0},
+    {"streaming:budget=64,", "prefix", 0},
     {"streaming:budget=64,prefix=1,", "block", -1},
     {"scissorhands:budget=64,", "history", 1},
-    {"snapkv:budget=64,", "window", 1},     {"snapkv:budget=64,", "kernel", 1},
-    {"pyramidkv:budget=64,", "window", 1},  {"pyramidkv:budget=64,", "kernel", 1},
-    {"entropy_merge:budget=64,", "max_span", 2}, {"entropy_merge:budget=64,", "prop", 0},
-    {"cam:budget=64,", "m", 1},             {"cam:budget=64,", "seed", 0, true},
-    {"cms_topk:budget=64,", "width", 1},    {"cms_topk:budget=64,", "depth", 1},
+    {"snapkv:budget=64,", "window", 1},
+    {"snapkv:budget=64,", "kernel", 1},
+    {"pyramidkv:budget=64,", "window", 1},
+    {"pyramidkv:budget=64,", "kernel", 1},
+    {"entropy_merge:budget=64,", "max_span", 2},
+    {"entropy_merge:budget=64,", "prop", 0},
+    {"cam:budget=64,", "m", 1},
+    {"cam:budget=64,", "seed", 0, true},
+    {"cms_topk:budget=64,", "width", 1},
+    {"cms_topk:budget=64,", "depth", 1},
     {"cms_topk:budget=64,", "seed", 0, true},
-    {"cms_aggregate:budget=64,", "width", 1}, {"cms_aggregate:budget=64,", "depth", 1},
-    {"cms_aggregate:budget=64,", "seed", 0, true}, {"cms_aggregate:budget=64,", "prop", 0},
-    {"kvmerger:budget=64,", "max_span", 2}, {"kvmerger:budget=64,", "prop", 0},
+    {"cms_aggregate:budget=64,", "width", 1},
+    {"cms_aggregate:budget=64,", "depth", 1},
+    {"cms_aggregate:budget=64,", "seed", 0, true},
+    {"cms_aggregate:budget=64,", "prop", 0},
+    {"kvmerger:budget=64,", "max_span", 2},
+    {"kvmerger:budget=64,", "prop", 0},
     {"oracle_topk:", "budget", 1},
-    {"quest:budget=64,", "page", 1},        {"quest:budget=64,", "last", 0},
+    {"quest:budget=64,", "page", 1},
+    {"quest:budget=64,", "last", 0},
     {"quest:budget=64,", "dense_layers", 0},
-    {"sparq:", "k", 1},                     {"sparq:k=8,", "r", -1},
-    {"sparq:k=8,", "vmean", 0},             {"sparq:k=8,", "kcopy", 0},
-    {"magicpig:", "K", 1},                  {"magicpig:", "L", 2},                 {"magicpig:", "sinks", 0},
-    {"magicpig:", "local", 0},              {"magicpig:", "seed", 0, true},        {"magicpig:", "dense_layers", 0},
-    {"pqcache:", "sinks", 0},               {"pqcache:", "local", 0},              {"pqcache:", "m", 1},
-    {"pqcache:", "bits", 1},                {"pqcache:", "iters", 1},              {"pqcache:", "budget", 1},
-    {"rocketkv:budget=64,", "window", 1},   {"rocketkv:budget=64,", "kernel", 1},
-    {"shadowkv:", "budget", 1},             {"shadowkv:", "rank", 1},              {"shadowkv:", "chunk", 1},
-    {"shadowkv:", "outliers", 0},           {"shadowkv:", "local", 0},
-    {"quant:", "bits", 2},                  {"quant:", "group", 0},
-    {"kivi:", "bits", 2},                   {"kivi:", "group", 1},                 {"kivi:", "vgroup", 0},
+    {"sparq:", "k", 1},
+    {"sparq:k=8,", "r", -1},
+    {"sparq:k=8,", "vmean", 0},
+    {"sparq:k=8,", "kcopy", 0},
+    {"magicpig:", "K", 1},
+    {"magicpig:", "L", 2},
+    {"magicpig:", "sinks", 0},
+    {"magicpig:", "local", 0},
+    {"magicpig:", "seed", 0, true},
+    {"magicpig:", "dense_layers", 0},
+    {"pqcache:", "sinks", 0},
+    {"pqcache:", "local", 0},
+    {"pqcache:", "m", 1},
+    {"pqcache:", "bits", 1},
+    {"pqcache:", "iters", 1},
+    {"pqcache:", "budget", 1},
+    {"rocketkv:budget=64,", "window", 1},
+    {"rocketkv:budget=64,", "kernel", 1},
+    {"shadowkv:", "budget", 1},
+    {"shadowkv:", "rank", 1},
+    {"shadowkv:", "chunk", 1},
+    {"shadowkv:", "outliers", 0},
+    {"shadowkv:", "local", 0},
+    {"quant:", "bits", 2},
+    {"quant:", "group", 0},
+    {"kivi:", "bits", 2},
+    {"kivi:", "group", 1},
+    {"kivi:", "vgroup", 0},
     {"kivi:", "residual", 0},
-    {"nf4:", "block", 1},                   {"nf4:", "dq", 0},
+    {"nf4:", "block", 1},
+    {"nf4:", "dq", 0},
 };
 // clang-format on
 
@@ -126,7 +158,9 @@ TEST_CASE("strategy specs: a '+' with no codec after it is refused") {
 }
 
 TEST_CASE("errors: control characters in user text are escaped, so a message stays one line") {
-  CHECK(std::string(UsageError("a\nb\rc\td\x01" "e\x7f").what()) == "a\\nb\\rc\\td\\x01e\\x7f");
+  CHECK(std::string(UsageError("a\nb\rc\td\x01"
+                               "e\x7f")
+                        .what()) == "a\\nb\\rc\\td\\x01e\\x7f");
   CHECK(std::string(FormatError("caf\xc3\xa9").what()) == "caf\xc3\xa9");  // UTF-8 kept
   const std::string e = error_of("h2o\n:budget=1");
   CHECK(e.find('\n') == std::string::npos);

@@ -168,7 +168,7 @@ void add_ppl(CLI::App& app) {
       "--strategy", a->strategies,
       "strategy spec name:key=value,... or strategy+codec (repeatable; `full` is always run); names: " + names);
   c->add_option("--prefill", a->prefill, "prefill length P, 1 <= P < T (default: T/4, at least 1)")
-      ->check(CLI::PositiveNumber);
+      ->check(not_negative);
   c->add_option("--protocol", a->protocol,
                 "evict, prefill or sparse: how each strategy's cache meets decoding, as in kvsim run")
       ->capture_default_str();

@@ -9,6 +9,10 @@ int& exit_status() {
   return status;
 }
 
+std::string not_negative(const std::string& value) {
+  return !value.empty() && value[0] == '-' ? "must be >= 0, got " + value : "";
+}
+
 std::string json_text(const nlohmann::json& j) {
   return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }

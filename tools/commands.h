@@ -15,6 +15,10 @@ int& exit_status();
 // bytes) prints with U+FFFD in place of each bad byte instead of failing the whole report.
 std::string json_text(const nlohmann::json& j);
 
+// A CLI11 check for a count whose default (-1) means "not given": a negative value is an error,
+// never the default in disguise (`--prefill -5`).
+std::string not_negative(const std::string& value);
+
 void add_info(CLI::App& app);
 void add_synth(CLI::App& app);
 void add_generate(CLI::App& app);

@@ -135,7 +135,8 @@ std::vector<std::string> param_values(const Ctx& c, const YAML::Node& n, const s
       c.fail(n, "the range of '" + name + "' has " + format_number(steps, false) + " values (limit " +
                     std::to_string(kMaxRangeValues) + ")");
     const int64_t count = static_cast<int64_t>(steps);
-    for (int64_t i = 0; i < count; ++i) out.push_back(range_value(c, n, name, from + static_cast<double>(i) * step, ints));
+    for (int64_t i = 0; i < count; ++i)
+      out.push_back(range_value(c, n, name, from + static_cast<double>(i) * step, ints));
     return out;
   }
   if (n["num"]) {

@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "sim/base/error.h"
-#include "sim/base/regular_file.h"
 #include "sim/base/half.h"
+#include "sim/base/regular_file.h"
 #include "traces/h5.h"
 
 namespace kvsim::traces {

@@ -115,8 +115,7 @@ std::vector<int64_t> ParamReader::get_int_list(const std::string& key, const std
         throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s +
                          " is not a list of integers (a,b,c; empty for none)");
       if (!in_range(x, overflow, range))
-        throw UsageError("strategy '" + spec_.text + "': " + key + " holds " + item + ", outside " +
-                         range_str(range));
+        throw UsageError("strategy '" + spec_.text + "': " + key + " holds " + item + ", outside " + range_str(range));
       v.push_back(x);
     }
   }
