@@ -393,7 +393,11 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   }
   res.L = src.L, res.H = src.H, res.Hkv = src.Hkv, res.D = src.D;
   res.eps = opt.eps, res.backend = opt.backend;
-  check_replay_args(res.T, res.P, res.stride);
+  try {
+    check_replay_args(res.T, res.P, res.stride);
+  } catch (const UsageError& e) {
+    throw UsageError(reader.path() + ": sequence " + sq.name + ": " + e.what());
+  }
   res.bin_edges = bin_edges(res.P, res.T, opt.bins);
   // Resolve every budget against T before any work (bad budgets fail fast, exit 2).
   res.protocol = opt.protocol;

@@ -14,6 +14,7 @@
 
 #include "sim/base/error.h"
 #include "sim/base/new_file.h"
+#include "sim/base/regular_file.h"
 
 namespace kvsim {
 
@@ -188,6 +189,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
   path_ = (folder / (fs::path(trace_path).filename().string() + "." + hex + ".s" + std::to_string(seq) + "." +
                      backend_name(b) + ".kvstats"))
               .string();
+  require_regular_file(path_, "sidecar");
   in_ = std::fopen(path_.c_str(), "rb");
   if (in_) {
     Header h{};

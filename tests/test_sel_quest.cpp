@@ -190,7 +190,7 @@ TEST_CASE("quest: bad parameters are one-line errors") {
   CHECK(msg("quest:budget=64,dense_layers=") == "no error");
   CHECK(msg("quest").find("exactly one of budget") != std::string::npos);
   CHECK(msg("quest:budget=64,page=0").find("page=0 must be >= 1") != std::string::npos);
-  CHECK(msg("quest:budget=64,last=2").find("last=2 must be 0 or 1") != std::string::npos);
+  CHECK(msg("quest:budget=64,last=2").find("last=2 must be in [0, 1]") != std::string::npos);
   CHECK(msg("quest:budget=64,dense_layers=x").find("not a list of integers") != std::string::npos);
   CHECK(msg("quest:budget=64,dense_layers=0,7").find("holds layer 7 but the trace has L = 5 layers (0..4)") !=
         std::string::npos);

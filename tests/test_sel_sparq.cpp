@@ -185,6 +185,6 @@ TEST_CASE("sparq: bad parameters are one-line errors") {
   CHECK(msg("sparq:k=0").find("k=0 must be > 0") != std::string::npos);
   CHECK(msg("sparq:k=4,r=0").find("r=0 must be >= 1") != std::string::npos);
   CHECK(msg("sparq:k=4,r=9").find("r=9 channels exceed the head dim D = 8") != std::string::npos);
-  CHECK(msg("sparq:k=4,vmean=2").find("vmean=2 must be 0 or 1") != std::string::npos);
-  CHECK(msg("sparq:k=4,kcopy=3").find("kcopy=3 must be 0 or 1") != std::string::npos);
+  CHECK(msg("sparq:k=4,vmean=2").find("vmean=2 must be in [0, 1]") != std::string::npos);
+  CHECK(msg("sparq:k=4,kcopy=3").find("kcopy=3 must be in [0, 1]") != std::string::npos);
 }

@@ -104,7 +104,7 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
                      "'window' after '+' is not a codec (valid: quant, kivi, nf4)");
   expect_usage_error("--strategy nf4:dq=2", "nf4: dq=2 must be 0 or 1");
   expect_usage_error("--strategy cms_topk:budget=16,width=0", "count-min sketch width = 0 must be >= 1");
-  expect_usage_error("--strategy cms_topk:budget=16,depth=-1", "count-min sketch depth = -1 must be >= 1");
+  expect_usage_error("--strategy cms_topk:budget=16,depth=-1", "depth=-1 must be in [0, 2147483647]");
   expect_usage_error("--strategy entropy_merge:budget=16,threshold=1.5",
                      "entropy_merge: threshold=1.500000 must be in [0, 1]");
 }

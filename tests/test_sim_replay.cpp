@@ -221,10 +221,12 @@ TEST_CASE("replay: eviction strategies hold at most B + 1 slots (bytes), stride 
 
 TEST_CASE("replay: bad arguments fail with the numbers") {
   const std::string p = trace("tiny", 40, 6);
-  CHECK_THROWS_WITH_AS(replay(p, {"full"}, Backend::ref, 40), "prefill P = 40 must satisfy 1 <= P < T = 40",
-                       UsageError);
+  // The message names the trace and the sequence first.
+  CHECK_THROWS_WITH_AS(replay(p, {"full"}, Backend::ref, 40),
+                       (p + ": sequence 0000: prefill P = 40 must satisfy 1 <= P < T = 40").c_str(), UsageError);
   CHECK_THROWS_AS(replay(p, {"full"}, Backend::ref, 0), UsageError);
-  CHECK_THROWS_WITH_AS(replay(p, {"full"}, Backend::ref, 10, 0), "stride = 0 must be >= 1", UsageError);
+  CHECK_THROWS_WITH_AS(replay(p, {"full"}, Backend::ref, 10, 0),
+                       (p + ": sequence 0000: stride = 0 must be >= 1").c_str(), UsageError);
   // ratio budgets resolve against T before any work: 0.05 x 40 = 2 slots <= recent 1 + sinks 1.
   CHECK_THROWS_AS(replay(p, {"h2o:ratio=0.05,sinks=1,recent=1"}, Backend::ref, 10), UsageError);
 }

@@ -150,7 +150,7 @@ void print_json(const BestArgs& a, const Answer& r) {
     for (size_t i : ps.front) s["front"].push_back(pj(static_cast<int64_t>(i)));
     j["per_strategy"][name] = s;
   }
-  std::printf("%s\n", j.dump(2).c_str());
+  std::printf("%s\n", json_text(j).c_str());
 }
 
 void print_csv(const BestArgs& a, const Answer& r) {

@@ -56,7 +56,7 @@ int run_info(const InfoArgs& a) {
                               {"dim", b.dim},
                               {"value", value_text(b.value)}});
     }
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", json_text(j).c_str());
   } else {
     std::printf("trace        %s (%s)\n", r.path().c_str(), human_bytes(static_cast<double>(r.file_bytes())).c_str());
     std::printf("format       %s v%d, complete\n", traces::kFormatName, traces::kFormatVersion);

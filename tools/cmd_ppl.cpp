@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "sim/strategies/strategy.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
@@ -31,6 +32,7 @@ struct PplArgs {
 };
 
 std::string read_text_file(const std::string& path) {
+  require_regular_file(path, "--text");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UsageError("--text " + path + ": cannot open");
   std::ostringstream s;
@@ -135,7 +137,7 @@ int run_ppl(const PplArgs& a) {
   for (const auto& s : strategies) rs.push_back(model::perplexity(m, ids, P, s.get(), backend, advance, protocol));
   progress.finish();
   if (a.json)
-    std::printf("%s\n", to_json(a, m.config, backend, rs, ids).dump(2).c_str());
+    std::printf("%s\n", json_text(to_json(a, m.config, backend, rs, ids)).c_str());
   else
     print_table(a, m.config, backend, rs);
   return 0;
@@ -165,7 +167,8 @@ void add_ppl(CLI::App& app) {
   c->add_option(
       "--strategy", a->strategies,
       "strategy spec name:key=value,... or strategy+codec (repeatable; `full` is always run); names: " + names);
-  c->add_option("--prefill", a->prefill, "prefill length P, 1 <= P < T (default: T/4, at least 1)");
+  c->add_option("--prefill", a->prefill, "prefill length P, 1 <= P < T (default: T/4, at least 1)")
+      ->check(not_negative);
   c->add_option("--protocol", a->protocol,
                 "evict, prefill or sparse: how each strategy's cache meets decoding, as in kvsim run")
       ->capture_default_str();

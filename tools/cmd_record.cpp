@@ -13,6 +13,7 @@
 
 #include "cuda/device.h"
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "tools/commands.h"
 #include "tools/jsonl.h"
 #include "tools/version.h"

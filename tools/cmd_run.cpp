@@ -89,7 +89,7 @@ int run_run(const RunArgs& a) {
     }
   }
   if (a.json)
-    std::printf("%s\n", run_json(r, a.per_head).dump(2).c_str());
+    std::printf("%s\n", json_text(run_json(r, a.per_head)).c_str());
   else
     print_table(r);
   for (const ConfigResult& c : r.configs)  // the store recorded these runs failed (ResultsStore::commit_run)

@@ -22,9 +22,11 @@ void add_synth(CLI::App& app) {
   c->add_option("--tokens", a->opt.tokens, "tokens per sequence (T)")->capture_default_str();
   c->add_option("--seed", a->opt.seed, "random seed (same seed, same file contents)")->capture_default_str();
   c->add_option("--out", a->out, "output trace path (.h5)")->required();
-  c->add_option("--prefill", a->opt.prefill, "prefill length P recorded in the trace (default T/2)");
+  c->add_option("--prefill", a->opt.prefill, "prefill length P recorded in the trace (default T/2)")
+      ->check(not_negative);
   c->add_option("--sequences", a->opt.sequences, "number of sequences")->capture_default_str();
-  c->add_option("--layers", a->opt.layers, "write only the first N layers (a slice of a big model)");
+  c->add_option("--layers", a->opt.layers, "write only the first N layers (a slice of a big model)")
+      ->check(not_negative);
   c->add_option("--dtype", a->dtype, "stored dtype: float32, float16, bfloat16")->capture_default_str();
   c->add_flag("--compress", a->compress, "gzip + shuffle compression");
   c->add_flag("--pre", a->opt.write_pre, "also write q_pre and k_pre (before RoPE)");

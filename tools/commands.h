@@ -4,10 +4,20 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
 
 namespace kvsim::tools {
 
 int& exit_status();
+
+// `--json` output, indented: a string that is not UTF-8 (a trace's name or attribute is the file's
+// bytes) prints with U+FFFD in place of each bad byte instead of failing the whole report.
+std::string json_text(const nlohmann::json& j);
+
+// A CLI11 check for a count whose default (-1) means "not given": a negative value is an error,
+// never the default in disguise (`--prefill -5`).
+std::string not_negative(const std::string& value);
 
 void add_info(CLI::App& app);
 void add_synth(CLI::App& app);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 
 namespace kvsim::tools {
 
@@ -15,6 +16,7 @@ namespace kvsim::tools {
 // command-line flag in the error for a file that cannot be opened.
 inline void for_each_jsonl_object(const std::string& option, const std::string& path,
                                   const std::function<void(const nlohmann::json&, const std::string&)>& fn) {
+  require_regular_file(path, option);
   std::ifstream in(path);
   if (!in) throw UsageError(option + " " + path + ": cannot open");
   std::string line;

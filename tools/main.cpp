@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "kvsim: error: %s (see --help)\n", e.what());
+    std::fprintf(stderr, "kvsim: error: %s (see --help)\n", kvsim::one_line(e.what()).c_str());
     return 2;
   } catch (const kvsim::Error& e) {
     std::fprintf(stderr, "kvsim: error: %s\n", e.what());
@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvsim: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvsim: error: %s\n", e.what());
+    std::fprintf(stderr, "kvsim: error: %s\n", kvsim::one_line(e.what()).c_str());
     return 1;
   }
   return kvsim::tools::exit_status();

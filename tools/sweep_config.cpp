@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "sim/strategies/strategy.h"
 
 namespace kvsim::tools {
@@ -19,13 +20,28 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Configurations one grid, and one config over all its entries, may expand to; counted before any
+// list is built, so that an anchor reused on three axes is refused at once, not after 2.7 GB.
+constexpr int64_t kMaxConfigs = 1000000;
+// Values one range may hold (from/to/step or num).
+constexpr int64_t kMaxRangeValues = 100000;
+
 struct Ctx {
   std::string path;
   [[noreturn]] void fail(const YAML::Node& n, const std::string& msg) const {
     const YAML::Mark m = n.Mark();
     throw UsageError(path + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1) + ": " + msg);
   }
+  // yaml-cpp keeps the first of two equal keys and drops the second without a word: refuse them.
+  void unique_keys(const YAML::Node& map, const std::string& what) const {
+    std::set<std::string> seen;
+    for (const auto& kv : map) {
+      const std::string k = scalar(kv.first, "a key of " + what);
+      if (!seen.insert(k).second) fail(kv.first, "key '" + k + "' is given twice in " + what);
+    }
+  }
   void only_keys(const YAML::Node& map, std::initializer_list<const char*> keys, const std::string& what) const {
+    unique_keys(map, what);
     for (const auto& kv : map) {
       const std::string k = kv.first.as<std::string>();
       if (std::none_of(keys.begin(), keys.end(), [&](const char* s) { return k == s; })) {
@@ -51,13 +67,16 @@ struct Ctx {
   }
   double number(const YAML::Node& n, const std::string& what) const {
     const std::string s = scalar(n, what);
+    size_t used = 0;
+    double v = 0;
     try {
-      size_t used = 0;
-      double v = std::stod(s, &used);
-      if (used == s.size()) return v;
+      v = std::stod(s, &used);
     } catch (...) {
+      used = 0;
     }
-    fail(n, what + " = '" + s + "' is not a number");
+    if (used != s.size() || s.empty()) fail(n, what + " = '" + s + "' is not a number");
+    if (!std::isfinite(v)) fail(n, what + " = '" + s + "' is not finite");
+    return v;
   }
 };
 
@@ -69,6 +88,16 @@ std::string format_number(double v, bool as_int) {
   o.precision(10);
   o << v;
   return o.str();
+}
+
+// One value of a range as spec text. Integer ranges print exactly up to 2^53; a float range whose
+// values collapse (to - from below a double's resolution) or overflow (1e308 + 1e308) is refused.
+std::string range_value(const Ctx& c, const YAML::Node& n, const std::string& name, double v, bool as_int) {
+  constexpr double kExactInt = 9007199254740992.0;  // 2^53
+  if (!std::isfinite(v) || (as_int && std::fabs(v) > kExactInt))
+    c.fail(n, "the range of '" + name + "' reaches " + format_number(v, false) +
+                  (as_int ? " (integer ranges stay within +-2^53)" : " (not finite)"));
+  return format_number(v, as_int);
 }
 
 // A grid parameter's values: a scalar, a list of scalars, or a range mapping.
@@ -101,32 +130,44 @@ std::vector<std::string> param_values(const Ctx& c, const YAML::Node& n, const s
     const double step = c.number(n["step"], "step");
     if (!(step > 0)) c.fail(n["step"], "step of '" + name + "' = " + n["step"].Scalar() + " must be > 0");
     if (to < from) c.fail(n, "the range of '" + name + "' has to < from");
-    const int64_t count = static_cast<int64_t>(std::floor((to - from) / step + 1e-9)) + 1;
-    if (count > 100000)
-      c.fail(n, "the range of '" + name + "' has " + std::to_string(count) + " values (limit 100000)");
-    for (int64_t i = 0; i < count; ++i) out.push_back(format_number(from + static_cast<double>(i) * step, ints));
+    const double steps = std::floor((to - from) / step + 1e-9) + 1;  // finite inputs; may still be huge
+    if (!(steps <= static_cast<double>(kMaxRangeValues)))
+      c.fail(n, "the range of '" + name + "' has " + format_number(steps, false) + " values (limit " +
+                    std::to_string(kMaxRangeValues) + ")");
+    const int64_t count = static_cast<int64_t>(steps);
+    for (int64_t i = 0; i < count; ++i)
+      out.push_back(range_value(c, n, name, from + static_cast<double>(i) * step, ints));
     return out;
   }
   if (n["num"]) {
     const int64_t num = c.integer(n["num"], "num");
-    if (num < 1 || num > 100000)
-      c.fail(n["num"], "num of '" + name + "' = " + std::to_string(num) + " must be in [1, 100000]");
+    if (num < 1 || num > kMaxRangeValues)
+      c.fail(n["num"], "num of '" + name + "' = " + std::to_string(num) + " must be in [1, " +
+                           std::to_string(kMaxRangeValues) + "]");
     for (int64_t i = 0; i < num; ++i)
-      out.push_back(format_number(
-          num == 1 ? from : from + (to - from) * static_cast<double>(i) / static_cast<double>(num - 1), false));
+      out.push_back(range_value(
+          c, n, name, num == 1 ? from : from + (to - from) * static_cast<double>(i) / static_cast<double>(num - 1),
+          false));
     return out;
   }
   c.fail(n, "the range of '" + name + "' needs step or num");
 }
 
-// Expands name + grid into specs "name:k=v,...", cartesian product in the grid's key order.
+// Expands name + grid into specs "name:k=v,...", cartesian product in the grid's key order; the
+// product is counted first and must stay within kMaxConfigs.
 std::vector<std::string> expand(const Ctx& c, const std::string& name, const YAML::Node& grid) {
   std::vector<std::pair<std::string, std::vector<std::string>>> axes;
+  int64_t count = 1;
   if (grid) {
     if (!grid.IsMap()) c.fail(grid, "grid of '" + name + "' must be a mapping of parameter: values");
+    c.unique_keys(grid, "the grid of '" + name + "'");
     for (const auto& kv : grid) {
       const std::string k = kv.first.as<std::string>();
       axes.push_back({k, param_values(c, kv.second, k)});
+      count *= static_cast<int64_t>(axes.back().second.size());  // <= kMaxConfigs * kMaxRangeValues: no overflow
+      if (count > kMaxConfigs)
+        c.fail(grid, "grid of '" + name + "' expands to over " + std::to_string(kMaxConfigs) +
+                         " configurations (at parameter '" + k + "')");
     }
   }
   std::vector<std::string> out = {""};
@@ -135,7 +176,6 @@ std::vector<std::string> expand(const Ctx& c, const std::string& name, const YAM
     for (const auto& prefix : out)
       for (const auto& v : values) next.push_back(prefix + (prefix.empty() ? "" : ",") + k + "=" + v);
     out.swap(next);
-    if (out.size() > 1000000) c.fail(grid, "grid of '" + name + "' expands to over 1,000,000 configurations");
   }
   for (auto& s : out) s = s.empty() ? name : name + ":" + s;
   return out;
@@ -252,6 +292,7 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
   if (!strategies) c.fail(root, "missing key 'strategies'");
   if (!strategies.IsSequence() || strategies.size() == 0) c.fail(strategies, "strategies must be a non-empty list");
   std::set<std::string> seen;
+  int64_t total = 0;  // configurations over all entries, before deduplication
   for (const auto& e : strategies) {
     if (!e.IsMap()) c.fail(e, "each strategy must be a mapping with name and grid");
     c.only_keys(e, {"name", "grid", "codecs"}, "a strategy entry");
@@ -276,8 +317,16 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
         } else {
           c.fail(x, "a codec must be a name, 'none', or {name, grid}");
         }
+        if (static_cast<int64_t>(codec_specs.size()) > kMaxConfigs)
+          c.fail(cs, "codecs of '" + name + "' expand to over " + std::to_string(kMaxConfigs) + " configurations");
       }
+      if (codec_specs.empty()) c.fail(cs, "codecs of '" + name + "' is an empty list (give none for no codec)");
     }
+    // Both factors are at most kMaxConfigs: the product fits int64.
+    total += static_cast<int64_t>(base_specs.size()) * static_cast<int64_t>(codec_specs.size());
+    if (total > kMaxConfigs)
+      c.fail(e, "the strategies expand to over " + std::to_string(kMaxConfigs) + " configurations (at '" + name +
+                    "', entry at line " + std::to_string(e.Mark().line + 1) + ")");
     const int line = e.Mark().line + 1;
     for (const auto& b : base_specs)
       for (const auto& cdc : codec_specs) {
@@ -302,6 +351,7 @@ SweepPlan parse_sweep_config(const std::string& text, const std::string& path) {
 }
 
 SweepPlan load_sweep_config(const std::string& path) {
+  require_regular_file(path, "sweep config");
   std::ifstream in(path);
   if (!in) throw UsageError(path + ": cannot read the sweep config (no such file?)");
   std::stringstream ss;

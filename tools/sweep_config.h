@@ -17,6 +17,10 @@
 //         recent: {from: 8, to: 32, step: 8}   # ... or a range: from/to (inclusive) with step or num,
 //         norm: sum                        #     or {pow2: [5, 8]} for 32, 64, 128, 256
 //       codecs: [none, {name: kivi, grid: {bits: [2, 4]}}]
+//
+// Limits, checked before anything is expanded: 1,000,000 configurations per grid and over all
+// entries, 100,000 values per range; duplicate keys, nan/inf, ranges that overflow (or pass 2^53 as
+// integers) and empty lists are errors.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,11 @@
 #include "traces/h5.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <mutex>
+#include <set>
 
 #include "sim/base/error.h"
 
@@ -24,6 +29,113 @@ void Handle::reset() {
     default: break;
   }
   id_ = H5I_INVALID_HID;
+}
+
+namespace {
+
+// A global heap collection (HDF5 file format spec, "Global Heap"): "GCOL", version 1, three
+// reserved bytes, the collection's size (8 bytes, header included), then objects, each a 16-byte
+// header (index 2, reference count 2, reserved 4, size 8) and its data padded to 8 bytes; index 0
+// is the free space, whose size counts its own header. Matching all 8 prefix bytes makes a false
+// match inside raw data a 2^-64 event per offset.
+constexpr char kHeapPrefix[8] = {'G', 'C', 'O', 'L', 1, 0, 0, 0};
+constexpr uint64_t kHeapMinSize = 4096;  // the library never makes a smaller collection
+constexpr uint64_t kObjHeader = 16;
+
+uint64_t le64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
+  return v;
+}
+
+class FileBytes {
+ public:
+  explicit FileBytes(const std::string& path) : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) throw IoError(path + ": cannot open: " + std::strerror(errno));
+    size_ = static_cast<uint64_t>(::lseek(fd_, 0, SEEK_END));
+  }
+  FileBytes(const FileBytes&) = delete;
+  FileBytes& operator=(const FileBytes&) = delete;
+  ~FileBytes() { ::close(fd_); }
+  uint64_t size() const { return size_; }
+  // n bytes at off (off + n <= size()), or IoError.
+  void read(uint64_t off, void* out, size_t n) const {
+    auto* p = static_cast<unsigned char*>(out);
+    while (n > 0) {
+      const ssize_t got = ::pread(fd_, p, n, static_cast<off_t>(off));
+      if (got <= 0) throw IoError(path_ + ": read failed at offset " + std::to_string(off));
+      p += got, off += static_cast<uint64_t>(got), n -= static_cast<size_t>(got);
+    }
+  }
+
+ private:
+  std::string path_;
+  int fd_;
+  uint64_t size_ = 0;
+};
+
+void check_heap_at(const FileBytes& f, uint64_t at, const std::string& path) {
+  const std::string where = path + ": global heap collection at offset " + std::to_string(at);
+  unsigned char h[16];
+  if (f.size() - at < sizeof h) throw FormatError(where + ": truncated header");
+  f.read(at, h, sizeof h);
+  const uint64_t size = le64(h + 8);
+  if (size < kHeapMinSize || size > f.size() - at)
+    throw FormatError(where + ": size " + std::to_string(size) + " outside [" + std::to_string(kHeapMinSize) + ", " +
+                      std::to_string(f.size() - at) + "] (the bytes left in the file)");
+  const uint64_t end = at + size;
+  std::set<uint16_t> seen;
+  for (uint64_t p = at + 16; p < end;) {
+    if (end - p < kObjHeader) break;  // a tail too short for an object header is free space
+    unsigned char o[kObjHeader];
+    f.read(p, o, sizeof o);
+    const uint16_t idx = static_cast<uint16_t>(o[0] | o[1] << 8);
+    const uint64_t osize = le64(o + 8);
+    const std::string obj = where + ": object " + std::to_string(idx) + " at offset " + std::to_string(p);
+    uint64_t need = 0;
+    if (idx == 0) {  // free space: its size includes its header
+      if (osize < kObjHeader || osize > end - p)
+        throw FormatError(obj + ": free-space size " + std::to_string(osize) + " outside [16, " +
+                          std::to_string(end - p) + "]");
+      need = osize;
+    } else {
+      if (osize > end - p - kObjHeader)
+        throw FormatError(obj + ": size " + std::to_string(osize) + " runs past the collection's end (" +
+                          std::to_string(end - p - kObjHeader) + " bytes left)");
+      if (!seen.insert(idx).second) throw FormatError(obj + ": index given twice");
+      need = kObjHeader + ((osize + 7) & ~uint64_t{7});
+      if (need > end - p) need = end - p;  // padding past the end: the walk stops there
+    }
+    p += need;
+  }
+}
+
+}  // namespace
+
+void check_global_heaps(const std::string& path) {
+  FileBytes f(path);
+  constexpr size_t kBlock = size_t{1} << 22;
+  constexpr size_t kKeep = sizeof kHeapPrefix - 1;  // a prefix split across two blocks
+  std::vector<unsigned char> buf(kBlock + kKeep);
+  size_t held = 0;  // bytes of buf carried over from the previous block
+  for (uint64_t off = 0; off < f.size();) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBlock, f.size() - off));
+    f.read(off, buf.data() + held, n);
+    const size_t len = held + n;
+    const uint64_t base = off - held;  // file offset of buf[0]
+    const unsigned char* at = buf.data();
+    const unsigned char* last = buf.data() + len;
+    while (static_cast<size_t>(last - at) >= sizeof kHeapPrefix) {
+      const void* hit = ::memmem(at, static_cast<size_t>(last - at), kHeapPrefix, sizeof kHeapPrefix);
+      if (!hit) break;
+      const auto* h = static_cast<const unsigned char*>(hit);
+      check_heap_at(f, base + static_cast<uint64_t>(h - buf.data()), path);
+      at = h + 1;
+    }
+    held = std::min(kKeep, len);
+    std::memmove(buf.data(), buf.data() + len - held, held);
+    off += n;
+  }
 }
 
 bool has_attr(hid_t obj, const char* name) { return H5Aexists(obj, name) > 0; }

@@ -39,6 +39,13 @@ class Handle {
   hid_t id_ = H5I_INVALID_HID;
 };
 
+// Walks every global heap collection of the file at `path` (where HDF5 keeps variable-length
+// strings, such as the trace's string attributes) as the library will, and throws FormatError
+// naming the collection's offset when one is inconsistent: HDF5 1.10 trusts the sizes there and a
+// single flipped bit makes it overrun its buffers or loop forever (traces/FORMAT.md, "Damaged
+// files"). Reads the file once, in blocks.
+void check_global_heaps(const std::string& path);
+
 bool has_attr(hid_t obj, const char* name);
 bool has_link(hid_t loc, const std::string& path);
 

@@ -8,6 +8,7 @@
 
 #include "sim/base/error.h"
 #include "sim/base/half.h"
+#include "sim/base/regular_file.h"
 #include "traces/h5.h"
 
 namespace kvsim::traces {
@@ -66,6 +67,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
   std::error_code ec;
   if (!fs::exists(path, ec)) throw UsageError(path + ": no such file");
   if (fs::is_directory(path, ec)) throw UsageError(path + ": is a directory, expected a trace file");
+  require_regular_file(path, "trace");  // before H5Fis_hdf5, which would block on a FIFO
   file_bytes_ = fs::file_size(path, ec);
   const std::string fname = fs::path(path).filename().string();
   if (fname.size() >= 8 && fname.compare(fname.size() - 8, 8, ".partial") == 0)
@@ -74,6 +76,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
                       "the renamed file (without .partial) is a trace");
   if (H5Fis_hdf5(path.c_str()) <= 0)
     throw FormatError(path + ": not an HDF5 file (" + std::to_string(file_bytes_) + " bytes, no HDF5 signature)");
+  h5::check_global_heaps(path);  // before the library reads a variable-length string attribute
   impl_->file = h5::Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
   if (!impl_->file.valid())
     throw FormatError(path + ": HDF5 signature present but the file cannot be opened (truncated or corrupt, " +

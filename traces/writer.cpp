@@ -129,6 +129,9 @@ TraceWriter::TraceWriter(std::string path, TraceHeader header, WriterOptions opt
   h5::quiet();
   header_.validate(path_);
   if (header_.created.empty()) header_.created = iso8601_now();
+  if (path_.empty()) throw UsageError("--out is empty: give the trace's path (NAME.h5)");
+  if (fs::is_directory(path_))  // --force replaces a trace, never a directory
+    throw UsageError(path_ + ": is a directory, expected a trace path (NAME.h5)");
   if (!options_.overwrite && fs::exists(path_))
     throw UsageError(path_ + ": already exists; traces are write-once (remove it or choose another --out)");
   fs::path parent = fs::path(path_).parent_path();

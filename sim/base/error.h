@@ -1,7 +1,10 @@
 // Typed errors for user and environment failures. main() catches kvsim::Error, prints its message
 // on one line and returns exit_code(): 2 for bad input or usage, 1 for runtime failures.
+// Messages quote user-supplied text (sequence names, specs, paths, YAML scalars); the constructor
+// escapes its control characters (one_line) so that every message stays one line.
 #pragma once
 
+#include <cstdio>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -9,9 +12,32 @@
 
 namespace kvsim {
 
+// `text` with every control character (bytes < 0x20 and 0x7f) written as an escape: \n, \r, \t,
+// \xNN for the others; bytes >= 0x80 (UTF-8) are kept.
+inline std::string one_line(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c != 0x7f) {
+      out += static_cast<char>(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  explicit Error(const std::string& what) : std::runtime_error(one_line(what)) {}
   virtual int exit_code() const { return 1; }
 };
 

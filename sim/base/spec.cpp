@@ -62,22 +62,46 @@ const std::string* ParamReader::raw(const std::string& key) {
 
 bool ParamReader::has(const std::string& key) { return raw(key) != nullptr; }
 
-int64_t ParamReader::get_int(const std::string& key, int64_t def, const std::string&) {
+namespace {
+// Parses one integer of `text` (a whole parameter value or one list item); false if it is not one.
+// Beyond int64 it is out of every range: `out` is then one past the range's end (in_range below).
+bool parse_int(const std::string& text, int64_t& out, bool& overflow) {
+  char* end = nullptr;
+  errno = 0;
+  long long x = std::strtoll(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0') return false;
+  overflow = errno == ERANGE;
+  out = static_cast<int64_t>(x);
+  return true;
+}
+bool in_range(int64_t v, bool overflow, IntRange r) { return !overflow && v >= r.lo && v <= r.hi; }
+std::string range_str(IntRange r) { return "[" + std::to_string(r.lo) + ", " + std::to_string(r.hi) + "]"; }
+}  // namespace
+
+int64_t ParamReader::get_int(const std::string& key, int64_t def, IntRange range, const std::string&) {
   const std::string* s = raw(key);
   int64_t v = def;
   if (s) {
-    char* end = nullptr;
-    errno = 0;
-    long long x = std::strtoll(s->c_str(), &end, 10);
-    if (errno || end == s->c_str() || *end != '\0')
+    bool overflow = false;
+    if (!parse_int(*s, v, overflow))
       throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s + " is not an integer");
-    v = x;
+    if (!in_range(v, overflow, range))
+      throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s + " must be in " + range_str(range));
   }
   resolved_[key] = std::to_string(v);
   return v;
 }
 
-std::vector<int64_t> ParamReader::get_int_list(const std::string& key, const std::vector<int64_t>& def) {
+bool ParamReader::get_flag(const std::string& key, bool def, const std::string& doc) {
+  return get_int(key, def ? 1 : 0, IntRange{0, 1}, doc) == 1;
+}
+
+uint64_t ParamReader::get_seed(const std::string& key, const std::string& doc) {
+  return static_cast<uint64_t>(get_int(key, 0, IntRange{0, INT64_MAX}, doc));
+}
+
+std::vector<int64_t> ParamReader::get_int_list(const std::string& key, const std::vector<int64_t>& def,
+                                               IntRange range) {
   const std::string* s = raw(key);
   std::vector<int64_t> v = def;
   if (s) {
@@ -85,12 +109,13 @@ std::vector<int64_t> ParamReader::get_int_list(const std::string& key, const std
     std::stringstream ss(*s);
     std::string item;
     while (std::getline(ss, item, ',')) {
-      char* end = nullptr;
-      errno = 0;
-      long long x = std::strtoll(item.c_str(), &end, 10);
-      if (errno || end == item.c_str() || *end != '\0')
+      int64_t x = 0;
+      bool overflow = false;
+      if (!parse_int(item, x, overflow))
         throw UsageError("strategy '" + spec_.text + "': " + key + "=" + *s +
                          " is not a list of integers (a,b,c; empty for none)");
+      if (!in_range(x, overflow, range))
+        throw UsageError("strategy '" + spec_.text + "': " + key + " holds " + item + ", outside " + range_str(range));
       v.push_back(x);
     }
   }

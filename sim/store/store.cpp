@@ -9,18 +9,27 @@
 #include <filesystem>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "sim/store/schema_sql.h"  // generated from sim/store/schema.sql
 
 namespace kvsim {
 
 namespace {
 
+// An SQL failure: a damaged store (SQLITE_CORRUPT, SQLITE_NOTADB) is bad input, exit 2; the rest
+// (disk full, locked, I/O) are runtime failures, exit 1.
+[[noreturn]] void sql_fail(int errcode, const std::string& what) {
+  const int rc = errcode & 0xff;
+  if (rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB) throw FormatError(what + " (the store is damaged)");
+  throw IoError(what);
+}
+
 // RAII prepared statement.
 class Stmt {
  public:
   Stmt(sqlite3* db, const char* sql, const std::string& path) : db_(db), path_(path) {
     if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK)
-      throw IoError(path + ": SQL error: " + sqlite3_errmsg(db));
+      sql_fail(sqlite3_extended_errcode(db), path + ": SQL error: " + sqlite3_errmsg(db));
   }
   ~Stmt() { sqlite3_finalize(s_); }
   Stmt& bind(int i, int64_t v) { return check(sqlite3_bind_int64(s_, i, v)); }
@@ -30,7 +39,7 @@ class Stmt {
     int rc = sqlite3_step(s_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    throw IoError(path_ + ": SQL error: " + sqlite3_errmsg(db_));
+    sql_fail(sqlite3_extended_errcode(db_), path_ + ": SQL error: " + sqlite3_errmsg(db_));
   }
   void reset() {
     sqlite3_reset(s_);
@@ -125,6 +134,7 @@ ResultsStore::ResultsStore(const std::string& path, StoreMode mode) : path_(path
   fs::path parent = fs::path(path).parent_path();
   if (!parent.empty() && !fs::is_directory(parent, ec))
     throw UsageError(path + ": directory " + parent.string() + " does not exist");
+  require_regular_file(path, "results store");  // a directory or FIFO as --db: one line, exit 2
   open(path_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   try {
     if (existed) {
@@ -244,8 +254,9 @@ void ResultsStore::exec(const std::string& sql) {
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     std::string m = err ? err : "?";
     sqlite3_free(err);
+    const int rc = sqlite3_extended_errcode(db_);  // before ROLLBACK replaces it
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    throw IoError(path_ + ": SQL error: " + m);
+    sql_fail(rc, path_ + ": SQL error: " + m);
   }
 }
 

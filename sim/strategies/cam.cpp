@@ -83,9 +83,8 @@ class Cam final : public Strategy {
  public:
   explicit Cam(ParamReader& p) {
     ep_.read(p, {.sinks = 0, .recent = -1, .gqa = true});
-    m_ = p.get_int("m", 4, "kept tokens after an evicted one that receive its value / m");
-    if (m_ < 1) throw UsageError("cam: m=" + std::to_string(m_) + " must be >= 1");
-    seed_ = static_cast<uint64_t>(p.get_int("seed", 0, "seed of the Bernoulli draws"));
+    m_ = p.get_int("m", 4, IntRange{1, kMaxIntParam}, "kept tokens after an evicted one that receive its value / m");
+    seed_ = p.get_seed("seed", "seed of the Bernoulli draws");
     set_identity(p);
   }
   bool needs_prompt_colsums() const override { return true; }

@@ -25,9 +25,9 @@ uint64_t mod_p(__uint128_t x) {
 CountMinSketch::CountMinSketch(int64_t width, int64_t depth, uint64_t seed) : width_(width), depth_(depth) {
   if (width < 1) throw UsageError("count-min sketch width = " + std::to_string(width) + " must be >= 1");
   if (depth < 1) throw UsageError("count-min sketch depth = " + std::to_string(depth) + " must be >= 1");
-  if (width > (int64_t{1} << 28) || depth > 64)
+  if (depth > 64 || width > (int64_t{1} << 28) / depth)  // width * depth <= 2^28, by division: no overflow
     throw UsageError("count-min sketch " + std::to_string(depth) + " x " + std::to_string(width) +
-                     " is too large (depth <= 64, width <= 2^28)");
+                     " is too large (depth <= 64, width * depth <= 2^28 counters)");
   uint64_t s = seed;
   for (int64_t j = 0; j < depth; ++j) {
     a_.push_back(1 + splitmix64(s) % (kP - 1));

@@ -136,10 +136,8 @@ class CmsAggregate final : public Strategy {
     ep_.read(p, {.sinks = 4, .recent = -1, .gqa = true});
     ap_.width = p.get_int("width", 16, "buckets per sketch row (w)");
     ap_.depth = p.get_int("depth", 2, "sketch rows (d): attention views averaged");
-    ap_.seed = static_cast<uint64_t>(p.get_int("seed", 0, "hash seed"));
-    const int64_t prop = p.get_int("prop", 1, "proportional attention: bias log(count) on buckets");
-    if (prop != 0 && prop != 1) throw UsageError("cms_aggregate: prop=" + std::to_string(prop) + " must be 0 or 1");
-    ap_.prop = prop == 1;
+    ap_.seed = p.get_seed("seed", "hash seed");
+    ap_.prop = p.get_flag("prop", true, "proportional attention: bias log(count) on buckets");
     CountMinSketch check(ap_.width, ap_.depth, 0);  // validates width and depth (one-line UsageError)
     set_identity(p);
   }

@@ -52,7 +52,7 @@ class CmsTopk final : public Strategy {
     ep_.read(p, {.sinks = 0, .recent = -1, .gqa = true});
     width_ = p.get_int("width", 256, "sketch width w (counters per row)");
     depth_ = p.get_int("depth", 4, "sketch depth d (rows, independent hashes)");
-    seed_ = static_cast<uint64_t>(p.get_int("seed", 0, "hash seed"));
+    seed_ = p.get_seed("seed", "hash seed");
     CountMinSketch check(width_, depth_, 0);  // validates width and depth (one-line UsageError)
     set_identity(p);
   }

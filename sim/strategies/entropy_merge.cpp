@@ -112,12 +112,9 @@ class EntropyMerge final : public Strategy {
     rule_.threshold = p.get_double("threshold", 0.5, "normalized entropy at or above which a token is mergeable");
     if (!(rule_.threshold >= 0 && rule_.threshold <= 1))
       throw UsageError(spec_error("threshold", std::to_string(rule_.threshold), "must be in [0, 1]"));
-    rule_.max_span = p.get_int("max_span", 16, "members per merged slot at most");
-    if (rule_.max_span < 2) throw UsageError(spec_error("max_span", std::to_string(rule_.max_span), "must be >= 2"));
+    rule_.max_span = p.get_int("max_span", 16, IntRange{2, kMaxIntParam}, "members per merged slot at most");
     attn_w_ = p.get_choice("weights", {"uniform", "attention"}) == "attention";
-    const int64_t prop = p.get_int("prop", 1, "proportional attention: bias log(n) on merged slots");
-    if (prop != 0 && prop != 1) throw UsageError(spec_error("prop", std::to_string(prop), "must be 0 or 1"));
-    rule_.proportional = prop == 1;
+    rule_.proportional = p.get_flag("prop", true, "proportional attention: bias log(n) on merged slots");
     set_identity(p);
   }
   bool needs_prompt_colsums() const override { return true; }

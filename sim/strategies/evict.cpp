@@ -24,8 +24,7 @@ void EvictionParams::read(ParamReader& p, const EvictionParamDefaults& takes) {
   if (no_budget) {
     // budget=none: nothing is evicted
   } else if (hb) {
-    budget = p.get_int("budget", 0);
-    if (budget <= 0) throw UsageError("strategy '" + spec + "': budget=" + std::to_string(budget) + " must be > 0");
+    budget = p.get_int("budget", 0, IntRange{1, kMaxIntParam});
   } else if (hp) {
     press_ratio = p.get_double("press_ratio", 0);
     if (!(press_ratio >= 0 && press_ratio < 1))
@@ -38,11 +37,9 @@ void EvictionParams::read(ParamReader& p, const EvictionParamDefaults& takes) {
   }
   if (takes.sinks) {
     sinks = p.get_int("sinks", *takes.sinks);
-    if (sinks < 0) throw UsageError("strategy '" + spec + "': sinks must be >= 0");
   }
   if (takes.recent) {
-    recent = p.get_int("recent", *takes.recent);
-    if (recent < -1) throw UsageError("strategy '" + spec + "': recent must be >= 0");
+    recent = p.get_int("recent", *takes.recent, IntRange{-1, kMaxIntParam});  // -1: half the budget
     if (recent == -1) p.set_resolved("recent", "budget/2");
   }
   if (takes.gqa_none)

@@ -145,13 +145,10 @@ class KvMerger final : public Strategy {
     mp_.threshold = p.get_double("threshold", 0.8, "key cosine similarity at or above which adjacent slots cluster");
     if (!(mp_.threshold >= -1 && mp_.threshold <= 1))
       throw UsageError("kvmerger: threshold=" + std::to_string(mp_.threshold) + " must be in [-1, 1]");
-    mp_.max_span = p.get_int("max_span", 16, "tokens per merged slot at most");
-    if (mp_.max_span < 2) throw UsageError("kvmerger: max_span=" + std::to_string(mp_.max_span) + " must be >= 2");
+    mp_.max_span = p.get_int("max_span", 16, IntRange{2, kMaxIntParam}, "tokens per merged slot at most");
     mp_.sigma = p.get_double("sigma", 0.0, "Gaussian kernel width on key distance (0: RMS distance in the cluster)");
     if (mp_.sigma < 0) throw UsageError("kvmerger: sigma=" + std::to_string(mp_.sigma) + " must be >= 0");
-    const int64_t prop = p.get_int("prop", 0, "proportional attention: bias log(n) on merged slots");
-    if (prop != 0 && prop != 1) throw UsageError("kvmerger: prop=" + std::to_string(prop) + " must be 0 or 1");
-    mp_.prop = prop == 1;
+    mp_.prop = p.get_flag("prop", false, "proportional attention: bias log(n) on merged slots");
     set_identity(p);
   }
   bool needs_prompt_colsums() const override { return true; }

@@ -158,15 +158,18 @@ class MagicPigState final : public StrategyState {
   std::vector<uint16_t> codes_;  // [m1 - m0, L]
 };
 
+// Tables at most: W [D, K·L] is built per (layer, KV head), so L bounds its memory (D·16·L doubles).
+constexpr int64_t kMaxTables = 4096;
+
 class MagicPig final : public Strategy {
  public:
   explicit MagicPig(ParamReader& p) {
     const std::string& spec = p.spec().text;
     mp_.K = p.get_int("K", 10);
-    mp_.L = p.get_int("L", 150);
+    mp_.L = p.get_int("L", 150, IntRange{0, kMaxTables});  // W holds D·K·L doubles
     mp_.sinks = p.get_int("sinks", 4);
     mp_.local = p.get_int("local", 64);
-    mp_.seed = static_cast<uint64_t>(p.get_int("seed", 0));
+    mp_.seed = p.get_seed("seed");
     explicit_dense_ = p.has("dense_layers");
     dense_ = p.get_int_list("dense_layers", {0, 16, 32, 48, 64});
     if (mp_.K < 1 || mp_.K > 16)

@@ -184,7 +184,7 @@ class PqCache final : public Strategy {
     pp_.local = p.get_int("local", 128);
     pp_.m = p.get_int("m", 2);
     pp_.bits = p.get_int("bits", 6);
-    pp_.iters = p.get_int("iters", 10);
+    pp_.iters = p.get_int("iters", 10, IntRange{1, 1000});  // Lloyd iterations per prefill
     pp_.code_new = p.get_choice("new", {"code", "exact"}) == "code";
     if (p.has("budget") && p.has("top"))
       throw UsageError("strategy '" + spec + "': give top=FRACTION or budget=TOKENS, not both");
@@ -203,8 +203,6 @@ class PqCache final : public Strategy {
     if (pp_.bits < 1 || pp_.bits > 16)
       throw UsageError("strategy '" + spec + "': bits=" + std::to_string(pp_.bits) + " must be in [1, 16]");
     if (pp_.m < 1) throw UsageError("strategy '" + spec + "': m=" + std::to_string(pp_.m) + " must be >= 1");
-    if (pp_.iters < 1)
-      throw UsageError("strategy '" + spec + "': iters=" + std::to_string(pp_.iters) + " must be >= 1");
     set_identity(p);
   }
   bool is_selector() const override { return true; }

@@ -115,9 +115,7 @@ class Quest final : public Strategy {
     page_ = p.get_int("page", 16);
     if (page_ < 1)
       throw UsageError("strategy '" + p.spec().text + "': page=" + std::to_string(page_) + " must be >= 1");
-    last_ = p.get_int("last", 1);
-    if (last_ != 0 && last_ != 1)
-      throw UsageError("strategy '" + p.spec().text + "': last=" + std::to_string(last_) + " must be 0 or 1");
+    last_ = p.get_flag("last", true);
     dense_ = p.get_int_list("dense_layers", {0, 1});
     for (int64_t l : dense_)
       if (l < 0)

@@ -29,7 +29,7 @@ class Random final : public Strategy {
  public:
   explicit Random(ParamReader& p) {
     ep_.read(p, {.sinks = 0, .recent = 0, .gqa = false});
-    seed_ = static_cast<uint64_t>(p.get_int("seed", 0));
+    seed_ = p.get_seed("seed");
     set_identity(p);
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {

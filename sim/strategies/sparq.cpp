@@ -146,14 +146,11 @@ class Sparq final : public Strategy {
     } else {
       ep_.read(p, {.sinks = {}, .recent = {}, .gqa = false});
     }
-    r_ = p.get_int("r", -1);
+    r_ = p.get_int("r", -1, IntRange{-1, kMaxIntParam});  // -1: D/8
     if (r_ == -1) p.set_resolved("r", "D/8");
     if (r_ == 0 || r_ < -1) throw UsageError("strategy '" + spec + "': r=" + std::to_string(r_) + " must be >= 1");
-    vmean_ = p.get_int("vmean", 1);
-    kcopy_ = p.get_int("kcopy", 0);
-    for (auto [name, v] : {std::pair{"vmean", vmean_}, std::pair{"kcopy", kcopy_}})
-      if (v != 0 && v != 1)
-        throw UsageError("strategy '" + spec + "': " + name + "=" + std::to_string(v) + " must be 0 or 1");
+    vmean_ = p.get_flag("vmean", true);
+    kcopy_ = p.get_flag("kcopy", false);
     set_identity(p);
   }
   bool is_selector() const override { return true; }

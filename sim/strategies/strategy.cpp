@@ -148,6 +148,8 @@ std::unique_ptr<Strategy> make_strategy(const std::string& spec_text) {
   if (plus != std::string::npos) {
     base_text = spec_text.substr(0, plus);
     codec_text = spec_text.substr(plus + 1);
+    if (codec_text.find_first_not_of(" \t") == std::string::npos)
+      throw UsageError("'" + spec_text + "': nothing after '+' (expected strategy+codec, e.g. h2o:budget=64+kivi)");
     if (codec_text.find('+') != std::string::npos)
       throw UsageError("'" + spec_text + "': a strategy composes with one codec at most (strategy+codec)");
   }

@@ -22,9 +22,9 @@ class StreamingState final : public StrategyState {
 class Streaming final : public Strategy {
  public:
   explicit Streaming(ParamReader& p) {
-    prefix_ = p.get_int("prefix", 0) != 0;
+    prefix_ = p.get_flag("prefix", false);
     if (prefix_) {
-      block_ = p.get_int("block", -1);
+      block_ = p.get_int("block", -1, IntRange{-1, kMaxIntParam});  // -1: budget/2
       if (block_ == -1) p.set_resolved("block", "budget/2");
       ep_.read(p, {});
       if (block_ == 0 || block_ < -1) throw UsageError("strategy '" + p.spec().text + "': block must be > 0");

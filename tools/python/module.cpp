@@ -16,6 +16,7 @@
 #include "sim/replay.h"
 #include "sim/strategies/quant_codecs.h"
 #include "sim/strategies/strategy.h"
+#include "tools/commands.h"
 #include "tools/report_json.h"
 #include "tools/sweep.h"
 #include "tools/version.h"
@@ -81,7 +82,7 @@ std::string finish(const ReplayResult& r, bool per_head, const std::string& who)
   for (const ConfigResult& c : r.configs)
     if (const std::string bad = non_finite_metric(c); !bad.empty())
       throw Error(r.trace + ": " + c.spec + ": the metric " + bad + " is not finite: the run failed");
-  return run_json(r, per_head).dump();
+  return json_text(run_json(r, per_head));
 }
 
 std::string run_trace_json(const std::string& trace, const std::vector<std::string>& specs, const RunArgs& a,
@@ -120,7 +121,8 @@ void check_values(const Array& x, const char* what, int64_t layer) {
     if (!(std::fabs(p[i]) <= traces::kMaxAbsValue))
       throw NumericError(std::string(what) + " of layer " + std::to_string(layer) + ": value " + std::to_string(p[i]) +
                          " at [head " + std::to_string(i / (T * D)) + ", token " + std::to_string(i / D % T) +
-                         ", dim " + std::to_string(i % D) + "]: values must be finite with |x| <= 65504, as in a trace");
+                         ", dim " + std::to_string(i % D) +
+                         "]: values must be finite with |x| <= 65504, as in a trace");
 }
 
 std::string run_arrays_json(const std::vector<Array>& q, const std::vector<Array>& k, const std::vector<Array>& v,
@@ -166,7 +168,7 @@ std::string run_arrays_json(const std::vector<Array>& q, const std::vector<Array
   return finish(replay_source(src, s.ptrs, opt), a.per_head, "kvsim.run_arrays");
 }
 
-std::string info_json(const std::string& trace) { return trace_info_json(traces::TraceReader(trace)).dump(); }
+std::string info_json(const std::string& trace) { return json_text(trace_info_json(traces::TraceReader(trace))); }
 
 // The registry: every strategy and codec with its resolved default parameters. A strategy that
 // cannot be built from its name alone (a budget is required) is described at budget=64, with the
@@ -251,8 +253,8 @@ PYBIND11_MODULE(_core, m) {
          int64_t bins, double eps, const std::string& stats_cache, bool per_head, const std::string& max_memory,
          const py::object& progress) {
         return run_trace_json(trace, strategies,
-                              RunArgs{prefill, protocol, backend, max_memory, stride, bins, eps, per_head},
-                              sequence, stats_cache, progress);
+                              RunArgs{prefill, protocol, backend, max_memory, stride, bins, eps, per_head}, sequence,
+                              stats_cache, progress);
       },
       py::arg("trace"), py::arg("strategies"), py::arg("prefill"), py::arg("stride"), py::arg("protocol"),
       py::arg("backend"), py::arg("sequence"), py::arg("bins"), py::arg("eps"), py::arg("stats_cache"),
@@ -264,13 +266,14 @@ PYBIND11_MODULE(_core, m) {
          const std::string& protocol, const std::string& backend, int64_t bins, double eps, bool per_head,
          double rope_theta, const std::string& rope_style, const std::string& name, const std::string& max_memory,
          const py::object& progress) {
-        return run_arrays_json(q, k, v, k_pre, strategies,
-                               RunArgs{std::to_string(prefill), protocol, backend, stride, bins, eps, per_head},
-                               prefill, rope_theta, rope_style, name, progress);
+        return run_arrays_json(
+            q, k, v, k_pre, strategies,
+            RunArgs{std::to_string(prefill), protocol, backend, max_memory, stride, bins, eps, per_head}, prefill,
+            rope_theta, rope_style, name, progress);
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_pre"), py::arg("strategies"), py::arg("prefill"),
       py::arg("stride"), py::arg("protocol"), py::arg("backend"), py::arg("bins"), py::arg("eps"), py::arg("per_head"),
-      py::arg("rope_theta"), py::arg("rope_style"), py::arg("name"), py::arg("progress"));
+      py::arg("rope_theta"), py::arg("rope_style"), py::arg("name"), py::arg("max_memory"), py::arg("progress"));
   m.def("info_json", &info_json, py::arg("trace"));
   m.def("strategies_json", &strategies_json);
   m.def("sweep", &sweep, py::arg("config"), py::arg("db"), py::arg("backend"), py::arg("batch"), py::arg("shard"),

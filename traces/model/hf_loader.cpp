@@ -7,6 +7,7 @@
 #include <set>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "traces/model/model.h"
 #include "traces/model/safetensors.h"
 
@@ -40,6 +41,7 @@ T get_or(const json& j, const char* key, T def, const std::string& where) {
 ModelConfig load_hf_config(const std::string& path) {
   const bool is_dir = fs::is_directory(path);
   const std::string where = is_dir ? (fs::path(path) / "config.json").string() : path;
+  require_regular_file(where, "model config");
   std::ifstream in(where);
   if (!in)
     throw UsageError(is_dir ? path + ": not a Hugging Face model directory (no config.json)"
@@ -136,6 +138,7 @@ Model load_hf(const std::string& dir) {
   std::vector<std::string> files;
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   if (fs::exists(index)) {
+    require_regular_file(index.string(), "shard index");
     std::ifstream in(index);
     std::set<std::string> names;
     try {

@@ -10,11 +10,13 @@
 #include <utility>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 
 namespace kvsim::model {
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; fstat below refuses it.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) throw UsageError(path + ": file not found");
     throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
@@ -22,7 +24,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw UsageError(path + ": not a regular file");
+    throw UsageError(path + ": is " + file_kind(st.st_mode) + ", not a regular file");
   }
   size_ = static_cast<uint64_t>(st.st_size);
   if (size_ > 0) {

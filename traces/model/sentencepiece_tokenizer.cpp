@@ -1,6 +1,7 @@
 #include <sentencepiece_processor.h>
 
 #include "sim/base/error.h"
+#include "sim/base/regular_file.h"
 #include "traces/model/tokenizer.h"
 
 namespace kvsim::model {
@@ -12,6 +13,7 @@ struct SentencePieceTokenizer::Impl {
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path) : impl_(std::make_unique<Impl>()) {
   impl_->path = path;
+  require_regular_file(path, "tokenizer");
   const auto st = impl_->sp.Load(path);
   if (!st.ok()) throw FormatError(path + ": not a SentencePiece model (" + st.ToString() + ")");
 }
