@@ -396,7 +396,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   try {
     check_replay_args(res.T, res.P, res.stride);
   } catch (const UsageError& e) {
-    throw UsageError(reader.path() + ": sequence " + sq.name + ": " + e.what());
+    throw UsageError(src.name + ": sequence " + src.sequence + ": " + e.what());
   }
   res.bin_edges = bin_edges(res.P, res.T, opt.bins);
   // Resolve every budget against T before any work (bad budgets fail fast, exit 2).
