@@ -16,6 +16,7 @@
 #include "sim/prefix_cache.h"
 #include "sim/prefix_workload.h"
 #include "sim/strategies/quant_codecs.h"
+#include "tools/capacity.h"
 #include "tools/commands.h"
 #include "tools/jsonl.h"
 #include "traces/model/model.h"
@@ -44,42 +45,13 @@ struct HeadShape {
 };
 
 // "256MiB" -> 268435456; units B, kB (or KB)/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB (powers of 1024).
-double parse_size(const std::string& text) {
-  size_t used = 0;
-  double x = 0;
-  try {
-    x = std::stod(text, &used);
-  } catch (const std::exception&) {
-    throw UsageError("--capacity '" + text + "': not a size (a number with an optional unit such as MiB or GB)");
-  }
-  std::string unit = text.substr(used);
-  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
-  static const std::pair<const char*, double> units[] = {{"", 1},
-                                                         {"B", 1},
-                                                         {"KB", 1e3},
-                                                         {"kB", 1e3},
-                                                         {"MB", 1e6},
-                                                         {"GB", 1e9},
-                                                         {"TB", 1e12},
-                                                         {"KiB", 1024.0},
-                                                         {"MiB", 1048576.0},
-                                                         {"GiB", 1073741824.0},
-                                                         {"TiB", 1099511627776.0}};
-  for (const auto& [name, scale] : units)
-    if (unit == name) {
-      if (!(x >= 0) || !std::isfinite(x)) throw UsageError("--capacity " + text + ": must be >= 0 bytes");
-      return x * scale;
-    }
-  throw UsageError("--capacity '" + text + "': unknown unit '" + unit + "' (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)");
-}
-
 std::vector<double> parse_capacities(const std::string& list) {
   std::vector<double> out;
   size_t start = 0;
   while (start <= list.size()) {
     const size_t comma = list.find(',', start);
     const std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    out.push_back(parse_size(item));
+    out.push_back(static_cast<double>(parse_size(item, "--capacity")));
     if (comma == std::string::npos) break;
     start = comma + 1;
   }
