@@ -22,6 +22,14 @@ def skip(why):
     sys.exit(SKIP_RETURN_CODE)
 
 
+def sanitized(kvsim):
+    """Whether the kvsim binary is built with AddressSanitizer (KVSIM_SANITIZE=address,...): its
+    allocator reserves terabytes of shadow address space and aborts, rather than failing the
+    allocation, under an address-space or data limit, so memory-limit checks must use its own options."""
+    with open(kvsim, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 

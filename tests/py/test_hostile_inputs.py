@@ -13,7 +13,7 @@ import sys
 import h5py
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kvsim_testlib import Suite, parse_args, tempdir  # noqa: E402
+from kvsim_testlib import Suite, parse_args, sanitized, tempdir  # noqa: E402
 
 TIMEOUT = 30
 
@@ -25,9 +25,12 @@ def limit_memory():
 
 
 def kv(k, *args, memory_cap=False):
+    env = None
+    if memory_cap and sanitized(k):  # ASan cannot run under RLIMIT_AS: its own 2 GiB RSS limit instead
+        env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":hard_rss_limit_mb=2048")
     try:
         return subprocess.run([k, *args], capture_output=True, text=True, errors="replace", timeout=TIMEOUT,
-                              preexec_fn=limit_memory if memory_cap else None)
+                              env=env, preexec_fn=limit_memory if memory_cap and env is None else None)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"kvsim {' '.join(args)}: still running after {TIMEOUT} s (a hang)")
 
