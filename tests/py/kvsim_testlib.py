@@ -42,6 +42,14 @@ def check_usage_error(r, needle, args=()):
     assert r.stdout == "", r.stdout
 
 
+def one_line_error(r, *needles, code=2):
+    """Exit code `code`, exactly one line on stderr, containing every needle."""
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert r.stderr.count("\n") == 1, f"expected one line, got: {r.stderr!r}"
+    for n in needles:
+        assert n in r.stderr, f"{n!r} not in {r.stderr!r}"
+
+
 class Suite:
     """A tiny runner: each check is a function; prints 'N passed, N failed' at the end."""
 

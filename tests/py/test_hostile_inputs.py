@@ -13,7 +13,7 @@ import sys
 import h5py
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kvsim_testlib import Suite, parse_args, sanitized, tempdir  # noqa: E402
+from kvsim_testlib import Suite, one_line_error, parse_args, sanitized, tempdir  # noqa: E402
 
 TIMEOUT = 30
 
@@ -33,13 +33,6 @@ def kv(k, *args, memory_cap=False):
                               env=env, preexec_fn=limit_memory if memory_cap and env is None else None)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"kvsim {' '.join(args)}: still running after {TIMEOUT} s (a hang)")
-
-
-def one_line_error(r, *needles, code=2):
-    assert r.returncode == code, (r.returncode, r.stderr)
-    assert r.stderr.count("\n") == 1, f"expected one line, got: {r.stderr!r}"
-    for n in needles:
-        assert n in r.stderr, f"{n!r} not in {r.stderr!r}"
 
 
 def main():

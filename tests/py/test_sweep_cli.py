@@ -11,15 +11,8 @@ import sqlite3
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kvsim_testlib import Suite, parse_args, run, tempdir  # noqa: E402
+from kvsim_testlib import Suite, one_line_error, parse_args, run, tempdir  # noqa: E402
 from sweep_testlib import count, dump, quick_config, sweep  # noqa: E402
-
-
-def one_line_error(r, *needles, code=2):
-    assert r.returncode == code, (r.returncode, r.stderr)
-    assert r.stderr.count("\n") == 1, f"expected one line, got: {r.stderr!r}"
-    for n in needles:
-        assert n in r.stderr, f"{n!r} not in {r.stderr!r}"
 
 
 def main():
