@@ -255,11 +255,26 @@ std::string class_name(H5T_class_t c) {
   }
 }
 
+void check_string_type(hid_t ftype, uint64_t stored, const std::string& where) {
+  if (H5Tis_variable_str(ftype) > 0) {
+    Handle elem(H5Tget_super(ftype));
+    const size_t n = elem.valid() ? H5Tget_size(elem) : 0;
+    if (n != 1)
+      throw FormatError(where + ": a variable-length string of " + std::to_string(n) +
+                        "-byte characters (damaged type; a string's characters are 1 byte)");
+    return;
+  }
+  if (const size_t n = H5Tget_size(ftype); n > stored)
+    throw FormatError(where + ": a fixed-length string of " + std::to_string(n) + " bytes, but only " +
+                      std::to_string(stored) + " bytes are stored");
+}
+
 std::string read_str_attr(hid_t obj, const char* name, const std::string& where) {
   Handle a = open_attr(obj, name, where);
   Handle ftype(H5Aget_type(a));
   if (H5Tget_class(ftype) != H5T_STRING)
     throw FormatError(where + ": attribute '" + name + "' is " + class_name(H5Tget_class(ftype)) + ", expected string");
+  check_string_type(ftype, H5Aget_storage_size(a), where + ": attribute '" + name + "'");
   if (H5Tis_variable_str(ftype) > 0) {
     Handle mtype(H5Tcopy(H5T_C_S1));
     H5Tset_size(mtype, H5T_VARIABLE);

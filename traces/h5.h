@@ -46,6 +46,13 @@ class Handle {
 // files"). Reads the file once, in blocks.
 void check_global_heaps(const std::string& path);
 
+// A string type (`ftype` of an attribute or dataset) that the library can convert without trusting a
+// damaged size: a variable-length string's element type must be one byte (HDF5 1.10 allocates
+// length × element size before it reads; one flipped bit there asks for gigabytes), a fixed-length
+// string's size must be at most the `stored` bytes the object really holds. Throws FormatError naming
+// `where`.
+void check_string_type(hid_t ftype, uint64_t stored, const std::string& where);
+
 bool has_attr(hid_t obj, const char* name);
 bool has_link(hid_t loc, const std::string& path);
 

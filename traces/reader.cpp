@@ -169,6 +169,9 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       h5::Handle d(H5Dopen2(g, "text", H5P_DEFAULT));
       if (!d.valid()) throw FormatError(where + "/text: not a dataset");
       h5::require_stored_inside(d, where + "/text", kMaxChunkBytes);
+      h5::Handle ft(H5Dget_type(d));
+      if (H5Tget_class(ft) != H5T_STRING) throw FormatError(where + "/text: not a string");
+      h5::check_string_type(ft, UINT64_MAX, where + "/text");  // a fixed length is bounded by the storage check above
     }
 
     if (!h5::has_link(g, "layers")) throw FormatError(where + "/layers: group missing");

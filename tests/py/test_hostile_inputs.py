@@ -187,6 +187,26 @@ def main():
                 r = kv(k, "info", m)
                 one_line_error(r, "global heap collection at offset")
         s.check("a corrupted global heap is refused, not followed", heap_flips)
+
+        # --- a damaged variable-length string type (fuzz finding, tests/fuzz/regressions/trace/) ---
+        def vlen_char_size():
+            data = open(trace, "rb").read()
+            i = data.find(b"stored_dtype\0\0\0\0")
+            # The attribute message: its name padded to 16 bytes, then the datatype: variable-length
+            # string (class 9, 4 bytes) of size 16 (4 bytes), whose base type (4 bytes of class) has
+            # its size at +28: 1 in a sound file. HDF5 1.10 allocates length x that size and fills it
+            # (2788425729, the fuzzer's value: 19.5 GB resident for the 7 characters of "float16").
+            assert i >= 0 and data[i + 16] == 0x19 and data[i + 28:i + 32] == struct.pack("<I", 1)
+            m = os.path.join(d, "v.h5")
+            for val in (2788425729, 2, 0x7FFFFFFF):
+                b = bytearray(data)
+                b[i + 28:i + 32] = struct.pack("<I", val)
+                open(m, "wb").write(b)
+                for cmd in (["info", m], ["info", "--check", m]):
+                    r = kv(k, *cmd, memory_cap=True)
+                    one_line_error(r, f"attribute 'stored_dtype': a variable-length string of {val}-byte characters")
+        s.check("a variable-length string type with a damaged character size is refused before the library reads it",
+                vlen_char_size)
     s.finish()
 
 

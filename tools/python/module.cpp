@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "sim/base/error.h"
+#include "sim/kernels/backend.h"
 #include "sim/replay.h"
 #include "sim/strategies/quant_codecs.h"
 #include "sim/strategies/strategy.h"
@@ -276,6 +277,11 @@ PYBIND11_MODULE(_core, m) {
       py::arg("rope_theta"), py::arg("rope_style"), py::arg("name"), py::arg("max_memory"), py::arg("progress"));
   m.def("info_json", &info_json, py::arg("trace"));
   m.def("strategies_json", &strategies_json);
+  m.def("backends", [] {
+    std::vector<std::string> names;
+    for (kvsim::Backend b : kvsim::available_backends()) names.emplace_back(kvsim::backend_name(b));
+    return names;
+  });
   m.def("sweep", &sweep, py::arg("config"), py::arg("db"), py::arg("backend"), py::arg("batch"), py::arg("shard"),
         py::arg("stats_cache"), py::arg("quiet"));
 }

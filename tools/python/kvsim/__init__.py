@@ -25,7 +25,7 @@ from . import _core
 from ._core import Error, FormatError, IoError, NotCompiled, UsageError
 
 __version__ = _core.__version__
-__all__ = ["info", "run", "run_arrays", "sweep", "results", "strategies", "wide", "heads", "positions", "Error",
+__all__ = ["info", "run", "run_arrays", "sweep", "results", "strategies", "backends", "wide", "heads", "positions", "Error",
            "UsageError", "FormatError", "IoError", "NotCompiled"]
 
 _STATS = ["mean", "p5", "p50", "p95", "worst"]
@@ -208,3 +208,9 @@ def strategies():
     import pandas as pd
 
     return pd.DataFrame(json.loads(_core.strategies_json()))
+
+
+def backends():
+    """The compute backends this build can run here (`ref` always; `omp` when built with OpenMP;
+    `cuda` when built with CUDA and a device is present), as `--backend` spells them."""
+    return list(_core.backends())
