@@ -157,11 +157,20 @@ TEST_CASE("strategy specs: a '+' with no codec after it is refused") {
   CHECK(error_of("h2o:budget=16+kivi") == "no error");
 }
 
-TEST_CASE("errors: control characters in user text are escaped, so a message stays one line") {
+TEST_CASE("errors: control characters and bytes that are not UTF-8 are escaped, so a message stays one readable line") {
   CHECK(std::string(UsageError("a\nb\rc\td\x01"
                                "e\x7f")
                         .what()) == "a\\nb\\rc\\td\\x01e\\x7f");
   CHECK(std::string(FormatError("caf\xc3\xa9").what()) == "caf\xc3\xa9");  // UTF-8 kept
+  // Bytes that are not well-formed UTF-8 (RFC 3629, checked by hand): a lone 0xff, a truncated
+  // 2-byte sequence, an overlong '/' (c0 af), a surrogate (ed a0 80), past U+10FFFF (f4 90 80 80);
+  // a 4-byte emoji (f0 9f 98 80) and a 3-byte euro sign (e2 82 ac) are kept.
+  CHECK(std::string(FormatError("'\xff\x01'").what()) == "'\\xff\\x01'");
+  CHECK(std::string(FormatError("a\xc3").what()) == "a\\xc3");
+  CHECK(std::string(FormatError("\xc0\xaf").what()) == "\\xc0\\xaf");
+  CHECK(std::string(FormatError("\xed\xa0\x80").what()) == "\\xed\\xa0\\x80");
+  CHECK(std::string(FormatError("\xf4\x90\x80\x80").what()) == "\\xf4\\x90\\x80\\x80");
+  CHECK(std::string(FormatError("\xf0\x9f\x98\x80 \xe2\x82\xac").what()) == "\xf0\x9f\x98\x80 \xe2\x82\xac");
   const std::string e = error_of("h2o\n:budget=1");
   CHECK(e.find('\n') == std::string::npos);
   CHECK(e.find("h2o\\n") != std::string::npos);

@@ -269,3 +269,45 @@ TEST_CASE("context_len: optional, round-trips, bounded by prefill_len, and is th
   o.context_len = 31;  // beyond prefill_len = 30
   CHECK_THROWS_AS(write_synthetic_trace(dir.file("bad.h5"), find_synth_shape("tiny"), o), UsageError);
 }
+
+TEST_CASE("every finite float16 code reads back as its exact value (the reader's vector widening)") {
+  // Expected: the compiler's _Float16 -> float conversion of each code, independent of both the
+  // reader's F16C path and sim/base/half.h. D = 127 so that reads end in a partial vector.
+  test::TempDir dir;
+  const std::string path = dir.file("f16-codes.h5");
+  TraceHeader h = small_header(DType::f16);
+  h.n_layers = 1;
+  h.n_heads = h.n_kv_heads = 1;
+  h.head_dim = 127;
+  const int64_t T = 517;  // T * D = 65659 >= 65536 codes
+  std::vector<float> data(static_cast<size_t>(T * h.head_dim));
+  for (size_t i = 0; i < data.size(); ++i) {
+    uint16_t code = static_cast<uint16_t>(i % 65536);
+    if ((code & 0x7c00u) == 0x7c00u) code = static_cast<uint16_t>(i % 1024);  // inf/NaN: a subnormal instead
+    _Float16 x;
+    std::memcpy(&x, &code, sizeof x);
+    data[i] = static_cast<float>(x);
+  }
+  {
+    TraceWriter w(path, h);
+    SequenceSpec spec;
+    spec.n_tokens = T;
+    spec.prefill_len = T / 2;
+    spec.tokens.assign(static_cast<size_t>(T), 1);
+    w.begin_sequence(spec);
+    for (Kind kind : {Kind::q, Kind::k, Kind::v}) w.write_head(kind, 0, 0, data.data());
+    w.end_sequence();
+    w.finish();
+  }
+  TraceReader r(path);
+  const auto got = r.read_head(0, 0, Kind::k, 0);
+  REQUIRE(got.size() == data.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < data.size(); ++i) bad += f32_bits(got.data()[i]) != f32_bits(data[i]);
+  CHECK(bad == 0);
+  for (int64_t t0 : {int64_t{0}, int64_t{3}, int64_t{500}}) {  // block reads at odd offsets and lengths
+    std::vector<float> part(static_cast<size_t>(17 * h.head_dim));
+    r.read_block(0, 0, Kind::v, 0, 1, t0, 17, part.data());
+    CHECK(std::memcmp(part.data(), data.data() + t0 * h.head_dim, sizeof(float) * part.size()) == 0);
+  }
+}

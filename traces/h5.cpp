@@ -74,7 +74,11 @@ class FileBytes {
   uint64_t size_ = 0;
 };
 
-void check_heap_at(const FileBytes& f, uint64_t at, const std::string& path) {
+constexpr uint64_t kNoObject = ~uint64_t{0};
+
+// Walks the collection at `at` as the library will and returns the size of its object `want`
+// (kNoObject when it has none); throws FormatError on an inconsistent collection.
+uint64_t check_heap_at(const FileBytes& f, uint64_t at, const std::string& path, uint32_t want) {
   const std::string where = path + ": global heap collection at offset " + std::to_string(at);
   unsigned char h[16];
   if (f.size() - at < sizeof h) throw FormatError(where + ": truncated header");
@@ -83,8 +87,11 @@ void check_heap_at(const FileBytes& f, uint64_t at, const std::string& path) {
   if (size < kHeapMinSize || size > f.size() - at)
     throw FormatError(where + ": size " + std::to_string(size) + " outside [" + std::to_string(kHeapMinSize) + ", " +
                       std::to_string(f.size() - at) + "] (the bytes left in the file)");
+  if (std::memcmp(h, kHeapPrefix, sizeof kHeapPrefix) != 0)
+    throw FormatError(where + ": no global heap collection there (signature GCOL, version 1 expected)");
   const uint64_t end = at + size;
   std::set<uint16_t> seen;
+  uint64_t found = kNoObject;
   for (uint64_t p = at + 16; p < end;) {
     if (end - p < kObjHeader) break;  // a tail too short for an object header is free space
     unsigned char o[kObjHeader];
@@ -103,39 +110,98 @@ void check_heap_at(const FileBytes& f, uint64_t at, const std::string& path) {
         throw FormatError(obj + ": size " + std::to_string(osize) + " runs past the collection's end (" +
                           std::to_string(end - p - kObjHeader) + " bytes left)");
       if (!seen.insert(idx).second) throw FormatError(obj + ": index given twice");
+      if (idx == want) found = osize;
       need = kObjHeader + ((osize + 7) & ~uint64_t{7});
       if (need > end - p) need = end - p;  // padding past the end: the walk stops there
     }
     p += need;
   }
+  return found;
+}
+
+// The raw descriptor of a variable-length string as stored in the file (HDF5 file format spec,
+// "Disk format of variable-length data"): its length (4 bytes), the address of its global heap
+// collection and its index there (4 bytes). The library has no call that hands it out, so a soft
+// conversion from a variable-length string to an opaque type of the descriptor's size, registered
+// here, leaves the bytes the library read from the file in the caller's buffer.
+// Only for kvsim's own tagged opaque type: other libraries in the process (h5py converts
+// variable-length strings to its Python-object opaque type the same way) keep their conversions.
+constexpr const char* kDescriptorTag = "kvsim: variable-length descriptor";
+
+bool is_descriptor_type(hid_t t) {
+  if (H5Tget_class(t) != H5T_OPAQUE) return false;
+  char* tag = H5Tget_tag(t);
+  const bool ours = tag && std::strcmp(tag, kDescriptorTag) == 0;
+  H5free_memory(tag);
+  return ours;
+}
+
+herr_t keep_descriptor(hid_t src, hid_t dst, H5T_cdata_t* cdata, size_t, size_t, size_t, void*, void*, hid_t) {
+  switch (cdata->command) {
+    case H5T_CONV_INIT:
+      if (H5Tget_class(src) != H5T_STRING || H5Tis_variable_str(src) <= 0 || !is_descriptor_type(dst)) return -1;
+      cdata->need_bkg = H5T_BKG_NO;
+      return 0;
+    case H5T_CONV_CONV: return 0;  // the source bytes are the answer, already in place
+    default: return 0;
+  }
+}
+
+struct VlenRef {
+  uint64_t length = 0, addr = 0;
+  uint32_t index = 0;
+};
+
+// Reads the descriptor of the scalar variable-length string `obj` (an attribute or a dataset).
+VlenRef read_descriptor(hid_t obj, bool attribute, size_t sizeof_addr, const std::string& where) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    Handle vs(H5Tcopy(H5T_C_S1));
+    H5Tset_size(vs, H5T_VARIABLE);
+    Handle op(H5Tcreate(H5T_OPAQUE, 16));
+    H5Tset_tag(op, kDescriptorTag);
+    H5Tregister(H5T_PERS_SOFT, "kvsim_vlen_descriptor", vs, op, keep_descriptor);
+  });
+  const size_t n = 4 + sizeof_addr + 4;
+  Handle op(H5Tcreate(H5T_OPAQUE, n));
+  H5Tset_tag(op, kDescriptorTag);
+  std::vector<unsigned char> raw(n);
+  const herr_t rc =
+      attribute ? H5Aread(obj, op, raw.data()) : H5Dread(obj, op, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data());
+  if (rc < 0) throw FormatError(where + ": cannot read its variable-length descriptor");
+  VlenRef r;
+  r.length = static_cast<uint64_t>(raw[0]) | raw[1] << 8 | raw[2] << 16 | static_cast<uint64_t>(raw[3]) << 24;
+  for (size_t i = sizeof_addr; i-- > 0;) r.addr = r.addr << 8 | raw[4 + i];
+  r.index = static_cast<uint32_t>(raw[4 + sizeof_addr] | raw[5 + sizeof_addr] << 8 | raw[6 + sizeof_addr] << 16 |
+                                  static_cast<uint32_t>(raw[7 + sizeof_addr]) << 24);
+  return r;
 }
 
 }  // namespace
 
-void check_global_heaps(const std::string& path) {
+void check_vlen_string(hid_t obj, const std::string& where) {
+  const bool attribute = H5Iget_type(obj) == H5I_ATTR;
+  Handle file(H5Iget_file_id(obj));
+  Handle fcpl(H5Fget_create_plist(file));
+  size_t sizeof_addr = 0, sizeof_size = 0;
+  hsize_t userblock = 0;
+  if (!fcpl.valid() || H5Pget_sizes(fcpl, &sizeof_addr, &sizeof_size) < 0 || H5Pget_userblock(fcpl, &userblock) < 0 ||
+      sizeof_addr < 2 || sizeof_addr > 8)
+    throw FormatError(where + ": cannot read the file's address size");
+  std::string path(static_cast<size_t>(std::max<ssize_t>(H5Fget_name(file, nullptr, 0), 0)), '\0');
+  H5Fget_name(file, path.data(), path.size() + 1);
+  const VlenRef ref = read_descriptor(obj, attribute, sizeof_addr, where);
+  if (ref.length == 0) return;  // an empty string: the library reads no heap
   FileBytes f(path);
-  constexpr size_t kBlock = size_t{1} << 22;
-  constexpr size_t kKeep = sizeof kHeapPrefix - 1;  // a prefix split across two blocks
-  std::vector<unsigned char> buf(kBlock + kKeep);
-  size_t held = 0;  // bytes of buf carried over from the previous block
-  for (uint64_t off = 0; off < f.size();) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBlock, f.size() - off));
-    f.read(off, buf.data() + held, n);
-    const size_t len = held + n;
-    const uint64_t base = off - held;  // file offset of buf[0]
-    const unsigned char* at = buf.data();
-    const unsigned char* last = buf.data() + len;
-    while (static_cast<size_t>(last - at) >= sizeof kHeapPrefix) {
-      const void* hit = ::memmem(at, static_cast<size_t>(last - at), kHeapPrefix, sizeof kHeapPrefix);
-      if (!hit) break;
-      const auto* h = static_cast<const unsigned char*>(hit);
-      check_heap_at(f, base + static_cast<uint64_t>(h - buf.data()), path);
-      at = h + 1;
-    }
-    held = std::min(kKeep, len);
-    std::memmove(buf.data(), buf.data() + len - held, held);
-    off += n;
-  }
+  const uint64_t at = ref.addr + userblock;
+  if (ref.addr > f.size() || at > f.size())
+    throw FormatError(where + ": its global heap collection at offset " + std::to_string(ref.addr) +
+                      " is past the end of the file (" + std::to_string(f.size()) + " bytes)");
+  const uint64_t size = check_heap_at(f, at, path, ref.index);
+  if (size != ref.length)
+    throw FormatError(where + ": a string of " + std::to_string(ref.length) + " bytes whose heap object " +
+                      std::to_string(ref.index) + " at offset " + std::to_string(at) +
+                      (size == kNoObject ? " does not exist" : " holds " + std::to_string(size)));
 }
 
 bool has_attr(hid_t obj, const char* name) { return H5Aexists(obj, name) > 0; }
@@ -276,6 +342,7 @@ std::string read_str_attr(hid_t obj, const char* name, const std::string& where)
     throw FormatError(where + ": attribute '" + name + "' is " + class_name(H5Tget_class(ftype)) + ", expected string");
   check_string_type(ftype, H5Aget_storage_size(a), where + ": attribute '" + name + "'");
   if (H5Tis_variable_str(ftype) > 0) {
+    check_vlen_string(a, where + ": attribute '" + name + "'");
     Handle mtype(H5Tcopy(H5T_C_S1));
     H5Tset_size(mtype, H5T_VARIABLE);
     H5Tset_cset(mtype, H5Tget_cset(ftype));

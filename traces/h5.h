@@ -39,12 +39,13 @@ class Handle {
   hid_t id_ = H5I_INVALID_HID;
 };
 
-// Walks every global heap collection of the file at `path` (where HDF5 keeps variable-length
-// strings, such as the trace's string attributes) as the library will, and throws FormatError
-// naming the collection's offset when one is inconsistent: HDF5 1.10 trusts the sizes there and a
-// single flipped bit makes it overrun its buffers or loop forever (traces/FORMAT.md, "Damaged
-// files"). Reads the file once, in blocks.
-void check_global_heaps(const std::string& path);
+// Before the library reads the scalar variable-length string `obj` (an attribute or a dataset):
+// reads its descriptor (length, global heap collection, index) and walks that collection as the
+// library will, throwing FormatError naming `where` when the collection is inconsistent or the
+// object is missing or not exactly the string's length. HDF5 1.10 trusts the sizes there: one
+// flipped bit makes it overrun its buffers or loop forever (traces/FORMAT.md, "Damaged files").
+// Reads only that collection (4 KiB in kvsim's and h5py's files).
+void check_vlen_string(hid_t obj, const std::string& where);
 
 // A string type (`ftype` of an attribute or dataset) that the library can convert without trusting a
 // damaged size: a variable-length string's element type must be one byte (HDF5 1.10 allocates

@@ -12,13 +12,36 @@
 
 namespace kvsim {
 
+// Length of the well-formed UTF-8 sequence starting at s[i] (RFC 3629: no overlong forms, no
+// surrogates, at most U+10FFFF), 0 when the bytes there are not one.
+inline size_t utf8_sequence(const std::string& s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const unsigned char c = b(0);
+  size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xbf;  // the second byte's range
+  if (c >= 0xc2 && c <= 0xdf)
+    n = 2;
+  else if (c >= 0xe0 && c <= 0xef)
+    n = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+  else if (c >= 0xf0 && c <= 0xf4)
+    n = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+  else
+    return 0;
+  if (s.size() - i < n || b(1) < lo || b(1) > hi) return 0;
+  for (size_t k = 2; k < n; ++k)
+    if (b(k) < 0x80 || b(k) > 0xbf) return 0;
+  return n;
+}
+
 // `text` with every control character (bytes < 0x20 and 0x7f) written as an escape: \n, \r, \t,
-// \xNN for the others; bytes >= 0x80 (UTF-8) are kept.
+// \xNN for the others; well-formed UTF-8 is kept, every byte that is not part of it (a damaged
+// file's bytes quoted in a message) is written as \xNN.
 inline std::string one_line(const std::string& text) {
   std::string out;
   out.reserve(text.size());
-  for (unsigned char c : text) {
-    if (c >= 0x20 && c != 0x7f) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f) {
       out += static_cast<char>(c);
     } else if (c == '\n') {
       out += "\\n";
@@ -26,6 +49,9 @@ inline std::string one_line(const std::string& text) {
       out += "\\r";
     } else if (c == '\t') {
       out += "\\t";
+    } else if (const size_t n = c >= 0x80 ? utf8_sequence(text, i) : 0; n > 0) {
+      out.append(text, i, n);
+      i += n - 1;
     } else {
       char buf[8];
       std::snprintf(buf, sizeof buf, "\\x%02x", c);

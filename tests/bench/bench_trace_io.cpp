@@ -132,19 +132,43 @@ void BM_trace_write(benchmark::State& state) {
   fs::remove(path);
 }
 
+// range(0): the dtype; range(1): 0 cold (pages evicted before each pass), 1 warm (the file in the
+// page cache: the reader's own cost, to compare with BM_file_read_warm, `cat FILE > /dev/null`).
 void BM_trace_read(benchmark::State& state) {
   const DType dt = static_cast<DType>(state.range(0));
+  const bool warm = state.range(1) != 0;
   const std::string path = write_trace(dt, bench_dir() + "/kvsim-bench-r.h5");
   const uint64_t file_bytes = fs::file_size(path);
   std::vector<float> buf(static_cast<size_t>(kT * kD));
   for (auto _ : state) {
-    state.PauseTiming();
-    evict(path);
-    state.ResumeTiming();
+    if (!warm) {
+      state.PauseTiming();
+      evict(path);
+      state.ResumeTiming();
+    }
     TraceReader r(path);
     for (int64_t l = 0; l < kLayers; ++l)
       for (Kind kind : {Kind::q, Kind::k, Kind::v})
         for (int64_t h = 0; h < r.header().heads_of(kind); ++h) r.read_block(0, l, kind, h, 1, 0, kT, buf.data());
+    benchmark::DoNotOptimize(buf.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * file_bytes));
+  state.SetLabel(std::string(dtype_name(dt)) + (warm ? " warm" : " cold"));
+  fs::remove(path);
+}
+
+// What `cat FILE > /dev/null` does on the same warm trace file: read(2) in 128 KiB blocks (cat's
+// buffer size) into one buffer. The baseline of BM_trace_read/DTYPE/1.
+void BM_file_read_warm(benchmark::State& state) {
+  const DType dt = static_cast<DType>(state.range(0));
+  const std::string path = write_trace(dt, bench_dir() + "/kvsim-bench-cat.h5");
+  const uint64_t file_bytes = fs::file_size(path);
+  std::vector<char> buf(128 << 10);
+  for (auto _ : state) {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    while (::read(fd, buf.data(), buf.size()) > 0) {
+    }
+    ::close(fd);
     benchmark::DoNotOptimize(buf.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * file_bytes));
@@ -157,5 +181,6 @@ void BM_trace_read(benchmark::State& state) {
 BENCHMARK(BM_disk_write)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK(BM_disk_read)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK(BM_trace_write)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
-BENCHMARK(BM_trace_read)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_trace_read)->ArgsProduct({{0, 1, 2}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_file_read_warm)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK_MAIN();
