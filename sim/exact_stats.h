@@ -12,8 +12,10 @@
 namespace kvsim {
 
 inline constexpr int64_t kExactTopK = 32;
-// Bump when a reference kernel's numbers change: sidecar caches of older revisions are recomputed.
-inline constexpr uint32_t kExactStatsRevision = 3;
+// Bump a backend's revision when its reference kernel's numbers change: sidecar caches (one per
+// backend) of older revisions are recomputed. omp 4: register-blocked logits, float values per key
+// tile, tiles latest first.
+inline constexpr uint32_t exact_stats_revision(Backend b) { return b == Backend::omp ? 4 : 3; }
 
 struct ExactStats {
   int64_t H = 0, T = 0, D = 0, K = kExactTopK;

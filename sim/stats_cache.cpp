@@ -25,7 +25,7 @@ constexpr uint32_t kVersion = 3;  // 2: lse in float64; 3: a checksum after the 
 struct Header {
   char magic[8];
   uint32_t version, backend;
-  uint32_t revision, pad;  // kExactStatsRevision: results of older kernels are recomputed
+  uint32_t revision, pad;  // exact_stats_revision(backend): results of older kernels are recomputed
   uint64_t hash;
   int64_t seq, L, H, T, D, K;
 };
@@ -194,7 +194,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
   if (in_) {
     Header h{};
     hit_ = read_all(in_, &h, sizeof h) && std::memcmp(h.magic, kMagic, 8) == 0 && h.version == kVersion &&
-           h.backend == static_cast<uint32_t>(b) && h.revision == kExactStatsRevision && h.hash == hash_ &&
+           h.backend == static_cast<uint32_t>(b) && h.revision == exact_stats_revision(b) && h.hash == hash_ &&
            h.seq == seq && h.L == L && h.H == H && h.T == T && h.D == D && h.K == K_;
     std::error_code ec;
     const int64_t want = static_cast<int64_t>(sizeof h) + L * layer_bytes() + 8;
@@ -216,7 +216,7 @@ StatsCache::StatsCache(const std::string& trace_path, int64_t seq, Backend b, in
     Header h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kVersion, h.backend = static_cast<uint32_t>(b), h.hash = hash_;
-    h.revision = kExactStatsRevision;
+    h.revision = exact_stats_revision(b);
     h.seq = seq, h.L = L, h.H = H, h.T = T, h.D = D, h.K = K_;
     if (out_ && !write_all(out_, &h, sizeof h)) std::fclose(out_), out_ = nullptr;
     if (!out_) {  // read-only folder: run without the cache

@@ -26,9 +26,11 @@ namespace {
 struct StatsTol {
   Tol o, lse, entropy, top_w, colsums;
 };
-// omp sums in another order (register blocks, a vectorised double exp); the device differs from
-// ref by its double exp and log (1 ulp). o is accumulated in double and rounded to float once;
-// lse and entropy are double, 1e-12 relative is summation-order noise on |z|.
+// omp sums in another order (register blocks with FMAs, key tiles latest first, a vectorised double
+// exp) and sums each key tile's values in float (sim/kernels/omp/attn_stats.cpp: ~5e-7 relative
+// typical, 4e-6 at worst, then double across tiles); the device differs from ref by its double exp
+// and log (1 ulp); cuda accumulates o in double and rounds it to float once. lse and entropy are
+// double, 1e-12 relative is summation-order noise on |z|.
 constexpr StatsTol kStatsTol{{1e-6, 1e-5}, {1e-9, 1e-12}, {1e-6, 1e-6}, {1e-7, 1e-5}, {1e-6, 1e-6}};
 
 struct StatsCase {

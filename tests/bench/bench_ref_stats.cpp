@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "cuda/device.h"
 #include "sim/exact_stats.h"
@@ -38,11 +39,32 @@ void run(benchmark::State& st, kvsim::Backend b) {
   }
 }
 
+// The prompt's column sums (h2o's starting scores) over P = T queries, from the lse of one
+// attn_stats run: 2 D H P (P + 1) / 2 flops of q·k counted.
+void run_colsums(benchmark::State& st, kvsim::Backend b) {
+  const int64_t T = st.range(0);
+  auto& s = kvsim::bench::llama3_slice(T);
+  kvsim::ExactStats rs;
+  kvsim::compute_exact_stats(s.lv, kvsim::Backend::omp, rs);
+  std::vector<float> colsum;
+  for (auto _ : st) {
+    kvsim::compute_prompt_colsums(s.lv, rs, T, b, colsum);
+    benchmark::DoNotOptimize(colsum.data());
+  }
+  const double flops = 2.0 * s.lv.D * s.lv.H * double(T) * double(T + 1) / 2.0;
+  st.counters["GFLOPs"] = benchmark::Counter(flops * st.iterations() * 1e-9, benchmark::Counter::kIsRate);
+  st.counters["threads"] = b == kvsim::Backend::omp ? kvsim::omp_threads() : 1;
+}
+
 void BM_attn_stats_omp(benchmark::State& st) { run(st, kvsim::Backend::omp); }
+void BM_prompt_colsums_omp(benchmark::State& st) { run_colsums(st, kvsim::Backend::omp); }
+void BM_prompt_colsums_ref(benchmark::State& st) { run_colsums(st, kvsim::Backend::ref); }
 void BM_attn_stats_ref(benchmark::State& st) { run(st, kvsim::Backend::ref); }
 void BM_attn_stats_cuda(benchmark::State& st) { run(st, kvsim::Backend::cuda); }
-BENCHMARK(BM_attn_stats_omp)->Arg(512)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_attn_stats_omp)->Arg(512)->Arg(2048)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_attn_stats_ref)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_prompt_colsums_omp)->Arg(512)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_prompt_colsums_ref)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

@@ -2,42 +2,203 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
-#include "sim/base/topk.h"
 #include "sim/kernels/omp/exp_f64.h"
+#include "sim/kernels/omp/vec.h"
 
 namespace kvsim::omp {
 
-// Same algorithm as sim/kernels/ref/attn_stats.cpp (tiles, online softmax, top-K by logit), arranged for
-// speed: (head, query tile) jobs over threads, largest (latest) tiles first; per key tile the keys
-// and queries are widened to double once, logits come from a 2-row x 4-key register block, exps
-// from a vectorizable double exp, and values accumulate 4 keys at a time in double.
-// Logits, exps and lse stay in double: a row dominated by one token (a sink) has lse = its logit,
-// and a float logit would put its rounding (~1e-6 at |z| = 10) into every mass the replay measures.
+// Same algorithm as sim/kernels/ref/attn_stats.cpp (64-key tiles, online softmax, top-K by logit),
+// arranged for speed. A job is (KV head, tile of 16 query positions): the G query heads that read
+// that KV head are its rows together, so each key tile is transposed and widened to double once for
+// G x 16 rows. Logits are a register-blocked product (8 rows x 2 vectors of keys, explicit FMAs of
+// vec.h), exps a vectorised double exp, the values of a key tile a second register-blocked product
+// in float (8 rows x 2 vectors of the head dimension), and a logit reaches the top-K insertion only
+// when it beats the row's current K-th best.
+// Accuracy kept: logits, exps, the softmax and entropy sums and lse are double: a row dominated by
+// one token (a sink) has lse = its logit, and a float logit would put its rounding (~1e-6 at
+// |z| = 10) into every mass the replay measures. The output is accumulated in double across key
+// tiles; within one tile (64 keys) the weights exp(z - m) are rounded to float and summed in float,
+// a relative error of ~64 * 2^-24 ~ 4e-6 of the tile's contribution at worst (~5e-7 typical),
+// within the o tolerance the backend tests declare (1e-6 absolute + 1e-5 relative against ref).
 
 namespace {
 constexpr int64_t kQueryTile = 16;
-constexpr int64_t kKeyTile = 64;
+constexpr int64_t kKeyTile = 64;  // a multiple of 2 * kVecF64 at every width
+constexpr int64_t kRows = 8;      // rows of a register block (8 x 2 accumulators)
+constexpr int64_t kCols = 2 * kVecF64;
+constexpr int64_t kColsF = 2 * kVecF32;
 
-// z[r][c] = q_r · k_c for 2 rows and 4 keys (all double, contiguous [.., D]).
-inline void dot_2x4(const double* q0, const double* q1, const double* k, int64_t D, double* z0, double* z1) {
-  const double *k0 = k, *k1 = k + D, *k2 = k + 2 * D, *k3 = k + 3 * D;
-  double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
-  for (int64_t x = 0; x < D; ++x) {
-    a0 += q0[x] * k0[x], a1 += q0[x] * k1[x], a2 += q0[x] * k2[x], a3 += q0[x] * k3[x];
-    b0 += q1[x] * k0[x], b1 += q1[x] * k1[x], b2 += q1[x] * k2[x], b3 += q1[x] * k3[x];
-  }
-  z0[0] = a0, z0[1] = a1, z0[2] = a2, z0[3] = a3;
-  z1[0] = b0, z1[1] = b1, z1[2] = b2, z1[3] = b3;
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// z[r, c] = sum_x qd[r, x] * kt[x, c] for r < Rp (a multiple of kRows), c < ncp (a multiple of kCols).
+// qd: [Rp, D]; kt: [kKeyTile / kCols, D, kCols] (the key tile transposed by column blocks, each
+// contiguous: a strided [D, kKeyTile] layout maps a block's lines onto a few L1 sets); z: [Rp, kKeyTile].
+// Keys outer: a column block of kt ([D, kCols], 16 KB at D = 128) stays in L1 across the row blocks.
+void logits_block(const double* qd, int64_t Rp, const double* kt, int64_t ncp, int64_t D, double* z) {
+  for (int64_t c = 0; c < ncp; c += kCols)
+    for (int64_t r = 0; r < Rp; r += kRows) {
+      VecF64 s[kRows][2];
+      for (auto& row : s) row[0] = row[1] = vzero();
+      for (int64_t x = 0; x < D; ++x) {
+        const double* kx = kt + c * D + x * kCols;  // block c / kCols starts at (c / kCols) * D * kCols
+        VecF64 k0 = vload(kx), k1 = vload(kx + kVecF64);
+        vpin(k0), vpin(k1);
+        for (int64_t i = 0; i < kRows; ++i) {
+          const VecF64 qb = vset1(qd[(r + i) * D + x]);
+          s[i][0] = vfma(qb, k0, s[i][0]);
+          s[i][1] = vfma(qb, k1, s[i][1]);
+        }
+      }
+      for (int64_t i = 0; i < kRows; ++i) {
+        vstore(z + (r + i) * kKeyTile + c, s[i][0]);
+        vstore(z + (r + i) * kKeyTile + c + kVecF64, s[i][1]);
+      }
+    }
 }
 
-inline double dot_1(const double* a, const double* b, int64_t D) {
-  double d = 0;
-#pragma omp simd reduction(+ : d)
-  for (int64_t x = 0; x < D; ++x) d += a[x] * b[x];
-  return d;
+// acc[r, :] = alpha[r] * acc[r, :] + sum_{c < nk} e[r, c] * v[c, :] for r < Rp, the tile's sum in float.
+// e: [Rp, kKeyTile]; vb: [Dp / kColsF, kKeyTile, kColsF] (the value tile by column blocks, each
+// contiguous); acc: [Rp, Dp]. Head dimension outer: a column block of vb (8 KB) stays in L1 across
+// the row blocks.
+void values_block(const float* e, const double* alpha, int64_t Rp, const float* vb, int64_t nk, int64_t Dp,
+                  double* acc) {
+  for (int64_t x = 0; x < Dp; x += kColsF)
+    for (int64_t r = 0; r < Rp; r += kRows) {
+      VecF32 s[kRows][2];
+      for (auto& row : s) row[0] = row[1] = vzero_f();
+      for (int64_t c = 0; c < nk; ++c) {
+        const float* vx = vb + x * kKeyTile + c * kColsF;  // block x / kColsF starts at x * kKeyTile
+        VecF32 v0 = vload(vx), v1 = vload(vx + kVecF32);
+        vpin(v0), vpin(v1);
+        for (int64_t i = 0; i < kRows; ++i) {
+          const VecF32 eb = vset1(e[(r + i) * kKeyTile + c]);
+          s[i][0] = vfma(eb, v0, s[i][0]);
+          s[i][1] = vfma(eb, v1, s[i][1]);
+        }
+      }
+      for (int64_t i = 0; i < kRows; ++i) {
+        float tile[kColsF];
+        vstore(tile, s[i][0]);
+        vstore(tile + kVecF32, s[i][1]);
+        double* ar = acc + (r + i) * Dp + x;
+        const double al = alpha[r + i];
+#pragma omp simd
+        for (int64_t y = 0; y < kColsF; ++y) ar[y] = al * ar[y] + static_cast<double>(tile[y]);
+      }
+    }
+}
+
+// Key tile rows i0 .. i0 + nk - 1 of one KV head ([T, D]) into kt (logits_block's layout), zero past nk.
+void transpose_keys(const float* kh, int64_t i0, int64_t nk, int64_t D, double* kt) {
+  for (int64_t c = 0; c < kKeyTile; ++c) {
+    double* col = kt + (c / kCols) * D * kCols + c % kCols;
+    if (c < nk)
+      for (int64_t x = 0; x < D; ++x) col[x * kCols] = kh[(i0 + c) * D + x];
+    else
+      for (int64_t x = 0; x < D; ++x) col[x * kCols] = 0;
+  }
+}
+
+// Value tile rows i0 .. i0 + nk - 1 ([T, D]) into vb (values_block's layout); columns D .. Dp - 1
+// stay zero.
+void block_values(const float* vh, int64_t i0, int64_t nk, int64_t D, float* vb) {
+  for (int64_t c = 0; c < nk; ++c)
+    for (int64_t x = 0; x < D; ++x)
+      vb[(x / kColsF) * kKeyTile * kColsF + c * kColsF + x % kColsF] = vh[(i0 + c) * D + x];
+}
+
+// The top-K of a row as a binary min-heap of (score, position), the worst kept at the root: worse
+// means a lower score, then a higher position. That is sim/base/topk.h's rule (topk_offer keeps the
+// list sorted by insertion, O(K) a step; the heap takes O(log K)), so the same K entries are kept,
+// and heap_sorted puts them in topk_offer's order.
+bool worse(float za, int32_t pa, float zb, int32_t pb) { return za < zb || (za == zb && pa > pb); }
+
+void heap_offer(float* hz, int32_t* hp, int64_t K, int64_t& n, float z, int32_t pos) {
+  int64_t i;
+  if (n < K) {
+    for (i = n++; i > 0 && worse(z, pos, hz[(i - 1) / 2], hp[(i - 1) / 2]); i = (i - 1) / 2)
+      hz[i] = hz[(i - 1) / 2], hp[i] = hp[(i - 1) / 2];
+  } else {
+    if (!worse(hz[0], hp[0], z, pos)) return;
+    for (i = 0;;) {
+      int64_t ch = 2 * i + 1;
+      if (ch >= K) break;
+      if (ch + 1 < K && worse(hz[ch + 1], hp[ch + 1], hz[ch], hp[ch])) ++ch;
+      if (!worse(hz[ch], hp[ch], z, pos)) break;
+      hz[i] = hz[ch], hp[i] = hp[ch], i = ch;
+    }
+  }
+  hz[i] = z, hp[i] = pos;
+}
+
+// The n held entries best first (higher score, then lower position), the rest -inf / -1.
+void heap_sorted(float* hz, int32_t* hp, int64_t K, int64_t n, std::vector<std::pair<float, int32_t>>& e) {
+  e.resize(K);
+  for (int64_t i = 0; i < n; ++i) e[i] = {hz[i], hp[i]};
+  std::sort(e.begin(), e.begin() + n,
+            [](const auto& a, const auto& b) { return worse(b.first, b.second, a.first, a.second); });
+  for (int64_t i = 0; i < K; ++i) hz[i] = i < n ? e[i].first : -INFINITY, hp[i] = i < n ? e[i].second : -1;
+}
+
+// Per-thread buffers of one job: Rp rows (G heads x kQueryTile positions, padded to kRows).
+struct StatsJob {
+  int64_t Rp, D, Dp, K;
+  std::vector<double> qd, kt, z, acc, m, l, a, alpha;
+  std::vector<float> vd, e, tz;
+  std::vector<int32_t> tp;
+  std::vector<int64_t> tn;  // [Rp] entries in each row's heap
+  std::vector<std::pair<float, int32_t>> sorted;
+  StatsJob(int64_t G, int64_t D_, int64_t K_)
+      : Rp(round_up(G * kQueryTile, kRows)), D(D_), Dp(round_up(D_, kColsF)), K(K_), qd(Rp * D), kt(D * kKeyTile),
+        z(Rp * kKeyTile), acc(Rp * Dp), m(Rp), l(Rp), a(Rp), alpha(Rp), vd(kKeyTile * Dp, 0.0f), e(Rp * kKeyTile, 0.0f),
+        tz(Rp * K + 1), tp(Rp * K + 1), tn(Rp) {}
+};
+
+// Folds the tile's logits of row r (position t) into its softmax state and top-K, and writes its
+// exps into e (zero past the causal limit) and its rescale factor into alpha.
+void softmax_row(StatsJob& j, int64_t r, int64_t t, int64_t i0, int64_t nk) {
+  const double* zr = &j.z[r * kKeyTile];
+  float* er = &j.e[r * kKeyTile];
+  const int64_t nc = std::clamp<int64_t>(t + 1 - i0, 0, nk);
+  if (nc == 0) {
+    std::fill(er, er + nk, 0.0f);
+    j.alpha[r] = 1.0;
+    return;
+  }
+  double tmx = -INFINITY;  // the tile's largest logit
+#pragma omp simd reduction(max : tmx)
+  for (int64_t c = 0; c < nc; ++c) tmx = std::max(tmx, zr[c]);
+  const double mx = std::max(j.m[r], tmx);
+  if (j.K > 0) {
+    float* hz = &j.tz[r * j.K];
+    int32_t* hp = &j.tp[r * j.K];
+    int64_t& n = j.tn[r];
+    // Once the heap is full a logit can enter only if float(z) >= the root's score (equal: it enters
+    // when its position is lower, as with tiles taken latest first). Rounding is monotone, so a tile
+    // whose float(largest logit) is below the root is skipped whole.
+    if (n < j.K || static_cast<float>(tmx) >= hz[0])
+      for (int64_t c = 0; c < nc; ++c) {
+        const float zc = static_cast<float>(zr[c]);
+        if (n < j.K || zc >= hz[0]) heap_offer(hz, hp, j.K, n, zc, static_cast<int32_t>(i0 + c));
+      }
+  }
+  const double alpha = exp_nonpos(j.m[r] - mx);  // m = -inf on the first tile: clamps to ~0, times l = 0
+  double ed[kKeyTile], ls = 0, as = 0;
+#pragma omp simd reduction(+ : ls, as)
+  for (int64_t c = 0; c < nc; ++c) {
+    ed[c] = exp_nonpos(zr[c] - mx);
+    ls += ed[c];
+    as += ed[c] * zr[c];
+  }
+#pragma omp simd
+  for (int64_t c = 0; c < nc; ++c) er[c] = static_cast<float>(ed[c]);
+  std::fill(er + nc, er + nk, 0.0f);
+  j.l[r] = j.l[r] * alpha + ls, j.a[r] = j.a[r] * alpha + as;
+  j.m[r] = mx;
+  j.alpha[r] = alpha;
 }
 }  // namespace
 
@@ -48,119 +209,94 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
   const int64_t n_tiles = (T + kQueryTile - 1) / kQueryTile;
 #pragma omp parallel
   {
-    std::vector<double> z(kQueryTile * kKeyTile), qd(kQueryTile * D), kd(kKeyTile * D), e(kKeyTile);
-    std::vector<double> acc(kQueryTile * D);
-    std::vector<float> tz(kQueryTile * K);
-    std::vector<int32_t> tp(kQueryTile * K);
-    std::vector<double> m(kQueryTile), l(kQueryTile), a(kQueryTile);
+    StatsJob j(G, D, K);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t job = 0; job < H * n_tiles; ++job) {
-      const int64_t h = job % H, t0 = (n_tiles - 1 - job / H) * kQueryTile;
-      const float* kh = k + (h / G) * T * D;
-      const float* vh = v + (h / G) * T * D;
-      const int64_t nq = std::min(kQueryTile, T - t0);
-      std::fill(m.begin(), m.end(), -INFINITY);
-      std::fill(l.begin(), l.end(), 0.0);
-      std::fill(a.begin(), a.end(), 0.0);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      std::fill(tz.begin(), tz.end(), -INFINITY);
-      std::fill(tp.begin(), tp.end(), -1);
-      for (int64_t r = 0; r < nq; ++r)
-        for (int64_t x = 0; x < D; ++x) qd[r * D + x] = static_cast<double>(q[(h * T + t0 + r) * D + x]) * scale;
-      const int64_t last = t0 + nq - 1;
-      for (int64_t i0 = 0; i0 <= last; i0 += kKeyTile) {
-        const int64_t nk = std::min(kKeyTile, last + 1 - i0);
-        for (int64_t i = 0; i < nk * D; ++i) kd[i] = static_cast<double>(kh[i0 * D + i]);
-        // Logits of the whole tile (the diagonal tile's masked part is computed and ignored).
-        int64_t r = 0;
-        for (; r + 2 <= nq; r += 2) {
-          int64_t c = 0;
-          for (; c + 4 <= nk; c += 4)
-            dot_2x4(&qd[r * D], &qd[(r + 1) * D], &kd[c * D], D, &z[r * kKeyTile + c], &z[(r + 1) * kKeyTile + c]);
-          for (; c < nk; ++c) {
-            z[r * kKeyTile + c] = dot_1(&qd[r * D], &kd[c * D], D);
-            z[(r + 1) * kKeyTile + c] = dot_1(&qd[(r + 1) * D], &kd[c * D], D);
-          }
-        }
-        for (; r < nq; ++r)
-          for (int64_t c = 0; c < nk; ++c) z[r * kKeyTile + c] = dot_1(&qd[r * D], &kd[c * D], D);
-        for (r = 0; r < nq; ++r) {
-          const int64_t t = t0 + r;
-          if (i0 > t) continue;
-          const int64_t nc = std::min(nk, t + 1 - i0);  // causal
-          const double* zr = &z[r * kKeyTile];
-          double mx = m[r];
-          for (int64_t c = 0; c < nc; ++c) mx = std::max(mx, zr[c]);
-          for (int64_t c = 0; c < nc; ++c)
-            topk_offer(&tz[r * K], &tp[r * K], K, static_cast<float>(zr[c]), static_cast<int32_t>(i0 + c));
-          const double alpha = exp_nonpos(m[r] - mx);  // m = -inf on the first tile: clamps to ~0, times l = 0
-          double ls = 0, as = 0;
-#pragma omp simd reduction(+ : ls, as)
-          for (int64_t c = 0; c < nc; ++c) {
-            const double ed = exp_nonpos(zr[c] - mx);
-            e[c] = ed;
-            ls += ed;
-            as += ed * zr[c];
-          }
-          l[r] = l[r] * alpha + ls, a[r] = a[r] * alpha + as;
-          m[r] = mx;
-          // Values accumulate in double: the reference output is the ground truth every
-          // configuration is compared with, and float sums over T keys drift by ~sqrt(T) ulp.
-          double* ar = &acc[r * D];
-#pragma omp simd
-          for (int64_t x = 0; x < D; ++x) ar[x] *= alpha;
-          int64_t c = 0;
-          for (; c + 4 <= nc; c += 4) {
-            const double e0 = e[c], e1 = e[c + 1], e2 = e[c + 2], e3 = e[c + 3];
-            const float* v0 = vh + (i0 + c) * D;
-#pragma omp simd
-            for (int64_t x = 0; x < D; ++x)
-              ar[x] += e0 * v0[x] + e1 * v0[D + x] + e2 * v0[2 * D + x] + e3 * v0[3 * D + x];
-          }
-          for (; c < nc; ++c) {
-            const double ec = e[c];
-            const float* vc = vh + (i0 + c) * D;
-#pragma omp simd
-            for (int64_t x = 0; x < D; ++x) ar[x] += ec * vc[x];
-          }
-        }
+    for (int64_t job = 0; job < Hkv * n_tiles; ++job) {
+      const int64_t kvh = job % Hkv, t0 = (n_tiles - 1 - job / Hkv) * kQueryTile;
+      const int64_t nq = std::min(kQueryTile, T - t0), R = G * nq;
+      const float* kh = k + kvh * T * D;
+      const float* vh = v + kvh * T * D;
+      // Row r = g * nq + p is query head kvh * G + g at position t0 + p; rows R .. Rp - 1 are padding.
+      std::fill(j.qd.begin(), j.qd.end(), 0.0);
+      for (int64_t r = 0; r < R; ++r) {
+        const float* qr = q + ((kvh * G + r / nq) * T + t0 + r % nq) * D;
+        for (int64_t x = 0; x < D; ++x) j.qd[r * D + x] = static_cast<double>(qr[x]) * scale;
       }
-      for (int64_t r = 0; r < nq; ++r) {
-        const int64_t row = h * T + t0 + r;
-        const double L = m[r] + std::log(l[r]);
+      std::fill(j.m.begin(), j.m.end(), -INFINITY);
+      std::fill(j.l.begin(), j.l.end(), 0.0);
+      std::fill(j.a.begin(), j.a.end(), 0.0);
+      std::fill(j.alpha.begin(), j.alpha.end(), 1.0);
+      std::fill(j.acc.begin(), j.acc.end(), 0.0);
+      std::fill(j.tz.begin(), j.tz.end(), -INFINITY);
+      std::fill(j.tp.begin(), j.tp.end(), -1);
+      std::fill(j.tn.begin(), j.tn.end(), 0);
+      const int64_t last = t0 + nq - 1;
+      // Key tiles from the latest back: recent keys tend to score high (and a row's latest keys are
+      // its own), so the heaps fill with strong entries first and most older tiles fail the
+      // tile-max test. The online softmax and the heap's rule do not depend on the order.
+      for (int64_t i0 = last / kKeyTile * kKeyTile; i0 >= 0; i0 -= kKeyTile) {
+        const int64_t nk = std::min(kKeyTile, last + 1 - i0);
+        transpose_keys(kh, i0, nk, D, j.kt.data());
+        block_values(vh, i0, nk, D, j.vd.data());
+        logits_block(j.qd.data(), j.Rp, j.kt.data(), round_up(nk, kCols), D, j.z.data());
+        for (int64_t r = 0; r < R; ++r) softmax_row(j, r, t0 + r % nq, i0, nk);
+        values_block(j.e.data(), j.alpha.data(), j.Rp, j.vd.data(), nk, j.Dp, j.acc.data());
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t row = (kvh * G + r / nq) * T + t0 + r % nq;
+        const double L = j.m[r] + std::log(j.l[r]);
+        if (K > 0) heap_sorted(&j.tz[r * K], &j.tp[r * K], K, j.tn[r], j.sorted);
         lse[row] = L;
-        entropy[row] = static_cast<float>(std::max(0.0, L - a[r] / l[r]));
-        const double inv = 1.0 / l[r];
-        for (int64_t x = 0; x < D; ++x) o[row * D + x] = static_cast<float>(acc[r * D + x] * inv);
-        for (int64_t j = 0; j < K; ++j) {
-          top_pos[row * K + j] = tp[r * K + j];
-          top_w[row * K + j] = tp[r * K + j] < 0 ? 0.0f : static_cast<float>(std::exp(tz[r * K + j] - L));
+        entropy[row] = static_cast<float>(std::max(0.0, L - j.a[r] / j.l[r]));
+        const double inv = 1.0 / j.l[r];
+        for (int64_t x = 0; x < D; ++x) o[row * D + x] = static_cast<float>(j.acc[r * j.Dp + x] * inv);
+        for (int64_t s = 0; s < K; ++s) {
+          top_pos[row * K + s] = j.tp[r * K + s];
+          top_w[row * K + s] = j.tp[r * K + s] < 0 ? 0.0f : static_cast<float>(std::exp(j.tz[r * K + s] - L));
         }
       }
     }
   }
 }
 
+// A job is (KV head, 64-key tile): its G heads' queries from the tile's first key to P - 1 run in
+// tiles of 16 positions through logits_block, and each key's column sum accumulates in double over
+// the queries in ascending order, as ref's does.
 void prompt_colsums(const float* q, const float* k, const double* lse, int64_t H, int64_t Hkv, int64_t T, int64_t D,
                     int64_t P, float* colsum) {
   const int64_t G = H / Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const int64_t n_tiles = (P + kKeyTile - 1) / kKeyTile;
 #pragma omp parallel
   {
-    std::vector<double> qd(D), kd(P * D), acc(P), z(P);
+    const int64_t Rp = round_up(G * kQueryTile, kRows);
+    std::vector<double> qd(Rp * D), kt(D * kKeyTile), z(Rp * kKeyTile), acc(G * kKeyTile);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* kh = k + (h / G) * T * D;
-      for (int64_t i = 0; i < P * D; ++i) kd[i] = kh[i];
+    for (int64_t job = 0; job < Hkv * n_tiles; ++job) {
+      const int64_t kvh = job % Hkv, i0 = (job / Hkv) * kKeyTile;  // earliest (longest) tiles first
+      const int64_t nk = std::min(kKeyTile, P - i0);
+      transpose_keys(k + kvh * T * D, i0, nk, D, kt.data());
       std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t j = 0; j < P; ++j) {
-        for (int64_t x = 0; x < D; ++x) qd[x] = static_cast<double>(q[(h * T + j) * D + x]) * scale;
-        const double L = lse[h * T + j];
-        for (int64_t i = 0; i <= j; ++i) z[i] = dot_1(qd.data(), &kd[i * D], D);
+      for (int64_t t0 = i0 / kQueryTile * kQueryTile; t0 < P; t0 += kQueryTile) {
+        const int64_t nq = std::min(kQueryTile, P - t0);
+        std::fill(qd.begin(), qd.end(), 0.0);
+        for (int64_t r = 0; r < G * nq; ++r) {
+          const float* qr = q + ((kvh * G + r / nq) * T + t0 + r % nq) * D;
+          for (int64_t x = 0; x < D; ++x) qd[r * D + x] = static_cast<double>(qr[x]) * scale;
+        }
+        logits_block(qd.data(), Rp, kt.data(), round_up(nk, kCols), D, z.data());
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t p = 0; p < nq; ++p) {
+            const int64_t t = t0 + p, nc = std::clamp<int64_t>(t + 1 - i0, 0, nk);
+            const double L = lse[(kvh * G + g) * T + t];
+            const double* zr = &z[(g * nq + p) * kKeyTile];
+            double* ag = &acc[g * kKeyTile];
 #pragma omp simd
-        for (int64_t i = 0; i <= j; ++i) acc[i] += exp_nonpos(std::min(0.0, z[i] - L));
+            for (int64_t c = 0; c < nc; ++c) ag[c] += exp_nonpos(std::min(0.0, zr[c] - L));
+          }
       }
-      for (int64_t i = 0; i < P; ++i) colsum[h * P + i] = static_cast<float>(acc[i]);
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t c = 0; c < nk; ++c) colsum[(kvh * G + g) * P + i0 + c] = static_cast<float>(acc[g * kKeyTile + c]);
     }
   }
 }
