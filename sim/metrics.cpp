@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "sim/base/error.h"
+#include "sim/kernels/omp/exp_f64.h"
 
 namespace kvsim {
 
@@ -67,10 +68,18 @@ CacheErrors cache_errors(const SlotCache& c, const float* k_orig, const float* v
 double kl_bucket(const double* pbar, const double* q, int64_t n, double m, double eps) {
   const double u = eps / static_cast<double>(n + 1);
   double kl = 0;
-  for (int64_t s = 0; s < n; ++s) {
-    const double p = pbar[s];
-    if (p <= 0) continue;
-    kl += p * std::log(p / ((1.0 - eps) * q[s] + u));
+  if (u >= 1e-300 && u <= 1.0) {
+    // One vectorised pass (log_pos): the ratio r <= p / u is finite; a zero p gives r = 0, whose
+    // log_pos is finite (-709), times p = 0; a p below ~1e-300 gives a subnormal r whose term
+    // (|p log r| < 1e-297) is negligible.
+#pragma omp simd reduction(+ : kl)
+    for (int64_t s = 0; s < n; ++s) kl += pbar[s] * omp::log_pos(pbar[s] / ((1.0 - eps) * q[s] + u));
+  } else {
+    for (int64_t s = 0; s < n; ++s) {
+      const double p = pbar[s];
+      if (p <= 0) continue;
+      kl += p * std::log(p / ((1.0 - eps) * q[s] + u));
+    }
   }
   const double bucket = std::max(0.0, 1.0 - m);
   if (bucket > 0) kl += bucket * std::log(bucket / u);
@@ -88,34 +97,55 @@ void measure_step(const StepInputs& in, const CacheErrors& ce, MetricRow& out) {
   const int64_t n = c.size(), D = in.D;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   // Slot-level full mass P̄_s = sum of exact P_i over its members; exact logits z_i for logit_rel_err.
-  std::vector<double> pbar(n), qd(n);
+  thread_local std::vector<double> pbar, qd;
+  pbar.resize(n), qd.resize(n);
   double m = 0, zz = 0, dz = 0;
   // Compressed Q recomputed in double from the logits (the kernel's float weights feed `observe`).
-  view_softmax(in.logit, c.views(), c.n_views(), n, qd.data());
+  if (c.views() && c.n_views() > 1) {
+    view_softmax(in.logit, c.views(), c.n_views(), n, qd.data());
+  } else {  // view_softmax's one-view case with the vectorised exp
+    double mx = -INFINITY, sum = 0;
+#pragma omp simd reduction(max : mx)
+    for (int64_t s = 0; s < n; ++s) mx = std::max(mx, in.logit[s]);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t s = 0; s < n; ++s) sum += (qd[s] = omp::exp_nonpos(in.logit[s] - mx));
+#pragma omp simd
+    for (int64_t s = 0; s < n; ++s) qd[s] /= sum;
+  }
+  // Exact slots in one vectorised pass: mass exp(z - lse) (exp_nonpos, 2 ulp: z <= lse up to
+  // rounding, and it is exact at small positive arguments too), z^2 for logit_rel_err.
+  const uint8_t* exact = c.exact_flags();
+  const float *bias = c.biases(), *share = c.shares();
+  double* pb = pbar.data();
+#pragma omp simd reduction(+ : m, zz)
   for (int64_t s = 0; s < n; ++s) {
+    const double z = in.logit[s] - bias[s];
+    const double e = omp::exp_nonpos(z - in.lse_ref);  // unconditional: the simd variant is notinbranch
+    const double ps = exact[s] ? e * share[s] : 0.0;   // share: a token in several views counts once
+    pb[s] = ps;
+    m += ps;
+    zz += exact[s] ? z * z : 0.0;
+  }
+  // The others from their members' exact logits.
+  for (int64_t s = 0; s < n; ++s) {
+    if (exact[s]) continue;
     double ps = 0;
-    if (c.exact(s)) {
-      const double z = in.logit[s] - c.bias(s);
-      ps = std::exp(z - in.lse_ref);
-      zz += z * z;
-    } else {
-      const float* kh = c.key(s);
-      for (int64_t j = 0; j < c.n_members(s); ++j) {
-        const float* ki = in.k_orig + static_cast<int64_t>(c.member(s, j)) * D;
-        double d = 0;
-        for (int64_t x = 0; x < D; ++x) d += static_cast<double>(in.q[x]) * ki[x];
-        const double z = d * scale;
-        ps += std::exp(z - in.lse_ref);
-        if (c.n_members(s) == 1) {  // unmerged but not exact: quantization error as attention sees it
-          double dh = 0;
-          for (int64_t x = 0; x < D; ++x) dh += static_cast<double>(in.q[x]) * kh[x];
-          zz += z * z;
-          dz += (z - dh * scale) * (z - dh * scale);
-        }
+    const float* kh = c.key(s);
+    for (int64_t j = 0; j < c.n_members(s); ++j) {
+      const float* ki = in.k_orig + static_cast<int64_t>(c.member(s, j)) * D;
+      double d = 0;
+      for (int64_t x = 0; x < D; ++x) d += static_cast<double>(in.q[x]) * ki[x];
+      const double z = d * scale;
+      ps += std::exp(z - in.lse_ref);
+      if (c.n_members(s) == 1) {  // unmerged but not exact: quantization error as attention sees it
+        double dh = 0;
+        for (int64_t x = 0; x < D; ++x) dh += static_cast<double>(in.q[x]) * kh[x];
+        zz += z * z;
+        dz += (z - dh * scale) * (z - dh * scale);
       }
     }
-    ps *= c.share(s);  // a token standing in several views counts once in all
-    pbar[s] = ps;
+    ps *= share[s];  // a token standing in several views counts once in all
+    pb[s] = ps;
     m += ps;
   }
   // Output error.

@@ -47,6 +47,7 @@ class SlotCache {
   const int32_t* positions() const { return pos_.data(); }  // [n]
   bool exact(int64_t s) const { return exact_[s] != 0; }
   void set_exact(int64_t s, bool e) { exact_[s] = e ? 1 : 0; }
+  const uint8_t* exact_flags() const { return exact_.data(); }  // [n] 1: exact
   int64_t n_members(int64_t s) const { return more_[s].empty() ? 1 : static_cast<int64_t>(more_[s].size()); }
   // Member j of slot s (j < n_members(s)).
   int32_t member(int64_t s, int64_t j) const { return more_[s].empty() ? pos_[s] : more_[s][j]; }
@@ -65,6 +66,7 @@ class SlotCache {
   int32_t view(int64_t s) const { return view_[s]; }
   const int32_t* views() const { return view_.data(); }  // [n]
   float share(int64_t s) const { return share_[s]; }
+  const float* shares() const { return share_.data(); }  // [n]
   // The slots as the attention kernels take them (valid until the cache changes).
   SlotsView slots_view() const { return SlotsView{keys(), values(), biases(), views(), size(), n_views_}; }
   void set_view(int64_t s, int32_t v, float share) {

@@ -34,6 +34,14 @@ inline VecF64 vload(const double* p) { return _mm512_loadu_pd(p); }
 inline void vstore(double* p, VecF64 a) { _mm512_storeu_pd(p, a); }
 inline VecF64 vfma(VecF64 a, VecF64 b, VecF64 c) { return _mm512_fmadd_pd(a, b, c); }
 inline VecF64 vmul(VecF64 a, VecF64 b) { return _mm512_mul_pd(a, b); }
+// The zero-masked forms: the plain ones pass _mm512_undefined_pd(), which GCC 12 reports as
+// maybe-uninitialized under -Werror.
+inline VecF64 vwiden(const float* p) { return _mm512_maskz_cvtps_pd(0xFF, _mm256_loadu_ps(p)); }
+inline double vsum(VecF64 a) {
+  const __m256d q = _mm256_add_pd(_mm512_maskz_extractf64x4_pd(0xF, a, 0), _mm512_maskz_extractf64x4_pd(0xF, a, 1));
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd(q, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
 using VecF32 = __m512;
 inline constexpr int64_t kVecF32 = 16;
 inline VecF32 vzero_f() { return _mm512_setzero_ps(); }
@@ -50,6 +58,11 @@ inline VecF64 vload(const double* p) { return _mm256_loadu_pd(p); }
 inline void vstore(double* p, VecF64 a) { _mm256_storeu_pd(p, a); }
 inline VecF64 vfma(VecF64 a, VecF64 b, VecF64 c) { return _mm256_fmadd_pd(a, b, c); }
 inline VecF64 vmul(VecF64 a, VecF64 b) { return _mm256_mul_pd(a, b); }
+inline VecF64 vwiden(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+inline double vsum(VecF64 a) {
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
 using VecF32 = __m256;
 inline constexpr int64_t kVecF32 = 8;
 inline VecF32 vzero_f() { return _mm256_setzero_ps(); }
@@ -66,6 +79,8 @@ inline VecF64 vload(const double* p) { return *p; }
 inline void vstore(double* p, VecF64 a) { *p = a; }
 inline VecF64 vfma(VecF64 a, VecF64 b, VecF64 c) { return std::fma(a, b, c); }
 inline VecF64 vmul(VecF64 a, VecF64 b) { return a * b; }
+inline VecF64 vwiden(const float* p) { return *p; }
+inline double vsum(VecF64 a) { return a; }
 using VecF32 = float;
 inline constexpr int64_t kVecF32 = 1;
 inline VecF32 vzero_f() { return 0.0f; }
