@@ -40,17 +40,28 @@ def keydiff_kept(lv, B, block=128):
     return kept
 
 
+def keydiff_scores(k):
+    unit = k / np.linalg.norm(k, axis=1, keepdims=True)
+    a = unit.mean(axis=0)
+    return -(k @ a) / (np.linalg.norm(k, axis=1) * np.linalg.norm(a))
+
+
 def lagkv_kept(lv, B, sinks=4, lag=128):
     P = lv.P
     if P <= B:
         return list(range(P))
+    return top(list(range(P)), lagkv_scores(lv.k[:P], lv.v[:P], sinks, lag), B)
+
+
+def lagkv_scores(K, V, sinks, lag):
+    P = len(K)
     s = np.ones(P)
     if P < sinks + 2 * lag:
         s[sinks:] = np.arange(P - sinks) / (P - sinks)
     else:
         nb = (P - sinks) // lag
         tot = np.zeros((nb - 1, lag))
-        for X in (lv.k[:P], lv.v[:P]):
+        for X in (K, V):
             for j in range(nb - 1):
                 blk = X[sinks + j * lag: sinks + (j + 1) * lag]
                 ref = X[sinks + (j + 1) * lag: sinks + (j + 2) * lag]
@@ -64,7 +75,7 @@ def lagkv_kept(lv, B, sinks=4, lag=128):
             r = np.empty(lag)
             r[order] = np.arange(lag) / lag
             s[sinks + j * lag: sinks + (j + 1) * lag] = r
-    return top(list(range(P)), s, B)
+    return s
 
 
 def mean_rope(D, p0, n, theta, style):
@@ -125,6 +136,31 @@ class Cut:
         return [(self.held_positions(t), None, None)] * self.lv.G
 
 
+class Evict:
+    """Protocol A: the same cut, then after every decode step t the rule reruns on the held positions
+    (in position order) and the lowest go until B remain; attention at step t sees the held set plus t."""
+
+    def __init__(self, lv, kept, B, score):
+        self.lv, self.cur, self.B, self.score, self.t = lv, list(kept), B, score, lv.P - 1
+
+    def held_positions(self, t):
+        while self.t < t - 1:
+            self.t += 1
+            self.cur = sorted(self.cur + [self.t])
+            if len(self.cur) > self.B:
+                self.cur = top(self.cur, self.score(np.array(self.cur)), self.B)
+        return np.array(sorted(self.cur + [t]))
+
+    def select(self, t, q):
+        return [(self.held_positions(t), None, None)] * self.lv.G
+
+
+EVICT_CASES = [
+    ("keydiff:budget=16", lambda lv: Evict(lv, keydiff_kept(lv, 16), 16, lambda pos: keydiff_scores(lv.k[pos]))),
+    ("lagkv:budget=20,lag=4", lambda lv: Evict(lv, lagkv_kept(lv, 20, lag=4), 20,
+                                               lambda pos: lagkv_scores(lv.k[pos], lv.v[pos], 4, 4))),
+]
+
 CASES = [
     ("keydiff:budget=16", lambda lv: keydiff_kept(lv, 16)),
     ("keydiff:budget=24,block=8", lambda lv: keydiff_kept(lv, 24, block=8)),
@@ -153,6 +189,13 @@ def main():
         assert not bad, "\n".join([spec] + bad[:20])
         d = sparse_ref.max_diffs(ref, got)
         print("%s max |numpy - kvsim|: %s" % (spec, ", ".join("%s %.1e" % kv for kv in d.items())))
+    for spec, make in EVICT_CASES:
+        ref = sparse_ref.replay(TRACE, make, stride=stride)
+        got = sparse_ref.kvsim_per_head(a.kvsim, TRACE, spec, protocol="evict", stride=stride)
+        bad = sparse_ref.compare(ref, got)
+        assert not bad, "\n".join([spec + " (evict)"] + bad[:20])
+        d = sparse_ref.max_diffs(ref, got)
+        print("%s (evict) max |numpy - kvsim|: %s" % (spec, ", ".join("%s %.1e" % kv for kv in d.items())))
     print("ok")
 
 
