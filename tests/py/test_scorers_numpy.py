@@ -89,23 +89,32 @@ def mean_rope(D, p0, n, theta, style):
     return R
 
 
-def ea_kept(lv, B, sinks=4, future=512):
-    P, D = lv.P, lv.D
-    if P <= B:
-        return list(range(P))
-    R = mean_rope(D, P, future, lv.rope_theta, lv.rope_style)
-    keys = lv.k[sinks:P]
-    a = np.zeros(P - sinks)
+def ea_scores(lv, pos, j0, j1, p0, sinks=4, future=512):
+    """Scores of the held positions `pos` from the pre-RoPE queries at [j0, j1), future positions from p0."""
+    D = lv.D
+    R = mean_rope(D, p0, future, lv.rope_theta, lv.rope_style)
+    pos = np.asarray(pos)
+    live = pos >= sinks
+    keys = lv.k[pos[live]]
+    a = np.zeros(len(keys))
     for g in range(lv.G):
-        q = lv.q_pre[g, sinks:P]
+        q = lv.q_pre[g, j0:j1]
         mu = q.mean(axis=0)
         cov = (q - mu).T @ (q - mu) / len(q)
         mu2, cov2 = R @ mu, R @ cov @ R.T
         z = keys @ mu2 / np.sqrt(D) + np.einsum("id,de,ie->i", keys, cov2, keys) / (2 * D)
         e = np.exp(z - z.max())
         a += e / e.sum() / lv.G
-    s = np.concatenate([np.full(sinks, np.inf), a * np.linalg.norm(lv.v[sinks:P], axis=1)])
-    return top(list(range(P)), s, B)
+    s = np.full(len(pos), np.inf)
+    s[live] = a * np.linalg.norm(lv.v[pos[live]], axis=1)
+    return s
+
+
+def ea_kept(lv, B, sinks=4, future=512):
+    P = lv.P
+    if P <= B:
+        return list(range(P))
+    return top(list(range(P)), ea_scores(lv, np.arange(P), sinks, P, P, sinks, future), B)
 
 
 def simlayerkv_kept(lv, initial, recent, delta):
@@ -140,15 +149,19 @@ class Evict:
     """Protocol A: the same cut, then after every decode step t the rule reruns on the held positions
     (in position order) and the lowest go until B remain; attention at step t sees the held set plus t."""
 
-    def __init__(self, lv, kept, B, score):
+    def __init__(self, lv, kept, B, score, state_bytes=0.0):
         self.lv, self.cur, self.B, self.score, self.t = lv, list(kept), B, score, lv.P - 1
+        self.state_bytes = state_bytes
+
+    def metadata_bytes(self, t):  # state the strategy holds besides the slots
+        return self.state_bytes
 
     def held_positions(self, t):
         while self.t < t - 1:
             self.t += 1
             self.cur = sorted(self.cur + [self.t])
             if len(self.cur) > self.B:
-                self.cur = top(self.cur, self.score(np.array(self.cur)), self.B)
+                self.cur = top(self.cur, self.score(np.array(self.cur), self.t), self.B)
         return np.array(sorted(self.cur + [t]))
 
     def select(self, t, q):
@@ -156,9 +169,14 @@ class Evict:
 
 
 EVICT_CASES = [
-    ("keydiff:budget=16", lambda lv: Evict(lv, keydiff_kept(lv, 16), 16, lambda pos: keydiff_scores(lv.k[pos]))),
+    ("keydiff:budget=16", lambda lv: Evict(lv, keydiff_kept(lv, 16), 16, lambda pos, t: keydiff_scores(lv.k[pos]))),
     ("lagkv:budget=20,lag=4", lambda lv: Evict(lv, lagkv_kept(lv, 20, lag=4), 20,
-                                               lambda pos: lagkv_scores(lv.k[pos], lv.v[pos], 4, 4))),
+                                               lambda pos, t: lagkv_scores(lv.k[pos], lv.v[pos], 4, 4))),
+    # each step t: the pre-RoPE queries of the last 64 positions (at most [4, t]), future positions (t, t + 32]
+    ("expected_attention:budget=16,window=64,future=32",
+     lambda lv: Evict(lv, ea_kept(lv, 16, future=32), 16,
+                      lambda pos, t: ea_scores(lv, pos, max(4, t + 1 - 64), t + 1, t + 1, 4, 32),
+                      state_bytes=2.0 * lv.G * 64 * lv.D)),  # the window of pre-RoPE queries in fp16
 ]
 
 CASES = [
