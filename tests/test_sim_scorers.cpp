@@ -1,6 +1,8 @@
 // The scorers of issue 15 (keydiff, lagkv, expected_attention, simlayerkv), each rule on a case small
 // enough to compute by hand: every expected kept set below is derived in the comments from the rule
-// in sim/strategies/STRATEGIES.md, not from running the code.
+// in sim/strategies/STRATEGIES.md, not from running the code. The last case checks composition with a
+// codec by its properties (quantized keys, fewer bytes); tests/py/test_scorers_numpy.py checks every
+// metric on the embedded trace against an independent NumPy replay.
 #include <doctest/doctest.h>
 
 #include <cmath>
