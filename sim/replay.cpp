@@ -403,19 +403,25 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   res.protocol = opt.protocol;
   for (const Strategy* s : strategies)
     check_fits(*s, ModelShape{res.L, res.H, res.Hkv, res.D}, res.T, res.P, opt.protocol);
-  bool need_colsums = false, need_pre = false;
+  bool need_colsums = false, need_pre = false, need_q_pre = false;
   for (const Strategy* s : strategies) {
     need_colsums = need_colsums || s->needs_prompt_colsums();
     if (s->needs_pre_rope() && !src.has_k_pre)
       throw UsageError(src.name + ": sequence " + src.sequence + ": " + s->name() +
                        " needs k_pre (record with kvsim record --pre)");
     need_pre = need_pre || s->needs_pre_rope();
+    if (s->needs_q_pre() && !src.read_q_pre)
+      throw UsageError(src.name + ": sequence " + src.sequence + ": " + s->name() +
+                       " needs q_pre (record with kvsim record --pre)");
+    need_q_pre = need_q_pre || s->needs_q_pre();
     ConfigResult c;
     c.strategy = s->name(), c.spec = s->spec_text(), c.params = s->params();
     c.heads.resize(res.L * res.H);
     res.configs.push_back(std::move(c));
   }
-  if (const int64_t need = replay_layer_bytes(res.H, res.Hkv, res.T, res.D, need_pre); need > opt.max_memory)
+  if (const int64_t need =
+          replay_layer_bytes(res.H, res.Hkv, res.T, res.D, need_pre) + (need_q_pre ? 4 * res.H * res.T * res.D : 0);
+      need > opt.max_memory)
     throw UsageError(src.name + ": sequence " + src.sequence + ": replaying one layer holds " + std::to_string(need) +
                      " bytes (q, k, v and the reference statistics for H = " + std::to_string(res.H) +
                      ", Hkv = " + std::to_string(res.Hkv) + ", T = " + std::to_string(res.T) +
@@ -435,6 +441,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
     lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
     lv.q = in.q, lv.k = in.k, lv.v = in.v;
     if (need_pre) lv.k_pre = in.k_pre;
+    if (need_q_pre) lv.q_pre = src.read_q_pre(l);
     lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
     k_norm.assign(lv.Hkv * lv.T, 0.0f);
     for (int64_t i = 0; i < lv.Hkv * lv.T; ++i) {
@@ -483,7 +490,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   src.rope_theta = hdr.rope_theta, src.rope_style = parse_rope_style(hdr.rope_style);
   src.has_k_pre = reader.has(opt.seq, traces::Kind::k_pre);
   src.stats_path = reader.path(), src.stats_seq = opt.seq;
-  xt::xtensor<float, 3> q, k, v, k_pre;  // the layer in memory
+  xt::xtensor<float, 3> q, k, v, k_pre, q_pre;  // the layer in memory
   src.read = [&](int64_t l, bool want_pre) {
     q = reader.read_layer(opt.seq, l, traces::Kind::q);
     k = reader.read_layer(opt.seq, l, traces::Kind::k);
@@ -491,6 +498,11 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     if (want_pre) k_pre = reader.read_layer(opt.seq, l, traces::Kind::k_pre);
     return LayerTensors{q.data(), k.data(), v.data(), want_pre ? k_pre.data() : nullptr};
   };
+  if (reader.has(opt.seq, traces::Kind::q_pre))
+    src.read_q_pre = [&](int64_t l) {
+      q_pre = reader.read_layer(opt.seq, l, traces::Kind::q_pre);
+      return static_cast<const float*>(q_pre.data());
+    };
   return replay_source(src, strategies, opt);
 }
 

@@ -137,6 +137,9 @@ struct LayerSource {
   std::string stats_path;  // the sidecar cache's key (a trace's path); "": no sidecar cache
   int64_t stats_seq = 0;
   std::function<LayerTensors(int64_t layer, bool want_k_pre)> read;
+  // The layer's pre-RoPE queries [H, T, D] (valid until the next call), or empty when the source
+  // has none: a strategy that needs_q_pre() is then refused.
+  std::function<const float*(int64_t layer)> read_q_pre;
 };
 
 // Whole sequence of a layer source, one layer in memory at a time.

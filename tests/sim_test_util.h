@@ -27,6 +27,7 @@ struct Layer {
   int64_t H = 1, Hkv = 1, T = 0, D = 4;
   std::vector<float> q, k, v, k_norm, colsums;
   std::vector<float> entropy;  // [H, T] nats, optional (entropy_merge reads it)
+  std::vector<float> q_pre;    // [H, T, D], optional (expected_attention reads it)
   Layer(int64_t H_, int64_t Hkv_, int64_t T_, int64_t D_)
       : H(H_), Hkv(Hkv_), T(T_), D(D_), q(H_ * T_ * D_, 0.0f), k(Hkv_ * T_ * D_, 0.0f), v(Hkv_ * T_ * D_, 0.0f),
         k_norm(Hkv_ * T_, 0.0f) {}
@@ -53,6 +54,7 @@ struct Layer {
     lv.q = q.data(), lv.k = k.data(), lv.v = v.data(), lv.k_norm = k_norm.data();
     lv.prompt_colsums = colsums.empty() ? nullptr : colsums.data();
     lv.entropy = entropy.empty() ? nullptr : entropy.data();
+    lv.q_pre = q_pre.empty() ? nullptr : q_pre.data();
     return lv;
   }
 };

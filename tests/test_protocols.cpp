@@ -28,6 +28,7 @@ struct Seen {
 // holds when attention runs (after token t was stored, before observe and evict).
 std::vector<Seen> run(const std::string& spec, Protocol protocol, Layer& L, int64_t P) {
   auto s = make_strategy(spec);
+  if (s->needs_q_pre() && L.q_pre.empty()) L.q_pre = L.q;  // rope_style none: pre-RoPE = post-RoPE
   LayerView lv = L.view();
   ExactStats rs;
   compute_exact_stats(lv, Backend::ref, rs);
@@ -198,12 +199,19 @@ TEST_CASE("protocols: every cache strategy runs under evict and prefill, under p
   for (const std::string& name : strategy_names()) {
     if (name == "magicpig") continue;  // a selector that takes no budget (K and L set what it reads)
     std::string spec = name == "full" ? "full" : name + ":budget=8";
+    // simlayerkv takes no budget: with delta=0 every layer is lazy and keeps 2 + 5 = 7 slots.
+    if (name == "simlayerkv") spec = "simlayerkv:initial=2,recent=6,delta=0";
     // Protected windows that fit a budget of 8 where a default would not.
-    const std::map<std::string, std::string> fit = {
-        {"snapkv", ",window=2"},           {"pyramidkv", ",window=2"},
-        {"scissorhands", ",recent=2"},     {"entropy_merge", ",recent=2,sinks=1"},
-        {"cam", ",recent=2,sinks=1"},      {"kvmerger", ",recent=2,sinks=1"},
-        {"cms_topk", ",recent=2,sinks=1"}, {"cms_aggregate", ",recent=2,sinks=1"}};
+    const std::map<std::string, std::string> fit = {{"snapkv", ",window=2"},
+                                                    {"pyramidkv", ",window=2"},
+                                                    {"scissorhands", ",recent=2"},
+                                                    {"entropy_merge", ",recent=2,sinks=1"},
+                                                    {"cam", ",recent=2,sinks=1"},
+                                                    {"kvmerger", ",recent=2,sinks=1"},
+                                                    {"cms_topk", ",recent=2,sinks=1"},
+                                                    {"cms_aggregate", ",recent=2,sinks=1"},
+                                                    {"lagkv", ",sinks=2"},
+                                                    {"expected_attention", ",sinks=2"}};
     if (auto it = fit.find(name); it != fit.end()) spec += it->second;
     if (make_strategy(spec)->is_selector()) continue;
     INFO(spec);

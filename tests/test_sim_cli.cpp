@@ -81,8 +81,9 @@ void expect_usage_error(const std::string& args, const std::string& needle) {
 TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy nope:budget=3",
                      "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, scissorhands, snapkv, "
-                     "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger, cms_aggregate, oracle_topk, "
-                     "quest, sparq, magicpig, pqcache, rocketkv, shadowkv; codecs: quant, kivi, nf4)");
+                     "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger, cms_aggregate, keydiff, lagkv, "
+                     "expected_attention, simlayerkv, oracle_topk, quest, sparq, magicpig, pqcache, rocketkv, "
+                     "shadowkv; codecs: quant, kivi, nf4)");
   expect_usage_error("--strategy h2o:budget=16,bugdet=3", "unknown parameter 'bugdet' for h2o (valid: budget, ratio");
   expect_usage_error("--strategy h2o:budget=8,sinks=4,recent=4", "budget 8 must exceed sinks + recent = 4 + 4");
   expect_usage_error("--strategy streaming:budget=3", "budget 3 must exceed sinks + recent = 4 + 0");
@@ -92,6 +93,9 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy full --stride -2", "stride = -2 must be >= 1");
   expect_usage_error("--strategy full --backend gpu", "unknown backend 'gpu' (choose ref, omp, cuda or auto)");
   expect_usage_error("--strategy h2o:budget=8,gqa=median", "gqa=median is not one of mean, max, sum");
+  // The test trace has no q_pre (synthesized without --pre).
+  expect_usage_error("--strategy expected_attention:budget=8",
+                     "expected_attention needs q_pre (record with kvsim record --pre)");
   // Codecs and composition (the test trace has D = 16).
   expect_usage_error("--strategy quant:bits=3", "quant: bits=3 is not supported (choose 2, 4, 8)");
   expect_usage_error("--strategy kivi:bits=8", "kivi: bits=8 is not supported (choose 2, 4)");

@@ -24,6 +24,11 @@ std::unique_ptr<Strategy> make_cam(ParamReader& p);
 std::unique_ptr<Strategy> make_cms_topk(ParamReader& p);
 std::unique_ptr<Strategy> make_kvmerger(ParamReader& p);
 std::unique_ptr<Strategy> make_cms_aggregate(ParamReader& p);
+// Scorers of 2024-26 (issue 15).
+std::unique_ptr<Strategy> make_keydiff(ParamReader& p);
+std::unique_ptr<Strategy> make_lagkv(ParamReader& p);
+std::unique_ptr<Strategy> make_expected_attention(ParamReader& p);
+std::unique_ptr<Strategy> make_simlayerkv(ParamReader& p);
 // Selectors (protocol sparse).
 std::unique_ptr<Strategy> make_oracle_topk(ParamReader& p);
 std::unique_ptr<Strategy> make_quest(ParamReader& p);

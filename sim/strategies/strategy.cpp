@@ -75,6 +75,10 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"cms_topk", make_cms_topk},
       {"kvmerger", make_kvmerger},
       {"cms_aggregate", make_cms_aggregate},
+      {"keydiff", make_keydiff},
+      {"lagkv", make_lagkv},
+      {"expected_attention", make_expected_attention},
+      {"simlayerkv", make_simlayerkv},
       {"oracle_topk", make_oracle_topk},
       {"quest", make_quest},
       {"sparq", make_sparq},
@@ -129,6 +133,7 @@ class Composed final : public Strategy {
   bool needs_prompt_colsums() const override { return base_->needs_prompt_colsums(); }
   bool needs_entropy() const override { return base_->needs_entropy(); }
   bool needs_pre_rope() const override { return base_->needs_pre_rope(); }
+  bool needs_q_pre() const override { return base_->needs_q_pre(); }
   const Codec& codec() const override { return *codec_; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return base_->make_state(ctx);

@@ -54,6 +54,9 @@ struct LayerView {
   // Keys before RoPE, or nullptr unless the strategy asked for them (Strategy::needs_pre_rope()),
   // with the rotation that turns them into k (sim/base/rope.h): ShadowKV's low-rank factors.
   const float* k_pre = nullptr;  // [Hkv, T, D]
+  // Queries before RoPE, or nullptr unless the strategy asked for them (Strategy::needs_q_pre()):
+  // row t read from step t on (expected_attention's query statistics).
+  const float* q_pre = nullptr;  // [H, T, D]
   double rope_theta = 10000.0;
   RopeStyle rope_style = RopeStyle::none;
   int64_t G() const { return H / Hkv; }
@@ -171,6 +174,8 @@ class Strategy {
   virtual bool per_query_head() const { return false; }
   // Reads LayerView::k_pre (the trace's pre-RoPE keys; recorded with kvsim record --pre).
   virtual bool needs_pre_rope() const { return false; }
+  // Reads LayerView::q_pre (the trace's pre-RoPE queries; recorded with kvsim record --pre).
+  virtual bool needs_q_pre() const { return false; }
   // Whether `name+codec` is meaningful (false for a selector whose keys are not the cache's: shadowkv).
   virtual bool takes_codec() const { return true; }
   virtual const Codec& codec() const { return identity_codec(); }

@@ -240,6 +240,10 @@ class StrategyKvCache final : public KvCache {
 
 void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Protocol protocol) {
   check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P, protocol);
+  if (strategy.needs_q_pre())
+    throw UsageError("strategy cache: '" + strategy.spec_text() +
+                     "' needs pre-RoPE queries, which the live model cache does not keep; replay it with kvsim run on "
+                     "a trace recorded with --pre");
   if (strategy.needs_pre_rope())
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs pre-RoPE keys, which the live model cache does not keep; replay it with kvsim run on "
