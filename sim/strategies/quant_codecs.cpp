@@ -7,6 +7,7 @@
 #include "sim/base/error.h"
 #include "sim/kernels/quant.h"
 #include "sim/kernels/quant_core.h"
+#include "sim/strategies/codecs_8bit.h"
 
 namespace kvsim {
 
@@ -299,7 +300,7 @@ int64_t read_positive(ParamReader& p, const std::string& codec, const std::strin
 
 }  // namespace
 
-std::vector<std::string> codec_names() { return {"quant", "kivi", "nf4"}; }
+std::vector<std::string> codec_names() { return {"quant", "kivi", "nf4", "fp8", "int8"}; }
 
 bool is_codec_name(const std::string& name) {
   auto n = codec_names();
@@ -352,6 +353,10 @@ std::unique_ptr<Codec> make_codec(const StrategySpec& spec, std::map<std::string
     if (dq != 0 && dq != 1) throw UsageError("nf4: dq=" + std::to_string(dq) + " must be 0 or 1");
     q.dq = dq == 1;
     out = std::make_unique<QuantCodec>("nf4", spec.text, q, q, 0);
+  } else if (spec.name == "fp8") {
+    out = make_fp8_codec(p);
+  } else if (spec.name == "int8") {
+    out = make_int8_codec(p);
   } else {
     std::string list;
     for (const auto& n : codec_names()) list += (list.empty() ? "" : ", ") + n;
