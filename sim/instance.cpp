@@ -181,6 +181,7 @@ double Instance::read_bytes(int64_t c) const {
 }
 
 void Instance::prefill_from(const LayerView& lv) {
+  for (int64_t c = 0; c < ctx_.n_caches; ++c) codec_[c]->calibrate(lv.k, lv.v, lv.Hkv, lv.T, ctx_.kv_of(c), ctx_.P);
   for (int64_t c = 0; c < ctx_.n_caches; ++c)
     for (int64_t t = 0; t < ctx_.P; ++t)
       store(c, t, lv.k_head(ctx_.kv_of(c)) + t * ctx_.D, lv.v_head(ctx_.kv_of(c)) + t * ctx_.D);

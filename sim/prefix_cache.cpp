@@ -141,14 +141,17 @@ double codec_bytes_per_token(const Codec& codec, int64_t D, int64_t n_tokens) {
   SlotCache cache(D, n_tokens);
   // The bytes depend on which tokens are quantized, not on their values; varied values keep every
   // quantization group non-degenerate all the same.
-  std::vector<float> k(static_cast<size_t>(D)), v(static_cast<size_t>(D));
-  for (int64_t t = 0; t < n_tokens; ++t) {
+  std::vector<float> k(static_cast<size_t>(n_tokens * D)), v(k.size());
+  for (int64_t t = 0; t < n_tokens; ++t)
     for (int64_t d = 0; d < D; ++d) {
-      k[static_cast<size_t>(d)] = static_cast<float>((t * 7 + d * 3) % 11) - 5.0f;
-      v[static_cast<size_t>(d)] = static_cast<float>((t * 5 + d * 2) % 13) - 6.0f;
+      k[static_cast<size_t>(t * D + d)] = static_cast<float>((t * 7 + d * 3) % 11) - 5.0f;
+      v[static_cast<size_t>(t * D + d)] = static_cast<float>((t * 5 + d * 2) % 13) - 6.0f;
     }
-    state->store(cache, static_cast<int32_t>(t), k.data(), v.data());
-  }
+  // Codecs with scales from the prompt (fp8) calibrate on these tokens as one KV head: a per-layer
+  // scale is then counted whole in each head (an upper bound of Hkv - 1 scales per layer).
+  state->calibrate(k.data(), v.data(), 1, n_tokens, 0, n_tokens);
+  for (int64_t t = 0; t < n_tokens; ++t)
+    state->store(cache, static_cast<int32_t>(t), k.data() + t * D, v.data() + t * D);
   return state->bytes(cache) / static_cast<double>(n_tokens);
 }
 

@@ -257,3 +257,35 @@ TEST_CASE("degeneracies: a codec that never quantizes and a budget never reached
                                  "pending fp16 tokens; the budget keeps fewer, so only prompt tokens that were then "
                                  "evicted were)"});
 }
+
+TEST_CASE("protect= on a codec: protected tokens stay exact, fp16 in bytes, +4 per position unless a prefix") {
+  // quant:bits=8, D = 8, group 8: a quantized token 2 * (8 + 4) = 24 bytes, an fp16 one 2 * 16 = 32.
+  auto key = [](int32_t t, int x) { return 0.37f * static_cast<float>(t + 1) + 0.11f * static_cast<float>(x); };
+  SUBCASE("sinks:2 (a prefix: no position bytes)") {
+    auto cs = codec_state("quant:bits=8,protect=sinks:2", 8, 8);
+    SlotCache c(8, 8);
+    for (int32_t t = 0; t < 4; ++t) store(*cs, c, t, key);
+    for (int32_t t = 0; t < 2; ++t) {
+      CHECK(c.exact(c.find(t)));
+      CHECK(c.key(c.find(t))[3] == key(t, 3));
+    }
+    for (int32_t t = 2; t < 4; ++t) CHECK_FALSE(c.exact(c.find(t)));
+    CHECK(cs->bytes(c) == 2 * 32.0 + 2 * 24.0);
+  }
+  SUBCASE("a list 1,3 (not a prefix: 4 bytes per held position)") {
+    auto cs = codec_state("fp8:scale=one,protect=1,3", 8, 8);
+    SlotCache c(8, 8);
+    for (int32_t t = 0; t < 4; ++t) store(*cs, c, t, key);
+    CHECK(c.exact(c.find(1)));
+    CHECK(c.exact(c.find(3)));
+    CHECK_FALSE(c.exact(c.find(0)));
+    // fp8 scale=one: 2 * 8 bytes per token; protected 32 + 4 each.
+    CHECK(cs->bytes(c) == 2 * 16.0 + 2 * 36.0);
+    c.remove(c.find(3));  // an evicted protected token costs nothing
+    CHECK(cs->bytes(c) == 2 * 16.0 + 36.0);
+  }
+  CHECK_THROWS_WITH_AS(codec_state("int8:protect=x", 8, 8),
+                       "int8: protect=x is not sinks:N or a list of positions (protect=sinks:4, protect=0,5,9)",
+                       UsageError);
+  CHECK_THROWS_AS(codec_state("kivi:protect=sinks:-1", 8, 8), UsageError);
+}

@@ -83,7 +83,7 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
                      "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, scissorhands, snapkv, "
                      "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger, cms_aggregate, keydiff, lagkv, "
                      "expected_attention, simlayerkv, oracle_topk, quest, sparq, magicpig, pqcache, rocketkv, "
-                     "shadowkv; codecs: quant, kivi, nf4)");
+                     "shadowkv; codecs: quant, kivi, nf4, fp8, int8)");
   expect_usage_error("--strategy h2o:budget=16,bugdet=3", "unknown parameter 'bugdet' for h2o (valid: budget, ratio");
   expect_usage_error("--strategy h2o:budget=8,sinks=4,recent=4", "budget 8 must exceed sinks + recent = 4 + 4");
   expect_usage_error("--strategy streaming:budget=3", "budget 3 must exceed sinks + recent = 4 + 0");
@@ -105,8 +105,12 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy h2o:budget=16+kivi:bits=2+nf4", "a strategy composes with one codec at most");
   expect_usage_error("--strategy kivi:bits=2+nf4", "two codecs cannot be composed ('kivi' is a codec)");
   expect_usage_error("--strategy h2o:budget=16+window:budget=8",
-                     "'window' after '+' is not a codec (valid: quant, kivi, nf4)");
+                     "'window' after '+' is not a codec (valid: quant, kivi, nf4, fp8, int8)");
   expect_usage_error("--strategy nf4:dq=2", "nf4: dq=2 must be 0 or 1");
+  expect_usage_error("--strategy fp8:format=e3m4", "format=e3m4 is not one of e4m3, e5m2");
+  expect_usage_error("--strategy fp8:scale=channel", "scale=channel is not one of tensor, one, dynamic, head, token");
+  expect_usage_error("--strategy int8:group=6", "int8: group=6 does not divide D = 16");
+  expect_usage_error("--strategy int8:sym=0", "int8: sym=0 is not supported");
   expect_usage_error("--strategy cms_topk:budget=16,width=0", "count-min sketch width = 0 must be >= 1");
   expect_usage_error("--strategy cms_topk:budget=16,depth=-1", "depth=-1 must be in [0, 2147483647]");
   expect_usage_error("--strategy entropy_merge:budget=16,threshold=1.5",

@@ -87,6 +87,8 @@ const std::vector<IntParam> kParams = {
     {"kivi:", "residual", 0},
     {"nf4:", "block", 1},
     {"nf4:", "dq", 0},
+    {"int8:", "group", 0},
+    {"int8:", "sym", 1},
 };
 // clang-format on
 

@@ -139,6 +139,12 @@ double ParamReader::get_double(const std::string& key, double def, const std::st
   return v;
 }
 
+std::string ParamReader::get_string(const std::string& key, const std::string& def) {
+  const std::string* s = raw(key);
+  resolved_[key] = s ? *s : def;
+  return resolved_[key];
+}
+
 std::string ParamReader::get_choice(const std::string& key, const std::vector<std::string>& choices) {
   const std::string* s = raw(key);
   std::string v = s ? *s : choices.front();

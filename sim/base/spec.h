@@ -48,6 +48,8 @@ class ParamReader {
   // A comma-separated list of integers (`dense_layers=0,1`; `dense_layers=` is the empty list), each
   // in `range`.
   std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& def, IntRange range = {});
+  // The raw text of a value (a codec's `protect=sinks:4` or `protect=0,5,9`), for the caller to parse.
+  std::string get_string(const std::string& key, const std::string& def);
   // One of `choices`; the first is the default.
   std::string get_choice(const std::string& key, const std::vector<std::string>& choices);
   // Throws UsageError naming unknown keys and listing the known ones.

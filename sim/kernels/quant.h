@@ -76,4 +76,46 @@ namespace cuda {  // NotCompiled without CUDA; CudaError when the device fails
 KVSIM_DECLARE_QUANT_KERNELS
 }  // namespace cuda
 #undef KVSIM_DECLARE_QUANT_KERNELS
+
+// ---- fp8 and int8 (the fp8 and int8 codecs): ref and omp; no CUDA twins yet ------------------------
+// fp8 (e4m3fn, e5m2): one byte per element, code = round to nearest even of x / s saturated at the
+// format's max, x^ = decode(code) * s, s a float32 scale per tile or per token (per_token: s_t =
+// max |x_t| / max, computed by the kernel; 1 for an all-zero token). int8: symmetric, one fp16 scale
+// per group of `group` channels of a token (s = max |x| / 127 rounded to fp16 first), code =
+// clamp(rint(x / s), -127, 127), x^ = code * s.
+enum class Fp8Format { e4m3, e5m2 };
+
+struct Fp8Quantized {
+  Fp8Format format = Fp8Format::e4m3;
+  bool per_token = false;
+  int64_t n_t = 0, D = 0;
+  std::vector<uint8_t> codes;  // [n_t, D]
+  std::vector<float> scale;    // [n_t] per token, else [1]
+};
+
+struct Int8Quantized {
+  int64_t group = 0, n_t = 0, D = 0;
+  std::vector<int8_t> codes;        // [n_t, D]
+  std::vector<uint16_t> scale_f16;  // [n_t * D / group]
+};
+
+// x: [n_t, D]; scale: the tile's scale (> 0), or nullptr for per-token scales.
+using QuantFp8 = Fp8Quantized(const float* x, int64_t n_t, int64_t D, Fp8Format format, const float* scale);
+using DequantFp8 = void(const Fp8Quantized& q, float* y);  // y: [n_t, D]
+// x: [n_t, D], D % group == 0.
+using QuantInt8 = Int8Quantized(const float* x, int64_t n_t, int64_t D, int64_t group);
+using DequantInt8 = void(const Int8Quantized& q, float* y);  // y: [n_t, D]
+
+#define KVSIM_DECLARE_QUANT8_KERNELS \
+  QuantFp8 quant_fp8;                \
+  DequantFp8 dequant_fp8;            \
+  QuantInt8 quant_int8;              \
+  DequantInt8 dequant_int8;
+namespace ref {
+KVSIM_DECLARE_QUANT8_KERNELS
+}  // namespace ref
+namespace omp {
+KVSIM_DECLARE_QUANT8_KERNELS
+}  // namespace omp
+#undef KVSIM_DECLARE_QUANT8_KERNELS
 }  // namespace kvsim

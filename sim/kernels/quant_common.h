@@ -73,4 +73,24 @@ inline core::Nf4Shape nf4_shape(int64_t n_t, int64_t D, QuantAxis axis, int64_t 
   return s;
 }
 
+// fp8 / int8: the containers for a [n_t, D] tile, arguments checked.
+inline Fp8Quantized make_fp8(int64_t n_t, int64_t D, Fp8Format format, const float* scale) {
+  if (scale && !(*scale > 0)) throw UsageError("fp8 scale = " + std::to_string(*scale) + " must be > 0");
+  Fp8Quantized q;
+  q.format = format, q.per_token = scale == nullptr, q.n_t = n_t, q.D = D;
+  q.codes.assign(static_cast<size_t>(n_t * D), 0);
+  q.scale.assign(scale ? 1 : static_cast<size_t>(n_t), scale ? *scale : 0.0f);
+  return q;
+}
+
+inline Int8Quantized make_int8(int64_t n_t, int64_t D, int64_t group) {
+  if (group < 1 || D % group != 0)
+    throw UsageError("int8 group = " + std::to_string(group) + " must be >= 1 and divide D = " + std::to_string(D));
+  Int8Quantized q;
+  q.group = group, q.n_t = n_t, q.D = D;
+  q.codes.assign(static_cast<size_t>(n_t * D), 0);
+  q.scale_f16.assign(static_cast<size_t>(n_t * D / group), 0);
+  return q;
+}
+
 }  // namespace kvsim::quant

@@ -258,4 +258,121 @@ KVSIM_HD void nf4_decode_item(const uint8_t* codes,  // [n_t * D / 2]
   y[p] = tab.values[(codes[e / 2] >> ((e % 2) * 4)) & 0xfu] * scale;
 }
 
+// ---- fp8 (e4m3fn, e5m2) with a float32 scale -------------------------------------------------------
+
+// A format by its field widths: e4m3fn (OCP: bias 7, no inf, NaN = S.1111.111, max 448) and e5m2
+// (IEEE-style: bias 15, inf and NaN at exponent 31, max 57344).
+struct Fp8Spec {
+  int exp_bits = 4, man_bits = 3, bias = 7;
+  bool ieee = false;  // e5m2: the all-ones exponent holds inf and NaN; e4m3fn: only S.1111.111 is NaN
+  float max = 448.0f;
+};
+KVSIM_HD Fp8Spec fp8_spec(bool e5m2) {
+  return e5m2 ? Fp8Spec{5, 2, 15, true, 57344.0f} : Fp8Spec{4, 3, 7, false, 448.0f};
+}
+
+// The value of a code: sign, then subnormal (exponent field 0) m * 2^(1 - bias - man_bits) or
+// normal (1 + m / 2^man_bits) * 2^(e - bias); inf and NaN where the format has them.
+KVSIM_HD float fp8_decode(uint32_t code, const Fp8Spec& f) {
+  const uint32_t man_mask = (1u << f.man_bits) - 1u, exp_mask = (1u << f.exp_bits) - 1u;
+  const uint32_t m = code & man_mask, e = (code >> f.man_bits) & exp_mask;
+  const bool neg = (code & 0x80u) != 0;
+  float v;
+  if (f.ieee && e == exp_mask)
+    v = m == 0 ? INFINITY : NAN;
+  else if (!f.ieee && e == exp_mask && m == man_mask)
+    v = NAN;
+  else if (e == 0)
+    v = ::ldexpf(static_cast<float>(m), 1 - f.bias - f.man_bits);
+  else
+    v = ::ldexpf(static_cast<float>(m + (1u << f.man_bits)), static_cast<int>(e) - f.bias - f.man_bits);
+  return neg ? -v : v;
+}
+
+// The code of y, saturating: |y| beyond max (inf included) gives max's code, NaN the format's NaN
+// (sign kept). Else round to nearest, ties to even mantissa: y / quantum of its binade (a power of
+// two, so exact) rounded by rintf (the default mode: to nearest even), where an even integer is an
+// even mantissa; a carry into the next binade gives mantissa 0 there. Subnormals share the
+// smallest normal binade's quantum, so their integer is the code itself.
+KVSIM_HD uint32_t fp8_encode(float y, const Fp8Spec& f) {
+  const uint32_t sign = (f32_bits(y) >> 24) & 0x80u;
+  if (y != y) return sign | (f.ieee ? 0x7eu : 0x7fu);
+  const float a = clamp_like_std(abs_f32(y), 0.0f, f.max);
+  const int min_exp = 1 - f.bias;  // exponent of the smallest normal
+  const uint32_t one = 1u << f.man_bits;
+  const int e32 = static_cast<int>((f32_bits(a) >> 23) & 0xffu) - 127;  // a's binade (float32 subnormals: < min_exp)
+  if (e32 < min_exp) {
+    const float r = ::rintf(::ldexpf(a, f.man_bits - min_exp));  // in [0, 2^man_bits]
+    return sign | static_cast<uint32_t>(r);                      // 2^man_bits is the smallest normal's code
+  }
+  int e = e32;
+  uint32_t r = static_cast<uint32_t>(::rintf(::ldexpf(a, f.man_bits - e)));  // in [2^m, 2^(m+1)]
+  if (r == 2 * one) r = one, ++e;
+  return sign | (static_cast<uint32_t>(e + f.bias) << f.man_bits) | (r - one);
+}
+
+// Item t of n_t: the token's scale max_d |x[t, d]| / max (the format's largest finite value), or
+// 1 where the token is all zeros (any scale decodes it exactly).
+KVSIM_HD void fp8_token_scale_item(const float* x,  // [n_t, D]
+                                   int64_t D, const Fp8Spec& f, int64_t t,
+                                   float* scale)  // [n_t]
+{
+  float m = 0;
+  for (int64_t d = 0; d < D; ++d) m = max_like_std(m, abs_f32(x[t * D + d]));
+  scale[t] = m > 0 ? m / f.max : 1.0f;
+}
+
+// Item p of n_t * D: code = encode(x / s), s = scale[p / D] (per token) or scale[0].
+KVSIM_HD void fp8_codes_item(const float* x,      // [n_t, D]
+                             const float* scale,  // [n_t] or [1]
+                             bool per_token, int64_t D, const Fp8Spec& f, int64_t p,
+                             uint8_t* codes)  // [n_t, D]
+{
+  const float s = scale[per_token ? p / D : 0];
+  codes[p] = static_cast<uint8_t>(fp8_encode(x[p] / s, f));
+}
+
+// Item p of n_t * D: y = decode(code) * s.
+KVSIM_HD void fp8_decode_item(const uint8_t* codes,  // [n_t, D]
+                              const float* scale,    // [n_t] or [1]
+                              bool per_token, int64_t D, const Fp8Spec& f, int64_t p,
+                              float* y)  // [n_t, D]
+{
+  y[p] = fp8_decode(codes[p], f) * scale[per_token ? p / D : 0];
+}
+
+// ---- int8 symmetric, per token or per group of channels ---------------------------------------
+
+// Item b of n_t * D / group: the group's scale max |x| / 127 rounded to fp16 before any code is
+// computed (encoder and decoder agree).
+KVSIM_HD void int8_scale_item(const float* x,  // [n_t, D]
+                              int64_t group, int64_t b,
+                              uint16_t* scale_f16)  // [n_t * D / group]
+{
+  float m = 0;
+  for (int64_t j = 0; j < group; ++j) m = max_like_std(m, abs_f32(x[b * group + j]));
+  scale_f16[b] = f32_to_f16(m / 127.0f);
+}
+
+// Item p of n_t * D: code = clamp(rint(x / s), -127, 127), ties to even as rintf rounds; 0 where
+// the fp16 scale is 0 (an all-zero group, or one so small its scale underflows fp16).
+KVSIM_HD void int8_codes_item(const float* x,             // [n_t, D]
+                              const uint16_t* scale_f16,  // [n_t * D / group]
+                              int64_t group, int64_t p,
+                              int8_t* codes)  // [n_t, D]
+{
+  const float s = f16_to_f32(scale_f16[p / group]);
+  const float c = s > 0 ? clamp_like_std(::rintf(x[p] / s), -127.0f, 127.0f) : 0.0f;
+  codes[p] = static_cast<int8_t>(c == c ? c : 0.0f);
+}
+
+// Item p of n_t * D: y = code * s.
+KVSIM_HD void int8_decode_item(const int8_t* codes,        // [n_t, D]
+                               const uint16_t* scale_f16,  // [n_t * D / group]
+                               int64_t group, int64_t p,
+                               float* y)  // [n_t, D]
+{
+  y[p] = static_cast<float>(codes[p]) * f16_to_f32(scale_f16[p / group]);
+}
+
 }  // namespace kvsim::core

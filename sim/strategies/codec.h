@@ -1,7 +1,7 @@
 // Storage codec of a strategy's slots (design.md §5 "quantization, composable with any eviction or
 // merging strategy"). The engine stores every new token through its strategy's codec, and bytes are
 // counted by it: the identity codec here (fp16 storage, values kept exactly in float32), and
-// quant / kivi / nf4 in sim/strategies/quant_codecs.h.
+// quant / kivi / nf4 in sim/strategies/quant_codecs.h, fp8 / int8 in sim/strategies/codecs_8bit.h.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,15 @@ class CodecState {
   virtual void store(SlotCache& cache, int32_t t, const float* k, const float* v) = 0;
   // Physical bytes of `cache` (payload at the real bit width, scales, residual windows, ...).
   virtual double bytes(const SlotCache& cache) const = 0;
+  // Before token 0 is stored, where the engine holds the layer's prompt (the offline replay,
+  // Instance::prefill_from): k and v of the whole layer, this cache's KV head kv; a codec may read
+  // positions < P only. Codecs whose scales come from the prompt (fp8 scale=dynamic|tensor|head)
+  // set them here and refuse to store without it; the others ignore it.
+  virtual void calibrate(const float* k,  // [Hkv, T, D]
+                         const float* v,  // [Hkv, T, D]
+                         int64_t Hkv, int64_t T, int64_t kv, int64_t P) {
+    (void)k, (void)v, (void)Hkv, (void)T, (void)kv, (void)P;
+  }
   // After a replay: one line per way the codec degenerated on this cache, worded the same for every
   // cache so that the replay can count them ("kivi: no keys were ever quantized ..."); empty: none.
   virtual std::vector<std::string> degeneracies(const SlotCache& cache) const {

@@ -7,6 +7,7 @@
 #include "sim/base/error.h"
 #include "sim/kernels/quant.h"
 #include "sim/kernels/quant_core.h"
+#include "sim/strategies/codecs_8bit.h"
 
 namespace kvsim {
 
@@ -297,9 +298,83 @@ int64_t read_positive(ParamReader& p, const std::string& codec, const std::strin
   return v;
 }
 
+// protect= on any codec (IntactKV-style pivot tokens, methods.md §4.7): the protected positions bypass
+// the codec and stay exact (fp16 in bytes, 4·D per token, which the inner codec already counts for a
+// slot it never quantized), plus 4 bytes for each one's position unless the set is a prefix 0..n-1.
+class ProtectedCodecState final : public CodecState {
+ public:
+  ProtectedCodecState(std::unique_ptr<CodecState> inner, const std::vector<int32_t>& pos, bool prefix, int64_t T)
+      : inner_(std::move(inner)), protect_(static_cast<size_t>(T), 0), prefix_(prefix) {
+    for (int32_t p : pos)
+      if (p < T) protect_[static_cast<size_t>(p)] = 1;
+  }
+  void store(SlotCache& cache, int32_t t, const float* k, const float* v) override {
+    if (protect_[static_cast<size_t>(t)])
+      cache.append_exact(t, k, v);
+    else
+      inner_->store(cache, t, k, v);
+  }
+  double bytes(const SlotCache& cache) const override {
+    double b = inner_->bytes(cache);
+    if (!prefix_)
+      for (int64_t s = 0; s < cache.size(); ++s)
+        if (cache.n_members(s) == 1 && protect_[static_cast<size_t>(cache.pos(s))]) b += 4.0;
+    return b;
+  }
+  void calibrate(const float* k, const float* v, int64_t Hkv, int64_t T, int64_t kv, int64_t P) override {
+    inner_->calibrate(k, v, Hkv, T, kv, P);
+  }
+  std::vector<std::string> degeneracies(const SlotCache& cache) const override { return inner_->degeneracies(cache); }
+
+ private:
+  std::unique_ptr<CodecState> inner_;
+  std::vector<uint8_t> protect_;  // [T] by position
+  bool prefix_;
+};
+
+class ProtectedCodec final : public Codec {
+ public:
+  ProtectedCodec(std::unique_ptr<Codec> inner, std::vector<int32_t> pos, bool prefix)
+      : inner_(std::move(inner)), pos_(std::move(pos)), prefix_(prefix) {}
+  std::string name() const override { return inner_->name(); }
+  std::unique_ptr<CodecState> make_state(int64_t D, int64_t T) const override {
+    return std::make_unique<ProtectedCodecState>(inner_->make_state(D, T), pos_, prefix_, T);
+  }
+
+ private:
+  std::unique_ptr<Codec> inner_;
+  std::vector<int32_t> pos_;
+  bool prefix_;
+};
+
+// `sinks:N` (the first N positions) or a list of positions; UsageError otherwise.
+std::vector<int32_t> parse_protect(const std::string& codec, const std::string& text, bool* prefix) {
+  const std::string bad =
+      codec + ": protect=" + text + " is not sinks:N or a list of positions (protect=sinks:4, protect=0,5,9)";
+  auto to_int = [&](const std::string& s) {
+    if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos) throw UsageError(bad);
+    return static_cast<int32_t>(std::stol(s));
+  };
+  std::vector<int32_t> pos;
+  if (text.rfind("sinks:", 0) == 0) {
+    const int32_t n = to_int(text.substr(6));
+    for (int32_t i = 0; i < n; ++i) pos.push_back(i);
+  } else {
+    size_t a = 0;
+    while (a <= text.size()) {
+      const size_t b = std::min(text.find(',', a), text.size());
+      pos.push_back(to_int(text.substr(a, b - a)));
+      a = b + 1;
+    }
+  }
+  std::sort(pos.begin(), pos.end());
+  pos.erase(std::unique(pos.begin(), pos.end()), pos.end());
+  *prefix = pos.empty() || pos.back() == static_cast<int32_t>(pos.size()) - 1;
+  return pos;
+}
 }  // namespace
 
-std::vector<std::string> codec_names() { return {"quant", "kivi", "nf4"}; }
+std::vector<std::string> codec_names() { return {"quant", "kivi", "nf4", "fp8", "int8"}; }
 
 bool is_codec_name(const std::string& name) {
   auto n = codec_names();
@@ -352,10 +427,19 @@ std::unique_ptr<Codec> make_codec(const StrategySpec& spec, std::map<std::string
     if (dq != 0 && dq != 1) throw UsageError("nf4: dq=" + std::to_string(dq) + " must be 0 or 1");
     q.dq = dq == 1;
     out = std::make_unique<QuantCodec>("nf4", spec.text, q, q, 0);
+  } else if (spec.name == "fp8") {
+    out = make_fp8_codec(p);
+  } else if (spec.name == "int8") {
+    out = make_int8_codec(p);
   } else {
     std::string list;
     for (const auto& n : codec_names()) list += (list.empty() ? "" : ", ") + n;
     throw UsageError("unknown codec '" + spec.name + "' (valid: " + list + ")");
+  }
+  if (p.has("protect")) {
+    bool prefix = true;
+    auto pos = parse_protect(spec.name, p.get_string("protect", ""), &prefix);
+    out = std::make_unique<ProtectedCodec>(std::move(out), std::move(pos), prefix);
   }
   p.finish();
   if (resolved) *resolved = p.resolved();

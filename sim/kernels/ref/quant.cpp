@@ -72,5 +72,39 @@ void dequant_nf4(const Nf4Quantized& q, float* y) {
     core::nf4_decode_item(q.codes.data(), s, q.absmax.data(), aq, q.dq_scale.data(), q.dq_mean, tab, p, y);
 }
 
+Fp8Quantized quant_fp8(const float* x, int64_t n_t, int64_t D, Fp8Format format, const float* scale) {
+  Fp8Quantized q = quant::make_fp8(n_t, D, format, scale);
+  const core::Fp8Spec f = core::fp8_spec(format == Fp8Format::e5m2);
+  if (q.per_token) {
+    for (int64_t t = 0; t < n_t; ++t) core::fp8_token_scale_item(x, D, f, t, q.scale.data());  // kernel fp8_scale
+  }
+  const int64_t n = n_t * D;
+  for (int64_t p = 0; p < n; ++p)  // kernel fp8_codes
+    core::fp8_codes_item(x, q.scale.data(), q.per_token, D, f, p, q.codes.data());
+  return q;
+}
+
+void dequant_fp8(const Fp8Quantized& q, float* y) {
+  const core::Fp8Spec f = core::fp8_spec(q.format == Fp8Format::e5m2);
+  const int64_t n = q.n_t * q.D;
+  for (int64_t p = 0; p < n; ++p)  // kernel fp8_decode
+    core::fp8_decode_item(q.codes.data(), q.scale.data(), q.per_token, q.D, f, p, y);
+}
+
+Int8Quantized quant_int8(const float* x, int64_t n_t, int64_t D, int64_t group) {
+  Int8Quantized q = quant::make_int8(n_t, D, group);
+  const int64_t n_groups = n_t * D / group, n = n_t * D;
+  for (int64_t b = 0; b < n_groups; ++b) core::int8_scale_item(x, group, b, q.scale_f16.data());  // kernel int8_scale
+  for (int64_t p = 0; p < n; ++p)
+    core::int8_codes_item(x, q.scale_f16.data(), group, p, q.codes.data());  // kernel int8_codes
+  return q;
+}
+
+void dequant_int8(const Int8Quantized& q, float* y) {
+  const int64_t n = q.n_t * q.D;
+  for (int64_t p = 0; p < n; ++p)
+    core::int8_decode_item(q.codes.data(), q.scale_f16.data(), q.group, p, y);  // kernel int8_decode
+}
+
 }  // namespace ref
 }  // namespace kvsim
