@@ -91,6 +91,17 @@ void values_block(const float* e, const double* alpha, int64_t Rp, const float* 
     }
 }
 
+// Rows r = g * nq + p of qd ([Rp, D], the rest zero): query head kvh * G + g at position t0 + p,
+// widened to double and scaled.
+void load_queries(const float* q, int64_t kvh, int64_t G, int64_t T, int64_t t0, int64_t nq, int64_t D, double scale,
+                  std::vector<double>& qd) {
+  std::fill(qd.begin(), qd.end(), 0.0);
+  for (int64_t r = 0; r < G * nq; ++r) {
+    const float* qr = q + ((kvh * G + r / nq) * T + t0 + r % nq) * D;
+    for (int64_t x = 0; x < D; ++x) qd[r * D + x] = static_cast<double>(qr[x]) * scale;
+  }
+}
+
 // Key tile rows i0 .. i0 + nk - 1 of one KV head ([T, D]) into kt (logits_block's layout), zero past nk.
 void transpose_keys(const float* kh, int64_t i0, int64_t nk, int64_t D, double* kt) {
   for (int64_t c = 0; c < kKeyTile; ++c) {
@@ -217,11 +228,7 @@ void attn_stats(const float* q, const float* k, const float* v, int64_t H, int64
       const float* kh = k + kvh * T * D;
       const float* vh = v + kvh * T * D;
       // Row r = g * nq + p is query head kvh * G + g at position t0 + p; rows R .. Rp - 1 are padding.
-      std::fill(j.qd.begin(), j.qd.end(), 0.0);
-      for (int64_t r = 0; r < R; ++r) {
-        const float* qr = q + ((kvh * G + r / nq) * T + t0 + r % nq) * D;
-        for (int64_t x = 0; x < D; ++x) j.qd[r * D + x] = static_cast<double>(qr[x]) * scale;
-      }
+      load_queries(q, kvh, G, T, t0, nq, D, scale, j.qd);
       std::fill(j.m.begin(), j.m.end(), -INFINITY);
       std::fill(j.l.begin(), j.l.end(), 0.0);
       std::fill(j.a.begin(), j.a.end(), 0.0);
@@ -279,11 +286,7 @@ void prompt_colsums(const float* q, const float* k, const double* lse, int64_t H
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t t0 = i0 / kQueryTile * kQueryTile; t0 < P; t0 += kQueryTile) {
         const int64_t nq = std::min(kQueryTile, P - t0);
-        std::fill(qd.begin(), qd.end(), 0.0);
-        for (int64_t r = 0; r < G * nq; ++r) {
-          const float* qr = q + ((kvh * G + r / nq) * T + t0 + r % nq) * D;
-          for (int64_t x = 0; x < D; ++x) qd[r * D + x] = static_cast<double>(qr[x]) * scale;
-        }
+        load_queries(q, kvh, G, T, t0, nq, D, scale, qd);
         logits_block(qd.data(), Rp, kt.data(), round_up(nk, kCols), D, z.data());
         for (int64_t g = 0; g < G; ++g)
           for (int64_t p = 0; p < nq; ++p) {
