@@ -78,6 +78,11 @@ void combined_prompt_colsums(const LayerView& lv, const HeadGroup& grp, int64_t 
 // (zero padding, divided by the kernel), or avg_clipped (divided by the neighbours in range).
 enum class SnapPool { max, avg, avg_clipped };
 
+// SnapKV's pooled votes pooled[i], i < P - min(window, P): the window's attention on each prompt
+// token before the window, combined and pooled as snapkv_heavy describes.
+void snapkv_votes(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel, SnapPool pool,
+                  Gqa gqa, std::vector<double>& pooled);
+
 // SnapKV's choice: votes of the last w = min(window, P) prompt queries on each prompt token before
 // the window (their causal attention summed over the window, each row combined over the query heads
 // of `grp` by `gqa`), pooled over `kernel` neighbours (centred), the `keep` best of positions

@@ -58,12 +58,20 @@ class ExpectedAttentionState final : public StrategyState {
   ExpectedAttentionState(int64_t B, const Options& o, const HeadGroup& grp) : B_(B), o_(o), grp_(grp) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override {
-    if (!lv.q_pre)
-      throw UsageError(
-          "expected_attention needs the pre-RoPE queries q_pre (record the trace with kvsim record --pre)");
-    q_pre_ = lv.q_pre, T_ = lv.T, D_ = lv.D, theta_ = lv.rope_theta, style_ = lv.rope_style;
+    bind(lv);
     rescore(caches[0], o_.sinks, P, P);
     evict_lowest(caches[0], B_, P - 1, o_.sinks, 0, [&](int64_t s) { return score_[s]; });
+  }
+  void prompt_scores(const SlotCache& c, const LayerView& lv, int64_t P, PromptScores& out) override {
+    bind(lv);
+    rescore(c, o_.sinks, P, P);
+    out.score.assign(static_cast<size_t>(P), 0.0);
+    out.forced.assign(static_cast<size_t>(P), 0);
+    for (int64_t s = 0; s < c.size(); ++s) {
+      out.score[c.pos(s)] = score_[s];
+      out.forced[c.pos(s)] = c.pos(s) < o_.sinks;
+    }
+    out.keep = B_;
   }
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
@@ -76,6 +84,12 @@ class ExpectedAttentionState final : public StrategyState {
   }
 
  private:
+  void bind(const LayerView& lv) {
+    if (!lv.q_pre)
+      throw UsageError(
+          "expected_attention needs the pre-RoPE queries q_pre (record the trace with kvsim record --pre)");
+    q_pre_ = lv.q_pre, T_ = lv.T, D_ = lv.D, theta_ = lv.rope_theta, style_ = lv.rope_style;
+  }
   // score_[s] for every slot of c: statistics of the queries at [j0, j1), future positions from p0.
   void rescore(const SlotCache& c, int64_t j0, int64_t j1, int64_t p0) {
     const int64_t D = D_, n = c.size();
@@ -166,6 +180,7 @@ class ExpectedAttention final : public Strategy {
     set_identity(p);
   }
   bool needs_q_pre() const override { return true; }
+  bool exposes_prompt_scores() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return std::make_unique<ExpectedAttentionState>(ep_.resolve_budget(ctx.T, ctx.P), o_, ctx.group());
   }

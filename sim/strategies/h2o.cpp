@@ -27,6 +27,18 @@ class H2oState final : public StrategyState {
     }
     evict(caches, P - 1);
   }
+  void prompt_scores(const SlotCache&, const LayerView& lv, int64_t P, PromptScores& out) override {
+    KVSIM_ASSERT(lv.prompt_colsums != nullptr);
+    combined_prompt_colsums(lv, grp_, P, gqa_, tmp_.data());
+    out.score.assign(static_cast<size_t>(P), 0.0);
+    out.forced.assign(static_cast<size_t>(P), 0);
+    for (int64_t i = 0; i < P; ++i) {
+      score_[i] = tmp_[i], seen_[i] = static_cast<int32_t>(P - i);
+      out.score[i] = mean_ ? score_[i] / static_cast<double>(seen_[i]) : score_[i];
+      out.forced[i] = is_protected(static_cast<int32_t>(i), P - 1, sinks_, recent_);
+    }
+    out.keep = B_;
+  }
   void observe(std::span<const SlotCache> caches, std::span<const float* const> attn, int64_t) override {
     const SlotCache& c = caches[0];
     combine_gqa(attn[0], grp_.n, c.size(), gqa_, tmp_.data());
@@ -63,6 +75,7 @@ class H2o final : public Strategy {
   }
   bool needs_prompt_colsums() const override { return true; }
   bool per_query_head() const override { return ep_.gqa == Gqa::none; }
+  bool exposes_prompt_scores() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<H2oState>(B, ep_.sinks, ep_.resolve_recent(B), ep_.gqa, mean_, ctx.T, ctx.group());

@@ -75,6 +75,19 @@ class KeydiffState final : public StrategyState {
     for (int32_t p : kept) keep[slot_of[p]] = 1;
     c.remove_unless(keep);
   }
+  // Under an allocator: one pass over the whole prompt (kvpress's KeyDiffPress.score; the block
+  // schedule above is the standalone prefill).
+  void prompt_scores(const SlotCache& c, const LayerView&, int64_t P, PromptScores& out) override {
+    keydiff_scores(
+        c.size(), c.D(), [&](int64_t s) { return c.key(s); }, score_);
+    out.score.assign(static_cast<size_t>(P), 0.0);
+    out.forced.assign(static_cast<size_t>(P), 0);
+    for (int64_t s = 0; s < c.size(); ++s) {
+      out.score[c.pos(s)] = score_[s];
+      out.forced[c.pos(s)] = is_protected(c.pos(s), P - 1, sinks_, recent_);
+    }
+    out.keep = B_;
+  }
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
     if (c.size() <= B_) return;
@@ -95,6 +108,7 @@ class Keydiff final : public Strategy {
     block_ = p.get_int("block", 128, IntRange{1, kMaxIntParam});
     set_identity(p);
   }
+  bool exposes_prompt_scores() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     const int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<KeydiffState>(B, ep_.sinks, ep_.resolve_recent(B), block_);

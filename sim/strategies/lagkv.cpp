@@ -85,9 +85,23 @@ class LagkvState final : public StrategyState {
   LagkvState(int64_t B, int64_t sinks, int64_t lag) : B_(B), sinks_(sinks), lag_(lag) {}
 
   void prefill(std::span<SlotCache> caches, const LayerView&, int64_t P) override { evict(caches, P - 1); }
+  void prompt_scores(const SlotCache& c, const LayerView&, int64_t P, PromptScores& out) override {
+    rescore(c);
+    out.score.assign(static_cast<size_t>(P), 0.0);
+    out.forced.assign(static_cast<size_t>(P), 0);
+    for (int64_t s = 0; s < c.size(); ++s) out.score[c.pos(s)] = score_[s];
+    out.keep = B_;
+  }
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
     if (c.size() <= B_) return;
+    rescore(c);
+    evict_lowest(c, B_, t, 0, 0, [&](int64_t s) { return score_[s]; });
+  }
+
+ private:
+  // score_[s] for every slot of c: the rule on the held slots in position order.
+  void rescore(const SlotCache& c) {
     const int64_t n = c.size();
     std::vector<int64_t> by_pos(static_cast<size_t>(n));  // slots in position order
     std::iota(by_pos.begin(), by_pos.end(), 0);
@@ -98,10 +112,8 @@ class LagkvState final : public StrategyState {
         [&](int64_t i) { return c.value(by_pos[i]); }, sc);
     score_.assign(static_cast<size_t>(n), 0.0);
     for (int64_t i = 0; i < n; ++i) score_[by_pos[i]] = sc[i];
-    evict_lowest(c, B_, t, 0, 0, [&](int64_t s) { return score_[s]; });
   }
 
- private:
   int64_t B_, sinks_, lag_;
   std::vector<double> score_;  // per slot, this step only
 };
@@ -113,6 +125,7 @@ class Lagkv final : public Strategy {
     lag_ = p.get_int("lag", 128, IntRange{1, kMaxIntParam});
     set_identity(p);
   }
+  bool exposes_prompt_scores() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return std::make_unique<LagkvState>(ep_.resolve_budget(ctx.T, ctx.P), ep_.sinks, lag_);
   }

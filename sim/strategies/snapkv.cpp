@@ -42,17 +42,26 @@ void pool_votes(const std::vector<double>& votes, int64_t kernel, Pool pool, std
 
 }  // namespace
 
-std::vector<int32_t> snapkv_heavy(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel,
-                                  SnapPool pool, Gqa gqa, int64_t keep) {
+void snapkv_votes(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel, SnapPool pool,
+                  Gqa gqa, std::vector<double>& pooled) {
   const int64_t w = std::min(window, P);
   const int64_t n = P - w;  // candidates: prompt tokens before the window
-  if (n <= 0 || keep <= 0) return {};
+  pooled.clear();
+  if (n <= 0) return;
   std::vector<float> rows;
   prompt_attention_rows(lv, grp, P, P - w, P, gqa, rows);
-  std::vector<double> votes(n, 0.0), pooled;
+  std::vector<double> votes(n, 0.0);
   for (int64_t j = 0; j < w; ++j)
     for (int64_t i = 0; i < n; ++i) votes[i] += rows[j * P + i];
   pool_votes(votes, kernel, pool, pooled);
+}
+
+std::vector<int32_t> snapkv_heavy(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel,
+                                  SnapPool pool, Gqa gqa, int64_t keep) {
+  const int64_t n = P - std::min(window, P);
+  if (n <= 0 || keep <= 0) return {};
+  std::vector<double> pooled;
+  snapkv_votes(lv, grp, P, window, kernel, pool, gqa, pooled);
   std::vector<int32_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   keep = std::min(keep, n);
@@ -80,6 +89,16 @@ class SnapkvState final : public StrategyState {
     std::vector<uint8_t> k(c.size(), 1);
     for (int64_t s = 0; s < c.size(); ++s) k[s] = heavy_[c.pos(s)] || c.pos(s) >= P - w;
     c.remove_unless(k);
+  }
+  void prompt_scores(const SlotCache&, const LayerView& lv, int64_t P, PromptScores& out) override {
+    const int64_t w = std::min(w_, P);
+    std::vector<double> pooled;
+    snapkv_votes(lv, grp_, P, w_, kernel_, pool_, gqa_, pooled);
+    out.score.assign(static_cast<size_t>(P), 0.0);
+    out.forced.assign(static_cast<size_t>(P), 0);
+    for (int64_t i = 0; i < P - w; ++i) out.score[i] = pooled[i];
+    for (int64_t i = P - w; i < P; ++i) out.forced[i] = 1;
+    out.keep = B_;
   }
   void evict(std::span<SlotCache> caches, int64_t t) override {
     SlotCache& c = caches[0];
@@ -116,6 +135,7 @@ class Snapkv final : public Strategy {
     set_identity(p);
   }
   bool per_query_head() const override { return ep_.gqa == Gqa::none; }
+  bool exposes_prompt_scores() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     int64_t C = ep_.resolve_budget(ctx.T, ctx.P);
     check(C);

@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "sim/base/error.h"
+#include "sim/strategies/allocator.h"
 #include "sim/strategies/quant_codecs.h"
 #include "sim/strategies/registry.h"
 
@@ -98,18 +99,49 @@ std::vector<std::string> strategy_names() {
   return n;
 }
 
-std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
-  for (const auto& [name, factory] : registry()) {
-    if (name != spec.name) continue;
-    ParamReader p(spec);
-    auto s = factory(p);
-    p.finish();
-    return s;
-  }
-  std::string list, codecs;
+namespace {
+[[noreturn]] void unknown_strategy(const std::string& name) {
+  std::string list, codecs, wrappers;
   for (const auto& n : strategy_names()) list += (list.empty() ? "" : ", ") + n;
   for (const auto& n : codec_names()) codecs += (codecs.empty() ? "" : ", ") + n;
-  throw UsageError("unknown strategy '" + spec.name + "' (valid: " + list + "; codecs: " + codecs + ")");
+  for (const auto& n : allocator_names()) wrappers += (wrappers.empty() ? "" : ", ") + n + ".BASE";
+  throw UsageError("unknown strategy '" + name + "' (valid: " + list + "; wrappers: " + wrappers +
+                   "; codecs: " + codecs + ")");
+}
+Factory find_factory(const std::string& name) {
+  for (const auto& [n, factory] : registry())
+    if (n == name) return factory;
+  return nullptr;
+}
+}  // namespace
+
+std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
+  ParamReader p(spec);
+  std::unique_ptr<Strategy> s;
+  // WRAPPER.BASE: a budget allocator around a scorer, the parameters shared (allocator.h).
+  if (const size_t dot = spec.name.find('.'); dot != std::string::npos) {
+    const std::string wrapper = spec.name.substr(0, dot), base = spec.name.substr(dot + 1);
+    Factory bf = find_factory(base);
+    if (wrapper == "adakv" || wrapper == "chunkkv") {
+      if (base.find('.') != std::string::npos)
+        throw UsageError("strategy '" + spec.text + "': " + wrapper + " wraps a scorer, not another wrapper ('" + base +
+                         "')");
+      if (!bf) unknown_strategy(base);
+      auto b = bf(p);
+      s = wrapper == "adakv" ? make_adakv(p, std::move(b)) : make_chunkkv(p, std::move(b));
+    } else {
+      std::string wrappers;
+      for (const auto& n : allocator_names()) wrappers += (wrappers.empty() ? "" : ", ") + n;
+      throw UsageError("strategy '" + spec.text + "': '" + wrapper + "' is not a wrapper (WRAPPER.BASE with WRAPPER one of " +
+                       wrappers + ")");
+    }
+  } else {
+    Factory f = find_factory(spec.name);
+    if (!f) unknown_strategy(spec.name);
+    s = f(p);
+  }
+  p.finish();
+  return s;
 }
 
 namespace {

@@ -106,6 +106,17 @@ struct Selection {
   void clear() { slots.clear(), bias.clear(), loaded = -1, from = nullptr; }
 };
 
+// A scorer's view of the prompt at the cut, for the budget allocators that wrap it (adakv.BASE,
+// chunkkv.BASE: sim/strategies/allocator.h). Indexed by position i < P: score[i] (higher keeps),
+// forced[i] = 1 for tokens the base keeps whatever their score (SnapKV's window, sinks, recent),
+// and keep = the base's budget B, the slots it would keep of the prompt (forced ones included; the
+// prompt fits when keep >= P).
+struct PromptScores {
+  std::vector<double> score;
+  std::vector<uint8_t> forced;
+  int64_t keep = 0;
+};
+
 class StrategyState {
  public:
   virtual ~StrategyState() = default;
@@ -119,6 +130,11 @@ class StrategyState {
   }
   // Reduce every cache to at most its budget.
   virtual void evict(std::span<SlotCache> caches, int64_t t) = 0;
+  // Scorers (Strategy::exposes_prompt_scores): `cache` holds tokens 0..P-1 exactly; fill `out` with
+  // the scores this state would cut the prompt by, without cutting. Called instead of prefill.
+  virtual void prompt_scores(const SlotCache& cache, const LayerView& lv, int64_t P, PromptScores& out) {
+    (void)cache, (void)lv, (void)P, (void)out;
+  }
   // After a replay under protocol evict or prefill: one line per way cache c degenerated, worded
   // the same for every cache (Instance::degeneracies prefixes the strategy's name). The default:
   // a cache that never dropped a token never reached its budget, so the run is `full` in disguise.
@@ -176,6 +192,9 @@ class Strategy {
   virtual bool needs_pre_rope() const { return false; }
   // Reads LayerView::q_pre (the trace's pre-RoPE queries; recorded with kvsim record --pre).
   virtual bool needs_q_pre() const { return false; }
+  // Its states implement StrategyState::prompt_scores with scores comparable across the KV heads
+  // of a layer, so a budget allocator can wrap it (adakv.snapkv, chunkkv.h2o).
+  virtual bool exposes_prompt_scores() const { return false; }
   // Whether `name+codec` is meaningful (false for a selector whose keys are not the cache's: shadowkv).
   virtual bool takes_codec() const { return true; }
   virtual const Codec& codec() const { return identity_codec(); }
