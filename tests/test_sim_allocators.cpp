@@ -140,8 +140,7 @@ TEST_CASE("allocators around snapkv hold the layer's slots of plain snapkv, and 
   const auto slots = [&](const std::string& spec) {
     int64_t n = 0;
     const auto kept = kvsim::test::kept_sets(*make_strategy(spec), L, 48, Backend::ref);
-    for (const auto& head : kept[0])
-      n += static_cast<int64_t>(head.size());
+    for (const auto& head : kept[0]) n += static_cast<int64_t>(head.size());
     return n;
   };
   CHECK(slots("snapkv:budget=12,window=4") == 48);

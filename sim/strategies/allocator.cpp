@@ -60,14 +60,15 @@ void AllocatorState::evict(std::span<SlotCache> caches, int64_t t) {
 
 Allocator::Allocator(const std::string& wrapper, std::unique_ptr<Strategy> base) : base_(std::move(base)) {
   const std::string& t = base_->spec_text();
-  const std::string why = base_->is_selector()        ? " is a selector (protocol sparse): it keeps no cache to cut"
-                          : base_->layer_coupled()    ? " scores a whole layer at once, not each KV head"
-                          : base_->per_query_head()   ? " with gqa=none keeps one cache per query head, not per KV head"
+  const std::string why = base_->is_selector()      ? " is a selector (protocol sparse): it keeps no cache to cut"
+                          : base_->layer_coupled()  ? " scores a whole layer at once, not each KV head"
+                          : base_->per_query_head() ? " with gqa=none keeps one cache per query head, not per KV head"
                           : !base_->exposes_prompt_scores() ? " exposes no per-token scores comparable across heads"
                                                             : "";
   if (!why.empty())
-    throw UsageError("strategy '" + t + "': " + wrapper + " wraps a scorer, and " + base_->name().substr(wrapper.size() + 1) +
-                     why + " (scorers: snapkv, pyramidkv, h2o, keydiff, lagkv, expected_attention)");
+    throw UsageError("strategy '" + t + "': " + wrapper + " wraps a scorer, and " +
+                     base_->name().substr(wrapper.size() + 1) + why +
+                     " (scorers: snapkv, pyramidkv, h2o, keydiff, lagkv, expected_attention)");
 }
 
 std::unique_ptr<StrategyState> Allocator::make_state(const InstanceContext& ctx) const {

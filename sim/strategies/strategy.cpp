@@ -132,8 +132,8 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
     } else {
       std::string wrappers;
       for (const auto& n : allocator_names()) wrappers += (wrappers.empty() ? "" : ", ") + n;
-      throw UsageError("strategy '" + spec.text + "': '" + wrapper + "' is not a wrapper (WRAPPER.BASE with WRAPPER one of " +
-                       wrappers + ")");
+      throw UsageError("strategy '" + spec.text + "': '" + wrapper +
+                       "' is not a wrapper (WRAPPER.BASE with WRAPPER one of " + wrappers + ")");
     }
   } else {
     Factory f = find_factory(spec.name);
