@@ -12,6 +12,18 @@ PROTOCOLS = ("evict", "prefill", "sparse")
 METRICS = ("ratio", "read_ratio", "out_rel_l2", "kl", "mass", "topk32_recall")
 
 
+def spec_params(spec):
+    """name:k=v,k=v -> {k: v}; a bare item continues the previous value as a list (dense_layers=0,1)."""
+    out, last = {}, None
+    for item in spec.split(":", 1)[1].split(",") if ":" in spec else []:
+        if "=" in item:
+            last, v = item.split("=", 1)
+            out[last] = v
+        elif last is not None:
+            out[last] += "," + item
+    return out
+
+
 def main(argv):
     if len(argv) != 2:
         print("usage: protocol_table.py STORE.db", file=sys.stderr)
@@ -35,8 +47,14 @@ def main(argv):
             specs.append(spec)
     print("| strategy | protocol | ratio held | ratio read | out_rel_l2 | kl | mass | top32 | runs |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for spec in specs:
-        name = spec.split(":")[0]
+    names = [spec.split(":")[0] for spec in specs]
+    params = [spec_params(spec) for spec in specs]
+    for i, spec in enumerate(specs):
+        name = names[i]
+        same = [params[j] for j in range(len(specs)) if names[j] == name]
+        if len(same) > 1:  # configurations of one method: the parameters that tell them apart
+            differ = sorted(k for k in params[i] if any(o.get(k) != params[i][k] for o in same))
+            name += ":" + ",".join(f"{k}={params[i][k]}" for k in differ)
         for p in PROTOCOLS:
             if (spec, p) not in runs:
                 continue
