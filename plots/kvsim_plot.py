@@ -146,8 +146,7 @@ def validate(a):
         except (ValueError, AssertionError):
             raise PlotError(f"--size '{a.size}': expected WxH in inches, e.g. 3.5x2.6") from None
     if a.metric is not None:
-        allowed = METRICS if a.kind == "position" else QUALITY_METRICS
-        check_metric(a.metric, allowed)
+        check_metric(a.metric, metrics_of(a.kind))
     a.metric = a.metric or "out_rel_l2"
     a.stat = a.stat or "mean"
     for r in a.ratio or []:
@@ -171,6 +170,12 @@ def validate(a):
         raise PlotError(f"--gpu-gib {a.gpu_gib:g}: must be positive")
 
 
+def metrics_of(kind):
+    """The metrics a figure can show: memory (bytes, ratio) too along the sequence and per (layer, head), where
+    the heatmap then shows an allocator's per-head budgets (adakv.snapkv); quality metrics elsewhere."""
+    return METRICS if kind in ("position", "heatmap") else QUALITY_METRICS
+
+
 def check_name(name):
     """--name is a file name stem inside --out: no directories, so nothing is written outside --out."""
     if not name or "/" in name or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
@@ -185,7 +190,7 @@ def main(argv):
     a = parse(argv)
     store = open_store(a) if a.db else None
     if store is not None and a.kind != "memory":
-        store.require_metric(a.metric, METRICS if a.kind == "position" else QUALITY_METRICS)
+        store.require_metric(a.metric, metrics_of(a.kind))
     elif store is not None:
         store.require_metric(a.metric)
     if store is not None and a.kind == "position" and not store.has_curves(a.metric):

@@ -79,11 +79,13 @@ void expect_usage_error(const std::string& args, const std::string& needle) {
 }  // namespace
 
 TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
+  // The list is the registry's (strategy_names(), tested in test_sim_strategies.cpp): its ends here.
   expect_usage_error("--strategy nope:budget=3",
-                     "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, scissorhands, snapkv, "
-                     "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger, cms_aggregate, keydiff, lagkv, "
-                     "expected_attention, simlayerkv, oracle_topk, quest, sparq, magicpig, pqcache, rocketkv, "
-                     "shadowkv; codecs: quant, kivi, nf4, fp8, int8)");
+                     "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, ");
+  expect_usage_error("--strategy nope:budget=3",
+                     ", shadowkv; wrappers: adakv.BASE, chunkkv.BASE; codecs: quant, kivi, nf4, fp8, int8)");
+  expect_usage_error("--strategy adakv.nope:budget=3", "unknown strategy 'nope' (valid: full, window");
+  expect_usage_error("--strategy adakv.knorm:budget=3", "adakv wraps a scorer, and knorm exposes no per-token scores");
   expect_usage_error("--strategy h2o:budget=16,bugdet=3", "unknown parameter 'bugdet' for h2o (valid: budget, ratio");
   expect_usage_error("--strategy h2o:budget=8,sinks=4,recent=4", "budget 8 must exceed sinks + recent = 4 + 4");
   expect_usage_error("--strategy streaming:budget=3", "budget 3 must exceed sinks + recent = 4 + 0");

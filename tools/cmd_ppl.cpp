@@ -147,8 +147,7 @@ int run_ppl(const PplArgs& a) {
 
 void add_ppl(CLI::App& app) {
   auto a = std::make_shared<PplArgs>();
-  std::string names;
-  for (const auto& n : strategy_names()) names += (names.empty() ? "" : ", ") + n;
+  const std::string names = strategy_names_help();
   CLI::App* c = app.add_subcommand("ppl", "Perplexity with cache strategies managing the live model's KV cache");
   c->footer(
       "The first P tokens run as one prompt over the exact cache, then each strategy compresses and every\n"

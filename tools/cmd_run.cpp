@@ -102,8 +102,7 @@ int run_run(const RunArgs& a) {
 
 void add_run(CLI::App& app) {
   auto a = std::make_shared<RunArgs>();
-  std::string names;
-  for (const auto& n : strategy_names()) names += (names.empty() ? "" : ", ") + n;
+  const std::string names = strategy_names_help();
   CLI::App* c = app.add_subcommand("run", "Replay a trace through cache strategies and report attention distortion");
   c->add_option("--trace", a->trace, "trace file (.h5)")->required();
   c->add_option("--strategy", a->strategies, "strategy spec name:key=value,... (repeatable); names: " + names)

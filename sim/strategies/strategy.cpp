@@ -101,12 +101,9 @@ std::vector<std::string> strategy_names() {
 
 namespace {
 [[noreturn]] void unknown_strategy(const std::string& name) {
-  std::string list, codecs, wrappers;
-  for (const auto& n : strategy_names()) list += (list.empty() ? "" : ", ") + n;
+  std::string codecs;
   for (const auto& n : codec_names()) codecs += (codecs.empty() ? "" : ", ") + n;
-  for (const auto& n : allocator_names()) wrappers += (wrappers.empty() ? "" : ", ") + n + ".BASE";
-  throw UsageError("unknown strategy '" + name + "' (valid: " + list + "; wrappers: " + wrappers +
-                   "; codecs: " + codecs + ")");
+  throw UsageError("unknown strategy '" + name + "' (valid: " + strategy_names_help() + "; codecs: " + codecs + ")");
 }
 Factory find_factory(const std::string& name) {
   for (const auto& [n, factory] : registry())
@@ -114,6 +111,13 @@ Factory find_factory(const std::string& name) {
   return nullptr;
 }
 }  // namespace
+
+std::string strategy_names_help() {
+  std::string names, wrappers;
+  for (const auto& n : strategy_names()) names += (names.empty() ? "" : ", ") + n;
+  for (const auto& n : allocator_names()) wrappers += (wrappers.empty() ? "" : ", ") + n + ".BASE";
+  return names + "; wrappers: " + wrappers;
+}
 
 std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
   ParamReader p(spec);

@@ -8,8 +8,11 @@ code. Every metric of every (layer, head) must agree to 2e-3; bytes include one 
 when a layer's heads keep different numbers of slots. Run as: /usr/bin/python3 test_allocators_numpy.py
 --kvsim PATH"""
 import argparse
+import csv
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -212,6 +215,24 @@ def main():
         assert not bad, "\n".join(["%s (%s)" % (spec, protocol)] + bad[:20])
         d = sparse_ref.max_diffs(ref, got)
         print("%s (%s) max |numpy - kvsim|: %s" % (spec, protocol, ", ".join("%s %.1e" % kv for kv in d.items())))
+    # The heatmap of the per-(layer, head) memory ratio shows the allocator's budgets: kvsim run --db commits
+    # the runs as a sweep would; the figure's numbers (--csv) are the NumPy replay's per-head ratios.
+    spec, protocol, make = CASES[0]
+    ref = sparse_ref.replay(TRACE, make, stride=stride)
+    with tempfile.TemporaryDirectory() as d:
+        db = os.path.join(d, "a.db")
+        subprocess.run([a.kvsim, "run", "--trace", TRACE, "--strategy", spec, "--protocol", protocol, "--stride",
+                        str(stride), "--db", db, "--quiet", "--stats-cache", "off"], check=True, capture_output=True)
+        subprocess.run([a.kvsim, "plot", "heatmap", "--db", db, "--out", d, "--metric", "ratio", "--config", "adakv", "--csv", "--quiet",
+                        "--format", "png"], check=True, capture_output=True)
+        with open(os.path.join(d, "heatmap.csv")) as f:
+            cells = {(int(r["layer"]), int(r["head"])): float(r["ratio"]) for r in csv.DictReader(f)}
+        assert os.path.getsize(os.path.join(d, "heatmap.png")) > 0
+    assert set(cells) == set(ref), (len(cells), len(ref))
+    worst = max(abs(cells[k] - ref[k]["ratio"]) for k in ref)
+    assert worst < 1e-6, worst
+    print("heatmap --metric ratio: %d cells, max |csv - numpy| %.1e, per-head ratios %.3f..%.3f" % (
+        len(cells), worst, min(cells.values()), max(cells.values())))
     # The allocation really is uneven on this trace (else the test would not tell adakv from snapkv).
     for lv in sparse_ref.layer_views(TRACE):
         if lv.kv == 0:
