@@ -44,7 +44,7 @@ double vo_norm_ref(const model::Model& m, const std::vector<float>& v /* [Hkv, T
   return n;
 }
 
-bool one_line(const std::string& s) { return !s.empty() && s.find('\n') == std::string::npos; }
+bool is_one_line(const std::string& s) { return !s.empty() && s.find('\n') == std::string::npos; }
 
 // A small f32 trace: L = 2, H = 4, Hkv = 2, D = 4, T = 9; vo_norm written from `vo` ([H, T] per
 // layer) when non-empty.
@@ -168,7 +168,7 @@ TEST_CASE("vo_norm: kvsim record --record vo_norm on stories260K equals ||W_o,h 
           worst = std::max(worst, std::fabs(got - ref) / ref);
         }
     }
-    MESSAGE(dtype << ": max relative difference " << worst);
+    MESSAGE(std::string(dtype) << ": max relative difference " << worst);
     CHECK(worst <= rtol);
     // kvsim info lists it with the sequence's tensors
     const auto info = test::run_cmd(test::kvsim_bin() + " info " + out);
@@ -212,7 +212,7 @@ TEST_CASE("vo_norm: the reader refuses NaN, negative and infinite values, a wron
       FAIL("no error");
     } catch (const NumericError& e) {
       const std::string msg = e.what();
-      CHECK(one_line(msg));
+      CHECK(is_one_line(msg));
       CHECK(msg.find(path + ": /sequences/0000/layers/1/vo_norm: " + b.text + " at [head 3, token 6]: vo_norm holds") !=
             std::string::npos);
     }
@@ -231,7 +231,7 @@ TEST_CASE("vo_norm: the reader refuses NaN, negative and infinite values, a wron
       FAIL("opened");
     } catch (const FormatError& e) {
       const std::string msg = e.what();
-      CHECK(one_line(msg));
+      CHECK(is_one_line(msg));
       CHECK_MESSAGE(msg.find(text) != std::string::npos, msg);
     }
   };
@@ -283,7 +283,7 @@ TEST_CASE("vo_norm: a replay hands it to a strategy that needs it, and refuses a
       FAIL("no error");
     } catch (const UsageError& e) {
       const std::string msg = e.what();
-      CHECK(one_line(msg));
+      CHECK(is_one_line(msg));
       CHECK(msg == path +
                        ": sequence 0000: vo_probe needs vo_norm, which the trace lacks (record it with kvsim record "
                        "--record vo_norm)");
@@ -296,7 +296,7 @@ TEST_CASE("vo_norm: a replay hands it to a strategy that needs it, and refuses a
     model::check_strategy_fits(s, c, 32, 8, Protocol::evict);
     FAIL("no error");
   } catch (const UsageError& e) {
-    CHECK(one_line(e.what()));
+    CHECK(is_one_line(e.what()));
     CHECK(std::string(e.what()).find("needs vo_norm") != std::string::npos);
   }
 }

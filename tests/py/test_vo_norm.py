@@ -5,8 +5,9 @@ Independent check (float64): every layer's vo_norm [H, T] equals sum_r |(W_o[:, 
 L1 norm of token i's value (of KV head h // G) carried through query head h's block of o_proj, with W_o
 read here from the llama2.c checkpoint by its documented layout (../shared/models/README.md: a header of
 7 int32, then fp32 token embedding, rms_att, wq, wk, wv, wo, ...), not by kvsim's loader; v is the
-trace's own. For all layers, heads and tokens the relative difference stays below 1e-4 (float32 trace),
-and the float16 trace's below 2^-11 + v's own rounding (1e-2 declared). Skipped (exit 77) when
+trace's own. For all layers, heads and tokens the relative difference stays below 1e-4 (float32 trace).
+A float16 trace's norm was computed from v before v was rounded, then rounded itself: 2^-11 twice, plus
+what cancellation in W_o v makes of v's rounding (5e-3 declared; about 8e-4 seen). Skipped (exit 77) when
 ../shared/models is missing. Run:
     /usr/bin/python3 tests/py/test_vo_norm.py --kvsim build/kvsim
 """
@@ -59,7 +60,7 @@ def main():
     wo, H, Hkv = load_wo(MODEL)
     tmp = tempfile.mkdtemp(prefix="kvsim_vo_norm_")
     try:
-        for dtype, tol in (("float32", 1e-4), ("float16", 1e-2)):
+        for dtype, tol in (("float32", 1e-4), ("float16", 5e-3)):
             out = os.path.join(tmp, dtype + ".h5")
             r = subprocess.run([kvsim, "record", "--model", MODEL, "--prompt", "Lily saw a big dog", "--generate", "60",
                                 "--block", "32", "--record", "vo_norm", "--dtype", dtype, "--quiet", "--out", out],
