@@ -403,7 +403,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   res.protocol = opt.protocol;
   for (const Strategy* s : strategies)
     check_fits(*s, ModelShape{res.L, res.H, res.Hkv, res.D}, res.T, res.P, opt.protocol);
-  bool need_colsums = false, need_pre = false, need_q_pre = false;
+  bool need_colsums = false, need_pre = false, need_q_pre = false, need_vo_norm = false;
   for (const Strategy* s : strategies) {
     need_colsums = need_colsums || s->needs_prompt_colsums();
     if (s->needs_pre_rope() && !src.has_k_pre)
@@ -414,13 +414,17 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
       throw UsageError(src.name + ": sequence " + src.sequence + ": " + s->name() +
                        " needs q_pre (record with kvsim record --pre)");
     need_q_pre = need_q_pre || s->needs_q_pre();
+    if (s->needs_vo_norm() && !src.read_vo_norm)
+      throw UsageError(src.name + ": sequence " + src.sequence + ": " + s->name() +
+                       " needs vo_norm, which the trace lacks (record it with kvsim record --record vo_norm)");
+    need_vo_norm = need_vo_norm || s->needs_vo_norm();
     ConfigResult c;
     c.strategy = s->name(), c.spec = s->spec_text(), c.params = s->params();
     c.heads.resize(res.L * res.H);
     res.configs.push_back(std::move(c));
   }
-  if (const int64_t need =
-          replay_layer_bytes(res.H, res.Hkv, res.T, res.D, need_pre) + (need_q_pre ? 4 * res.H * res.T * res.D : 0);
+  if (const int64_t need = replay_layer_bytes(res.H, res.Hkv, res.T, res.D, need_pre) +
+                           (need_q_pre ? 4 * res.H * res.T * res.D : 0) + (need_vo_norm ? 4 * res.H * res.T : 0);
       need > opt.max_memory)
     throw UsageError(src.name + ": sequence " + src.sequence + ": replaying one layer holds " + std::to_string(need) +
                      " bytes (q, k, v and the reference statistics for H = " + std::to_string(res.H) +
@@ -442,6 +446,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
     lv.q = in.q, lv.k = in.k, lv.v = in.v;
     if (need_pre) lv.k_pre = in.k_pre;
     if (need_q_pre) lv.q_pre = src.read_q_pre(l);
+    if (need_vo_norm) lv.vo_norm = src.read_vo_norm(l);
     lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
     k_norm.assign(lv.Hkv * lv.T, 0.0f);
     for (int64_t i = 0; i < lv.Hkv * lv.T; ++i) {
@@ -491,6 +496,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   src.has_k_pre = reader.has(opt.seq, traces::Kind::k_pre);
   src.stats_path = reader.path(), src.stats_seq = opt.seq;
   xt::xtensor<float, 3> q, k, v, k_pre, q_pre;  // the layer in memory
+  xt::xtensor<float, 2> vo_norm;
   src.read = [&](int64_t l, bool want_pre) {
     q = reader.read_layer(opt.seq, l, traces::Kind::q);
     k = reader.read_layer(opt.seq, l, traces::Kind::k);
@@ -502,6 +508,11 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
     src.read_q_pre = [&](int64_t l) {
       q_pre = reader.read_layer(opt.seq, l, traces::Kind::q_pre);
       return static_cast<const float*>(q_pre.data());
+    };
+  if (reader.has(opt.seq, traces::Kind::vo_norm))
+    src.read_vo_norm = [&](int64_t l) {
+      vo_norm = reader.read_vo_norm(opt.seq, l);
+      return static_cast<const float*>(vo_norm.data());
     };
   return replay_source(src, strategies, opt);
 }

@@ -140,6 +140,9 @@ struct LayerSource {
   // The layer's pre-RoPE queries [H, T, D] (valid until the next call), or empty when the source
   // has none: a strategy that needs_q_pre() is then refused.
   std::function<const float*(int64_t layer)> read_q_pre;
+  // The layer's vo_norm [H, T] (valid until the next call), or empty when the source has none: a
+  // strategy that needs_vo_norm() is then refused.
+  std::function<const float*(int64_t layer)> read_vo_norm;
 };
 
 // Whole sequence of a layer source, one layer in memory at a time.

@@ -89,7 +89,7 @@ TEST_CASE("cuda: the GPU runner refuses strategy caches and host cache access, a
   CHECK_NOTHROW(gpu.forward(ids.data(), 7));  // the runner is usable again
 }
 
-TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre, k_pre, o per layer)") {
+TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre, k_pre, o, vo_norm per layer)") {
   KVSIM_REQUIRE_CUDA_DEVICE();
   KVSIM_REQUIRE_MODELS();
   const model::Model m = model::load_model(kvsim_test::stories_bin());
@@ -99,6 +99,7 @@ TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre
   p.source = "test";
   model::RecordOptions opt;
   opt.generate = 150, opt.pre = true, opt.output = true, opt.block = 64;  // several blocks, last one short
+  opt.vo_norm = true;  // computed on the host from the v each backend recorded
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("kvsim_test_cuda_record_" + std::to_string(::getpid()));
   fs::create_directories(dir);
@@ -120,7 +121,7 @@ TEST_CASE("cuda: a GPU record of stories260K equals a CPU record (q, k, v, q_pre
   REQUIRE(gpu.sequence(0).n_tokens == static_cast<int64_t>(p.ids.size()) + 150);
   for (int64_t l = 0; l < m.config.n_layers; ++l)
     for (traces::Kind kind : {traces::Kind::q, traces::Kind::k, traces::Kind::v, traces::Kind::q_pre,
-                              traces::Kind::k_pre, traces::Kind::o}) {
+                              traces::Kind::k_pre, traces::Kind::o, traces::Kind::vo_norm}) {
       CAPTURE(l);
       const auto a = gpu.read_layer(0, l, kind), b = cpu.read_layer(0, l, kind);
       REQUIRE(a.size() == b.size());

@@ -83,10 +83,12 @@ int run_info(const InfoArgs& a) {
   if (!bad.empty()) {
     const auto& b = bad.front();
     std::string more = bad.size() > 1 ? " (and " + std::to_string(bad.size() - 1) + " more datasets)" : "";
+    const bool vo = b.dataset.size() >= 8 && b.dataset.compare(b.dataset.size() - 8, 8, "/vo_norm") == 0;
     throw NumericError(a.trace + ": " + b.dataset + ": " + std::to_string(b.count) +
-                       " non-finite or out-of-range values (a trace holds finite |x| <= 65504), first " +
-                       value_text(b.value) + " at [head " + std::to_string(b.head) + ", token " +
-                       std::to_string(b.token) + ", dim " + std::to_string(b.dim) + "]" + more);
+                       (vo ? " negative, non-finite or out-of-range values (vo_norm holds L1 norms, 0 <= x <= 65504)"
+                           : " non-finite or out-of-range values (a trace holds finite |x| <= 65504)") +
+                       ", first " + value_text(b.value) + " at [head " + std::to_string(b.head) + ", token " +
+                       std::to_string(b.token) + (vo ? std::string() : ", dim " + std::to_string(b.dim)) + "]" + more);
   }
   return 0;
 }

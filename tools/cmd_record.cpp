@@ -1,5 +1,6 @@
 // kvsim record --model M (--prompt TEXT | --prompts FILE.jsonl) [--generate N] --out F: runs the
-// native model and streams its per-layer q, k, v (optionally q_pre, k_pre, o) into a trace.
+// native model and streams its per-layer q, k, v (optionally q_pre, k_pre, o, and with --record
+// vo_norm the per-(head, token) ||W_o,h v_i||_1) into a trace.
 //
 // --prompts FILE.jsonl: one JSON object per line, {"prompt": TEXT} or {"ids": [1, 410, ...]}, with
 // optional "name" (sequence name), "source" (provenance), "generate" (overrides --generate) and
@@ -57,6 +58,7 @@ class Progress {
 
 struct RecordArgs {
   std::string model, tokenizer, prompt, prompts, out, backend = "cpu", dtype = "float32";
+  std::vector<std::string> record;  // --record items
   bool ids = false, compress = false, force = false, quiet = false;
   bool has_prompt = false, has_prompts = false;
   int64_t context_len = -1;
@@ -121,7 +123,19 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
   return out;
 }
 
-void run_record(const RecordArgs& a) {
+// --record LIST: extra per-layer datasets derived from the model's weights (traces/FORMAT.md).
+void parse_record_items(const std::vector<std::string>& items, model::RecordOptions& opt) {
+  for (const std::string& it : items) {
+    if (it == "vo_norm")
+      opt.vo_norm = true;
+    else
+      throw UsageError("--record: unknown item '" + it + "' (choose: vo_norm)");
+  }
+}
+
+void run_record(const RecordArgs& a_in) {
+  RecordArgs a = a_in;
+  parse_record_items(a.record, a.opt);
   if (a.has_prompt == a.has_prompts) throw UsageError("give one of --prompt TEXT or --prompts FILE.jsonl");
   const Backend backend = model::parse_runner_backend(a.backend);
   const traces::DType dtype = traces::parse_dtype(a.dtype);
@@ -205,6 +219,10 @@ void add_record(CLI::App& app) {
   c->add_flag("--compress", a->compress, "gzip + shuffle compression");
   c->add_flag("--pre", a->opt.pre, "also record q_pre and k_pre (before RoPE)");
   c->add_flag("--with-o", a->opt.output, "also record o, the model's attention output (for self-checks)");
+  c->add_option("--record", a->record,
+                "also record these derived datasets (comma-separated): vo_norm = ||W_o,h v_i||_1 per query head and "
+                "token [H, T], for criticalkv and defensivekv")
+      ->delimiter(',');
   c->add_option("--temperature", a->opt.sampling.temperature, "0: greedy")->capture_default_str();
   c->add_option("--top-p", a->opt.sampling.top_p, "nucleus sampling mass")->capture_default_str();
   c->add_option("--seed", a->opt.sampling.seed, "sampling seed")->capture_default_str();

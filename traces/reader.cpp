@@ -25,7 +25,7 @@ struct TraceReader::Impl {
 
 namespace {
 
-const Kind kAllKinds[] = {Kind::q, Kind::k, Kind::v, Kind::q_pre, Kind::k_pre, Kind::o};
+const Kind kAllKinds[] = {Kind::q, Kind::k, Kind::v, Kind::q_pre, Kind::k_pre, Kind::o, Kind::vo_norm};
 
 std::vector<std::string> child_names(hid_t group) {
   std::vector<std::string> names;
@@ -53,6 +53,8 @@ const float* f16_table() {
 }
 
 bool in_range(float x) { return std::fabs(x) <= kMaxAbsValue; }  // false for NaN
+// vo_norm is an L1 norm: also never negative.
+bool in_range(Kind kind, float x) { return kind == Kind::vo_norm ? x >= 0 && x <= kMaxAbsValue : in_range(x); }
 
 // f16 -> f32 of n words: the CPU's conversion instruction where the build has it (-march with F16C:
 // exact, as the table, for every finite, subnormal and infinite value; NaNs stay NaNs, refused
@@ -72,6 +74,12 @@ void widen_f16(const uint16_t* in, float* out, size_t n) {
 size_t count_out_of_range(const float* x, size_t n) {
   size_t bad = 0;
   for (size_t i = 0; i < n; ++i) bad += !(std::fabs(x[i]) <= kMaxAbsValue);
+  return bad;
+}
+size_t count_out_of_range(Kind kind, const float* x, size_t n) {
+  if (kind != Kind::vo_norm) return count_out_of_range(x, n);
+  size_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += !(x[i] >= 0 && x[i] <= kMaxAbsValue);
   return bad;
 }
 
@@ -225,13 +233,13 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
         if (!d.valid()) throw FormatError(path + ": " + dp + ": not a dataset");
         auto dims = h5::dataset_dims(d);
         const int64_t heads = h.heads_of(kind);
-        const std::vector<hsize_t> want = {static_cast<hsize_t>(heads), static_cast<hsize_t>(T),
-                                           static_cast<hsize_t>(D)};
+        std::vector<hsize_t> want = {static_cast<hsize_t>(heads), static_cast<hsize_t>(T), static_cast<hsize_t>(D)};
+        if (kind_rank(kind) == 2) want.pop_back();  // vo_norm [H, T]
         if (dims != want)
           throw ShapeMismatch(path + ": " + dp + ": shape " + shape_str(dims) + " but expected " + shape_str(want) +
                               " from " + (kind_is_query_shaped(kind) ? "n_heads" : "n_kv_heads") + " = " +
                               std::to_string(heads) + ", n_tokens = " + std::to_string(T) +
-                              ", head_dim = " + std::to_string(D));
+                              (kind_rank(kind) == 3 ? ", head_dim = " + std::to_string(D) : std::string()));
         h5::Handle t(H5Dget_type(d));
         H5T_class_t c = H5Tget_class(t);
         if (c != H5T_FLOAT)
@@ -321,12 +329,15 @@ void TraceReader::read_raw(int64_t seq, int64_t layer, Kind kind, int64_t head0,
                            int64_t n_tok, float* out) const {
   const SequenceInfo& s = sequence(seq);
   const int64_t heads = header_.heads_of(kind), T = s.n_tokens, D = header_.head_dim;
+  const int64_t W = kind_width(kind, D);
+  const int rank = kind_rank(kind);
   if (!has(seq, kind)) throw UsageError(path_ + ": sequence " + s.name + " has no '" + kind_name(kind) + "' tensors");
   if (layer < 0 || layer >= header_.n_layers || head0 < 0 || n_heads < 1 || head0 + n_heads > heads || t0 < 0 ||
       n_tok < 1 || t0 + n_tok > T)
     throw UsageError(path_ + ": read of layer " + std::to_string(layer) + ", heads [" + std::to_string(head0) + ", " +
                      std::to_string(head0 + n_heads) + "), tokens [" + std::to_string(t0) + ", " +
-                     std::to_string(t0 + n_tok) + ") is outside " + shape_str(std::vector<int64_t>{heads, T, D}));
+                     std::to_string(t0 + n_tok) + ") is outside " +
+                     shape_str(rank == 2 ? std::vector<int64_t>{heads, T} : std::vector<int64_t>{heads, T, D}));
   const std::string dp = dataset_path(s.name, layer, kind);
   h5::Handle d(H5Dopen2(impl_->file, dp.c_str(), H5P_DEFAULT));
   if (!d.valid()) throw FormatError(path_ + ": " + dp + ": cannot open");
@@ -334,9 +345,9 @@ void TraceReader::read_raw(int64_t seq, int64_t layer, Kind kind, int64_t head0,
   hsize_t count[3] = {static_cast<hsize_t>(n_heads), static_cast<hsize_t>(n_tok), static_cast<hsize_t>(D)};
   h5::Handle fspace(H5Dget_space(d));
   H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr);
-  h5::Handle mspace(H5Screate_simple(3, count, nullptr));
+  h5::Handle mspace(H5Screate_simple(rank, count, nullptr));
   h5::Handle ft(H5Dget_type(d));
-  const size_t n = static_cast<size_t>(n_heads * n_tok * D);
+  const size_t n = static_cast<size_t>(n_heads * n_tok * W);
   herr_t rc;
   switch (h5::float_layout(ft)) {
     case h5::FloatLayout::f16:
@@ -363,27 +374,38 @@ void TraceReader::read_raw(int64_t seq, int64_t layer, Kind kind, int64_t head0,
 void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0,
                              int64_t n_tok, float* out) const {
   read_raw(seq, layer, kind, head0, n_heads, t0, n_tok, out);
-  const int64_t D = header_.head_dim, n = n_heads * n_tok * D;
-  if (count_out_of_range(out, static_cast<size_t>(n)) == 0) return;
+  const int64_t D = kind_width(kind, header_.head_dim), n = n_heads * n_tok * D;
+  if (count_out_of_range(kind, out, static_cast<size_t>(n)) == 0) return;
   for (int64_t i = 0; i < n; ++i) {
-    if (in_range(out[i])) continue;
+    if (in_range(kind, out[i])) continue;
     const int64_t head = head0 + i / (n_tok * D), token = t0 + (i / D) % n_tok, dim = i % D;
-    throw NumericError(path_ + ": " + dataset_path(sequence(seq).name, layer, kind) + ": value " + value_str(out[i]) +
-                       " at [head " + std::to_string(head) + ", token " + std::to_string(token) + ", dim " +
-                       std::to_string(dim) + "]: a trace holds finite values with |x| <= " + value_str(kMaxAbsValue) +
-                       " (traces/FORMAT.md)");
+    const std::string where = path_ + ": " + dataset_path(sequence(seq).name, layer, kind) + ": value " +
+                              value_str(out[i]) + " at [head " + std::to_string(head) + ", token " +
+                              std::to_string(token);
+    if (kind == Kind::vo_norm)
+      throw NumericError(where + "]: vo_norm holds L1 norms, finite with 0 <= x <= " + value_str(kMaxAbsValue) +
+                         " (traces/FORMAT.md)");
+    throw NumericError(where + ", dim " + std::to_string(dim) +
+                       "]: a trace holds finite values with |x| <= " + value_str(kMaxAbsValue) + " (traces/FORMAT.md)");
   }
 }
 
 xt::xtensor<float, 2> TraceReader::read_head(int64_t seq, int64_t layer, Kind kind, int64_t head) const {
-  const int64_t T = sequence(seq).n_tokens, D = header_.head_dim;
+  const int64_t T = sequence(seq).n_tokens, D = kind_width(kind, header_.head_dim);
   xt::xtensor<float, 2> out({static_cast<size_t>(T), static_cast<size_t>(D)});
   read_block(seq, layer, kind, head, 1, 0, T, out.data());
   return out;
 }
 
+xt::xtensor<float, 2> TraceReader::read_vo_norm(int64_t seq, int64_t layer) const {
+  const int64_t T = sequence(seq).n_tokens, H = header_.n_heads;
+  xt::xtensor<float, 2> out({static_cast<size_t>(H), static_cast<size_t>(T)});
+  read_block(seq, layer, Kind::vo_norm, 0, H, 0, T, out.data());
+  return out;
+}
+
 xt::xtensor<float, 3> TraceReader::read_layer(int64_t seq, int64_t layer, Kind kind) const {
-  const int64_t T = sequence(seq).n_tokens, D = header_.head_dim, heads = header_.heads_of(kind);
+  const int64_t T = sequence(seq).n_tokens, D = kind_width(kind, header_.head_dim), heads = header_.heads_of(kind);
   xt::xtensor<float, 3> out({static_cast<size_t>(heads), static_cast<size_t>(T), static_cast<size_t>(D)});
   read_block(seq, layer, kind, 0, heads, 0, T, out.data());
   return out;
@@ -397,9 +419,10 @@ std::vector<NonFinite> TraceReader::check_finite() const {
   std::vector<float> buf;
   for (int64_t s = 0; s < static_cast<int64_t>(sequences_.size()); ++s) {
     const SequenceInfo& si = sequences_[static_cast<size_t>(s)];
-    const int64_t T = si.n_tokens, D = header_.head_dim;
+    const int64_t T = si.n_tokens;
     for (int64_t l = 0; l < header_.n_layers; ++l) {
       for (Kind kind : si.kinds) {
+        const int64_t D = kind_width(kind, header_.head_dim);
         const std::string dp = dataset_path(si.name, l, kind);
         // Whole chunks, as many as fit in 4 MiB (fewer reads of small chunks), at least one.
         const int64_t chunk = block_tokens(dp);
@@ -410,9 +433,9 @@ std::vector<NonFinite> TraceReader::check_finite() const {
           for (int64_t t0 = 0; t0 < T; t0 += step) {
             const int64_t n_tok = std::min(step, T - t0);
             read_raw(s, l, kind, h, 1, t0, n_tok, buf.data());
-            if (count_out_of_range(buf.data(), static_cast<size_t>(n_tok * D)) == 0) continue;
+            if (count_out_of_range(kind, buf.data(), static_cast<size_t>(n_tok * D)) == 0) continue;
             for (int64_t i = 0; i < n_tok * D; ++i) {
-              if (in_range(buf[static_cast<size_t>(i)])) continue;
+              if (in_range(kind, buf[static_cast<size_t>(i)])) continue;
               if (nf.count++ == 0) {
                 nf.dataset = dp;
                 nf.head = h;
@@ -434,7 +457,7 @@ int64_t TraceReader::block_tokens(const std::string& dp) const {
   h5::Handle d(H5Dopen2(impl_->file, dp.c_str(), H5P_DEFAULT));
   h5::Handle dcpl(H5Dget_create_plist(d));
   hsize_t chunk[3] = {0, 0, 0};
-  if (dcpl.valid() && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 3, chunk) == 3 && chunk[1] > 0)
+  if (dcpl.valid() && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 3, chunk) >= 2 && chunk[1] > 0)
     return static_cast<int64_t>(chunk[1]);
   return kChunkTokens;
 }

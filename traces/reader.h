@@ -39,13 +39,15 @@ class TraceReader {
 
   std::vector<int32_t> tokens(int64_t seq) const;
   std::string text(int64_t seq) const;  // "" when absent
-  // [T, D] for one head.
+  // [T, D] for one head ([T, 1] for vo_norm).
   xt::xtensor<float, 2> read_head(int64_t seq, int64_t layer, Kind kind, int64_t head) const;
-  // [heads, T, D] for one layer.
+  // [heads, T, D] for one layer ([H, T, 1] for vo_norm).
   xt::xtensor<float, 3> read_layer(int64_t seq, int64_t layer, Kind kind) const;
+  // The layer's vo_norm [H, T] (present when has(seq, Kind::vo_norm)): finite, 0 <= x <= kMaxAbsValue.
+  xt::xtensor<float, 2> read_vo_norm(int64_t seq, int64_t layer) const;
   // Reads into a caller buffer: heads [head0, head0+n_heads) x tokens [t0, t0+n_tok) x D. Every read
   // refuses (NumericError naming the dataset, head, token and dim) a value that is NaN, inf or beyond
-  // |x| <= kMaxAbsValue (traces/FORMAT.md "Values").
+  // |x| <= kMaxAbsValue (traces/FORMAT.md "Values"), and for vo_norm ([n_heads, n_tok]) a negative one.
   void read_block(int64_t seq, int64_t layer, Kind kind, int64_t head0, int64_t n_heads, int64_t t0, int64_t n_tok,
                   float* out) const;
 

@@ -33,6 +33,7 @@ const char* kind_name(Kind k) {
     case Kind::q_pre: return "q_pre";
     case Kind::k_pre: return "k_pre";
     case Kind::o: return "o";
+    case Kind::vo_norm: return "vo_norm";
   }
   return "?";
 }

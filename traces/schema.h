@@ -30,10 +30,16 @@ const char* dtype_name(DType d);
 DType parse_dtype(const std::string& s);  // throws UsageError listing the choices
 int dtype_bytes(DType d);
 
-// Tensor kinds stored per layer.
-enum class Kind { q, k, v, q_pre, k_pre, o };
+// Tensor kinds stored per layer. Every kind is [heads, T, D] except vo_norm, [H, T]: one
+// non-negative number per (query head, token), ||W_o,h v_i||_1 (traces/FORMAT.md).
+enum class Kind { q, k, v, q_pre, k_pre, o, vo_norm };
 const char* kind_name(Kind k);
-inline bool kind_is_query_shaped(Kind k) { return k == Kind::q || k == Kind::q_pre || k == Kind::o; }
+inline bool kind_is_query_shaped(Kind k) {
+  return k == Kind::q || k == Kind::q_pre || k == Kind::o || k == Kind::vo_norm;
+}
+// Values per (head, token): D, or 1 for vo_norm (whose dataset has rank 2).
+inline int64_t kind_width(Kind k, int64_t D) { return k == Kind::vo_norm ? 1 : D; }
+inline int kind_rank(Kind k) { return k == Kind::vo_norm ? 2 : 3; }
 
 struct TraceHeader {
   std::string model = "unknown";

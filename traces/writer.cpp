@@ -252,12 +252,13 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
     const std::string lname = std::to_string(l);
     h5::Handle lg(H5Gcreate2(layers, lname.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     for (Kind kind : spec.kinds) {
-      const int64_t heads = header_.heads_of(kind);
+      const int64_t heads = header_.heads_of(kind), W = kind_width(kind, D);
+      const int rank = kind_rank(kind);  // 2 for vo_norm [H, T]: the trailing D is dropped
       hsize_t dims[3] = {static_cast<hsize_t>(heads), static_cast<hsize_t>(T), static_cast<hsize_t>(D)};
       hsize_t chunk[3] = {1, chunk_t, static_cast<hsize_t>(D)};
-      h5::Handle space(H5Screate_simple(3, dims, nullptr));
+      h5::Handle space(H5Screate_simple(rank, dims, nullptr));
       h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
-      H5Pset_chunk(dcpl, 3, chunk);
+      H5Pset_chunk(dcpl, rank, chunk);
       if (options_.compress) {
         H5Pset_shuffle(dcpl);
         H5Pset_deflate(dcpl, static_cast<unsigned>(options_.gzip_level));
@@ -265,13 +266,13 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
       // Cache one row of chunks (every head at one token block) so token-by-token writers do
       // not thrash: chunks are flushed whole.
       h5::Handle dapl(H5Pcreate(H5P_DATASET_ACCESS));
-      size_t chunk_bytes = chunk_t * static_cast<size_t>(D) * static_cast<size_t>(dtype_bytes(header_.stored_dtype));
+      size_t chunk_bytes = chunk_t * static_cast<size_t>(W) * static_cast<size_t>(dtype_bytes(header_.stored_dtype));
       H5Pset_chunk_cache(dapl, 12421, std::max<size_t>(chunk_bytes * static_cast<size_t>(heads) * 2, 1 << 20), 1.0);
       h5::Handle d(H5Dcreate2(lg, kind_name(kind), impl_->file_type, space, H5P_DEFAULT, dcpl, dapl));
       if (!d.valid()) throw IoError(path_ + ": cannot create " + gpath + "/layers/" + lname + "/" + kind_name(kind));
       Impl::Open o;
       o.dset = std::move(d);
-      o.total = heads * T * D;
+      o.total = heads * T * W;
       impl_->open[{static_cast<int>(kind), l}] = std::move(o);
     }
   }
@@ -285,16 +286,19 @@ void TraceWriter::write(Kind kind, int64_t layer, int64_t head0, int64_t n_heads
     throw InternalError(std::string("write: no dataset ") + kind_name(kind) + " for layer " + std::to_string(layer) +
                         " in the current sequence");
   const int64_t heads = header_.heads_of(kind), D = header_.head_dim, T = impl_->seq_tokens;
+  const int64_t W = kind_width(kind, D);
+  const int rank = kind_rank(kind);
   if (head0 < 0 || n_heads < 1 || head0 + n_heads > heads || t0 < 0 || n_tok < 1 || t0 + n_tok > T)
     throw InternalError("write: block heads [" + std::to_string(head0) + ", " + std::to_string(head0 + n_heads) +
                         ") tokens [" + std::to_string(t0) + ", " + std::to_string(t0 + n_tok) +
-                        ") outside the dataset " + shape_str(std::vector<int64_t>{heads, T, D}));
+                        ") outside the dataset " +
+                        shape_str(rank == 2 ? std::vector<int64_t>{heads, T} : std::vector<int64_t>{heads, T, D}));
   hsize_t start[3] = {static_cast<hsize_t>(head0), static_cast<hsize_t>(t0), 0};
   hsize_t count[3] = {static_cast<hsize_t>(n_heads), static_cast<hsize_t>(n_tok), static_cast<hsize_t>(D)};
   h5::Handle fspace(H5Dget_space(it->second.dset));
   H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr);
-  h5::Handle mspace(H5Screate_simple(3, count, nullptr));
-  const size_t n = static_cast<size_t>(n_heads * n_tok * D);
+  h5::Handle mspace(H5Screate_simple(rank, count, nullptr));
+  const size_t n = static_cast<size_t>(n_heads * n_tok * W);
   herr_t rc;
   if (header_.stored_dtype == DType::f32) {
     rc = H5Dwrite(it->second.dset, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, data);

@@ -43,9 +43,10 @@ class TraceWriter {
 
   // Creates the sequence's datasets; returns its name.
   std::string begin_sequence(const SequenceSpec& spec);
-  // Writes a block of the current sequence: data is [n_heads, n_tok, D], row-major, float32.
+  // Writes a block of the current sequence: data is [n_heads, n_tok, D] ([n_heads, n_tok] for
+  // vo_norm), row-major, float32.
   void write(Kind kind, int64_t layer, int64_t head0, int64_t n_heads, int64_t t0, int64_t n_tok, const float* data);
-  // One head's whole sequence: data is [T, D].
+  // One head's whole sequence: data is [T, D] ([T] for vo_norm).
   void write_head(Kind kind, int64_t layer, int64_t head, const float* data);
   // Checks that every dataset of the sequence was written in full.
   void end_sequence();

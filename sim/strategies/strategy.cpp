@@ -170,6 +170,7 @@ class Composed final : public Strategy {
   bool needs_entropy() const override { return base_->needs_entropy(); }
   bool needs_pre_rope() const override { return base_->needs_pre_rope(); }
   bool needs_q_pre() const override { return base_->needs_q_pre(); }
+  bool needs_vo_norm() const override { return base_->needs_vo_norm(); }
   const Codec& codec() const override { return *codec_; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return base_->make_state(ctx);

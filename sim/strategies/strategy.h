@@ -57,6 +57,9 @@ struct LayerView {
   // Queries before RoPE, or nullptr unless the strategy asked for them (Strategy::needs_q_pre()):
   // row t read from step t on (expected_attention's query statistics).
   const float* q_pre = nullptr;  // [H, T, D]
+  // ||W_o,h v_i||_1 per query head and token, or nullptr unless the strategy asked for it
+  // (Strategy::needs_vo_norm()); recorded with kvsim record --record vo_norm (traces/FORMAT.md).
+  const float* vo_norm = nullptr;  // [H, T]
   double rope_theta = 10000.0;
   RopeStyle rope_style = RopeStyle::none;
   int64_t G() const { return H / Hkv; }
@@ -192,6 +195,8 @@ class Strategy {
   virtual bool needs_pre_rope() const { return false; }
   // Reads LayerView::q_pre (the trace's pre-RoPE queries; recorded with kvsim record --pre).
   virtual bool needs_q_pre() const { return false; }
+  // Reads LayerView::vo_norm (recorded with kvsim record --record vo_norm).
+  virtual bool needs_vo_norm() const { return false; }
   // Its states implement StrategyState::prompt_scores with scores comparable across the KV heads
   // of a layer, so a budget allocator can wrap it (adakv.snapkv, chunkkv.h2o).
   virtual bool exposes_prompt_scores() const { return false; }

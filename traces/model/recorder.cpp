@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "sim/base/error.h"
+#include "traces/model/vo_norm.h"
 
 namespace kvsim::model {
 
@@ -99,13 +100,14 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   }
   const bool output = prompt.output >= 0 ? prompt.output == 1 : opt.output;
   if (output) spec.kinds.push_back(traces::Kind::o);
+  if (opt.vo_norm) spec.kinds.push_back(traces::Kind::vo_norm);
 
   // pass 2: record. The tap transposes [T, heads, D] blocks to the trace's [heads, T, D].
   t0 = std::chrono::steady_clock::now();
   const auto b0 = t0;
   writer.begin_sequence(spec);
   st.write_s += seconds_since(b0);
-  std::vector<float> buf;
+  std::vector<float> buf, vo;
   const int64_t D = c.head_dim;
   auto put = [&](traces::Kind kind, int64_t layer, int64_t pos0, int64_t n_tok, int64_t heads, const float* x) {
     buf.resize(static_cast<size_t>(heads * n_tok * D));
@@ -124,6 +126,22 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
       put(traces::Kind::k_pre, lt.layer, lt.pos0, lt.T, c.n_kv_heads, lt.k_pre);
     }
     if (output) put(traces::Kind::o, lt.layer, lt.pos0, lt.T, c.n_heads, lt.o);
+    if (opt.vo_norm) {
+      const Model& m = runner.model();
+      vo.resize(static_cast<size_t>(c.n_heads * lt.T));
+      vo_norm(m.layers[static_cast<size_t>(lt.layer)].wo.data(), lt.v, lt.T, c.n_heads, c.n_kv_heads, D, c.dim,
+              vo.data());
+      // A norm the trace cannot hold (traces/FORMAT.md "Values") fails here, not in every later reader.
+      for (int64_t i = 0; i < c.n_heads * lt.T; ++i)
+        if (!(vo[static_cast<size_t>(i)] <= traces::kMaxAbsValue))
+          throw NumericError("layer " + std::to_string(lt.layer) + ": vo_norm " +
+                             std::to_string(vo[static_cast<size_t>(i)]) + " at [head " + std::to_string(i / lt.T) +
+                             ", token " + std::to_string(lt.pos0 + i % lt.T) +
+                             "] is not finite or exceeds 65504, the largest value a trace holds");
+      const auto w0 = std::chrono::steady_clock::now();
+      writer.write(traces::Kind::vo_norm, lt.layer, 0, c.n_heads, lt.pos0, lt.T, vo.data());
+      st.write_s += seconds_since(w0);
+    }
   };
   runner.reset();
   TapKinds kinds;

@@ -2,8 +2,8 @@
 //   1. the prompt is prefilled and, with `generate`, continued token by token through the KV cache
 //      (greedy or sampled), which fixes the token ids the sequence header needs;
 //   2. the caches are reset and the whole sequence is run again as a prefill, in blocks of
-//      `block` tokens, with a LayerTap that hands each layer's q, k, v (q_pre, k_pre, o) straight
-//      to the TraceWriter. Nothing larger than one block of one layer is ever buffered.
+//      `block` tokens, with a LayerTap that hands each layer's q, k, v (q_pre, k_pre, o, vo_norm)
+//      straight to the TraceWriter. Nothing larger than one block of one layer is ever buffered.
 // The recorded tensors are those of the pass-2 prefill; they equal the decode pass's up to the
 // float32 rounding of batched versus single-row matmuls.
 #pragma once
@@ -25,6 +25,9 @@ struct RecordOptions {
   SamplerOptions sampling;
   bool pre = false;     // also q_pre, k_pre
   bool output = false;  // also o, the attention output
+  // Also vo_norm [H, T]: ||W_o,h v_i||_1 from the recorded v and the model's o_proj, computed on the
+  // host in double for every backend (traces/model/vo_norm.h; kvsim record --record vo_norm).
+  bool vo_norm = false;
   int64_t block = 256;  // tokens per recording forward call
   // Called after each generated token and each recorded block with the units of work done in
   // this call (one per generated token, one per recorded token): for progress display.

@@ -244,6 +244,10 @@ void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, in
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs pre-RoPE queries, which the live model cache does not keep; replay it with kvsim run on "
                      "a trace recorded with --pre");
+  if (strategy.needs_vo_norm())
+    throw UsageError("strategy cache: '" + strategy.spec_text() +
+                     "' needs vo_norm (||W_o,h v_i||_1), which the live model cache does not compute; replay it with "
+                     "kvsim run on a trace recorded with --record vo_norm");
   if (strategy.needs_pre_rope())
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs pre-RoPE keys, which the live model cache does not keep; replay it with kvsim run on "
