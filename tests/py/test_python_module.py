@@ -130,9 +130,13 @@ def t_info_and_strategies():
     reg = kvsim.strategies()
     names = set(reg.name)
     r = tl.run([a.kvsim, "run", "--help"])
-    listed = r.stdout.split("names:")[1].split("\n  --")[0]
-    for n in (x.strip() for x in " ".join(listed.split()).split(",")):
+    listed = " ".join(r.stdout.split("names:")[1].split("\n  --")[0].split())
+    plain, wrappers = listed.split("; wrappers: ")
+    for n in (x.strip() for x in plain.split(",") + wrappers.split(",")):
         assert n in names, f"{n} listed by kvsim run --help, missing from kvsim.strategies()"
+    wrap = reg[reg.kind == "wrapper"]
+    assert set(wrap.name) == {x.strip() for x in wrappers.split(",")}, list(wrap.name)
+    assert all("snapkv" in b and "h2o" in b for b in wrap.bases), list(wrap.bases)
     assert {"kivi", "nf4", "quant"} <= set(reg[reg.kind == "codec"].name)
     assert {"quest", "shadowkv"} <= set(reg[reg.kind == "selector"].name)
     for name in ("h2o", "snapkv", "quest", "entropy_merge", "streaming"):

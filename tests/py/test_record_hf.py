@@ -118,8 +118,10 @@ def main():
 
         def replays_agree():
             help_text = " ".join(lib.run([kvsim, "run", "--help"]).stdout.split())
-            names = re.search(r"names: (.*?) (?:REQUIRED|--)", help_text).group(1).split(", ")
-            assert len(names) >= 15, names
+            plain, wrappers = re.search(r"names: (.*?); wrappers: (.*?) (?:REQUIRED|--)", help_text).groups()
+            # each wrapper (WRAPPER.BASE) around snapkv
+            names = plain.split(", ") + [w.replace(".BASE", ".snapkv") for w in wrappers.split(", ")]
+            assert len(names) >= 15 and len(wrappers.split(", ")) >= 2, names
             worst, checked, strict = (0.0, ""), 0, 0.0
             for name in names + CODECS:
                 spec = None

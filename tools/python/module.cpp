@@ -15,6 +15,7 @@
 #include "sim/base/error.h"
 #include "sim/kernels/backend.h"
 #include "sim/replay.h"
+#include "sim/strategies/allocator.h"
 #include "sim/strategies/quant_codecs.h"
 #include "sim/strategies/strategy.h"
 #include "tools/commands.h"
@@ -195,6 +196,28 @@ std::string strategies_json() {
     j["layer_coupled"] = s->layer_coupled();
     j["takes_codec"] = s->takes_codec();
     out.push_back(j);
+  }
+  // A wrapper (WRAPPER.BASE) is described around snapkv at budget=64; `bases` lists the scorers it wraps.
+  std::vector<std::string> bases;
+  for (const auto& n : strategy_names()) {
+    std::unique_ptr<Strategy> s;
+    try {
+      s = make_strategy(n + ":budget=64");
+    } catch (const UsageError&) {
+      continue;
+    }
+    if (s->exposes_prompt_scores()) bases.push_back(n);
+  }
+  for (const auto& w : allocator_names()) {
+    const auto s = make_strategy(w + ".snapkv:budget=64");
+    auto params = s->params();
+    params.erase("budget");
+    out.push_back({{"name", w + ".BASE"},
+                   {"kind", "wrapper"},
+                   {"params", params},
+                   {"bases", bases},
+                   {"layer_coupled", s->layer_coupled()},
+                   {"takes_codec", s->takes_codec()}});
   }
   for (const auto& n : codec_names()) {
     std::map<std::string, std::string> params;
