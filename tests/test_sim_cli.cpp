@@ -82,7 +82,7 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   expect_usage_error("--strategy nope:budget=3",
                      "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, scissorhands, snapkv, "
                      "pyramidkv, knorm, random, entropy_merge, cam, cms_topk, kvmerger, cms_aggregate, keydiff, lagkv, "
-                     "expected_attention, simlayerkv, oracle_topk, quest, sparq, magicpig, pqcache, rocketkv, "
+                     "expected_attention, simlayerkv, rkv, oracle_topk, quest, sparq, magicpig, pqcache, rocketkv, "
                      "shadowkv; codecs: quant, kivi, nf4, fp8, int8)");
   expect_usage_error("--strategy h2o:budget=16,bugdet=3", "unknown parameter 'bugdet' for h2o (valid: budget, ratio");
   expect_usage_error("--strategy h2o:budget=8,sinks=4,recent=4", "budget 8 must exceed sinks + recent = 4 + 4");
