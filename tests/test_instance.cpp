@@ -142,6 +142,15 @@ TEST_CASE("instance: offline and live agree for entropy_merge, whose decode entr
   check_same("entropy_merge:budget=16,threshold=0.4", 4, 2, 49, 8, 9, 77);
 }
 
+TEST_CASE("instance: offline and live agree for rkv, whose decode queries the live cache keeps") {
+  // rkv scores with the queries of its newest window tokens: the offline replay reads them from the
+  // trace, the live cache keeps each decode query as it attends (Strategy::needs_queries). P = 9 < B:
+  // the prompt stays and the cache grows to B + buffer before each compaction; then P = 9 >= B = 8: cut
+  // at prefill too.
+  check_same("rkv:budget=16,window=4,buffer=5", 4, 2, 49, 8, 9, 91);
+  check_same("rkv:budget=8,window=4,buffer=3,lambda=0.5,order=position", 4, 2, 49, 8, 9, 92);
+}
+
 TEST_CASE("instance: check_fits and check_prefill refuse what cannot run, with the numbers") {
   const ModelShape shape{5, 4, 2, 8};
   auto h2o = make_strategy("h2o:budget=8");

@@ -176,3 +176,133 @@ TEST_CASE("scorers compose with a codec: kivi stores the kept slots, bytes fall,
       CHECK(b.summary[bytes].mean < a.summary[bytes].mean);  // 2-bit payload (fp16 residual window, scales)
     }
 }
+
+TEST_CASE("strategy rkv: attention of the window's queries minus key redundancy, compacted at B + buffer") {
+  // H = Hkv = 1, D = 2, P = 6, B = 4, window w = 2 (tokens 4, 5, whose queries score the past 0..3).
+  // Keys k0 = (2, 0), k1 = (1, 0), k2 = (0, 1), k3 = (0, −1), k4 = (1, 0), k5 = (0, 1), k6 = (−1, 0).
+  // Queries q4 = q5 = (0, 2√2), q6 = q7 = 0.
+  Layer L(1, 1, 8, 2);
+  set_key(L, 0, 2, 0), set_key(L, 1, 1, 0), set_key(L, 2, 0, 1), set_key(L, 3, 0, -1);
+  set_key(L, 4, 1, 0), set_key(L, 5, 0, 1), set_key(L, 6, -1, 0), set_key(L, 7, 1, 1);
+  const float c = 2.0f * std::sqrt(2.0f);
+  L.Q(0, 4, 1) = c, L.Q(0, 5, 1) = c;
+  // Attention: logits q·k/√2 over the past 0..3 are 0, 0, 2, −2 for both window queries; softmax
+  // [1, 1, 7.38906, 0.13534] / 9.52440 = a = (0.10499, 0.10499, 0.77580, 0.01421).
+  // Redundancy over all 6 unit keys: cos(0,1) = cos(0,4) = cos(1,4) = cos(2,5) = 1, cos(2,3) = cos(3,5) = −1,
+  // the rest 0. Row i zeroes its last j with cos > 0.5: row 0 -> j = 4 (keeps C[0,1] = 1), row 1 -> 4
+  // (keeps C[1,0]), row 2 -> 5 (keeps C[2,3] = −1), row 3 has none -> entry 0, already 0 (keeps C[3,2] =
+  // C[3,5] = −1), row 4 -> 1 (keeps C[4,0]), row 5 -> 2 (keeps C[5,3] = −1). Column sums 2, 1, −1, −2, 0, −1,
+  // means /6: 1/3, 1/6, −1/6, −1/3, 0, −1/6; softmax over the 6 (sum 5.98647): r = (0.23313, 0.19734,
+  // 0.14140, 0.11969) on the past.
+  {
+    // λ = 0.1: 0.1·a − 0.9·r = −0.19932, −0.16711, −0.04968, −0.10630: keep 2, 3 and the window.
+    Driver d("rkv:budget=4,window=2,kernel=1", L, 6);
+    CHECK(d.pos() == S{2, 3, 4, 5});
+  }
+  // λ = 0.5: 0.5·(a − r) = −0.06407, −0.04617, 0.31720, −0.05274: keep 2, 1.
+  CHECK(Driver("rkv:budget=4,window=2,kernel=1,lambda=0.5", L, 6).pos() == S{1, 2, 4, 5});
+  // λ = 1 (attention only): 2, then 0 and 1 tie at 0.10499 and the lower position stays.
+  CHECK(Driver("rkv:budget=4,window=2,kernel=1,lambda=1", L, 6).pos() == S{0, 2, 4, 5});
+  // kernel = 3: pooled (0.10499, 0.77580, 0.77580, 0.77580) (the window is not pooled in): 1 and 2.
+  CHECK(Driver("rkv:budget=4,window=2,kernel=3,lambda=1", L, 6).pos() == S{1, 2, 4, 5});
+  // compress_prefill=0: the prompt stays whole until the cache reaches B + buffer.
+  CHECK(Driver("rkv:budget=4,window=2,compress_prefill=0", L, 6).pos().size() == 6);
+
+  // Decode, λ = 0.5, buffer = 1: the prefill cut leaves {1, 2, 4, 5} in the reference's cache order
+  // [2, 1, 4, 5] (the kept past by descending score, then the window). Step 6 holds 5 = B + buffer:
+  // compact. Window {5, 6}; past [2, 1, 4]: q5's logits 2, 0, 0 -> softmax 0.78699, 0.10651, 0.10651;
+  // q6 uniform 1/3: a = (0.56016, 0.21992, 0.21992) for (2, 1, 4). Cosines over the 5 keys: (1,4) = (2,5) =
+  // 1, (1,6) = (4,6) = −1. Rows 2, 1, 4, 5 zero their one match; row 6 has none and zeroes its entry 0,
+  // in cache order:
+  //  - order=slot (the reference): entry 0 is token 2 (already 0). Column means /5: token 2: 0, 1: −1/5,
+  //    4: −1/5, 5: 0, 6: −2/5; softmax (sum 4.30778): r = 0.23214 (2), 0.19006 (1, 4). Scores 0.5·(a − r):
+  //    2: 0.16401, 1 and 4 tie at 0.01493 -> the lower position: {1, 2, 5, 6}.
+  //  - order=position: entry 0 is token 1, so C[6,1] = 0: means 0 (1), 0 (2), −1/5 (4), 0 (5), −2/5 (6);
+  //    softmax (sum 4.48905): r = 0.22276 (1, 2), 0.18238 (4). Scores 1: −0.00142, 2: 0.16870,
+  //    4: 0.01877: {2, 4, 5, 6}.
+  {
+    Driver d("rkv:budget=4,window=2,kernel=1,lambda=0.5,buffer=1", L, 6);
+    d.step(6, {{}});
+    CHECK(d.pos() == S{1, 2, 5, 6});
+  }
+  {
+    Driver d("rkv:budget=4,window=2,kernel=1,lambda=0.5,buffer=1,order=position", L, 6);
+    CHECK(d.pos() == S{1, 2, 4, 5});  // the same prefill cut (its order is position order then)
+    d.step(6, {{}});
+    CHECK(d.pos() == S{2, 4, 5, 6});
+  }
+  {
+    // buffer = 2: step 6 holds 5 < 6 slots (no compaction), step 7 holds 6 = B + buffer, the peak that
+    // attention sees, then compacts to B with the window {6, 7}. Bytes at attention (store, then
+    // measure): 4·D = 8 per slot + the window's queries, fp16: 2·G·w·D = 2·1·2·2 = 8.
+    Driver d("rkv:budget=4,window=2,kernel=1,lambda=0.5,buffer=2", L, 6);
+    d.inst->store_from(d.lv, 6);
+    CHECK(d.inst->bytes(0) == 5 * 8 + 8);
+    d.inst->finish_step(6, std::vector<const float*>{nullptr});
+    CHECK(d.pos() == S{1, 2, 4, 5, 6});
+    d.inst->store_from(d.lv, 7);
+    CHECK(d.inst->bytes(0) == 6 * 8 + 8);
+    d.inst->finish_step(7, std::vector<const float*>{nullptr});
+    CHECK(d.cache().size() == 4);
+    CHECK(d.pos().count(6) == 1);
+    CHECK(d.pos().count(7) == 1);
+  }
+  {
+    // Protocol prefill: the same cut, then growth with no state (the queries are freed): 8 per slot.
+    auto s = make_strategy("rkv:budget=4,window=2,kernel=1,lambda=0.5,buffer=2");
+    LayerView lv = L.view();
+    Instance inst(*s, make_context(*s, ModelShape{1, 1, 1, 2}, 0, 0, L.T, 6, Protocol::prefill));
+    inst.prefill_from(lv);
+    CHECK(test::positions(inst.cache(0)) == S{1, 2, 4, 5});
+    for (int64_t t = 6; t < 8; ++t) {
+      inst.store_from(lv, t);
+      CHECK(inst.bytes(0) == (t - 1) * 8);  // 5, then 6 slots
+      inst.finish_step(t, std::vector<const float*>{nullptr});
+    }
+    CHECK(test::positions(inst.cache(0)) == S{1, 2, 4, 5, 6, 7});
+  }
+}
+
+TEST_CASE("strategy rkv: query heads pooled by the max logit before the softmax, bad parameters refused") {
+  // G = 2 query heads on one KV head, D = 2, P = 5, B = 3, w = 2, λ = 1, kernel = 1: one past token of
+  // 0..2 stays. Keys k0 = (1, 0), k1 = (0, 1), k2 = 0. Window queries (positions 3, 4), the same at both:
+  // head 0 (3√2, 2√2) -> logits 3, 2, 0; head 1 (−5√2, 2√2) -> −5, 2, 0. Max over the heads first: 3, 2, 0,
+  // softmax 0.70538, 0.25950, 0.03512: token 0 stays. (Softmax per head, then the mean over heads, would
+  // give 0.35309, 0.56963, 0.07728 and keep token 1.)
+  Layer L(2, 1, 6, 2);
+  set_key(L, 0, 1, 0), set_key(L, 1, 0, 1), set_key(L, 3, 1, 1), set_key(L, 4, 1, -1);
+  const float r2 = std::sqrt(2.0f);
+  for (int64_t t : {3, 4}) {
+    L.Q(0, t, 0) = 3 * r2, L.Q(0, t, 1) = 2 * r2;
+    L.Q(1, t, 0) = -5 * r2, L.Q(1, t, 1) = 2 * r2;
+  }
+  {
+    Driver d("rkv:budget=3,window=2,kernel=1,lambda=1,buffer=2", L, 5);
+    CHECK(d.pos() == S{0, 3, 4});
+    d.inst->store_from(d.lv, 5);
+    CHECK(d.inst->bytes(0) == 4 * 8 + 2 * 2 * 2 * 2);  // 4 slots + the 2 heads' window queries, fp16
+  }
+  const auto msg = [](const std::string& spec) {
+    try {
+      Layer M(1, 1, 100, 2);
+      Driver d(spec, M, 50);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(msg("rkv:budget=8,buffer=-1").find("buffer=-1 must be in [0,") != std::string::npos);
+  CHECK(msg("rkv:budget=8").find("budget 8 must exceed window = 8") != std::string::npos);
+  CHECK(msg("rkv:ratio=0.05").find("budget 5 must exceed window = 8") != std::string::npos);  // 0.05·100
+  CHECK(msg("rkv:budget=16,lambda=1.5").find("lambda must be in [0, 1]") != std::string::npos);
+  CHECK(msg("rkv:budget=16,lambda=-0.1").find("lambda must be in [0, 1]") != std::string::npos);
+  CHECK(msg("rkv:budget=16,kernel=4").find("kernel must be odd") != std::string::npos);
+  CHECK(msg("rkv:budget=16,threshold=2").find("threshold must be in [-1, 1]") != std::string::npos);
+  CHECK(msg("rkv:budget=16,order=score").find("order=score is not one of slot, position") != std::string::npos);
+  CHECK(msg("rkv:budget=16,window=0").find("window=0 must be in [1,") != std::string::npos);
+  CHECK(msg("rkv:budget=16,sinks=4").find("unknown parameter 'sinks' for rkv") != std::string::npos);
+  CHECK(msg("rkv:budget=16") == "no error");
+  CHECK(make_strategy("rkv:budget=16")->needs_queries());
+  CHECK(make_strategy("rkv:budget=16+kivi:bits=2")->needs_queries());
+  CHECK_FALSE(make_strategy("snapkv:budget=64")->needs_queries());
+}

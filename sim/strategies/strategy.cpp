@@ -80,6 +80,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"lagkv", make_lagkv},
       {"expected_attention", make_expected_attention},
       {"simlayerkv", make_simlayerkv},
+      {"rkv", make_rkv},
       {"oracle_topk", make_oracle_topk},
       {"quest", make_quest},
       {"sparq", make_sparq},
@@ -171,6 +172,7 @@ class Composed final : public Strategy {
   bool needs_pre_rope() const override { return base_->needs_pre_rope(); }
   bool needs_q_pre() const override { return base_->needs_q_pre(); }
   bool needs_vo_norm() const override { return base_->needs_vo_norm(); }
+  bool needs_queries() const override { return base_->needs_queries(); }
   const Codec& codec() const override { return *codec_; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return base_->make_state(ctx);

@@ -39,7 +39,8 @@ struct HeadGroup {
 // Plain data of one layer of one sequence (prefix 0..T-1 of the tokens). A strategy reads q, k, v
 // and prompt_colsums of the prompt (positions < P) in prefill only, and the per-token k_norm and
 // entropy of token t from step t on, never ahead: inside the model runner (traces/model/
-// strategy_cache.h) these arrays are filled as the tokens arrive.
+// strategy_cache.h) these arrays are filled as the tokens arrive. A strategy that needs_queries()
+// may also read row t of q from step t on (the runner then keeps q and fills it as tokens arrive).
 struct LayerView {
   int64_t H = 0, Hkv = 0, T = 0, D = 0;
   const float* q = nullptr;       // [H, T, D] after RoPE
@@ -200,6 +201,9 @@ class Strategy {
   // Its states implement StrategyState::prompt_scores with scores comparable across the KV heads
   // of a layer, so a budget allocator can wrap it (adakv.snapkv, chunkkv.h2o).
   virtual bool exposes_prompt_scores() const { return false; }
+  // Reads LayerView::q at decode steps too, row t from step t on (rkv's window of recent queries):
+  // the offline replay holds every row; the model runner keeps them as the tokens arrive.
+  virtual bool needs_queries() const { return false; }
   // Whether `name+codec` is meaningful (false for a selector whose keys are not the cache's: shadowkv).
   virtual bool takes_codec() const { return true; }
   virtual const Codec& codec() const { return identity_codec(); }

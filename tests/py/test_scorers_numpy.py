@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""keydiff, lagkv, expected_attention and simlayerkv under --protocol prefill against an independent NumPy
-replay (tests/py/sparse_ref.py) on the embedded trace. Each kept prompt set is re-derived here from the rules
-in ../shared/methods.md §3.6, §3.8-§3.10 (not from kvsim's code); after the cut every decode token is
-appended (protocol B), so the cache at step t is kept ∪ [P, t]. Every metric of every (layer, head) must
-agree to 2e-3. Run as: /usr/bin/python3 test_scorers_numpy.py --kvsim PATH"""
+"""keydiff, lagkv, expected_attention, simlayerkv and rkv under --protocol prefill against an independent
+NumPy replay (tests/py/sparse_ref.py) on the embedded trace. Each kept prompt set is re-derived here from the
+rules in ../shared/methods.md §3.6, §3.8-§3.10, §3.12 (not from kvsim's code; rkv's cache order and
+fallback entry follow the reference code, FlashInfer/rkv/algo.py, as sim/strategies/STRATEGIES.md says);
+after the cut every decode token is appended (protocol B), so the cache at step t is kept ∪ [P, t]. Under
+--protocol evict keydiff, lagkv and expected_attention rerun their rule every step, rkv compacts when its
+cache reaches B + buffer. Every metric of every (layer, head) must agree to 2e-3.
+Run as: /usr/bin/python3 test_scorers_numpy.py --kvsim PATH"""
 import argparse
 import os
 import sys
@@ -132,6 +135,63 @@ def simlayerkv_kept(lv, initial, recent, delta):
     return list(range(initial)) + list(range(P - recent + 1, P))
 
 
+def rkv_compact(lv, order, B, w=8, kernel=7, lam=0.1, thr=0.5):
+    """R-KV's compaction of the cache `order` (held positions in the cache's own order, the newest w last)
+    to B entries; returns the new order: the kept past by descending score, then the window."""
+    n, npast = len(order), len(order) - w
+    keys = lv.k[order]
+    win = order[npast:]
+    # window queries against every key, max over the G heads of the group, then softmax over the past
+    z = np.einsum("gjd,id->gji", lv.q[:, win, :], keys).max(axis=0)[:, :npast] / np.sqrt(lv.D)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    a = (p / p.sum(axis=1, keepdims=True)).mean(axis=0)
+    h = kernel // 2
+    padded = np.concatenate([np.full(h, -np.inf), a, np.full(h, -np.inf)])
+    pooled = np.array([padded[i:i + kernel].max() for i in range(npast)])
+    unit = keys / (np.linalg.norm(keys, axis=1, keepdims=True) + 1e-8)
+    C = unit @ unit.T
+    np.fill_diagonal(C, 0.0)
+    last = np.where(C > thr, np.arange(n)[None, :], 0).max(axis=1)  # 0 where no entry passes
+    C[np.arange(n), last] = 0.0
+    m = C.mean(axis=0)
+    r = np.exp(m - m.max())
+    r /= r.sum()
+    score = lam * pooled - (1 - lam) * r[:npast]
+    best = sorted(range(npast), key=lambda i: (-score[i], order[i]))[:B - w]
+    return [order[i] for i in best] + list(win)
+
+
+def rkv_prefill(lv, B, **kw):
+    order = list(range(lv.P))
+    return rkv_compact(lv, order, B, **kw) if lv.P >= B else order
+
+
+class RkvEvict:
+    """Protocol A with a trigger: after decode step t the cache (appended at the end) compacts to B when it
+    holds B + buffer; order=position re-sorts it by position before each compaction. State: the window's
+    queries in fp16, 2·G·w·D bytes."""
+
+    def __init__(self, lv, B, buffer, by_position=False, compress_prefill=True, **kw):
+        self.lv, self.B, self.buffer, self.by_position, self.kw = lv, B, buffer, by_position, kw
+        self.cur = rkv_prefill(lv, B, **kw) if compress_prefill else list(range(lv.P))
+        self.t = lv.P - 1
+
+    def metadata_bytes(self, t):
+        return 2.0 * self.lv.G * self.kw.get("w", 8) * self.lv.D
+
+    def held_positions(self, t):
+        while self.t < t - 1:
+            self.t += 1
+            self.cur.append(self.t)
+            if len(self.cur) >= self.B + self.buffer:
+                order = sorted(self.cur) if self.by_position else self.cur
+                self.cur = rkv_compact(self.lv, order, self.B, **self.kw)
+        return np.array(sorted(self.cur + [t]))
+
+    def select(self, t, q):
+        return [(self.held_positions(t), None, None)] * self.lv.G
+
+
 class Cut:
     """Protocol B: the prompt cut to `kept`, then every decode token appended; attention reads it all."""
 
@@ -177,6 +237,12 @@ EVICT_CASES = [
      lambda lv: Evict(lv, ea_kept(lv, 16, future=32), 16,
                       lambda pos, t: ea_scores(lv, pos, max(4, t + 1 - 64), t + 1, t + 1, 4, 32),
                       state_bytes=2.0 * lv.G * 64 * lv.D)),  # the window of pre-RoPE queries in fp16
+    # P = 47 >= 32: cut at prefill, then grow to 48 and compact back to 32
+    ("rkv:budget=32,buffer=16", lambda lv: RkvEvict(lv, 32, 16)),
+    ("rkv:budget=20,window=4,kernel=3,buffer=8,lambda=0.3,order=position",
+     lambda lv: RkvEvict(lv, 20, 8, by_position=True, w=4, kernel=3, lam=0.3)),
+    # the prompt stays whole (47 < 64 + 32) until the cache holds 96
+    ("rkv:budget=64,buffer=32,compress_prefill=0", lambda lv: RkvEvict(lv, 64, 32, compress_prefill=False)),
 ]
 
 CASES = [
@@ -190,6 +256,8 @@ CASES = [
     ("simlayerkv:initial=2,recent=8,delta=0.3", lambda lv: simlayerkv_kept(lv, 2, 8, 0.3)),
     # Layers 1 and 3 lazy (mass 0.98, 0.95 on the first 4 and last 16), layers 0, 2, 4 not (0.88, 0.86, 0.75).
     ("simlayerkv:initial=4,recent=16,delta=0.9", lambda lv: simlayerkv_kept(lv, 4, 16, 0.9)),
+    ("rkv:budget=16", lambda lv: rkv_prefill(lv, 16)),
+    ("rkv:budget=24,window=4,kernel=3,lambda=0.5", lambda lv: rkv_prefill(lv, 24, w=4, kernel=3, lam=0.5)),
 ]
 
 

@@ -125,6 +125,8 @@ class StrategyLayer {
     }
     KVSIM_ASSERT(Tq == 1);
     const int64_t t = pos0;
+    if (strat_.needs_queries())  // row t of q, read by the strategy from step t on (rkv's window)
+      for (int64_t g = 0; g < G_; ++g) std::copy_n(q + g * D_, D_, q_.data() + ((kv * G_ + g) * T_ + t) * D_);
     Instance& in = inst(kv);
     if (in.context().per_query_head) {  // query head g reads cache g alone
       for (int64_t g = 0; g < G_; ++g) in.attend(g, t, attend_fn_, q + g * D_, D_, o + g * D_);
@@ -170,8 +172,9 @@ class StrategyLayer {
   const ModelShape shape_;
   const int64_t per_state_;  // caches per instance: Hkv for layer-coupled strategies, else 1
   std::vector<std::unique_ptr<Instance>> insts_;
-  // The prompt's q [H, T, D], k and v [Hkv, T, D] (rows < P; k keeps the decode keys when the
-  // strategy needs entropy), per-token k_norm [Hkv, T] and entropy [H, T], colsums [H, P].
+  // The prompt's q [H, T, D], k and v [Hkv, T, D] (rows < P; q keeps the decode queries when the
+  // strategy needs_queries, k the decode keys when it needs entropy), per-token k_norm [Hkv, T] and
+  // entropy [H, T], colsums [H, P].
   std::vector<float> q_, k_, v_, k_norm_, entropy_, colsums_;
   LayerView lv_;
   std::vector<int64_t> prompt_pos_;
@@ -206,11 +209,15 @@ void StrategyLayer::prefill() {
   lv_.prompt_colsums = colsums ? colsums_.data() : nullptr;
   lv_.entropy = entropy ? entropy_.data() : nullptr;
   for (auto& in : insts_) in->prefill(lv_);
-  // Strategies read q, k, v in prefill only (sim/strategies/strategy.h); k stays for the decode entropies.
-  std::vector<float>().swap(q_);
+  // Strategies read q, k, v in prefill only (sim/strategies/strategy.h); k stays for the decode
+  // entropies, q for a strategy that reads decode queries (needs_queries: attend() fills row t).
+  if (!strat_.needs_queries()) {
+    std::vector<float>().swap(q_);
+    lv_.q = nullptr;
+  }
   std::vector<float>().swap(v_);
   if (!entropy) std::vector<float>().swap(k_);
-  lv_.q = lv_.k = lv_.v = nullptr;
+  lv_.k = lv_.v = nullptr;
   prefilled_ = true;
   next_t_ = P_;
 }

@@ -12,7 +12,9 @@
 //            (one state per layer for layer-coupled strategies such as tova).
 // Per-token inputs of decode tokens are those of the live run: k_norm from the live key, and, for a
 // strategy that reads entropy (entropy_merge), the exact entropy of the token's own live query over
-// the live keys of positions 0..t (kept beside the cache for that purpose only; not counted in bytes).
+// the live keys of positions 0..t (kept beside the cache for that purpose only; not counted in bytes),
+// and, for a strategy that needs_queries (rkv), the live query of token t from step t on (the
+// strategy counts the rows it keeps in its own state bytes).
 #pragma once
 
 #include <cstdint>
