@@ -168,16 +168,16 @@ class Rkv final : public Strategy {
     if (!(o_.threshold >= -1 && o_.threshold <= 1))
       throw UsageError("strategy '" + spec + "': threshold must be in [-1, 1] (a cosine)");
     if (ep_.budget > 0 && ep_.budget <= o_.window)
-      throw UsageError("strategy '" + spec + "': budget " + std::to_string(ep_.budget) + " must exceed window = " +
-                       std::to_string(o_.window));
+      throw UsageError("strategy '" + spec + "': budget " + std::to_string(ep_.budget) +
+                       " must exceed window = " + std::to_string(o_.window));
     set_identity(p);
   }
   bool needs_queries() const override { return true; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     const int64_t B = ep_.resolve_budget(ctx.T, ctx.P);
     if (B <= o_.window)
-      throw UsageError("strategy '" + spec_text() + "': budget " + std::to_string(B) + " must exceed window = " +
-                       std::to_string(o_.window));
+      throw UsageError("strategy '" + spec_text() + "': budget " + std::to_string(B) +
+                       " must exceed window = " + std::to_string(o_.window));
     return std::make_unique<RkvState>(B, o_, ctx.group());
   }
 
