@@ -1,4 +1,4 @@
-// The budget allocators adakv.BASE and chunkkv.BASE (sim/strategies/allocator.h), each rule on a case
+// The budget allocators adakv.BASE, chunkkv.BASE and criticalkv.BASE (sim/strategies/allocator.h), each rule on a case
 // small enough to compute by hand: h2o is the base, its prompt scores are the prompt's column sums,
 // which these tests set directly, so every kept set below is derived in the comments from the rules in
 // sim/strategies/STRATEGIES.md, not from running the code. Then the issue's invariant on random data
@@ -133,6 +133,91 @@ TEST_CASE("allocator chunkkv: whole chunks by the mean of the scores summed over
   }
 }
 
+TEST_CASE("allocator criticalkv: stage 1 by the base's order, stage 2 by (s + eps) times the mean vo_norm") {
+  Layer L = hand_layer();
+  // vo_norm [H, T] (G = 1: the mean over the group is the head's own row; tokens 6, 7 unused):
+  //   head 0: 1 2 10 1 3 1 1 1
+  //   head 1: 1 1  1 1 100 1 1 1
+  L.vo_norm = {1, 2, 10, 1, 3, 1, 1, 1, 1, 1, 1, 1, 100, 1, 1, 1};
+  {
+    // budget 3: n_kept = 3, stage 1 keeps int(3·0.5) = 1 by the base's order, forced first: {5}.
+    // Stage 2 picks 2 of 0..4 by (s + 1e-4)·n: head 0 0.5001, 0.8002, 3.001, 0.0201, 0.0303 -> {2, 1};
+    // head 1 0.0501, 0.0401, 0.0301, 0.0201, 1.01 -> {4, 0}. Plain h2o keeps {0, 1, 5} in both.
+    Driver d("criticalkv.h2o:budget=3,recent=1", L, 6);
+    CHECK(d.pos(0) == S{1, 2, 5});
+    CHECK(d.pos(1) == S{0, 4, 5});
+    CHECK(total(d) == 6);
+    CHECK(d.inst->bytes(0) == 4.0 * 2 * 3);  // every head holds n_kept: no lengths
+    CHECK(d.strat->params().at("eps") == "0.0001");
+    CHECK(d.strat->params().at("first") == "0.5");
+    CHECK(d.strat->params().at("heads") == "uniform");
+  }
+  {
+    // eps = 1: head 0 1.5, 2.8, 13, 1.02, 3.03 -> {2, 4}; head 1 1.05, 1.04, 1.03, 1.02, 101 -> {4, 0}.
+    Driver d("criticalkv.h2o:budget=3,recent=1,eps=1", L, 6);
+    CHECK(d.pos(0) == S{2, 4, 5});
+    CHECK(d.pos(1) == S{0, 4, 5});
+  }
+  {
+    // budget 4: stage 1 int(4·0.5) = 2: {5, 0}; stage 2 picks 2 of 1..4: head 0 0.8002, 3.001, 0.0201,
+    // 0.0303 -> {2, 1}; head 1 0.0401, 0.0301, 0.0201, 1.01 -> {4, 1}.
+    Driver d("criticalkv.h2o:budget=4,recent=1", L, 6);
+    CHECK(d.pos(0) == S{0, 1, 2, 5});
+    CHECK(d.pos(1) == S{0, 1, 4, 5});
+  }
+  {
+    // first = 1: stage 1 takes all 3 by the base's order: plain h2o's {0, 1, 5}.
+    Driver d("criticalkv.h2o:budget=3,recent=1,first=1", L, 6);
+    CHECK(d.pos(0) == S{0, 1, 5});
+    CHECK(d.pos(1) == S{0, 1, 5});
+  }
+  {
+    // heads=adakv: AdaKV's kvpress budgets first (n_safe = int(3·0.2) = 0; the forced 5 in each head;
+    // the 4 best of the 10 others stay: 0.50, 0.40, 0.30 of head 0 and 0.05 of head 1): B = (4, 2).
+    // Head 0: stage 1 max(int(4·0.5), 0) = 2: {5, 0}; stage 2 picks 2 of 1..4 as above: {1, 2}.
+    // Head 1: stage 1 int(2·0.5) = 1: {5}; stage 2 picks 1 of 0..4: 1.01 -> {4}.
+    Driver d("criticalkv.h2o:budget=3,recent=1,heads=adakv", L, 6);
+    CHECK(d.pos(0) == S{0, 1, 2, 5});
+    CHECK(d.pos(1) == S{4, 5});
+    CHECK(total(d) == 6);                        // Hkv·n_kept
+    CHECK(d.inst->bytes(0) == 4.0 * 2 * 4 + 4);  // uneven budgets: one 4-byte length per head
+    CHECK(d.strat->params().at("alpha") == "0.2");
+  }
+  {
+    // heads=adakv, alpha = 1: n_safe = 3 per head, forced first, {5, 0, 1}; nothing is pooled, B = (3, 3);
+    // stage 1 = max(int(1.5), 3) = 3: plain h2o's {0, 1, 5} in both.
+    Driver d("criticalkv.h2o:budget=3,recent=1,heads=adakv,alpha=1", L, 6);
+    CHECK(d.pos(0) == S{0, 1, 5});
+    CHECK(d.pos(1) == S{0, 1, 5});
+  }
+}
+
+TEST_CASE("allocator criticalkv: the group's mean vo_norm, not one query head's nor their max") {
+  // Hkv = 1, G = 2, P = T = 4. Both query heads' column sums 0.4 0.3 0.2 0.0: h2o's gqa=mean scores.
+  // h2o:budget=2,recent=1 forces 3; stage 1 int(2·0.5) = 1: {3}; stage 2 picks 1 of 0..2.
+  Layer L(2, 1, 4, 2);
+  L.colsums = {0.4f, 0.3f, 0.2f, 0.0f, 0.4f, 0.3f, 0.2f, 0.0f};
+  // g0 = 2 3 0 ., g1 = 2 0 0 .: mean 2, 1.5, 0 -> 0.8002, 0.45015, 0 -> {0}. (g0 alone or the max
+  // would score token 1 at 0.9003 and keep it.)
+  L.vo_norm = {2, 3, 0, 1, 2, 0, 0, 1};
+  {
+    Driver d("criticalkv.h2o:budget=2,recent=1", L, 4);
+    CHECK(d.pos(0) == S{0, 3});
+  }
+  // Rows swapped: the same mean, the same choice (g1 alone would now keep 1).
+  L.vo_norm = {2, 0, 0, 1, 2, 3, 0, 1};
+  {
+    Driver d("criticalkv.h2o:budget=2,recent=1", L, 4);
+    CHECK(d.pos(0) == S{0, 3});
+  }
+  // g0 = 1 5 0, g1 = 2 0 0: mean 1.5, 2.5, 0 -> 0.60015, 0.75025, 0 -> {1}.
+  L.vo_norm = {1, 5, 0, 1, 2, 0, 0, 1};
+  {
+    Driver d("criticalkv.h2o:budget=2,recent=1", L, 4);
+    CHECK(d.pos(0) == S{1, 3});
+  }
+}
+
 TEST_CASE("allocators around snapkv hold the layer's slots of plain snapkv, and refuse what they cannot wrap") {
   // Random data, Hkv = 4, G = 2, P = 48, window 4, budget 12: plain snapkv holds 4 · 12 = 48 slots.
   Layer L(8, 4, 56, 8);
@@ -147,16 +232,22 @@ TEST_CASE("allocators around snapkv hold the layer's slots of plain snapkv, and 
   CHECK(slots("adakv.snapkv:budget=12,window=4,form=kvpress") == 48);
   CHECK(slots("adakv.snapkv:budget=12,window=4,form=kvpress,alpha=0.5") == 48);
   CHECK(slots("adakv.snapkv:budget=12,window=4,alpha=0") == 48);  // capacity = c exactly
+  L.vo_norm.resize(static_cast<size_t>(L.H * L.T));
+  for (size_t i = 0; i < L.vo_norm.size(); ++i) L.vo_norm[i] = 0.5f + static_cast<float>((i * 37) % 11);
+  CHECK(slots("criticalkv.snapkv:budget=12,window=4") == 48);
+  CHECK(slots("criticalkv.snapkv:budget=12,window=4,heads=adakv") == 48);
   // alpha = 0.2: each of the 4 heads rounds c·0.8 + 1 (B' = 8, int(1.6) = 1) to an integer; the sum of
   // c is 32, so the exact sum is 0.8·32 + 4 = 29.6 candidates and the rounded one is within 4·0.5 of it.
   const int64_t drift = slots("adakv.snapkv:budget=12,window=4") - 16;  // minus the 4 windows
   CHECK(drift >= 28);
   CHECK(drift <= 31);
   // What cannot be wrapped, one line each.
-  for (const char* bad : {"adakv.knorm:budget=8", "adakv.tova:budget=8", "adakv.quest:budget=8",
-                          "adakv.h2o:budget=8,gqa=none", "chunkkv.adakv.snapkv:budget=8", "nope.snapkv:budget=8",
-                          "adakv.nope:budget=8", "adakv.snapkv:budget=8,alpha=-1", "chunkkv.snapkv:budget=8,chunk=0",
-                          "adakv.snapkv:budget=8,form=x", "adakv.snapkv:budget=8,unknown=1"}) {
+  for (const char* bad :
+       {"adakv.knorm:budget=8", "adakv.tova:budget=8", "adakv.quest:budget=8", "adakv.h2o:budget=8,gqa=none",
+        "chunkkv.adakv.snapkv:budget=8", "nope.snapkv:budget=8", "adakv.nope:budget=8",
+        "adakv.snapkv:budget=8,alpha=-1", "chunkkv.snapkv:budget=8,chunk=0", "adakv.snapkv:budget=8,form=x",
+        "adakv.snapkv:budget=8,unknown=1", "criticalkv.snapkv:budget=8,eps=-1", "criticalkv.snapkv:budget=8,first=2",
+        "criticalkv.snapkv:budget=8,heads=x", "criticalkv.snapkv:budget=8,alpha=0.5", "criticalkv.knorm:budget=8"}) {
     INFO(bad);
     CHECK_THROWS_AS(make_strategy(bad), UsageError);
   }

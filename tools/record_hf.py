@@ -19,6 +19,10 @@ What the trace cannot describe is refused with one line (exit 2), never recorded
 attention logits, a sliding window shorter than the sequence, attention sinks, cross-layer KV sharing,
 batches, and with --pre a rotary embedding that rope_theta and rope_style do not describe.
 
+`--record vo_norm` also writes layers/<l>/vo_norm [H, T] (what criticalkv reads): n[h, i] = ||W_o,h v_i||_1,
+token i's value through query head h's D-column block of the attention module's output projection
+(`o_proj`, `out_proj`, `dense`, or GPT-2's `c_proj`), in float64 from the float32 v, before any rounding.
+
     tools/record_hf.py --model Qwen/Qwen2.5-0.5B --prompt "Once upon a time" --generate 64 --out t.h5
 """
 import argparse
@@ -35,7 +39,8 @@ import numpy as np
 VERSION = "kvsim-record-hf 1"
 DTYPES = ("float32", "float16", "bfloat16")
 CHUNK_TOKENS = 256  # traces/FORMAT.md: chunks [1, min(T, 256), D]
-QUERY_SHAPED = ("q", "q_pre", "o")
+QUERY_SHAPED = ("q", "q_pre", "o", "vo_norm")
+RECORD_ITEMS = ("vo_norm",)  # --record: derived datasets
 SPEC_KEYS = ("model", "architecture", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "rope_theta",
              "rope_style")
 
@@ -149,14 +154,15 @@ class TraceFile:
             lg = g.create_group(f"layers/{layer}")
             for kind in kinds:
                 heads = int(self.spec["n_heads" if kind in QUERY_SHAPED else "n_kv_heads"])
+                shape = (heads, T) if kind == "vo_norm" else (heads, T, D)  # vo_norm: the one rank-2 dataset
                 dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_chunk((1, min(T, CHUNK_TOKENS), D))
+                dcpl.set_chunk((1, min(T, CHUNK_TOKENS)) + shape[2:])
                 if self.compress:
                     dcpl.set_shuffle()
                     dcpl.set_deflate(4)
-                space = h5py.h5s.create_simple((heads, T, D))
+                space = h5py.h5s.create_simple(shape)
                 dsid = h5py.h5d.create(lg.id, kind.encode(), self.ftype, space, dcpl=dcpl)
-                self.open[(kind, layer)] = [dsid, 0, heads * T * D]
+                self.open[(kind, layer)] = [dsid, 0, int(np.prod(shape))]
         self.seq = (name, g, T)
         return name
 
@@ -164,7 +170,7 @@ class TraceFile:
         return self.seq[1][f"layers/{layer}"]
 
     def write(self, kind, layer, x):
-        """x: [heads, T, D] float32, the whole sequence of one tensor of one layer."""
+        """x: [heads, T, D] ([heads, T] for vo_norm) float32, the whole sequence of one tensor of one layer."""
         name, _, T = self.seq
         entry = self.open.get((kind, layer))
         where = f"{self.path}: /sequences/{name}/layers/{layer}/{kind}"
@@ -303,6 +309,8 @@ class Tap:
         got["k"] = _heads_first(key[0], "k", layer, self.spec, self.T)
         got["v"] = _heads_first(value[0], "v", layer, self.spec, self.T)
         got["q_scale"] = fold
+        if "vo_norm" in self.kinds:
+            got["vo_norm"] = vo_norm(output_projection(module, layer, self.spec), got["v"])
 
     def layer_done(self, module):
         """Forward hook of an attention module: its layer is complete; write it."""
@@ -321,6 +329,41 @@ class Tap:
             got["q_pre"] = got["q_pre"] * np.float32(got["q_scale"])
         self.sink(layer, got)
         self.held[layer] = {"done": True}
+
+
+def output_projection(module, layer, spec):
+    """The attention module's output projection W_o as float64 [d_model, H·D] (out, in)."""
+    torch = _torch()
+    w = None
+    for name in ("o_proj", "out_proj", "dense"):
+        m = getattr(module, name, None)
+        if isinstance(getattr(m, "weight", None), torch.Tensor):
+            w = m.weight.detach().to(device="cpu", dtype=torch.float64).numpy()  # nn.Linear: [out, in]
+            break
+    c = getattr(module, "c_proj", None)
+    if w is None and isinstance(getattr(c, "weight", None), torch.Tensor):
+        w = c.weight.detach().to(device="cpu", dtype=torch.float64).numpy().T  # GPT-2 Conv1D: [in, out]
+    if w is None:
+        raise RecordError(f"layer {layer}: --record vo_norm: {type(module).__name__} has no o_proj, out_proj, dense or "
+                          "c_proj weight to carry the values through")
+    HD = int(spec["n_heads"]) * int(spec["head_dim"])
+    if w.ndim != 2 or w.shape[1] != HD:
+        raise RecordError(f"layer {layer}: --record vo_norm: output projection of shape {list(w.shape)}, expected "
+                          f"[d_model, n_heads * head_dim = {HD}]")
+    return w
+
+
+def vo_norm(wo, v, block=1024):
+    """wo [d_model, H·D] float64, v [Hkv, T, D] float32 -> [H, T] float32: sum_r |(W_o,h v_i)_r|."""
+    Hkv, T, D = v.shape
+    H = wo.shape[1] // D
+    G = H // Hkv
+    out = np.empty((H, T), np.float64)
+    for h in range(H):
+        w = wo[:, h * D:(h + 1) * D].T  # [D, d_model]
+        for a in range(0, T, block):  # [block, d_model] at a time
+            out[h, a:a + block] = np.abs(v[h // G, a:a + block].astype(np.float64) @ w).sum(axis=1)
+    return out.astype(np.float32)
 
 
 def _heads_first(x, kind, layer, spec, T):
@@ -572,7 +615,7 @@ def greedy(model, ids, n, device):
 
 
 def record(model, spec, prompt_ids, out, generate=0, dtype="float32", compress=False, pre=False, with_o=False,
-           text_of=None, source="", device="cpu"):
+           text_of=None, source="", device="cpu", items=()):
     """Records one sequence (prompt + `generate` greedy tokens) of `model` into the new trace `out`."""
     torch = _torch()
     name = spec.get("model", "model")
@@ -584,9 +627,13 @@ def record(model, spec, prompt_ids, out, generate=0, dtype="float32", compress=F
         raise RecordError(f"{name}: empty prompt (no tokens)")
     if generate < 0:
         raise RecordError(f"--generate = {generate} must be >= 0")
+    bad = [i for i in items if i not in RECORD_ITEMS]
+    if bad:
+        raise RecordError(f"--record: unknown item {bad[0]!r} (choose: {', '.join(RECORD_ITEMS)})")
     model.eval()
     ids = greedy(model, prompt_ids, generate, device)
-    kinds = ["q", "k", "v"] + (["q_pre", "k_pre"] if pre else []) + (["o"] if with_o else [])
+    kinds = ["q", "k", "v"] + (["q_pre", "k_pre"] if pre else []) + (["o"] if with_o else []) + \
+        [i for i in RECORD_ITEMS if i in items]
     with TraceFile(out, spec, dtype, compress, device_name(device)) as trace:
         def sink(layer, got):
             if pre and spec["rope_style"] == "none":
@@ -683,6 +730,9 @@ def main(argv=None):
     ap.add_argument("--compress", action="store_true", help="gzip + shuffle compression")
     ap.add_argument("--pre", action="store_true", help="also record q_pre and k_pre (before the rotation)")
     ap.add_argument("--with-o", action="store_true", help="also record o, the model's attention output")
+    ap.add_argument("--record", default="", metavar="ITEMS",
+                    help="also record these derived datasets (comma-separated): vo_norm = ||W_o,h v_i||_1 per query "
+                    "head and token [H, T] (criticalkv reads it)")
     ap.add_argument("--source", default="", help="the sequence's `source` attribute")
     ap.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     a = ap.parse_args(argv)
@@ -707,7 +757,8 @@ def main(argv=None):
         if bad:
             raise RecordError(f"--prompt: token id {bad[0]} is outside [0, vocab_size = {vocab})")
         ids = record(model, spec, ids, a.out, a.generate, a.dtype, a.compress, a.pre, a.with_o, text_of,
-                     a.source or ("ids" if a.ids else "prompt"), a.device)
+                     a.source or ("ids" if a.ids else "prompt"), a.device,
+                     [i for i in a.record.split(",") if i] if a.record else ())
     except RecordError as e:
         print(f"kvsim-record-hf: error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,25 @@
 
 namespace kvsim {
 
-std::vector<std::string> allocator_names() { return {"adakv", "chunkkv"}; }
+namespace {
+const std::vector<std::pair<std::string, WrapperFactory>>& wrappers() {
+  static const std::vector<std::pair<std::string, WrapperFactory>> w = {
+      {"adakv", make_adakv}, {"chunkkv", make_chunkkv}, {"criticalkv", make_criticalkv}};
+  return w;
+}
+}  // namespace
+
+WrapperFactory find_wrapper(const std::string& name) {
+  for (const auto& [n, f] : wrappers())
+    if (n == name) return f;
+  return nullptr;
+}
+
+std::vector<std::string> allocator_names() {
+  std::vector<std::string> out;
+  for (const auto& w : wrappers()) out.push_back(w.first);
+  return out;
+}
 
 std::vector<int32_t> rank_positions(const PromptScores& ps) {
   std::vector<int32_t> order(ps.score.size());
@@ -33,7 +51,9 @@ void AllocatorState::prefill(std::span<SlotCache> caches, const LayerView& lv, i
   }
   kept_.assign(n_heads, std::vector<uint8_t>(static_cast<size_t>(P), 1));
   budget_.assign(n_heads, 0);
+  lv_ = &lv;
   if (cut) choose(ps, P, kept_);
+  lv_ = nullptr;
   for (size_t h = 0; h < n_heads; ++h) {
     SlotCache& c = caches[h];
     std::vector<uint8_t> k(static_cast<size_t>(c.size()));

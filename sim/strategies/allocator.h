@@ -32,6 +32,8 @@ class AllocatorState : public StrategyState {
   int64_t head_budget(int64_t h) const { return budget_[static_cast<size_t>(h)]; }
 
  protected:
+  // The layer being cut, valid inside choose() (criticalkv reads its vo_norm).
+  const LayerView& view() const { return *lv_; }
   // Given each head's PromptScores (the base's keep < P in at least one head), sets keep[h][i] = 1
   // for the prompt tokens i < P head h keeps.
   virtual void choose(std::vector<PromptScores>& ps, int64_t P, std::vector<std::vector<uint8_t>>& keep) = 0;
@@ -41,6 +43,7 @@ class AllocatorState : public StrategyState {
   std::vector<int64_t> budget_;                       // [Hkv] B_h
   std::vector<std::vector<uint8_t>> kept_;            // [Hkv][P] chosen prompt tokens (permanent)
   bool varlen_ = false;
+  const LayerView* lv_ = nullptr;
 };
 
 // The order of design.md §3 (higher score, then lower position) over one head's prompt positions,
@@ -56,6 +59,7 @@ class Allocator : public Strategy {
   bool needs_entropy() const override { return base_->needs_entropy(); }
   bool needs_pre_rope() const override { return base_->needs_pre_rope(); }
   bool needs_q_pre() const override { return base_->needs_q_pre(); }
+  bool needs_vo_norm() const override { return base_->needs_vo_norm(); }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const final;
 
  protected:
@@ -68,7 +72,11 @@ class Allocator : public Strategy {
 // A wrapper's factory: reads its own parameters from `p` and wraps `base` (built from the same p).
 std::unique_ptr<Strategy> make_adakv(ParamReader& p, std::unique_ptr<Strategy> base);
 std::unique_ptr<Strategy> make_chunkkv(ParamReader& p, std::unique_ptr<Strategy> base);
-// The wrappers' names, for listings: {"adakv", "chunkkv"}.
+std::unique_ptr<Strategy> make_criticalkv(ParamReader& p, std::unique_ptr<Strategy> base);
+using WrapperFactory = std::unique_ptr<Strategy> (*)(ParamReader&, std::unique_ptr<Strategy>);
+// The wrappers by name: adakv, chunkkv, criticalkv; nullptr for another name.
+WrapperFactory find_wrapper(const std::string& name);
+// The wrappers' names, for listings: {"adakv", "chunkkv", "criticalkv"}.
 std::vector<std::string> allocator_names();
 
 }  // namespace kvsim

@@ -127,13 +127,12 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
   if (const size_t dot = spec.name.find('.'); dot != std::string::npos) {
     const std::string wrapper = spec.name.substr(0, dot), base = spec.name.substr(dot + 1);
     Factory bf = find_factory(base);
-    if (wrapper == "adakv" || wrapper == "chunkkv") {
+    if (WrapperFactory wf = find_wrapper(wrapper)) {
       if (base.find('.') != std::string::npos)
         throw UsageError("strategy '" + spec.text + "': " + wrapper + " wraps a scorer, not another wrapper ('" + base +
                          "')");
       if (!bf) unknown_strategy(base);
-      auto b = bf(p);
-      s = wrapper == "adakv" ? make_adakv(p, std::move(b)) : make_chunkkv(p, std::move(b));
+      s = wf(p, bf(p));
     } else {
       std::string wrappers;
       for (const auto& n : allocator_names()) wrappers += (wrappers.empty() ? "" : ", ") + n;

@@ -223,7 +223,7 @@ class Strategy {
 std::unique_ptr<Strategy> make_strategy(const std::string& spec_text);
 std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec);
 std::vector<std::string> strategy_names();
-// For --help: "full, window, ...; wrappers: adakv.BASE, chunkkv.BASE".
+// For --help: "full, window, ...; wrappers: adakv.BASE, chunkkv.BASE, criticalkv.BASE".
 std::string strategy_names_help();
 
 }  // namespace kvsim

@@ -55,12 +55,14 @@ def layer_views(trace, seq=None, P=None):
             v = d["v"][()].astype(np.float64)
             q_pre = d["q_pre"][()].astype(np.float64) if "q_pre" in d else None
             k_pre = d["k_pre"][()].astype(np.float64) if "k_pre" in d else None
+            vo_norm = d["vo_norm"][()].astype(np.float64) if "vo_norm" in d else None
             for kv in range(Hkv):
                 hs = slice(kv * G, (kv + 1) * G)
                 yield SimpleNamespace(layer=layer, n_layers=L, kv=kv, P=P, T=T, D=D, G=G, H=H, Hkv=Hkv,
                                       q=q[hs], k=k[kv], v=v[kv],
                                       q_pre=None if q_pre is None else q_pre[hs],
                                       k_pre=None if k_pre is None else k_pre[kv],
+                                      vo_norm=None if vo_norm is None else vo_norm[hs], vo_norm_all=vo_norm,
                                       q_all=q, k_all=k, v_all=v, k_pre_all=k_pre, tokens=tokens,
                                       rope_theta=float(f.attrs["rope_theta"]), rope_style=str(f.attrs["rope_style"]),
                                       seq=seq)

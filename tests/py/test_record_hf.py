@@ -4,8 +4,8 @@
 The PyTorch model (tests/py/stories260k_torch.py) is written from the checkpoint's documented layout and is
 first checked against the model author's greedy output (../shared/models/greedy_from_bos_256.json), so it
 does not lean on kvsim's native loader. Then the recorder's trace of a 60-token prompt + 68 generated tokens must
-equal the native recorder's tensor by tensor (1e-5 of each tensor's largest magnitude: two float32 forward
-passes that differ only in summation order), replay through every strategy to the same metrics (1e-5; knorm
+equal the native recorder's tensor by tensor (q, k, v, q_pre, k_pre, o and --record vo_norm; 1e-5 of each
+tensor's largest magnitude: two float32 forward passes that differ only in summation order), replay through every strategy to the same metrics (1e-5; knorm
 and 4-bit quant looser, see LOOSE), pass
 `kvsim info --check`, store bfloat16 as the nearest-even rounding of its float32 values, and refuse bad
 input with one line and exit 2, leaving nothing behind. Skipped without ../shared/models or torch. Run:
@@ -32,7 +32,7 @@ MODELS = os.path.join(ROOT, "..", "shared", "models", "stories260K")
 FACTORY = os.path.join(HERE, "stories260k_torch.py")
 PROMPT = "1 410 469 347"  # "Zoo" (../shared/models/README.md)
 BUDGET = 40  # below the 60-token prompt (prefill compresses) and above snapkv's default window of 32
-KINDS = ("q", "k", "v", "q_pre", "k_pre", "o")
+KINDS = ("q", "k", "v", "q_pre", "k_pre", "o", "vo_norm")
 REL = 1e-5
 # defaults sized for long prompts, scaled to this one's P = 60 (the strategy's own error message suggests them)
 SCALED = {"shadowkv": "shadowkv:budget=16,rank=8,chunk=4,outliers=2,local=1",
@@ -67,7 +67,8 @@ def main():
             greedy_ids = json.load(f)["greedy_ids"]
         # 60 prompt tokens (BOS + the author's greedy story, so the prompt is text the model knows) + 68
         long_prompt = " ".join(str(t) for t in [1] + greedy_ids[:59])
-        common = ["--ids", "--prompt", long_prompt, "--generate", "68", "--pre", "--with-o", "--quiet"]
+        common = ["--ids", "--prompt", long_prompt, "--generate", "68", "--pre", "--with-o", "--record", "vo_norm",
+                  "--quiet"]
         r = lib.run([kvsim, "record", "--model", os.path.join(MODELS, "stories260K.bin"), "--out", native] + common)
         assert r.returncode == 0, r.stderr
         r = lib.run([sys.executable, os.path.join(ROOT, "tools", "record_hf.py"), "--model", FACTORY + ":build",
@@ -96,6 +97,7 @@ def main():
                 assert np.array_equal(sa["tokens"][()], sb["tokens"][()]), "generated tokens differ"
                 assert sb["tokens"].dtype == np.int32
                 assert sb["layers/0/k"].chunks == (1, 128, 8), sb["layers/0/k"].chunks
+                assert sb["layers/0/vo_norm"].shape == (8, 128) and sb["layers/0/vo_norm"].chunks == (1, 128)
 
         def tensors_equal_native():
             worst = (0.0, "")
@@ -230,6 +232,9 @@ def main():
         s.check("cross-layer KV sharing is refused, its .partial removed",
                 lambda: refuses(["--model", FACTORY + ":build_shared_kv"] + base, os.path.join(d, "s.h5"),
                                 r"layer 1: reuses layer 0's keys \(cross-layer KV sharing\)"))
+        s.check("an unknown --record item is refused, nothing written",
+                lambda: refuses(["--model", FACTORY + ":build", "--record", "vo_norm,attn"] + base,
+                                os.path.join(d, "r.h5"), r"--record: unknown item 'attn' \(choose: vo_norm\)"))
         s.check("a token id outside the vocabulary is refused",
                 lambda: refuses(["--model", FACTORY + ":build", "--ids", "--prompt", "1 512"], os.path.join(d, "w.h5"),
                                 r"token id 512 is outside \[0, vocab_size = 512\)"))
