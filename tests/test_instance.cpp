@@ -6,6 +6,7 @@
 // predict live perplexity rests on it.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <map>
 #include <string>
 #include <tuple>
@@ -67,10 +68,12 @@ Log offline(const Strategy& s, Layer& L, int64_t P) {
   return log;
 }
 
-Log live(const Strategy& s, Layer& L, int64_t P) {
+// `weights`: a one-layer model whose o_proj the live cache computes vo_norm from (criticalkv).
+Log live(const Strategy& s, Layer& L, int64_t P, const model::Model* weights = nullptr) {
   model::ModelConfig c;
+  if (weights) c = weights->config;
   c.n_layers = 1, c.n_heads = L.H, c.n_kv_heads = L.Hkv, c.head_dim = L.D;
-  model::StrategyCaches caches(s, c, L.T, P, Backend::ref);
+  model::StrategyCaches caches(s, c, L.T, P, Backend::ref, Protocol::evict, weights);
   Log log;
   caches.set_step_hook([&](int64_t layer, const Instance& inst, int64_t t) { record(log, layer, inst, t); });
   auto factory = caches.factory();
@@ -102,7 +105,26 @@ void check_same(const std::string& spec, int64_t H, int64_t Hkv, int64_t T, int6
   auto s = make_strategy(spec);
   Layer L(H, Hkv, T, D);
   L.fill_random(seed, 1.5f);
-  const Log a = offline(*s, L, P), b = live(*s, L, P);
+  model::Model m;  // a strategy that needs_vo_norm: a random o_proj [dim, H*D], the trace's vo_norm from it
+  if (s->needs_vo_norm()) {
+    const int64_t dim = 12, G = H / Hkv;
+    m.config.dim = dim;
+    m.layers.resize(1);
+    std::vector<float>& wo = m.layers[0].wo;
+    for (int64_t i = 0; i < dim * H * D; ++i) wo.push_back(static_cast<float>((i * 7919 % 23) - 11) / 8.0f);
+    L.vo_norm.assign(static_cast<size_t>(H * T), 0.0f);
+    for (int64_t h = 0; h < H; ++h)  // n[h, i] = sum_r |sum_x wo[r, h D + x] v[h / G, i, x]| (plain loops)
+      for (int64_t i = 0; i < T; ++i) {
+        double n = 0;
+        for (int64_t r = 0; r < dim; ++r) {
+          double y = 0;
+          for (int64_t x = 0; x < D; ++x) y += double(wo[r * H * D + h * D + x]) * L.V(h / G, i, x);
+          n += std::abs(y);
+        }
+        L.vo_norm[h * T + i] = static_cast<float>(n);
+      }
+  }
+  const Log a = offline(*s, L, P), b = live(*s, L, P, s->needs_vo_norm() ? &m : nullptr);
   INFO(spec << " H " << H << " Hkv " << Hkv << " T " << T << " P " << P << " seed " << seed);
   REQUIRE(a.size() == static_cast<size_t>(Hkv * (T - P)));  // every (KV head, decode step) seen
   REQUIRE(b.size() == a.size());
@@ -149,6 +171,14 @@ TEST_CASE("instance: offline and live agree for rkv, whose decode queries the li
   // at prefill too.
   check_same("rkv:budget=16,window=4,buffer=5", 4, 2, 49, 8, 9, 91);
   check_same("rkv:budget=8,window=4,buffer=3,lambda=0.5,order=position", 4, 2, 49, 8, 9, 92);
+}
+
+TEST_CASE("instance: offline and live agree for criticalkv, whose vo_norm the live cache computes from o_proj") {
+  // Offline, the trace's vo_norm (here the test's plain loops over a random o_proj); live, the cache's
+  // own at prefill from the same o_proj (traces/model/vo_norm.h). Equal to float rounding, so the same
+  // cut: uniform heads and AdaKV's budgets, under evict (the allocators' slide afterwards).
+  check_same("criticalkv.snapkv:budget=16,window=4", 4, 2, 49, 8, 20, 31);
+  check_same("criticalkv.h2o:budget=16,heads=adakv", 4, 2, 49, 8, 20, 32);
 }
 
 TEST_CASE("instance: check_fits and check_prefill refuse what cannot run, with the numbers") {

@@ -289,7 +289,7 @@ TEST_CASE("vo_norm: a replay hands it to a strategy that needs it, and refuses a
                        "--record vo_norm)");
     }
   }
-  // the live model cache (kvsim ppl) has no vo_norm: refused before anything runs
+  // the live model cache (kvsim ppl) computes vo_norm from o_proj: without the weights, refused before anything runs
   model::ModelConfig c;
   c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4, c.dim = 16, c.seq_len = 64;
   try {

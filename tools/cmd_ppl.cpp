@@ -128,7 +128,7 @@ int run_ppl(const PplArgs& a) {
     throw UsageError("--prefill " + std::to_string(P) + " must satisfy 1 <= P < T = " + std::to_string(T) +
                      " (the input has " + std::to_string(T) + " tokens)");
   const Protocol protocol = parse_protocol(a.protocol);
-  for (const auto& s : strategies) model::check_strategy_fits(*s, m.config, T, P, protocol);
+  for (const auto& s : strategies) model::check_strategy_fits(*s, m.config, T, P, protocol, &m);
 
   Progress progress("kvsim ppl", "tokens", T * static_cast<int64_t>(strategies.size() + 1), a.quiet);
   auto advance = [&progress](int64_t n) { progress.advance(n); };

@@ -51,7 +51,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, in
   r.T = T, r.P = P, r.n_predicted = T - P;
 
   std::unique_ptr<StrategyCaches> caches;
-  if (strategy) caches = std::make_unique<StrategyCaches>(*strategy, c, T, P, backend, protocol);
+  if (strategy) caches = std::make_unique<StrategyCaches>(*strategy, c, T, P, backend, protocol, &model);
   Runner runner(model, backend, caches ? caches->factory() : full_cache_factory());
   const auto t0 = std::chrono::steady_clock::now();
   const float* logits = runner.forward(ids.data(), P);

@@ -8,6 +8,7 @@
 #include "sim/exact_stats.h"
 #include "sim/instance.h"
 #include "sim/kernels/kernels.h"
+#include "traces/model/vo_norm.h"
 
 namespace kvsim::model {
 
@@ -50,10 +51,10 @@ float exact_row_entropy(const float* q,  // [D]
 class StrategyLayer {
  public:
   StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b,
-                Protocol protocol, const StepHook* hook)
+                Protocol protocol, const StepHook* hook, const float* wo)
       : strat_(s), protocol_(protocol), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads),
-        D_(c.head_dim), T_(T), P_(P), backend_(b), attend_fn_(kernels(b).attend_slots),
-        hook_(hook), shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
+        D_(c.head_dim), T_(T), P_(P), dim_(c.dim), backend_(b), attend_fn_(kernels(b).attend_slots), hook_(hook),
+        wo_(wo), shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
         per_state_(s.layer_coupled() ? c.n_kv_heads : 1) {
     reset();
   }
@@ -165,17 +166,18 @@ class StrategyLayer {
 
   const Strategy& strat_;
   const Protocol protocol_;
-  const int64_t layer_, H_, Hkv_, G_, D_, T_, P_;
+  const int64_t layer_, H_, Hkv_, G_, D_, T_, P_, dim_;
   const Backend backend_;
   const AttendSlotsFn attend_fn_;
   const StepHook* hook_;
+  const float* wo_;  // the layer's o_proj [dim, H*D] when the strategy needs_vo_norm, else null
   const ModelShape shape_;
   const int64_t per_state_;  // caches per instance: Hkv for layer-coupled strategies, else 1
   std::vector<std::unique_ptr<Instance>> insts_;
   // The prompt's q [H, T, D], k and v [Hkv, T, D] (rows < P; q keeps the decode queries when the
   // strategy needs_queries, k the decode keys when it needs entropy), per-token k_norm [Hkv, T] and
-  // entropy [H, T], colsums [H, P].
-  std::vector<float> q_, k_, v_, k_norm_, entropy_, colsums_;
+  // entropy [H, T], colsums [H, P], vo_norm [H, T] (rows < P, at prefill only).
+  std::vector<float> q_, k_, v_, k_norm_, entropy_, colsums_, vo_norm_;
   LayerView lv_;
   std::vector<int64_t> prompt_pos_;
   mutable std::vector<std::vector<int64_t>> slot_pos_;
@@ -208,7 +210,19 @@ void StrategyLayer::prefill() {
   lv_.q = q_.data(), lv_.k = k_.data(), lv_.v = v_.data(), lv_.k_norm = k_norm_.data();
   lv_.prompt_colsums = colsums ? colsums_.data() : nullptr;
   lv_.entropy = entropy ? entropy_.data() : nullptr;
+  if (wo_) {  // ||W_o,h v_i||_1 of the prompt's tokens, as the recorder computes it (token-major v)
+    std::vector<float> vt(static_cast<size_t>(P_ * Hkv_ * D_)), n(static_cast<size_t>(H_ * P_));
+    for (int64_t kv = 0; kv < Hkv_; ++kv)
+      for (int64_t t = 0; t < P_; ++t)
+        std::copy_n(v_.data() + (kv * T_ + t) * D_, D_, vt.data() + (t * Hkv_ + kv) * D_);
+    vo_norm(wo_, vt.data(), P_, H_, Hkv_, D_, dim_, n.data());
+    vo_norm_.assign(static_cast<size_t>(H_ * T_), 0.0f);
+    for (int64_t h = 0; h < H_; ++h) std::copy_n(n.data() + h * P_, P_, vo_norm_.data() + h * T_);
+    lv_.vo_norm = vo_norm_.data();
+  }
   for (auto& in : insts_) in->prefill(lv_);
+  std::vector<float>().swap(vo_norm_);
+  lv_.vo_norm = nullptr;
   // Strategies read q, k, v in prefill only (sim/strategies/strategy.h); k stays for the decode
   // entropies, q for a strategy that reads decode queries (needs_queries: attend() fills row t).
   if (!strat_.needs_queries()) {
@@ -245,16 +259,16 @@ class StrategyKvCache final : public KvCache {
 
 }  // namespace
 
-void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Protocol protocol) {
+void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Protocol protocol,
+                         const Model* weights) {
   check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P, protocol);
   if (strategy.needs_q_pre())
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs pre-RoPE queries, which the live model cache does not keep; replay it with kvsim run on "
                      "a trace recorded with --pre");
-  if (strategy.needs_vo_norm())
+  if (strategy.needs_vo_norm() && weights == nullptr)
     throw UsageError("strategy cache: '" + strategy.spec_text() +
-                     "' needs vo_norm (||W_o,h v_i||_1), which the live model cache does not compute; replay it with "
-                     "kvsim run on a trace recorded with --record vo_norm");
+                     "' needs vo_norm (||W_o,h v_i||_1), and no model weights were given to compute it from o_proj");
   if (strategy.needs_pre_rope())
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs pre-RoPE keys, which the live model cache does not keep; replay it with kvsim run on "
@@ -262,11 +276,11 @@ void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, in
 }
 
 StrategyCaches::StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
-                               Backend backend, Protocol protocol)
-    : strategy_(strategy), config_(config), T_(T), P_(P), backend_(backend), protocol_(protocol) {
+                               Backend backend, Protocol protocol, const Model* weights)
+    : strategy_(strategy), config_(config), T_(T), P_(P), backend_(backend), protocol_(protocol), weights_(weights) {
   if (backend != Backend::ref && backend != Backend::omp)
     throw NotCompiled(std::string("strategy cache: backend ") + backend_name(backend) + " is not supported (ref, omp)");
-  check_strategy_fits(strategy, config, T, P, protocol);
+  check_strategy_fits(strategy, config, T, P, protocol, weights);
   layers_.resize(static_cast<size_t>(config.n_layers));
 }
 
@@ -276,7 +290,14 @@ KvCacheFactory StrategyCaches::factory() {
   return [this](int64_t layer, int64_t kv_head, int64_t D, int64_t) -> std::unique_ptr<KvCache> {
     KVSIM_ASSERT(layer >= 0 && layer < config_.n_layers && D == config_.head_dim);
     auto& l = layers_[static_cast<size_t>(layer)];
-    if (!l) l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_, protocol_, &hook_);
+    if (!l) {
+      const float* wo = nullptr;
+      if (strategy_.needs_vo_norm()) {
+        KVSIM_ASSERT(weights_ && static_cast<int64_t>(weights_->layers.size()) == config_.n_layers);
+        wo = weights_->layers[static_cast<size_t>(layer)].wo.data();
+      }
+      l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_, protocol_, &hook_, wo);
+    }
     return std::make_unique<StrategyKvCache>(l, kv_head);
   };
 }

@@ -14,7 +14,9 @@
 // strategy that reads entropy (entropy_merge), the exact entropy of the token's own live query over
 // the live keys of positions 0..t (kept beside the cache for that purpose only; not counted in bytes),
 // and, for a strategy that needs_queries (rkv), the live query of token t from step t on (the
-// strategy counts the rows it keeps in its own state bytes).
+// strategy counts the rows it keeps in its own state bytes). A strategy that needs_vo_norm
+// (criticalkv) is handed the prompt's ||W_o,h v_i||_1 computed at prefill from the model's o_proj
+// (traces/model/vo_norm.h, as `kvsim record --record vo_norm` writes it), so the weights must be given.
 #pragma once
 
 #include <cstdint>
@@ -37,17 +39,19 @@ class StrategyLayer;  // one layer's instances (strategy_cache.cpp)
 using StepHook = std::function<void(int64_t layer, const Instance& inst, int64_t t)>;
 
 // Throws UsageError when `strategy` cannot run on a sequence of T tokens with prefill P for this
-// model (a budget that does not fit, a codec group that does not divide D), before any work.
+// model (a budget that does not fit, a codec group that does not divide D, vo_norm without `weights`),
+// before any work.
 void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P,
-                         Protocol protocol = Protocol::evict);
+                         Protocol protocol = Protocol::evict, const Model* weights = nullptr);
 
 // The caches of every (layer, KV head) of one sequence of T tokens with prefill P. Hand factory()
 // to a Runner (this object must outlive it), run forward(ids, P), then forward(&id, 1) for each
 // decode token. clear() (Runner::reset) starts a new sequence with fresh states.
 class StrategyCaches {
  public:
+  // `weights`: the model whose o_proj gives vo_norm (needed only by a strategy that needs_vo_norm).
   StrategyCaches(const Strategy& strategy, const ModelConfig& config, int64_t T, int64_t P, Backend backend,
-                 Protocol protocol = Protocol::evict);
+                 Protocol protocol = Protocol::evict, const Model* weights = nullptr);
   ~StrategyCaches();
   KvCacheFactory factory();
 
@@ -63,6 +67,7 @@ class StrategyCaches {
   int64_t T_, P_;
   Backend backend_;
   Protocol protocol_;
+  const Model* weights_;
   StepHook hook_;
   std::vector<std::shared_ptr<StrategyLayer>> layers_;  // [L]
 };
