@@ -35,6 +35,34 @@ bool cand_before(const Cand& a, const Cand& b) {
   return a.pos != b.pos ? a.pos < b.pos : a.head < b.head;
 }
 
+}  // namespace
+
+void adakv_kvpress_keep(const std::vector<PromptScores>& ps, int64_t P, double alpha,
+                        std::vector<std::vector<uint8_t>>& keep) {
+  const auto H = static_cast<int64_t>(ps.size());
+  for (auto& k : keep) std::fill(k.begin(), k.end(), 0);
+  std::vector<Cand> pool;
+  const int64_t n_kept = std::min(ps[0].keep, P);
+  const auto n_safe = static_cast<int64_t>(static_cast<double>(n_kept) * alpha);
+  for (int64_t h = 0; h < H; ++h) {
+    const std::vector<int32_t> order = rank_positions(ps[h]);
+    for (int64_t r = 0; r < P; ++r) {
+      const int32_t i = order[r];
+      if (r < n_safe || ps[h].forced[i])
+        keep[h][i] = 1;
+      else
+        pool.push_back({ps[h].score[i], i, static_cast<int32_t>(h)});
+    }
+  }
+  // The Hkv·(P − n_kept) lowest of the rest go: the best pool.size() − that many stay.
+  const int64_t stay = static_cast<int64_t>(pool.size()) - H * (P - n_kept);
+  KVSIM_ASSERT(stay >= 0);
+  std::nth_element(pool.begin(), pool.begin() + stay, pool.end(), cand_before);
+  for (int64_t j = 0; j < stay; ++j) keep[pool[j].head][pool[j].pos] = 1;
+}
+
+namespace {
+
 class AdakvState final : public AllocatorState {
  public:
   AdakvState(std::vector<std::unique_ptr<StrategyState>> base, double alpha, bool kvpress)
@@ -42,29 +70,10 @@ class AdakvState final : public AllocatorState {
 
  protected:
   void choose(std::vector<PromptScores>& ps, int64_t P, std::vector<std::vector<uint8_t>>& keep) override {
+    if (kvpress_) return adakv_kvpress_keep(ps, P, alpha_, keep);
     const auto H = static_cast<int64_t>(ps.size());
     for (auto& k : keep) std::fill(k.begin(), k.end(), 0);
     std::vector<Cand> pool;
-    if (kvpress_) {
-      const int64_t n_kept = std::min(ps[0].keep, P);
-      const auto n_safe = static_cast<int64_t>(static_cast<double>(n_kept) * alpha_);
-      for (int64_t h = 0; h < H; ++h) {
-        const std::vector<int32_t> order = rank_positions(ps[h]);
-        for (int64_t r = 0; r < P; ++r) {
-          const int32_t i = order[r];
-          if (r < n_safe || ps[h].forced[i])
-            keep[h][i] = 1;
-          else
-            pool.push_back({ps[h].score[i], i, static_cast<int32_t>(h)});
-        }
-      }
-      // The Hkv·(P − n_kept) lowest of the rest go: the best pool.size() − that many stay.
-      const int64_t stay = static_cast<int64_t>(pool.size()) - H * (P - n_kept);
-      KVSIM_ASSERT(stay >= 0);
-      std::nth_element(pool.begin(), pool.begin() + stay, pool.end(), cand_before);
-      for (int64_t j = 0; j < stay; ++j) keep[pool[j].head][pool[j].pos] = 1;
-      return;
-    }
     int64_t n_forced = 0;
     for (int64_t i = 0; i < P; ++i) n_forced += ps[0].forced[i];
     const int64_t base = std::min(ps[0].keep, P) - n_forced;  // B'

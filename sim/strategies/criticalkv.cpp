@@ -38,31 +38,11 @@ class CriticalState final : public AllocatorState {
     const int64_t n_kept = std::min(ps[0].keep, P);
     std::vector<std::vector<int32_t>> order(static_cast<size_t>(H));
     for (int64_t h = 0; h < H; ++h) order[h] = rank_positions(ps[h]);
-    std::vector<int64_t> budget(static_cast<size_t>(H), n_kept), n_first(static_cast<size_t>(H));
+    std::vector<int64_t> budget(static_cast<size_t>(H), n_kept);
     const auto n_safe = static_cast<int64_t>(static_cast<double>(n_kept) * o_.alpha);
-    if (o_.adaptive) {  // AdaKV's kvpress form: the safeguard and forced tokens, then the layer's best
-      struct Cand {
-        double score;
-        int32_t pos, head;
-      };
-      std::vector<Cand> pool;
-      for (int64_t h = 0; h < H; ++h) {
-        budget[h] = 0;
-        for (int64_t r = 0; r < P; ++r) {
-          const int32_t i = order[h][r];
-          if (r < n_safe || ps[h].forced[i])
-            ++budget[h];
-          else
-            pool.push_back({ps[h].score[i], i, static_cast<int32_t>(h)});
-        }
-      }
-      const int64_t stay = static_cast<int64_t>(pool.size()) - H * (P - n_kept);
-      KVSIM_ASSERT(stay >= 0);
-      std::nth_element(pool.begin(), pool.begin() + stay, pool.end(), [](const Cand& a, const Cand& b) {
-        if (a.score != b.score) return a.score > b.score;
-        return a.pos != b.pos ? a.pos < b.pos : a.head < b.head;
-      });
-      for (int64_t j = 0; j < stay; ++j) ++budget[pool[j].head];
+    if (o_.adaptive) {  // B_h = how many tokens AdaKV's kvpress form keeps in head h
+      adakv_kvpress_keep(ps, P, o_.alpha, keep);
+      for (int64_t h = 0; h < H; ++h) budget[h] = std::count(keep[h].begin(), keep[h].end(), uint8_t{1});
     }
     for (int64_t h = 0; h < H; ++h) {
       std::fill(keep[h].begin(), keep[h].end(), 0);
