@@ -9,7 +9,7 @@ namespace kvsim {
 int64_t instances_per_layer(const Strategy& s, int64_t Hkv) { return s.layer_coupled() ? 1 : Hkv; }
 
 InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T, int64_t P,
-                             Protocol protocol) {
+                             Protocol protocol, const std::vector<double>* plan) {
   InstanceContext ctx;
   ctx.layer = layer, ctx.n_layers = shape.L;
   KVSIM_ASSERT(!(s.layer_coupled() && s.per_query_head()));
@@ -19,6 +19,7 @@ InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t
   ctx.n_caches = s.layer_coupled() ? shape.Hkv : s.per_query_head() ? shape.G() : 1;
   ctx.T = T, ctx.P = P, ctx.D = shape.D, ctx.G = shape.G();
   ctx.protocol = protocol;
+  ctx.plan = plan;
   return ctx;
 }
 

@@ -35,9 +35,9 @@ struct ModelShape {
 // Instances of `s` per layer: 1 for a layer-coupled strategy, else Hkv.
 int64_t instances_per_layer(const Strategy& s, int64_t Hkv);
 // The context of instance `i` (< instances_per_layer) of `layer`, on a sequence of T tokens with
-// prefill P (seed 0).
+// prefill P (seed 0), reading the sequence's cross-layer plan `plan` (InstanceContext::plan).
 InstanceContext make_context(const Strategy& s, const ModelShape& shape, int64_t layer, int64_t i, int64_t T, int64_t P,
-                             Protocol protocol = Protocol::evict);
+                             Protocol protocol = Protocol::evict, const std::vector<double>* plan = nullptr);
 // UsageError unless 1 <= P < T.
 void check_prefill(int64_t T, int64_t P);
 // UsageError when `s` cannot run on T tokens with prefill P: P out of range, a budget that does not

@@ -297,16 +297,19 @@ std::vector<int64_t> bin_edges(int64_t P, int64_t T, int64_t bins) {
 
 void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int64_t L, int64_t P,
                   std::span<const Strategy* const> strategies, const ReplayOptions& opt,
-                  std::vector<ConfigResult>& results) {
+                  std::vector<ConfigResult>& results, std::span<const std::vector<double>> plans) {
   KVSIM_ASSERT(results.size() == strategies.size());
+  KVSIM_ASSERT(plans.empty() || plans.size() == strategies.size());
   const auto edges = bin_edges(P, lv.T, opt.bins);
   const ModelShape shape{L, lv.H, lv.Hkv, lv.D};
   std::vector<Job> jobs;
   for (size_t c = 0; c < strategies.size(); ++c) {
     const Strategy& s = *strategies[c];
     KVSIM_ASSERT(!s.needs_prompt_colsums() || lv.prompt_colsums);
+    KVSIM_ASSERT(!s.needs_model_plan() || !plans.empty() || L == 1);
+    const std::vector<double>* plan = s.needs_model_plan() && !plans.empty() ? &plans[c] : nullptr;
     for (int64_t i = 0; i < instances_per_layer(s, lv.Hkv); ++i)
-      jobs.push_back(Job{static_cast<int64_t>(c), make_context(s, shape, layer, i, lv.T, P, opt.protocol)});
+      jobs.push_back(Job{static_cast<int64_t>(c), make_context(s, shape, layer, i, lv.T, P, opt.protocol, plan)});
   }
   if (opt.backend == Backend::cuda || opt.attend_batch) {
     if (opt.protocol == Protocol::sparse)
@@ -435,6 +438,24 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
                    src.stats_path.empty() ? std::string("off") : opt.stats_cache);
   res.stats_from_cache = cache.hit();
   if (!cache.invalid_reason().empty()) res.stats_cache_rebuilt = cache.path() + ": " + cache.invalid_reason();
+  // The cross-layer plans (Strategy::needs_model_plan): one pass over every layer's prompt first.
+  std::vector<std::vector<double>> plans(strategies.size());
+  if (std::any_of(strategies.begin(), strategies.end(), [](const Strategy* s) { return s->needs_model_plan(); })) {
+    std::vector<std::vector<std::vector<double>>> profiles(strategies.size());
+    for (int64_t l = 0; l < res.L; ++l) {
+      const auto t0 = Clock::now();
+      const LayerTensors in = src.read(l, false);
+      res.read_seconds += since(t0);
+      LayerView lv;
+      lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
+      lv.q = in.q, lv.k = in.k, lv.v = in.v;
+      lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
+      for (size_t c = 0; c < strategies.size(); ++c)
+        if (strategies[c]->needs_model_plan()) profiles[c].push_back(strategies[c]->layer_profile(lv, res.P));
+    }
+    for (size_t c = 0; c < strategies.size(); ++c)
+      if (strategies[c]->needs_model_plan()) plans[c] = strategies[c]->make_plan(profiles[c], res.T, res.P);
+  }
   ExactStats rs;
   std::vector<float> k_norm, colsums;
   for (int64_t l = 0; l < res.L; ++l) {
@@ -467,7 +488,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
     }
     res.ref_seconds += since(t0);
     t0 = Clock::now();
-    replay_layer(lv, rs, l, res.L, res.P, strategies, opt, res.configs);
+    replay_layer(lv, rs, l, res.L, res.P, strategies, opt, res.configs, plans);
     res.replay_seconds += since(t0);
     if (opt.progress) opt.progress("layer " + std::to_string(l + 1) + "/" + std::to_string(res.L) + " done");
   }

@@ -108,10 +108,12 @@ std::vector<int64_t> bin_edges(int64_t P, int64_t T, int64_t bins);
 
 // Runs every configuration on one layer. `results` has one entry per strategy, each with heads
 // sized L * H; this fills heads [layer * H, (layer + 1) * H). lv.k_norm must be set, and
-// lv.prompt_colsums when any strategy needs_prompt_colsums().
+// lv.prompt_colsums when any strategy needs_prompt_colsums(). `plans`: one per strategy, the
+// sequence's cross-layer plan of those that needs_model_plan (Strategy::make_plan over every layer's
+// profile); empty only for a one-layer model (L = 1), whose states plan from this layer (model_plan).
 void replay_layer(const LayerView& lv, const ExactStats& rs, int64_t layer, int64_t L, int64_t P,
                   std::span<const Strategy* const> strategies, const ReplayOptions& opt,
-                  std::vector<ConfigResult>& results);
+                  std::vector<ConfigResult>& results, std::span<const std::vector<double>> plans = {});
 
 // Fills the means over heads (summary and curves) from results[i].heads.
 void finalize_summaries(ConfigResult& r);

@@ -181,6 +181,13 @@ TEST_CASE("instance: offline and live agree for criticalkv, whose vo_norm the li
   check_same("criticalkv.h2o:budget=16,heads=adakv", 4, 2, 49, 8, 20, 32);
 }
 
+TEST_CASE("instance: offline and live agree for cake, whose layer budgets the live cache plans before the cut") {
+  // cake plans across layers (Strategy::needs_model_plan): the live cache profiles the layer after
+  // the prompt's forward pass and cuts at the first decode token; the replay plans from the layer.
+  check_same("cake:budget=16,window=4", 4, 2, 49, 8, 30, 41);
+  check_same("cake:budget=12,window=3,kernel=1,gamma=5", 4, 2, 49, 8, 30, 42);
+}
+
 TEST_CASE("instance: check_fits and check_prefill refuse what cannot run, with the numbers") {
   const ModelShape shape{5, 4, 2, 8};
   auto h2o = make_strategy("h2o:budget=8");

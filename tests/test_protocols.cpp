@@ -212,7 +212,8 @@ TEST_CASE("protocols: every cache strategy runs under evict and prefill, under p
                                                     {"cms_aggregate", ",recent=2,sinks=1"},
                                                     {"lagkv", ",sinks=2"},
                                                     {"expected_attention", ",sinks=2"},
-                                                    {"rkv", ",window=2,buffer=1"}};
+                                                    {"rkv", ",window=2,buffer=1"},
+                                                    {"cake", ",window=2"}};
     if (auto it = fit.find(name); it != fit.end()) spec += it->second;
     if (make_strategy(spec)->is_selector()) continue;
     INFO(spec);

@@ -155,6 +155,108 @@ TEST_CASE("strategy simlayerkv: a lazy layer keeps the initial and recent tokens
   CHECK_THROWS_AS(make_strategy("simlayerkv:budget=8"), UsageError);  // no budget: the saving is an output
 }
 
+TEST_CASE("strategy cake: token scores mean + gamma·var of the window, pooled in the cache's order; layer budgets") {
+  // H = Hkv = 1, D = 2, P = 7, window w = 2 (queries 5, 6). Keys: k0 = (0, −1), k1 = (1, 0), k2 = (0, 1),
+  // the rest 0. q5 = (√2 ln 4, 0), q6 = (√2 ln 4, √2 ln 8): logits q·k/√2.
+  //   q5 over 0..5: e^z = 1, 4, 1, 1, 1, 1 (sum 9): past 0..4 = (1, 4, 1, 1, 1)/9;
+  //   q6 over 0..6: e^z = 1/8, 4, 8, 1, 1, 1, 1 (sum 129/8): past = (1, 32, 64, 8, 8)/129.
+  // Per past token, the mean and the unbiased variance ((a − b)²/2) over the two window queries:
+  //   mean 0.059432, 0.346253, 0.303618, 0.086563, 0.086563;
+  //   var  0.0053416, 0.0192830, 0.0741175, 0.0012052, 0.0012052;
+  //   mean + 200·var = 1.12774, 4.20286, 15.12711, 0.32760, 0.32760.
+  // Pooled over 3 (zero padding, /3): gamma 0: 0.13523, 0.23643, 0.24548, 0.15891, 0.05771;
+  //   gamma 200: 1.77687, 6.81924, 6.55252, 5.26077, 0.21840.
+  // One layer: budget C, B = C − w past tokens (P > C + w), kept with the window 5, 6.
+  Layer L(1, 1, 9, 2);
+  set_key(L, 0, 0, -1), set_key(L, 1, 1, 0), set_key(L, 2, 0, 1);
+  const float r2 = std::sqrt(2.0f);
+  L.Q(0, 5, 0) = r2 * std::log(4.0f), L.Q(0, 6, 0) = r2 * std::log(4.0f), L.Q(0, 6, 1) = r2 * std::log(8.0f);
+  CHECK(Driver("cake:budget=3,window=2,kernel=1", L, 7).pos() == S{2, 5, 6});          // gamma 200: var decides
+  CHECK(Driver("cake:budget=3,window=2,kernel=1,gamma=0", L, 7).pos() == S{1, 5, 6});  // the mean alone
+  CHECK(Driver("cake:budget=3,window=2,kernel=3,gamma=0", L, 7).pos() == S{2, 5, 6});  // pooled: 2 over 1
+  CHECK(Driver("cake:budget=3,window=2,kernel=3", L, 7).pos() == S{1, 5, 6});  // gamma 200, pooled: 1 over 2
+  {
+    // B = 2, gamma 0, kernel 3: tokens 2 and 1, held in the reference cache's order [2, 1, 5, 6] (its
+    // topk, best first).
+    Driver d("cake:budget=4,window=2,kernel=3,gamma=0", L, 7);
+    CHECK(d.pos() == S{1, 2, 5, 6});
+    // Step 7 (protocol evict): [2, 1, 5, 6, 7] holds 5 > B + w = 4. The current attention on the past
+    // [2, 1, 5] (all but the last w) is 0.5, 0, 0.1, pooled in that order: 0.5/3, 0.6/3, 0.1/3: keep 1
+    // and 2, drop 5 (pooled in position order [1, 2, 5] it would be 0.5/3, 0.6/3, 0.6/3: keep 2 and 5).
+    d.step(7, {{{2, 0.5f}, {1, 0.0f}, {5, 0.1f}, {6, 0.2f}, {7, 0.2f}}});
+    CHECK(d.pos() == S{1, 2, 6, 7});
+    // Step 8: [1, 2, 6, 7, 8], past [1, 2, 6] at 0.3, 0, 0.2: pooled 0.1, 0.5/3, 0.2/3: keep 2 and 1;
+    // token 6, in the window a step ago, goes.
+    d.step(8, {{{1, 0.3f}, {2, 0.0f}, {6, 0.2f}, {7, 0.1f}, {8, 0.2f}}});
+    CHECK(d.pos() == S{1, 2, 7, 8});
+  }
+  // P = 6 <= C + w = 4 + 2: not compressed; decode then holds C − w + w = 4 slots.
+  {
+    Driver d("cake:budget=4,window=2", L, 6);
+    CHECK(d.pos() == S{0, 1, 2, 3, 4, 5});
+    d.step(6, {{{0, 0.1f}, {1, 0.3f}, {2, 0.2f}, {3, 0.0f}, {4, 0.3f}, {5, 0.1f}}});
+    CHECK(d.pos().size() == 4);
+  }
+  // The layer's profile: E = −Σ a·log(a + 1e-10) and V = Σ var over the past columns of both queries.
+  auto cake = make_strategy("cake:budget=4,window=2");
+  const auto prof = cake->layer_profile(L.view(), 7);
+  REQUIRE(prof.size() == 2);
+  CHECK(prof[0] == doctest::Approx(2.4130482).epsilon(1e-6));
+  CHECK(prof[1] == doctest::Approx(0.1011524).epsilon(1e-5));
+  CHECK_THROWS_AS(make_strategy("cake:budget=8,window=1"), UsageError);  // the variance needs 2 queries
+  CHECK_THROWS_AS(make_strategy("cake:budget=8,kernel=4"), UsageError);
+  CHECK_THROWS_AS(make_strategy("cake:budget=8,tau1=0"), UsageError);
+  CHECK_THROWS_AS(make_strategy("cake:budget=8,gamma=-1"), UsageError);
+  CHECK_THROWS_AS(Driver("cake:budget=2,window=2", L, 7), UsageError);  // C must exceed the window
+}
+
+TEST_CASE("strategy cake: layer budgets p = E^(1/tau1)·V^(1/tau2), total (C − w)·L, capped at P − w") {
+  // C = 10, w = 2, L = 2: total = 16. Profiles (E, V) = (1, 3) and (1, 1).
+  auto plan = [](const std::string& spec, int64_t P) {
+    return make_strategy(spec)->make_plan({{1.0, 3.0}, {1.0, 1.0}}, 64, P);
+  };
+  using Vd = std::vector<double>;
+  // P = 20 (seq = P − w = 18): p = 3, 1: 16·3/4 = 12, 16·1/4 = 4.
+  CHECK(plan("cake:budget=10,window=2", 20) == Vd{12, 4});
+  // tau2 = 0.5: p = 9, 1: 14.4 -> 14, 1.6 -> 1; the missing 1 goes to the first layer under seq: 15, 1.
+  CHECK(plan("cake:budget=10,window=2,tau2=0.5", 20) == Vd{15, 1});
+  // P = 13 (seq = 11): 12 is capped at 11, its excess 1 spread over the layers under seq: 11, 5.
+  CHECK(plan("cake:budget=10,window=2", 13) == Vd{11, 5});
+  // P = 12 <= C + w: no compression, every layer C − w = 8.
+  CHECK(plan("cake:budget=10,window=2", 12) == Vd{8, 8});
+  // Equal profiles give C − w each: cake at budget C holds what a uniform budget C holds.
+  CHECK(make_strategy("cake:budget=10,window=2")->make_plan({{2.0, 5.0}, {2.0, 5.0}}, 64, 20) == Vd{8, 8});
+}
+
+TEST_CASE("strategy cake: over three layers the caches hold (C − w)·L + w·L slots in all, each layer its own B_l") {
+  // Random layers whose window attention differs: the plan is uneven, and under protocol prefill the
+  // cut holds exactly the total of a uniform budget C, per KV head summed over the layers.
+  const int64_t H = 4, Hkv = 2, T = 60, D = 8, P = 48, C = 16, nL = 3;
+  auto s = make_strategy("cake:budget=16,window=4");
+  std::vector<Layer> layers;
+  std::vector<std::vector<double>> profiles;
+  for (int64_t l = 0; l < nL; ++l) {
+    layers.emplace_back(H, Hkv, T, D);
+    layers.back().fill_random(700 + l, 0.6f + 1.2f * static_cast<float>(l));  // sharper attention deeper
+    profiles.push_back(s->layer_profile(layers.back().view(), P));
+  }
+  const std::vector<double> plan = s->make_plan(profiles, T, P);
+  REQUIRE(plan.size() == 3);
+  CHECK(plan[0] + plan[1] + plan[2] == doctest::Approx(3.0 * (C - 4)));
+  CHECK((plan[0] != plan[1] || plan[1] != plan[2]));
+  for (int64_t kv = 0; kv < Hkv; ++kv) {
+    int64_t held = 0;
+    for (int64_t l = 0; l < nL; ++l) {
+      LayerView lv = layers[l].view();
+      Instance inst(*s, make_context(*s, ModelShape{nL, H, Hkv, D}, l, kv, T, P, Protocol::prefill, &plan));
+      inst.prefill_from(lv);
+      CHECK(inst.cache(0).size() == static_cast<int64_t>(plan[l]) + 4);
+      held += inst.cache(0).size();
+    }
+    CHECK(held == nL * C);
+  }
+}
+
 TEST_CASE("scorers compose with a codec: kivi stores the kept slots, bytes fall, keys are quantized") {
   Layer L(4, 2, 80, 8);
   L.fill_random(15);
@@ -165,7 +267,7 @@ TEST_CASE("scorers compose with a codec: kivi stores the kept slots, bytes fall,
   lv.entropy = rs.entropy.data();
   const int bytes = static_cast<int>(Metric::bytes), kerr = static_cast<int>(Metric::k_rel_err);
   for (const std::string base : {"keydiff:budget=32", "lagkv:budget=32,lag=8", "expected_attention:budget=32",
-                                 "simlayerkv:initial=4,recent=16,delta=0"})
+                                 "simlayerkv:initial=4,recent=16,delta=0", "cake:budget=24,window=4"})
     for (Protocol p : {Protocol::evict, Protocol::prefill}) {
       INFO(base << " under " << std::string(protocol_name(p)));
       auto plain = make_strategy(base), coded = make_strategy(base + "+kivi:bits=2,group=8,residual=8");

@@ -78,6 +78,9 @@ void combined_prompt_colsums(const LayerView& lv, const HeadGroup& grp, int64_t 
 // (zero padding, divided by the kernel), or avg_clipped (divided by the neighbours in range).
 enum class SnapPool { max, avg, avg_clipped };
 
+// pooled[i] over votes[0..n): a centred window of `kernel` (odd) neighbours, as above.
+void pool_votes(const std::vector<double>& votes, int64_t kernel, SnapPool pool, std::vector<double>& pooled);
+
 // SnapKV's pooled votes pooled[i], i < P - min(window, P): the window's attention on each prompt
 // token before the window, combined and pooled as snapkv_heavy describes.
 void snapkv_votes(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel, SnapPool pool,

@@ -26,8 +26,9 @@ namespace {
 using Pool = SnapPool;
 enum class Schedule { reference, capped, round };
 
-// pooled[i] over votes[0..n), a centred window of `kernel` (odd).
-void pool_votes(const std::vector<double>& votes, int64_t kernel, Pool pool, std::vector<double>& pooled) {
+}  // namespace
+
+void pool_votes(const std::vector<double>& votes, int64_t kernel, SnapPool pool, std::vector<double>& pooled) {
   const int64_t n = static_cast<int64_t>(votes.size()), h = kernel / 2;
   pooled.assign(static_cast<size_t>(n), 0.0);
   for (int64_t i = 0; i < n; ++i) {
@@ -39,8 +40,6 @@ void pool_votes(const std::vector<double>& votes, int64_t kernel, Pool pool, std
     pooled[i] = acc;
   }
 }
-
-}  // namespace
 
 void snapkv_votes(const LayerView& lv, const HeadGroup& grp, int64_t P, int64_t window, int64_t kernel, SnapPool pool,
                   Gqa gqa, std::vector<double>& pooled) {

@@ -80,6 +80,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"lagkv", make_lagkv},
       {"expected_attention", make_expected_attention},
       {"simlayerkv", make_simlayerkv},
+      {"cake", make_cake},
       {"rkv", make_rkv},
       {"oracle_topk", make_oracle_topk},
       {"quest", make_quest},
@@ -118,6 +119,14 @@ std::string strategy_names_help() {
   for (const auto& n : strategy_names()) names += (names.empty() ? "" : ", ") + n;
   for (const auto& n : allocator_names()) wrappers += (wrappers.empty() ? "" : ", ") + n + ".BASE";
   return names + "; wrappers: " + wrappers;
+}
+
+const std::vector<double>& model_plan(const Strategy& s, const InstanceContext& ctx, const LayerView& lv, int64_t P,
+                                      std::vector<double>& own) {
+  if (ctx.plan) return *ctx.plan;
+  KVSIM_ASSERT(ctx.n_layers == 1);
+  own = s.make_plan({s.layer_profile(lv, P)}, ctx.T, P);
+  return own;
 }
 
 std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {

@@ -90,6 +90,10 @@ struct InstanceContext {
   bool per_query_head = false;
   uint64_t seed = 0;
   Protocol protocol = Protocol::evict;
+  // The sequence's cross-layer plan (Strategy::needs_model_plan: cake's layer budgets), owned by the
+  // driver; null for other strategies. Filled before the first prefill of the sequence, so a state
+  // reads it in prefill and later, never in make_state (check_fits builds states without one).
+  const std::vector<double>* plan = nullptr;
   int64_t rows() const { return per_query_head ? 1 : G; }  // query heads reading each cache
   int64_t kv_of(int64_t c) const { return per_query_head ? kv0 : kv0 + c; }
   int64_t q_head(int64_t c, int64_t g) const { return q0 + c * rows() + g; }
@@ -204,6 +208,20 @@ class Strategy {
   // Reads LayerView::q at decode steps too, row t from step t on (rkv's window of recent queries):
   // the offline replay holds every row; the model runner keeps them as the tokens arrive.
   virtual bool needs_queries() const { return false; }
+  // Cross-layer strategies (cake's layer budgets from every layer's prompt): before any layer is cut
+  // the driver shows each layer's prompt to layer_profile (the LayerView's q, k, v, rows < P), then
+  // hands the L profiles, in layer order, to make_plan; every instance of the sequence then reads the
+  // result through InstanceContext::plan. The offline replay makes one extra pass over the trace for
+  // it; the model runner cuts every layer after the whole prompt's forward pass.
+  virtual bool needs_model_plan() const { return false; }
+  virtual std::vector<double> layer_profile(const LayerView& lv, int64_t P) const {
+    (void)lv, (void)P;
+    return {};
+  }
+  virtual std::vector<double> make_plan(const std::vector<std::vector<double>>& profiles, int64_t T, int64_t P) const {
+    (void)profiles, (void)T, (void)P;
+    return {};
+  }
   // Whether `name+codec` is meaningful (false for a selector whose keys are not the cache's: shadowkv).
   virtual bool takes_codec() const { return true; }
   virtual const Codec& codec() const { return identity_codec(); }
@@ -218,6 +236,11 @@ class Strategy {
   std::string name_, spec_text_;
   std::map<std::string, std::string> params_;
 };
+
+// The plan a state of `s` reads at prefill: *ctx.plan, or for a one-layer model without one (tests,
+// benchmarks: replay_layer of a single layer) the plan made from this layer alone, kept in `own`.
+const std::vector<double>& model_plan(const Strategy& s, const InstanceContext& ctx, const LayerView& lv, int64_t P,
+                                      std::vector<double>& own);
 
 // Parses a spec and builds the strategy; UsageError lists valid names / parameters.
 std::unique_ptr<Strategy> make_strategy(const std::string& spec_text);

@@ -45,16 +45,26 @@ float exact_row_entropy(const float* q,  // [D]
 
 }  // namespace
 
+// The sequence's cross-layer plan (Strategy::needs_model_plan), shared by the layers: each layer
+// leaves its prompt's profile here at the end of the prompt's forward pass; the plan is made once
+// every layer has, before the first layer is cut (at the first decode token).
+struct PlanBoard {
+  std::vector<std::vector<double>> profiles;  // [L]
+  std::vector<uint8_t> profiled;              // [L]
+  std::vector<double> plan;                   // InstanceContext::plan of every instance
+  bool made = false;
+};
+
 // The instances of one layer (sim/instance.h: slots, codec and strategy states), shared by its Hkv
 // KvCache proxies: KV head kv is cache kv % per_state of instance kv / per_state, or under gqa=none
 // (one cache per query head) caches 0..G-1 of instance kv.
 class StrategyLayer {
  public:
   StrategyLayer(const Strategy& s, const ModelConfig& c, int64_t layer, int64_t T, int64_t P, Backend b,
-                Protocol protocol, const StepHook* hook, const float* wo)
+                Protocol protocol, const StepHook* hook, const float* wo, PlanBoard* board)
       : strat_(s), protocol_(protocol), layer_(layer), H_(c.n_heads), Hkv_(c.n_kv_heads), G_(c.n_heads / c.n_kv_heads),
         D_(c.head_dim), T_(T), P_(P), dim_(c.dim), backend_(b), attend_fn_(kernels(b).attend_slots), hook_(hook),
-        wo_(wo), shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
+        wo_(wo), board_(board), shape_{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim},
         per_state_(s.layer_coupled() ? c.n_kv_heads : 1) {
     reset();
   }
@@ -64,7 +74,13 @@ class StrategyLayer {
     if (fresh_) return;
     insts_.clear();
     for (int64_t i = 0; i < instances_per_layer(strat_, Hkv_); ++i)
-      insts_.push_back(std::make_unique<Instance>(strat_, make_context(strat_, shape_, layer_, i, T_, P_, protocol_)));
+      insts_.push_back(std::make_unique<Instance>(
+          strat_, make_context(strat_, shape_, layer_, i, T_, P_, protocol_, board_ ? &board_->plan : nullptr)));
+    if (board_) {  // a new sequence: this layer's profile is to be made again, and so is the plan
+      board_->profiles[static_cast<size_t>(layer_)].clear();
+      board_->profiled[static_cast<size_t>(layer_)] = 0;
+      board_->plan.clear(), board_->made = false;
+    }
     q_.assign(static_cast<size_t>(H_ * T_ * D_), 0.0f);
     k_.assign(static_cast<size_t>(Hkv_ * T_ * D_), 0.0f);
     v_.assign(k_.size(), 0.0f);
@@ -74,12 +90,13 @@ class StrategyLayer {
     for (int64_t t = 0; t < P_; ++t) prompt_pos_[t] = t;
     slot_pos_.assign(static_cast<size_t>(Hkv_), {});
     lv_ = LayerView{};
-    prefilled_ = false, next_t_ = 0, ended_ = 0, ratio_sum_ = 0, ratio_n_ = 0;
+    prefilled_ = false, profiled_ = false, next_t_ = 0, ended_ = 0, ratio_sum_ = 0, ratio_n_ = 0;
     fresh_ = true;
   }
 
   void append(int64_t kv, const float* k, const float* v, int64_t n_tok, int64_t pos0) {
     fresh_ = false;
+    if (!prefilled_ && profiled_ && pos0 == P_) prefill();  // the cut deferred for the plan
     if (!prefilled_ && (pos0 != 0 || n_tok != P_))
       throw UsageError("strategy cache: the prompt (P = " + std::to_string(P_) +
                        " tokens) must come in one forward call at position 0, got " + std::to_string(n_tok) +
@@ -146,6 +163,10 @@ class StrategyLayer {
     if (++ended_ < Hkv_) return;
     ended_ = 0;
     if (!prefilled_) {
+      if (board_) {  // profile now, cut at the first decode token, once every layer has profiled
+        profile();
+        return;
+      }
       prefill();
       return;
     }
@@ -161,6 +182,7 @@ class StrategyLayer {
 
  private:
   void prefill();
+  void profile();
   Instance& inst(int64_t kv) { return *insts_[static_cast<size_t>(kv / per_state_)]; }
   const Instance& inst(int64_t kv) const { return *insts_[static_cast<size_t>(kv / per_state_)]; }
 
@@ -170,7 +192,8 @@ class StrategyLayer {
   const Backend backend_;
   const AttendSlotsFn attend_fn_;
   const StepHook* hook_;
-  const float* wo_;  // the layer's o_proj [dim, H*D] when the strategy needs_vo_norm, else null
+  const float* wo_;     // the layer's o_proj [dim, H*D] when the strategy needs_vo_norm, else null
+  PlanBoard* board_;  // the shared plan when the strategy needs_model_plan, else null
   const ModelShape shape_;
   const int64_t per_state_;  // caches per instance: Hkv for layer-coupled strategies, else 1
   std::vector<std::unique_ptr<Instance>> insts_;
@@ -182,13 +205,28 @@ class StrategyLayer {
   std::vector<int64_t> prompt_pos_;
   mutable std::vector<std::vector<int64_t>> slot_pos_;
   std::vector<double> z_;
-  bool prefilled_ = false, fresh_ = false;
+  bool prefilled_ = false, fresh_ = false, profiled_ = false;
   int64_t next_t_ = 0, ended_ = 0;
   double ratio_sum_ = 0;
   int64_t ratio_n_ = 0;
 };
 
+void StrategyLayer::profile() {
+  LayerView lp;  // the prompt's q, k, v (rows < P of the [heads, T, D] buffers)
+  lp.H = H_, lp.Hkv = Hkv_, lp.T = T_, lp.D = D_, lp.q = q_.data(), lp.k = k_.data(), lp.v = v_.data();
+  board_->profiles[static_cast<size_t>(layer_)] = strat_.layer_profile(lp, P_);
+  board_->profiled[static_cast<size_t>(layer_)] = 1;
+  profiled_ = true;
+}
+
 void StrategyLayer::prefill() {
+  if (board_ && !board_->made) {
+    if (std::find(board_->profiled.begin(), board_->profiled.end(), 0) != board_->profiled.end())
+      throw UsageError("strategy cache: '" + strat_.spec_text() +
+                       "' plans across layers, and a layer's prompt was not seen before the first decode token");
+    board_->plan = strat_.make_plan(board_->profiles, T_, P_);
+    board_->made = true;
+  }
   const bool colsums = strat_.needs_prompt_colsums(), entropy = !entropy_.empty();
   if (colsums || entropy) {
     // The reference kernels on the prompt alone (T = P, dense [heads, P, D] copies).
@@ -282,6 +320,11 @@ StrategyCaches::StrategyCaches(const Strategy& strategy, const ModelConfig& conf
     throw NotCompiled(std::string("strategy cache: backend ") + backend_name(backend) + " is not supported (ref, omp)");
   check_strategy_fits(strategy, config, T, P, protocol, weights);
   layers_.resize(static_cast<size_t>(config.n_layers));
+  if (strategy.needs_model_plan()) {
+    board_ = std::make_unique<PlanBoard>();
+    board_->profiles.resize(static_cast<size_t>(config.n_layers));
+    board_->profiled.assign(static_cast<size_t>(config.n_layers), 0);
+  }
 }
 
 StrategyCaches::~StrategyCaches() = default;
@@ -296,7 +339,8 @@ KvCacheFactory StrategyCaches::factory() {
         KVSIM_ASSERT(weights_ && static_cast<int64_t>(weights_->layers.size()) == config_.n_layers);
         wo = weights_->layers[static_cast<size_t>(layer)].wo.data();
       }
-      l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_, protocol_, &hook_, wo);
+      l = std::make_shared<StrategyLayer>(strategy_, config_, layer, T_, P_, backend_, protocol_, &hook_, wo,
+                                          board_.get());
     }
     return std::make_unique<StrategyKvCache>(l, kv_head);
   };

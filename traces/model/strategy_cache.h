@@ -17,6 +17,9 @@
 // strategy counts the rows it keeps in its own state bytes). A strategy that needs_vo_norm
 // (criticalkv) is handed the prompt's ||W_o,h v_i||_1 computed at prefill from the model's o_proj
 // (traces/model/vo_norm.h, as `kvsim record --record vo_norm` writes it), so the weights must be given.
+// A strategy that plans across layers (needs_model_plan: cake) profiles each layer at the end of the
+// prompt's forward pass and cuts it at the first decode token, when every layer has been profiled:
+// the prompt's forward pass never reads the cut cache, so this is the replay's order.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +36,7 @@
 namespace kvsim::model {
 
 class StrategyLayer;  // one layer's instances (strategy_cache.cpp)
+struct PlanBoard;     // the cross-layer plan (strategy_cache.cpp)
 
 // Called at every decode step of every instance after attention, before observe and evict: the
 // point where the offline replay measures (ReplayOptions::on_step). For tests; empty: none.
@@ -70,6 +74,7 @@ class StrategyCaches {
   const Model* weights_;
   StepHook hook_;
   std::vector<std::shared_ptr<StrategyLayer>> layers_;  // [L]
+  std::unique_ptr<PlanBoard> board_;                    // when the strategy needs_model_plan
 };
 
 }  // namespace kvsim::model
