@@ -174,7 +174,7 @@ TEST_CASE("strategy cake: token scores mean + gamma·var of the window, pooled i
   CHECK(Driver("cake:budget=3,window=2,kernel=1", L, 7).pos() == S{2, 5, 6});          // gamma 200: var decides
   CHECK(Driver("cake:budget=3,window=2,kernel=1,gamma=0", L, 7).pos() == S{1, 5, 6});  // the mean alone
   CHECK(Driver("cake:budget=3,window=2,kernel=3,gamma=0", L, 7).pos() == S{2, 5, 6});  // pooled: 2 over 1
-  CHECK(Driver("cake:budget=3,window=2,kernel=3", L, 7).pos() == S{1, 5, 6});  // gamma 200, pooled: 1 over 2
+  CHECK(Driver("cake:budget=3,window=2,kernel=3", L, 7).pos() == S{1, 5, 6});          // gamma 200, pooled: 1 over 2
   {
     // B = 2, gamma 0, kernel 3: tokens 2 and 1, held in the reference cache's order [2, 1, 5, 6] (its
     // topk, best first).

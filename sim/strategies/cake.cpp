@@ -92,7 +92,8 @@ class Cake final : public Strategy {
     gamma_ = p.get_double("gamma", 200.0);
     tau1_ = p.get_double("tau1", 1.0);
     tau2_ = p.get_double("tau2", 1.0);
-    if (!(gamma_ >= 0)) throw UsageError("strategy '" + p.spec().text + "': gamma=" + p.resolved().at("gamma") + " must be >= 0");
+    if (!(gamma_ >= 0))
+      throw UsageError("strategy '" + p.spec().text + "': gamma=" + p.resolved().at("gamma") + " must be >= 0");
     if (!(tau1_ > 0) || !(tau2_ > 0))
       throw UsageError("strategy '" + p.spec().text + "': tau1=" + p.resolved().at("tau1") +
                        ", tau2=" + p.resolved().at("tau2") + " must be > 0");
@@ -119,8 +120,7 @@ class Cake final : public Strategy {
     return {E, V};
   }
 
-  std::vector<double> make_plan(const std::vector<std::vector<double>>& profiles, int64_t T,
-                                int64_t P) const override {
+  std::vector<double> make_plan(const std::vector<std::vector<double>>& profiles, int64_t T, int64_t P) const override {
     const int64_t L = static_cast<int64_t>(profiles.size()), C = ev_.resolve_budget(T, P), w = window_;
     std::vector<double> plan(static_cast<size_t>(L), static_cast<double>(C - w));
     if (P <= C + w) return plan;

@@ -192,7 +192,7 @@ class StrategyLayer {
   const Backend backend_;
   const AttendSlotsFn attend_fn_;
   const StepHook* hook_;
-  const float* wo_;     // the layer's o_proj [dim, H*D] when the strategy needs_vo_norm, else null
+  const float* wo_;   // the layer's o_proj [dim, H*D] when the strategy needs_vo_norm, else null
   PlanBoard* board_;  // the shared plan when the strategy needs_model_plan, else null
   const ModelShape shape_;
   const int64_t per_state_;  // caches per instance: Hkv for layer-coupled strategies, else 1
