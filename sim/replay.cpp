@@ -442,13 +442,17 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   std::vector<std::vector<double>> plans(strategies.size());
   if (std::any_of(strategies.begin(), strategies.end(), [](const Strategy* s) { return s->needs_model_plan(); })) {
     std::vector<std::vector<std::vector<double>>> profiles(strategies.size());
+    bool pre = false, q_pre = false;  // what the planning strategies read besides q, k, v
+    for (const Strategy* s : strategies)
+      if (s->needs_model_plan()) pre = pre || s->needs_pre_rope(), q_pre = q_pre || s->needs_q_pre();
     for (int64_t l = 0; l < res.L; ++l) {
       const auto t0 = Clock::now();
-      const LayerTensors in = src.read(l, false);
-      res.read_seconds += since(t0);
+      const LayerTensors in = src.read(l, pre);
       LayerView lv;
       lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
-      lv.q = in.q, lv.k = in.k, lv.v = in.v;
+      lv.q = in.q, lv.k = in.k, lv.v = in.v, lv.k_pre = pre ? in.k_pre : nullptr;
+      if (q_pre) lv.q_pre = src.read_q_pre(l);
+      res.read_seconds += since(t0);
       lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
       for (size_t c = 0; c < strategies.size(); ++c)
         if (strategies[c]->needs_model_plan()) profiles[c].push_back(strategies[c]->layer_profile(lv, res.P));

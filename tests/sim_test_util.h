@@ -29,6 +29,8 @@ struct Layer {
   std::vector<float> entropy;  // [H, T] nats, optional (entropy_merge reads it)
   std::vector<float> q_pre;    // [H, T, D], optional (expected_attention reads it)
   std::vector<float> vo_norm;  // [H, T], optional (criticalkv reads it)
+  std::vector<float> k_pre;    // [Hkv, T, D], optional (duoattention reads it)
+  RopeStyle rope_style = RopeStyle::none;
   Layer(int64_t H_, int64_t Hkv_, int64_t T_, int64_t D_)
       : H(H_), Hkv(Hkv_), T(T_), D(D_), q(H_ * T_ * D_, 0.0f), k(Hkv_ * T_ * D_, 0.0f), v(Hkv_ * T_ * D_, 0.0f),
         k_norm(Hkv_ * T_, 0.0f) {}
@@ -57,6 +59,8 @@ struct Layer {
     lv.entropy = entropy.empty() ? nullptr : entropy.data();
     lv.q_pre = q_pre.empty() ? nullptr : q_pre.data();
     lv.vo_norm = vo_norm.empty() ? nullptr : vo_norm.data();
+    lv.k_pre = k_pre.empty() ? nullptr : k_pre.data();
+    lv.rope_style = rope_style;
     return lv;
   }
 };

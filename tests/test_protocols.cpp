@@ -4,6 +4,7 @@
 // and value, 4·D per slot) plus the strategy's state, so every expected value is small arithmetic.
 #include <doctest/doctest.h>
 
+#include <fstream>
 #include <map>
 #include <set>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "sim/instance.h"
 #include "sim/replay.h"
 #include "sim_test_util.h"
+#include "trace_helpers.h"
 
 using namespace kvsim;
 using kvsim::test::Layer;
@@ -201,6 +203,14 @@ TEST_CASE("protocols: every cache strategy runs under evict and prefill, under p
     std::string spec = name == "full" ? "full" : name + ":budget=8";
     // simlayerkv takes no budget: with delta=0 every layer is lazy and keeps 2 + 5 = 7 slots.
     if (name == "simlayerkv") spec = "simlayerkv:initial=2,recent=6,delta=0";
+    // duoattention takes no budget either: with head_ratio=1 every head streams with 2 + 5 = 7 slots
+    // (the head scores from a file: the layer has no pre-RoPE tensors). headkv reads its head scores
+    // from a file: equal ones give every head C = 6 past slots + the window 2.
+    const test::TempDir tmp;
+    std::ofstream(tmp.file("kv.tsv")) << "1 1\n";
+    std::ofstream(tmp.file("q.tsv")) << "1 1 1 1\n";
+    if (name == "duoattention") spec = "duoattention:sink=2,recent=5,head_ratio=1,scores=" + tmp.file("kv.tsv");
+    if (name == "headkv") spec = "headkv:budget=6,window=2,scores=" + tmp.file("q.tsv");
     // Protected windows that fit a budget of 8 where a default would not.
     const std::map<std::string, std::string> fit = {{"snapkv", ",window=2"},
                                                     {"pyramidkv", ",window=2"},

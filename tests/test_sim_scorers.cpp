@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <fstream>
 #include <set>
 #include <string>
 
@@ -13,6 +14,7 @@
 #include "sim/metrics.h"
 #include "sim/strategies/strategy.h"
 #include "tests/sim_test_util.h"
+#include "tests/trace_helpers.h"
 
 using namespace kvsim;
 using kvsim::test::Driver;
@@ -20,6 +22,16 @@ using kvsim::test::Layer;
 using S = std::set<int32_t>;
 
 namespace {
+// The one-line error of building `spec` and, with `profiles`, planning it (T = 64, P = 32).
+std::string plan_error(const std::string& spec, const std::vector<std::vector<double>>* profiles = nullptr) {
+  try {
+    auto s = make_strategy(spec);
+    if (profiles) s->make_plan(*profiles, 64, 32);
+  } catch (const UsageError& e) {
+    return std::string(e.what());
+  }
+  return std::string("no error");
+}
 void set_key(Layer& L, int64_t t, float x, float y) { L.K(0, t, 0) = x, L.K(0, t, 1) = y; }
 void set_value(Layer& L, int64_t t, float x, float y) { L.V(0, t, 0) = x, L.V(0, t, 1) = y; }
 }  // namespace
@@ -255,6 +267,132 @@ TEST_CASE("strategy cake: over three layers the caches hold (C − w)·L + w·L 
     }
     CHECK(held == nL * C);
   }
+}
+
+TEST_CASE("strategy duoattention: streaming heads by the area under the cumulated attention of mean q, k") {
+  // One layer, H = Hkv = 2, D = 2, interleaved RoPE (pair 0 turns by 1 rad per position), q_len = 2.
+  // Every prompt position has k_pre = (1, 0) in both KV heads, q_pre = (1, 0) in head 0 and (0, 1) in
+  // head 1, so q̄, k̄ are those. Q_1 = R_1 q̄, K_p = R_p k̄: z_p = cos(φ + 1 − p)/√2, φ = angle(q̄) − angle(k̄).
+  //   head 0 (φ = 0):   z_0 = cos(1)/√2 = 0.382051, z_1 = 0.707107: a_0 = 0.419444; area mean(a_0, 1) = 0.709722;
+  //   head 1 (φ = π/2): z_0 = −sin(1)/√2 = −0.595010, z_1 = 0: a_0 = 0.355486; area 0.677743.
+  const int64_t P = 6;
+  Layer L(2, 2, 8, 2);
+  L.rope_style = RopeStyle::interleaved;
+  L.q_pre.assign(L.q.size(), 0.0f), L.k_pre.assign(L.k.size(), 0.0f);
+  for (int64_t t = 0; t < L.T; ++t) {
+    L.q_pre[(0 * L.T + t) * 2] = 1, L.q_pre[(1 * L.T + t) * 2 + 1] = 1;
+    L.k_pre[(0 * L.T + t) * 2] = 1, L.k_pre[(1 * L.T + t) * 2] = 1;
+  }
+  L.fill_random(3);  // q, k, v (post-RoPE) do not enter the scores
+  auto duo = make_strategy("duoattention:q_len=2,sink=1,recent=2");
+  const auto prof = duo->layer_profile(L.view(), P);
+  REQUIRE(prof.size() == 2);
+  CHECK(prof[0] == doctest::Approx(0.7097221).epsilon(1e-6));
+  CHECK(prof[1] == doctest::Approx(0.6777431).epsilon(1e-6));
+  // head_ratio 0.5 of 2 heads: head 1 (the lower area) streams: the first sink = 1 and the last recent = 2.
+  const auto kept = test::kept_sets(*duo, L, P, Backend::ref);
+  CHECK(kept[0][0] == S{0, 1, 2, 3, 4, 5});
+  CHECK(kept[0][1] == S{0, 4, 5});
+  CHECK(kept[1][1] == S{0, 5, 6});  // protocol evict: the streaming head slides
+  CHECK(kept[2][0].size() == 8);    // the retrieval head keeps everything
+  // head_ratio 1: both stream; 0: none.
+  CHECK(test::kept_sets(*make_strategy("duoattention:q_len=2,sink=1,recent=2,head_ratio=1"), L, P,
+                        Backend::ref)[0][0] == S{0, 4, 5});
+  CHECK(test::kept_sets(*make_strategy("duoattention:q_len=2,sink=1,recent=2,head_ratio=0"), L, P, Backend::ref)[0][1]
+            .size() == 6);
+  // Without pre-RoPE tensors (and no scores file) the profile refuses in one line.
+  Layer plain(2, 2, 8, 2);
+  CHECK_THROWS_AS(duo->layer_profile(plain.view(), P), UsageError);
+  CHECK(duo->needs_q_pre());
+  CHECK(duo->needs_pre_rope());
+}
+
+TEST_CASE("strategy duoattention: scores from a file, clipped to [0, 1], the lowest round(head_ratio·L·Hkv) stream") {
+  const test::TempDir tmp;
+  const std::string dir = tmp.path.string();
+  const auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir + "/" + name) << text;
+    return dir + "/" + name;
+  };
+  const std::string f = write("s.tsv", "0.9\t0.1\n0.3 0.5\n");                  // L = 2 rows of Hkv = 2
+  const std::vector<std::vector<double>> prof(2, std::vector<double>(2, 0.0));  // the shape only
+  using Vd = std::vector<double>;
+  auto plan = [&](const std::string& params) {
+    return make_strategy("duoattention:scores=" + f + params)->make_plan(prof, 64, 32);
+  };
+  CHECK(plan("") == Vd{0, 1, 1, 0});                   // 0.5·4 = 2: 0.1 and 0.3 stream
+  CHECK(plan(",head_ratio=0.25") == Vd{0, 1, 0, 0});   // 1
+  CHECK(plan(",head_ratio=0.375") == Vd{0, 1, 1, 0});  // round(1.5) = 2 (half to even, as Python's round)
+  CHECK(plan(",head_ratio=0.625") == Vd{0, 1, 1, 0});  // round(2.5) = 2
+  CHECK(plan(",head_ratio=0.875") == Vd{1, 1, 1, 1});  // round(3.5) = 4
+  // Clipping: 1.5 -> 1 and -2 -> 0, so -2 (l0 h1) and 0.2 (l1 h0) are the lowest two; ties to the lower index.
+  const std::string g = write("c.tsv", "1.5 -2\n0.2 1\n");
+  CHECK(make_strategy("duoattention:scores=" + g)->make_plan(prof, 64, 32) == Vd{0, 1, 1, 0});
+  CHECK(make_strategy("duoattention:scores=" + g + ",head_ratio=0.75")->make_plan(prof, 64, 32) == Vd{1, 1, 1, 0});
+  // A file needs no pre-RoPE tensors.
+  CHECK_FALSE(make_strategy("duoattention:scores=" + f)->needs_q_pre());
+  // Bad files: one line each, with the path and the numbers.
+  CHECK(plan_error("duoattention:scores=" + dir + "/missing.tsv").find("cannot read the head scores file") !=
+        std::string::npos);
+  CHECK(plan_error("duoattention:scores=" + write("b.tsv", "0.1 x\n")).find("b.tsv:1: 'x' is not a number") !=
+        std::string::npos);
+  CHECK(plan_error("duoattention:scores=" + write("r.tsv", "0.1 0.2\n0.3\n")).find("r.tsv:2: 1 head scores where") !=
+        std::string::npos);
+  const std::vector<std::vector<double>> three(3, std::vector<double>(2, 0.0));
+  CHECK(plan_error("duoattention:scores=" + f, &three)
+            .find("holds 2 x 2 head scores, the model has 3 layers x 2 KV heads") != std::string::npos);
+  CHECK(plan_error("duoattention:head_ratio=1.5").find("must be in [0, 1]") != std::string::npos);
+}
+
+TEST_CASE("strategy headkv: capacities round(ŝ·floor(C/beta)·L·H + C − floor(C/beta)), SnapKV inside each head") {
+  const test::TempDir tmp;
+  const auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(tmp.file(name)) << text;
+    return tmp.file(name);
+  };
+  using Vd = std::vector<double>;
+  // L = 2, H = Hkv = 2, C = 10, beta = 2: floor(C/beta) = 5, pool = 5·2·2 = 20, C − 5 = 5. Scores 1, 3, 0, 4
+  // (sum 8): ŝ·20 + 5 = 7.5, 12.5, 5, 15 -> 8, 12, 5, 15 (half to even, as torch.round).
+  const std::vector<std::vector<double>> shape2(2, Vd{2, 2});  // the profiles: H, Hkv
+  const std::string tsv = write("h.tsv", "1 3\n0 4\n");
+  CHECK(make_strategy("headkv:budget=10,beta=2,scores=" + tsv)->make_plan(shape2, 64, 32) == Vd{8, 12, 5, 15});
+  // The reference's JSON: each head's list averaged (1, 3, 0, 4 again).
+  const std::string js = write("h.json", R"({"0-0": [1, 1], "0-1": [3], "1-0": [0, 0, 0], "1-1": [2, 6]})");
+  CHECK(make_strategy("headkv:budget=10,beta=2,scores=" + js)->make_plan(shape2, 64, 32) == Vd{8, 12, 5, 15});
+  // GQA: one layer, H = 4 on Hkv = 2, scores 1..4: ŝ·20 + 5 = 7, 9, 11, 13 per query head; each KV head
+  // the round of its group's mean: 8, 12.
+  const std::string q4 = write("q.tsv", "1 2 3 4\n");
+  const std::vector<std::vector<double>> shape1(1, Vd{4, 2});
+  CHECK(make_strategy("headkv:budget=10,beta=2,scores=" + q4)->make_plan(shape1, 64, 32) == Vd{8, 12});
+  // beta 1.01 (the default): floor(10/1.01) = 9, pool 36, C − 9 = 1: 0.1·36 + 1 = 4.6 -> 5, 8.2 -> 8, 11.8 -> 12, 15.4
+  // -> 15: means 6.5 -> 6, 13.5 -> 14.
+  CHECK(make_strategy("headkv:budget=10,scores=" + q4)->make_plan(shape1, 64, 32) == Vd{6, 14});
+  // The cut: equal scores give every head capacity C, so headkv keeps what SnapKV keeps at C + window
+  // (window 2, max-pool 7, the group's mean), and holds C + window slots.
+  Layer L(4, 2, 40, 8);
+  L.fill_random(21);
+  const std::string eq = write("e.tsv", "1 1 1 1\n");
+  const auto a = test::kept_sets(*make_strategy("headkv:budget=10,window=2,scores=" + eq), L, 30, Backend::ref);
+  const auto b = test::kept_sets(*make_strategy("snapkv:budget=12,window=2,kernel=7,pool=max"), L, 30, Backend::ref);
+  CHECK(a[0] == b[0]);
+  CHECK(a[0][0].size() == 12);
+  // Uneven scores (1, 2, 3, 4): the KV heads keep 6 + 2 and 14 + 2.
+  const auto c = test::kept_sets(*make_strategy("headkv:budget=10,scores=" + q4 + ",window=2"), L, 30, Backend::ref);
+  CHECK(c[0][0].size() == 8);
+  CHECK(c[0][1].size() == 16);
+  CHECK(c[1][1].size() == 16);  // under protocol evict (kept_sets) the window slides over the new tokens
+  // Bad input: no scores, the wrong shape, beta < 1, scores summing to 0, bad JSON keys.
+  CHECK(plan_error("headkv:budget=10").find("headkv needs scores=FILE") != std::string::npos);
+  CHECK(plan_error("headkv:budget=10,scores=" + tsv, &shape1)
+            .find("holds 2 x 2 head scores, the model has 1 layers x 4") != std::string::npos);
+  CHECK(plan_error("headkv:budget=10,beta=0.5,scores=" + tsv).find("must be >= 1") != std::string::npos);
+  CHECK(plan_error("headkv:budget=10,scores=" + write("z.tsv", "0 0\n0 0\n"), &shape2).find("sum to 0") !=
+        std::string::npos);
+  CHECK(
+      plan_error("headkv:budget=10,scores=" + write("k.json", R"({"0x1": [1]})")).find("key '0x1' is not LAYER-HEAD") !=
+      std::string::npos);
+  CHECK(plan_error("headkv:budget=10,scores=" + write("m.json", R"({"0-0": [1], "1-1": [2]})"))
+            .find("2 heads, not every LAYER-HEAD of 2 layers x 2 heads") != std::string::npos);
 }
 
 TEST_CASE("scorers compose with a codec: kivi stores the kept slots, bytes fall, keys are quantized") {

@@ -81,6 +81,8 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"expected_attention", make_expected_attention},
       {"simlayerkv", make_simlayerkv},
       {"cake", make_cake},
+      {"duoattention", make_duoattention},
+      {"headkv", make_headkv},
       {"rkv", make_rkv},
       {"oracle_topk", make_oracle_topk},
       {"quest", make_quest},

@@ -209,7 +209,8 @@ class Strategy {
   // the offline replay holds every row; the model runner keeps them as the tokens arrive.
   virtual bool needs_queries() const { return false; }
   // Cross-layer strategies (cake's layer budgets from every layer's prompt): before any layer is cut
-  // the driver shows each layer's prompt to layer_profile (the LayerView's q, k, v, rows < P), then
+  // the driver shows each layer's prompt to layer_profile (the LayerView's q, k, v, rows < P, and
+  // k_pre / q_pre when the strategy needs_pre_rope / needs_q_pre), then
   // hands the L profiles, in layer order, to make_plan; every instance of the sequence then reads the
   // result through InstanceContext::plan. The offline replay makes one extra pass over the trace for
   // it; the model runner cuts every layer after the whole prompt's forward pass.

@@ -197,12 +197,13 @@ def max_diffs(ref, got, metrics=METRICS):
     return out
 
 
-def agree(kvsim, trace, spec, make_selector, stride=1, P=None, seq=None, tol=2e-3):
-    """Replays `spec` in kvsim and `make_selector` here; raises AssertionError listing the mismatches, else
-    prints the largest difference per metric and returns kvsim's per-head means."""
+def agree(kvsim, trace, spec, make_selector, stride=1, P=None, seq=None, tol=2e-3, protocol="sparse"):
+    """Replays `spec` in kvsim under `protocol` and `make_selector` here; raises AssertionError listing the
+    mismatches, else prints the largest difference per metric and returns kvsim's per-head means."""
     ref = replay(trace, make_selector, seq=seq, P=P, stride=stride)
-    got = kvsim_per_head(kvsim, trace, spec, stride=stride, P=P, seq=seq)
+    got = kvsim_per_head(kvsim, trace, spec, protocol=protocol, stride=stride, P=P, seq=seq)
     label = spec if P is None else "%s prefill %s" % (spec, P)
+    label = label if protocol == "sparse" else "%s (%s)" % (label, protocol)
     bad = compare(ref, got, tol)
     assert not bad, "\n".join([label] + bad[:20])
     d = max_diffs(ref, got)
