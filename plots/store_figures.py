@@ -145,6 +145,9 @@ def pick_heatmap_config(df, metric, target, config=None):
         if len(part) == 1:
             return part.iloc[0]
         if len(part) > 1:
+            if part.spec.nunique() == 1 and "protocol" in part and part.protocol.nunique() > 1:
+                raise PlotError(f"--config '{config}' matches {part.spec.iloc[0]} under protocols "
+                                f"{', '.join(sorted(part.protocol.unique()))}: choose one with --protocol")
             raise PlotError(f"--config '{config}' matches {len(part)} configurations (e.g. {part.spec.iloc[0]}, "
                             f"{part.spec.iloc[1]}): give the full spec or the config id")
         raise PlotError(f"--config '{config}': no such configuration in the selected runs")

@@ -32,5 +32,6 @@ void add_best(CLI::App& app);
 void add_ppl(CLI::App& app);
 void add_capacity(CLI::App& app);
 void add_prefix(CLI::App& app);
+void add_heads(CLI::App& app);
 
 }  // namespace kvsim::tools

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   kvsim::tools::add_ppl(app);
   kvsim::tools::add_capacity(app);
   kvsim::tools::add_prefix(app);
+  kvsim::tools::add_heads(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

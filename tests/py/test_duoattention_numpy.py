@@ -56,6 +56,20 @@ def head_scores(views, P, q_len):
     return S
 
 
+def calibration_scores(trace, q_len):
+    """kvsim heads: per sequence the scores of its whole text (P = T, as kvpress averages whole texts), then
+    the mean over the trace's sequences."""
+    import h5py
+    with h5py.File(trace, "r") as f:
+        names = sorted(f["sequences"].keys())
+    total = None
+    for name in names:
+        views = list(sparse_ref.layer_views(trace, seq=name))
+        S = head_scores(views, views[0].T, q_len)
+        total = S if total is None else total + S
+    return total / len(names)
+
+
 def streaming_mask(S, ratio):
     n = round(S.size * ratio)
     mask = np.zeros(S.size, dtype=bool)
@@ -115,6 +129,19 @@ def main():
             for protocol in ("prefill", "evict"):
                 sparse_ref.agree(a.kvsim, TRACE, spec, lambda lv: Duo(lv, mask, sink, recent, protocol == "evict"),
                                  stride=stride, P=Pc, protocol=protocol)
+        # kvsim heads: the same scores from a calibration trace (here the embedded one, all 4 sequences)
+        out = os.path.join(d, "cal.tsv")
+        r = lib.run([a.kvsim, "heads", "--trace", TRACE, "--q-len", "200", "--out", out])
+        assert r.returncode == 0, r.stderr
+        got, want = np.loadtxt(out), calibration_scores(TRACE, 200)
+        err = np.abs(got - want).max()
+        print("kvsim heads vs NumPy over %d sequences: max |difference| %.1e" % (4, err))
+        assert got.shape == (5, 4) and err < 1e-6, (got, want)
+        r = lib.run([a.kvsim, "heads", "--trace", TRACE, "--out", out])
+        lib.check_usage_error(r, "already exists")  # an existing table is never overwritten
+        # a trace without q_pre: refused in one line
+        r = lib.run([a.kvsim, "heads", "--trace", os.path.join(ROOT, "traces", "samples", "missing.h5")])
+        assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
     print("ok")
 
 

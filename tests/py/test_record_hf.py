@@ -36,7 +36,8 @@ KINDS = ("q", "k", "v", "q_pre", "k_pre", "o", "vo_norm")
 REL = 1e-5
 # defaults sized for long prompts, scaled to this one's P = 60 (the strategy's own error message suggests them)
 SCALED = {"shadowkv": "shadowkv:budget=16,rank=8,chunk=4,outliers=2,local=1",
-          "pqcache": f"pqcache:budget={BUDGET},sinks=4,local=8,bits=4", "magicpig": "magicpig:sinks=4,local=8"}
+          "pqcache": f"pqcache:budget={BUDGET},sinks=4,local=8,bits=4", "magicpig": "magicpig:sinks=4,local=8",
+          "cake": "cake:budget=24,window=8", "duoattention": "duoattention:sink=4,recent=16"}
 CODECS = ["quant:bits=4", "kivi:bits=2", "nf4", f"h2o:budget={BUDGET}+kivi:bits=2"]  # not in the names list
 # Loosened where a discrete decision rests on values equal in exact arithmetic, so float32 noise (the two
 # recorders differ by ~5e-6 of each tensor's scale) picks the outcome, not the recorder:
@@ -63,6 +64,10 @@ def main():
     s = lib.Suite()
     with lib.tempdir() as d:
         native, mine = os.path.join(d, "native.h5"), os.path.join(d, "torch.h5")
+        heads = os.path.join(d, "heads.tsv")  # headkv's head scores: L = 5 rows of H = 8, uneven
+        with open(heads, "w") as f:
+            f.write("".join(" ".join(str(1 + (l * 8 + h) % 7) for h in range(8)) + "\n" for l in range(5)))
+        SCALED["headkv"] = f"headkv:budget={BUDGET},scores={heads}"
         with open(os.path.join(MODELS, "greedy_from_bos_256.json")) as f:
             greedy_ids = json.load(f)["greedy_ids"]
         # 60 prompt tokens (BOS + the author's greedy story, so the prompt is text the model knows) + 68

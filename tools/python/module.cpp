@@ -174,7 +174,8 @@ std::string info_json(const std::string& trace) { return json_text(trace_info_js
 
 // The registry: every strategy and codec with its resolved default parameters. A strategy that
 // cannot be built from its name alone (a budget is required) is described at budget=64, with the
-// bare name's error as `required` and the budget left out of the defaults.
+// bare name's error as `required` and the budget left out of the defaults; one that needs more than a
+// budget (headkv's scores file) is listed with `required` alone.
 std::string strategies_json() {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& n : strategy_names()) {
@@ -184,7 +185,15 @@ std::string strategies_json() {
       s = make_strategy(n);
     } catch (const UsageError& e) {
       j["required"] = e.what();
-      s = make_strategy(n + ":budget=64");
+      try {
+        s = make_strategy(n + ":budget=64");
+      } catch (const UsageError& e2) {
+        j["required"] = e2.what();
+        j["kind"] = "cache";
+        j["params"] = nlohmann::json::object();
+        out.push_back(j);
+        continue;
+      }
     }
     auto params = s->params();
     if (j.contains("required")) params.erase("budget");
