@@ -300,6 +300,12 @@ TEST_CASE("strategy duoattention: streaming heads by the area under the cumulate
                         Backend::ref)[0][0] == S{0, 4, 5});
   CHECK(test::kept_sets(*make_strategy("duoattention:q_len=2,sink=1,recent=2,head_ratio=0"), L, P, Backend::ref)[0][1]
             .size() == 6);
+  // Every head streaming is StreamingLLM with sinks = sink and budget = sink + recent, step for step.
+  Layer R(4, 2, 40, 8);
+  R.fill_random(8);
+  R.q_pre = R.q, R.k_pre = R.k;
+  CHECK(test::kept_sets(*make_strategy("duoattention:sink=3,recent=9,head_ratio=1"), R, 24, Backend::ref) ==
+        test::kept_sets(*make_strategy("streaming:budget=12,sinks=3"), R, 24, Backend::ref));
   // Without pre-RoPE tensors (and no scores file) the profile refuses in one line.
   Layer plain(2, 2, 8, 2);
   CHECK_THROWS_AS(duo->layer_profile(plain.view(), P), UsageError);
