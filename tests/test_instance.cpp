@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <string>
 #include <tuple>
@@ -16,6 +17,7 @@
 #include "sim/instance.h"
 #include "sim/replay.h"
 #include "sim_test_util.h"
+#include "trace_helpers.h"
 #include "traces/model/strategy_cache.h"
 
 using namespace kvsim;
@@ -181,11 +183,17 @@ TEST_CASE("instance: offline and live agree for criticalkv, whose vo_norm the li
   check_same("criticalkv.h2o:budget=16,heads=adakv", 4, 2, 49, 8, 20, 32);
 }
 
-TEST_CASE("instance: offline and live agree for cake, whose layer budgets the live cache plans before the cut") {
+TEST_CASE("instance: offline and live agree for cake, headkv and duoattention, which the live cache plans before the cut") {
   // cake plans across layers (Strategy::needs_model_plan): the live cache profiles the layer after
   // the prompt's forward pass and cuts at the first decode token; the replay plans from the layer.
   check_same("cake:budget=16,window=4", 4, 2, 49, 8, 30, 41);
   check_same("cake:budget=12,window=3,kernel=1,gamma=5", 4, 2, 49, 8, 30, 42);
+  // headkv and duoattention with head scores from files (uneven: the two KV heads differ).
+  const test::TempDir tmp;
+  std::ofstream(tmp.file("q.tsv")) << "1 2 3 4\n";
+  std::ofstream(tmp.file("kv.tsv")) << "0.2 0.7\n";
+  check_same("headkv:budget=12,window=4,scores=" + tmp.file("q.tsv"), 4, 2, 49, 8, 30, 43);
+  check_same("duoattention:sink=2,recent=6,scores=" + tmp.file("kv.tsv"), 4, 2, 49, 8, 30, 44);
 }
 
 TEST_CASE("instance: check_fits and check_prefill refuse what cannot run, with the numbers") {

@@ -301,9 +301,11 @@ void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, in
                          const Model* weights) {
   check_fits(strategy, ModelShape{config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim}, T, P, protocol);
   if (strategy.needs_q_pre())
-    throw UsageError("strategy cache: '" + strategy.spec_text() +
-                     "' needs pre-RoPE queries, which the live model cache does not keep; replay it with kvsim run on "
-                     "a trace recorded with --pre");
+    throw UsageError(
+        "strategy cache: '" + strategy.spec_text() +
+        "' needs pre-RoPE queries, which the live model cache does not keep; replay it with kvsim run on "
+        "a trace recorded with --pre" +
+        (strategy.name() == "duoattention" ? ", or give it head scores (scores=FILE, from kvsim heads)" : ""));
   if (strategy.needs_vo_norm() && weights == nullptr)
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs vo_norm (||W_o,h v_i||_1), and no model weights were given to compute it from o_proj");
