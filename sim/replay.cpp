@@ -438,6 +438,20 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
                    src.stats_path.empty() ? std::string("off") : opt.stats_cache);
   res.stats_from_cache = cache.hit();
   if (!cache.invalid_reason().empty()) res.stats_cache_rebuilt = cache.path() + ": " + cache.invalid_reason();
+  // Layer l's tensors as a LayerView (q, k, v, and k_pre, q_pre, vo_norm where asked), its reading timed.
+  const auto read_view = [&](int64_t l, bool pre, bool q_pre, bool vo_norm) {
+    const auto t0 = Clock::now();
+    const LayerTensors in = src.read(l, pre);
+    LayerView lv;
+    lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
+    lv.q = in.q, lv.k = in.k, lv.v = in.v;
+    if (pre) lv.k_pre = in.k_pre;
+    if (q_pre) lv.q_pre = src.read_q_pre(l);
+    if (vo_norm) lv.vo_norm = src.read_vo_norm(l);
+    lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
+    res.read_seconds += since(t0);
+    return lv;
+  };
   // The cross-layer plans (Strategy::needs_model_plan): one pass over every layer's prompt first.
   std::vector<std::vector<double>> plans(strategies.size());
   if (std::any_of(strategies.begin(), strategies.end(), [](const Strategy* s) { return s->needs_model_plan(); })) {
@@ -446,14 +460,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
     for (const Strategy* s : strategies)
       if (s->needs_model_plan()) pre = pre || s->needs_pre_rope(), q_pre = q_pre || s->needs_q_pre();
     for (int64_t l = 0; l < res.L; ++l) {
-      const auto t0 = Clock::now();
-      const LayerTensors in = src.read(l, pre);
-      LayerView lv;
-      lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
-      lv.q = in.q, lv.k = in.k, lv.v = in.v, lv.k_pre = pre ? in.k_pre : nullptr;
-      if (q_pre) lv.q_pre = src.read_q_pre(l);
-      res.read_seconds += since(t0);
-      lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
+      const LayerView lv = read_view(l, pre, q_pre, false);
       for (size_t c = 0; c < strategies.size(); ++c)
         if (strategies[c]->needs_model_plan()) profiles[c].push_back(strategies[c]->layer_profile(lv, res.P));
     }
@@ -463,16 +470,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   ExactStats rs;
   std::vector<float> k_norm, colsums;
   for (int64_t l = 0; l < res.L; ++l) {
-    auto t0 = Clock::now();
-    const LayerTensors in = src.read(l, need_pre);
-    res.read_seconds += since(t0);
-    LayerView lv;
-    lv.H = res.H, lv.Hkv = res.Hkv, lv.T = res.T, lv.D = res.D;
-    lv.q = in.q, lv.k = in.k, lv.v = in.v;
-    if (need_pre) lv.k_pre = in.k_pre;
-    if (need_q_pre) lv.q_pre = src.read_q_pre(l);
-    if (need_vo_norm) lv.vo_norm = src.read_vo_norm(l);
-    lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
+    LayerView lv = read_view(l, need_pre, need_q_pre, need_vo_norm);
     k_norm.assign(lv.Hkv * lv.T, 0.0f);
     for (int64_t i = 0; i < lv.Hkv * lv.T; ++i) {
       double s = 0;
@@ -480,7 +478,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
       k_norm[i] = static_cast<float>(std::sqrt(s));
     }
     lv.k_norm = k_norm.data();
-    t0 = Clock::now();
+    auto t0 = Clock::now();
     if (!cache.load(l, rs)) {
       compute_exact_stats(lv, opt.backend, rs);
       cache.store(l, rs);
