@@ -406,7 +406,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   res.protocol = opt.protocol;
   for (const Strategy* s : strategies)
     check_fits(*s, ModelShape{res.L, res.H, res.Hkv, res.D}, res.T, res.P, opt.protocol);
-  bool need_colsums = false, need_pre = false, need_q_pre = false, need_vo_norm = false;
+  bool need_colsums = false, need_pre = false, need_q_pre = false, need_vo_norm = false, need_kvzip = false;
   for (const Strategy* s : strategies) {
     need_colsums = need_colsums || s->needs_prompt_colsums();
     if (s->needs_pre_rope() && !src.has_k_pre)
@@ -421,13 +421,19 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
       throw UsageError(src.name + ": sequence " + src.sequence + ": " + s->name() +
                        " needs vo_norm, which the trace lacks (record it with kvsim record --record vo_norm)");
     need_vo_norm = need_vo_norm || s->needs_vo_norm();
+    if (s->needs_kvzip_score() && !src.read_kvzip_score)
+      throw UsageError(src.name + ": sequence " + src.sequence + ": " + s->name() +
+                       " needs kvzip_score, KVzip's context-reconstruction scores, which the trace lacks (record them "
+                       "with kvsim record --record kvzip)");
+    need_kvzip = need_kvzip || s->needs_kvzip_score();
     ConfigResult c;
     c.strategy = s->name(), c.spec = s->spec_text(), c.params = s->params();
     c.heads.resize(res.L * res.H);
     res.configs.push_back(std::move(c));
   }
   if (const int64_t need = replay_layer_bytes(res.H, res.Hkv, res.T, res.D, need_pre) +
-                           (need_q_pre ? 4 * res.H * res.T * res.D : 0) + (need_vo_norm ? 4 * res.H * res.T : 0);
+                           (need_q_pre ? 4 * res.H * res.T * res.D : 0) + (need_vo_norm ? 4 * res.H * res.T : 0) +
+                           (need_kvzip ? 4 * res.Hkv * res.T : 0);
       need > opt.max_memory)
     throw UsageError(src.name + ": sequence " + src.sequence + ": replaying one layer holds " + std::to_string(need) +
                      " bytes (q, k, v and the reference statistics for H = " + std::to_string(res.H) +
@@ -438,8 +444,9 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
                    src.stats_path.empty() ? std::string("off") : opt.stats_cache);
   res.stats_from_cache = cache.hit();
   if (!cache.invalid_reason().empty()) res.stats_cache_rebuilt = cache.path() + ": " + cache.invalid_reason();
-  // Layer l's tensors as a LayerView (q, k, v, and k_pre, q_pre, vo_norm where asked), its reading timed.
-  const auto read_view = [&](int64_t l, bool pre, bool q_pre, bool vo_norm) {
+  // Layer l's tensors as a LayerView (q, k, v, and k_pre, q_pre, vo_norm, kvzip_score where asked), its
+  // reading timed.
+  const auto read_view = [&](int64_t l, bool pre, bool q_pre, bool vo_norm, bool kvzip) {
     const auto t0 = Clock::now();
     const LayerTensors in = src.read(l, pre);
     LayerView lv;
@@ -448,6 +455,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
     if (pre) lv.k_pre = in.k_pre;
     if (q_pre) lv.q_pre = src.read_q_pre(l);
     if (vo_norm) lv.vo_norm = src.read_vo_norm(l);
+    if (kvzip) lv.kvzip_score = src.read_kvzip_score(l), lv.kvzip_context = src.kvzip_context;
     lv.rope_theta = src.rope_theta, lv.rope_style = src.rope_style;
     res.read_seconds += since(t0);
     return lv;
@@ -456,11 +464,12 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   std::vector<std::vector<double>> plans(strategies.size());
   if (std::any_of(strategies.begin(), strategies.end(), [](const Strategy* s) { return s->needs_model_plan(); })) {
     std::vector<std::vector<std::vector<double>>> profiles(strategies.size());
-    bool pre = false, q_pre = false;  // what the planning strategies read besides q, k, v
+    bool pre = false, q_pre = false, kvzip = false;  // what the planning strategies read besides q, k, v
     for (const Strategy* s : strategies)
-      if (s->needs_model_plan()) pre = pre || s->needs_pre_rope(), q_pre = q_pre || s->needs_q_pre();
+      if (s->needs_model_plan())
+        pre = pre || s->needs_pre_rope(), q_pre = q_pre || s->needs_q_pre(), kvzip = kvzip || s->needs_kvzip_score();
     for (int64_t l = 0; l < res.L; ++l) {
-      const LayerView lv = read_view(l, pre, q_pre, false);
+      const LayerView lv = read_view(l, pre, q_pre, false, kvzip);
       for (size_t c = 0; c < strategies.size(); ++c)
         if (strategies[c]->needs_model_plan()) profiles[c].push_back(strategies[c]->layer_profile(lv, res.P));
     }
@@ -470,7 +479,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   ExactStats rs;
   std::vector<float> k_norm, colsums;
   for (int64_t l = 0; l < res.L; ++l) {
-    LayerView lv = read_view(l, need_pre, need_q_pre, need_vo_norm);
+    LayerView lv = read_view(l, need_pre, need_q_pre, need_vo_norm, need_kvzip);
     k_norm.assign(lv.Hkv * lv.T, 0.0f);
     for (int64_t i = 0; i < lv.Hkv * lv.T; ++i) {
       double s = 0;
@@ -519,7 +528,7 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
   src.has_k_pre = reader.has(opt.seq, traces::Kind::k_pre);
   src.stats_path = reader.path(), src.stats_seq = opt.seq;
   xt::xtensor<float, 3> q, k, v, k_pre, q_pre;  // the layer in memory
-  xt::xtensor<float, 2> vo_norm;
+  xt::xtensor<float, 2> vo_norm, kvzip_score;
   src.read = [&](int64_t l, bool want_pre) {
     q = reader.read_layer(opt.seq, l, traces::Kind::q);
     k = reader.read_layer(opt.seq, l, traces::Kind::k);
@@ -537,6 +546,13 @@ ReplayResult replay_trace(const traces::TraceReader& reader, std::span<const Str
       vo_norm = reader.read_vo_norm(opt.seq, l);
       return static_cast<const float*>(vo_norm.data());
     };
+  if (reader.has(opt.seq, traces::Kind::kvzip_score)) {
+    src.kvzip_context = sq.kvzip_context;
+    src.read_kvzip_score = [&](int64_t l) {
+      kvzip_score = reader.read_kvzip_score(opt.seq, l);
+      return static_cast<const float*>(kvzip_score.data());
+    };
+  }
   return replay_source(src, strategies, opt);
 }
 

@@ -145,6 +145,10 @@ struct LayerSource {
   // The layer's vo_norm [H, T] (valid until the next call), or empty when the source has none: a
   // strategy that needs_vo_norm() is then refused.
   std::function<const float*(int64_t layer)> read_vo_norm;
+  // The layer's kvzip_score [Hkv, T] (valid until the next call), or empty when the source has none:
+  // a strategy that needs_kvzip_score() is then refused. They score the first kvzip_context tokens.
+  std::function<const float*(int64_t layer)> read_kvzip_score;
+  int64_t kvzip_context = 0;
 };
 
 // Whole sequence of a layer source, one layer in memory at a time.

@@ -32,6 +32,13 @@ std::vector<Seen> run(const std::string& spec, Protocol protocol, Layer& L, int6
   auto s = make_strategy(spec);
   if (s->needs_q_pre() && L.q_pre.empty()) L.q_pre = L.q;  // rope_style none: pre-RoPE = post-RoPE
   LayerView lv = L.view();
+  std::vector<float> kz;  // kvzip's reconstruction scores: any values in [0, 1] over the prompt
+  if (s->needs_kvzip_score()) {
+    kz.assign(static_cast<size_t>(L.Hkv * L.T), 0.0f);
+    for (int64_t kv = 0; kv < L.Hkv; ++kv)
+      for (int64_t i = 0; i < P; ++i) kz[kv * L.T + i] = static_cast<float>((i * 37 + kv * 5) % 11) / 11.0f;
+    lv.kvzip_score = kz.data(), lv.kvzip_context = P;
+  }
   ExactStats rs;
   compute_exact_stats(lv, Backend::ref, rs);
   std::vector<float> colsums;
@@ -227,8 +234,12 @@ TEST_CASE("protocols: every cache strategy runs under evict and prefill, under p
     if (auto it = fit.find(name); it != fit.end()) spec += it->second;
     if (make_strategy(spec)->is_selector()) continue;
     INFO(spec);
-    const auto a = run(spec, Protocol::evict, L, P);
+    // kvzip compresses once and has no decode rule: protocol evict is refused (one line).
+    const bool prefill_only = name == "kvzip";
+    if (prefill_only)
+      CHECK_THROWS_WITH_AS(run(spec, Protocol::evict, L, P), doctest::Contains("--protocol prefill"), UsageError);
     const auto b = run(spec, Protocol::prefill, L, P);
+    const auto a = prefill_only ? b : run(spec, Protocol::evict, L, P);
     REQUIRE(a.size() == static_cast<size_t>(L.T - P));
     REQUIRE(b.size() == a.size());
     const int64_t bp = b[0].n - 1;  // the cut, before token P was appended
@@ -239,10 +250,12 @@ TEST_CASE("protocols: every cache strategy runs under evict and prefill, under p
       const int32_t t = static_cast<int32_t>(P + i);
       CHECK(b[i].n == bp + (t - P + 1));
       for (int32_t p = static_cast<int32_t>(P); p <= t; ++p) CHECK(b[i].positions.count(p) == 1);
-      if (name != "full") CHECK(a[i].n <= cap + 1);
+      if (name != "full" && !prefill_only) CHECK(a[i].n <= cap + 1);
       CHECK(b[i].read == 4.0 * D * b[i].n);  // attention reads the slots it holds, fp16 key + value
       if (name == "entropy_merge")
         CHECK(b[i].bytes >= 4.0 * D * b[i].n);  // + the member lists of its merged slots
+      else if (name == "kvzip")                 // + one 4-byte length when its heads hold different lengths
+        CHECK((b[i].bytes == 4.0 * D * b[i].n || b[i].bytes == 4.0 * D * b[i].n + 4));
       else
         CHECK(b[i].bytes == 4.0 * D * b[i].n);  // scores and sketches are freed after the cut
     }

@@ -256,6 +256,13 @@ TEST_CASE("strategy cake: over three layers the caches hold (C − w)·L + w·L 
   REQUIRE(plan.size() == 3);
   CHECK(plan[0] + plan[1] + plan[2] == doctest::Approx(3.0 * (C - 4)));
   CHECK((plan[0] != plan[1] || plan[1] != plan[2]));
+  {  // Through a codec the strategy plans as its base (it once fell back to one layer's plan and asserted).
+    auto sc = make_strategy("cake:budget=16,window=4+kivi:bits=2");
+    CHECK(sc->needs_model_plan());
+    std::vector<std::vector<double>> pc;
+    for (auto& layer : layers) pc.push_back(sc->layer_profile(layer.view(), P));
+    CHECK(sc->make_plan(pc, T, P) == plan);
+  }
   for (int64_t kv = 0; kv < Hkv; ++kv) {
     int64_t held = 0;
     for (int64_t l = 0; l < nL; ++l) {
@@ -399,6 +406,80 @@ TEST_CASE("strategy headkv: capacities round(ŝ·floor(C/beta)·L·H + C − flo
       std::string::npos);
   CHECK(plan_error("headkv:budget=10,scores=" + write("m.json", R"({"0-0": [1], "1-1": [2]})"))
             .find("2 heads, not every LAYER-HEAD of 2 layers x 2 heads") != std::string::npos);
+}
+
+TEST_CASE("strategy kvzip: the lowest reconstruction scores dropped across every layer and head, or per layer") {
+  // L = 2, Hkv = 2, P = 6; the profiles are the layers' scores [Hkv, P], position 0 already 1 (sinks).
+  // Flat index (l·Hkv + kv)·P + i.
+  using Vd = std::vector<double>;
+  const std::vector<Vd> profiles = {
+      Vd{1, .5, .1, .3, .1, .2, /*kv 1*/ 1, .05, .6, .6, .2, .4},
+      Vd{1, .3, .3, .7, .02, .1, /*kv 1*/ 1, .9, .8, .05, .3, .1},
+  };
+  const auto kept = [](const Vd& plan, int64_t l, int64_t kv) {
+    S out;
+    for (int32_t i = 0; i < 6; ++i)
+      if (plan[(l * 2 + kv) * 6 + i] != 0) out.insert(i);
+    return out;
+  };
+  // budget=3, global: drop L·Hkv·(P − B) = 12 of 24, lowest first, the later index first among equals:
+  // .02 (16), .05 (21, 7), .1 (23, 17, 4, 2), .2 (10, 5), .3 (22, 14, 13); the next, .3 at 3, stays.
+  const Vd g = make_strategy("kvzip:budget=3")->make_plan(profiles, 20, 6);
+  CHECK(kept(g, 0, 0) == S{0, 1, 3});
+  CHECK(kept(g, 0, 1) == S{0, 2, 3, 5});
+  CHECK(kept(g, 1, 0) == S{0, 3});
+  CHECK(kept(g, 1, 1) == S{0, 1, 2});  // 3 + 4 + 2 + 3 = 12 = L·Hkv·B: the memory of a uniform budget 3
+  // layerwise=1: Hkv·(P − B) = 6 per layer. Layer 0: .05 (7), .1 (4, 2), .2 (10, 5), .3 (3); layer 1: .02
+  // (16), .05 (21), .1 (23, 17), .3 (22, 14), leaving 13.
+  const Vd lw = make_strategy("kvzip:budget=3,layerwise=1")->make_plan(profiles, 20, 6);
+  CHECK(kept(lw, 0, 0) == S{0, 1});
+  CHECK(kept(lw, 0, 1) == S{0, 2, 3, 5});
+  CHECK(kept(lw, 1, 0) == S{0, 1, 3});
+  CHECK(kept(lw, 1, 1) == S{0, 1, 2});
+  // press_ratio=0.3: int(24 · 0.3) = 7 dropped (kvpress's count): 16, 21, 7, 23, 17, 4, 2.
+  const Vd pr = make_strategy("kvzip:press_ratio=0.3")->make_plan(profiles, 20, 6);
+  CHECK(kept(pr, 0, 0) == S{0, 1, 3, 5});
+  CHECK(kept(pr, 0, 1) == S{0, 2, 3, 4, 5});
+  CHECK(kept(pr, 1, 0) == S{0, 1, 2, 3});
+  CHECK(kept(pr, 1, 1) == S{0, 1, 2, 4});
+  // A budget of the whole prompt drops nothing.
+  CHECK(make_strategy("kvzip:budget=6")->make_plan(profiles, 20, 6) == Vd(24, 1.0));
+
+  // Through the trace's scores (LayerView::kvzip_score [Hkv, T]): sinks=2 sets the first two to 1, so
+  // with raw scores 0 there they stay; sinks=0 lets them go first. One layer, Hkv = 2, P = 6, T = 8.
+  Layer L(2, 2, 8, 4);
+  L.fill_random(5);
+  std::vector<float> kz = {0, 0, .5f, .4f, .3f, .2f, 0, 0, /*kv 1*/ 0, 0, .9f, .1f, .6f, .7f, 0, 0};
+  LayerView lv = L.view();
+  lv.kvzip_score = kz.data(), lv.kvzip_context = 6;
+  const auto cut = [&](const std::string& spec, int64_t kv) {
+    auto s = make_strategy(spec);
+    const Vd plan = s->make_plan({s->layer_profile(lv, 6)}, 8, 6);
+    Instance inst(*s, make_context(*s, ModelShape{1, 2, 2, 4}, 0, kv, 8, 6, Protocol::prefill, &plan));
+    inst.prefill_from(lv);
+    return std::make_pair(test::positions(inst.cache(0)), inst.bytes(0));
+  };
+  // sinks=2, budget=4: drop 2·2 = 4 of the 12: .1 (kv 1, 3), .2 (kv 0, 5), .3 (kv 0, 4), .4 (kv 0, 3).
+  CHECK(cut("kvzip:budget=4,sinks=2", 0).first == S{0, 1, 2});
+  CHECK(cut("kvzip:budget=4,sinks=2", 1).first == S{0, 1, 2, 4, 5});
+  // sinks=0: the four zeros go (kv 1's 1, 0, then kv 0's 1, 0).
+  CHECK(cut("kvzip:budget=4,sinks=0", 0).first == S{2, 3, 4, 5});
+  CHECK(cut("kvzip:budget=4,sinks=0", 1).first == S{2, 3, 4, 5});
+  // Bytes: fp16 K and V, 4·D = 16 per slot, and one 4-byte length per head when the layer's heads hold
+  // different lengths (3 and 5 slots: 3·16 + 4), none when they are equal (4 and 4: 4·16).
+  CHECK(cut("kvzip:budget=4,sinks=2", 0).second == 52.0);
+  CHECK(cut("kvzip:budget=4,sinks=0", 0).second == 64.0);
+
+  // Refused: protocol evict; a replay that cuts elsewhere than the scored context; no scores.
+  auto s = make_strategy("kvzip:budget=4");
+  CHECK_THROWS_WITH_AS(s->make_state(make_context(*s, ModelShape{1, 2, 2, 4}, 0, 0, 8, 6, Protocol::evict)),
+                       doctest::Contains("run it with --protocol prefill"), UsageError);
+  CHECK_THROWS_WITH_AS(s->layer_profile(lv, 5),
+                       doctest::Contains("scores its context of 6 tokens, and this replay "
+                                         "cuts at P = 5; replay with --prefill 6"),
+                       UsageError);
+  lv.kvzip_score = nullptr;
+  CHECK_THROWS_WITH_AS(s->layer_profile(lv, 6), doctest::Contains("needs kvzip_score"), UsageError);
 }
 
 TEST_CASE("scorers compose with a codec: kivi stores the kept slots, bytes fall, keys are quantized") {

@@ -179,7 +179,7 @@ TEST_CASE("vo_norm: kvsim record --record vo_norm on stories260K equals ||W_o,h 
   const auto bad = test::run_cmd(test::kvsim_bin() + " record --model " + kvsim_test::stories_bin() +
                                  " --prompt 'Once' --record vo_norm,attn --quiet --out " + dir.file("bad.h5"));
   CHECK(bad.exit_code == 2);
-  CHECK(bad.out.find("--record: unknown item 'attn' (choose: vo_norm)") != std::string::npos);
+  CHECK(bad.out.find("--record: unknown item 'attn' (choose: vo_norm, kvzip)") != std::string::npos);
 }
 
 TEST_CASE("vo_norm: the reader refuses NaN, negative and infinite values, a wrong shape and some layers only") {

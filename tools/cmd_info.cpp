@@ -83,12 +83,19 @@ int run_info(const InfoArgs& a) {
   if (!bad.empty()) {
     const auto& b = bad.front();
     std::string more = bad.size() > 1 ? " (and " + std::to_string(bad.size() - 1) + " more datasets)" : "";
-    const bool vo = b.dataset.size() >= 8 && b.dataset.compare(b.dataset.size() - 8, 8, "/vo_norm") == 0;
+    const auto ends = [&](const std::string& tail) {
+      return b.dataset.size() >= tail.size() &&
+             b.dataset.compare(b.dataset.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    const bool vo = ends("/vo_norm"), kz = ends("/kvzip_score");
     throw NumericError(a.trace + ": " + b.dataset + ": " + std::to_string(b.count) +
-                       (vo ? " negative, non-finite or out-of-range values (vo_norm holds L1 norms, 0 <= x <= 65504)"
-                           : " non-finite or out-of-range values (a trace holds finite |x| <= 65504)") +
+                       (vo   ? " negative, non-finite or out-of-range values (vo_norm holds L1 norms, 0 <= x <= 65504)"
+                        : kz ? " negative, non-finite or out-of-range values (kvzip_score holds attention "
+                               "probabilities, 0 <= x <= 1)"
+                             : " non-finite or out-of-range values (a trace holds finite |x| <= 65504)") +
                        ", first " + value_text(b.value) + " at [head " + std::to_string(b.head) + ", token " +
-                       std::to_string(b.token) + (vo ? std::string() : ", dim " + std::to_string(b.dim)) + "]" + more);
+                       std::to_string(b.token) + (vo || kz ? std::string() : ", dim " + std::to_string(b.dim)) + "]" +
+                       more);
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 // kvsim record --model M (--prompt TEXT | --prompts FILE.jsonl) [--generate N] --out F: runs the
 // native model and streams its per-layer q, k, v (optionally q_pre, k_pre, o, and with --record
-// vo_norm the per-(head, token) ||W_o,h v_i||_1) into a trace.
+// vo_norm the per-(head, token) ||W_o,h v_i||_1, with --record kvzip KVzip's scores of the context) into
+// a trace.
 //
 // --prompts FILE.jsonl: one JSON object per line, {"prompt": TEXT} or {"ids": [1, 410, ...]}, with
 // optional "name" (sequence name), "source" (provenance), "generate" (overrides --generate) and
@@ -128,8 +129,10 @@ void parse_record_items(const std::vector<std::string>& items, model::RecordOpti
   for (const std::string& it : items) {
     if (it == "vo_norm")
       opt.vo_norm = true;
+    else if (it == "kvzip")
+      opt.kvzip = true;
     else
-      throw UsageError("--record: unknown item '" + it + "' (choose: vo_norm)");
+      throw UsageError("--record: unknown item '" + it + "' (choose: vo_norm, kvzip)");
   }
 }
 
@@ -221,8 +224,14 @@ void add_record(CLI::App& app) {
   c->add_flag("--with-o", a->opt.output, "also record o, the model's attention output (for self-checks)");
   c->add_option("--record", a->record,
                 "also record these derived datasets (comma-separated): vo_norm = ||W_o,h v_i||_1 per query head and "
-                "token [H, T], for criticalkv and defensivekv")
+                "token [H, T], for criticalkv and defensivekv; kvzip = KVzip's context-reconstruction scores "
+                "[Hkv, T] of the context (--kvzip-context), from its repeat passes, for the kvzip strategy")
       ->delimiter(',');
+  c->add_option("--kvzip-chunk", a->opt.kvzip_chunk, "--record kvzip: context tokens per repeat pass (KVzip's chunk)")
+      ->capture_default_str();
+  c->add_option("--kvzip-context", a->opt.kvzip_context,
+                "--record kvzip: score the first N tokens of each sequence (default: its context_len, else its prompt; "
+                "a replay of kvzip cuts there: --prefill N)");
   c->add_option("--temperature", a->opt.sampling.temperature, "0: greedy")->capture_default_str();
   c->add_option("--top-p", a->opt.sampling.top_p, "nucleus sampling mass")->capture_default_str();
   c->add_option("--seed", a->opt.sampling.seed, "sampling seed")->capture_default_str();

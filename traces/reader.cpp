@@ -25,7 +25,8 @@ struct TraceReader::Impl {
 
 namespace {
 
-const Kind kAllKinds[] = {Kind::q, Kind::k, Kind::v, Kind::q_pre, Kind::k_pre, Kind::o, Kind::vo_norm};
+const Kind kAllKinds[] = {Kind::q,     Kind::k, Kind::v,       Kind::q_pre,
+                          Kind::k_pre, Kind::o, Kind::vo_norm, Kind::kvzip_score};
 
 std::vector<std::string> child_names(hid_t group) {
   std::vector<std::string> names;
@@ -53,8 +54,8 @@ const float* f16_table() {
 }
 
 bool in_range(float x) { return std::fabs(x) <= kMaxAbsValue; }  // false for NaN
-// vo_norm is an L1 norm: also never negative.
-bool in_range(Kind kind, float x) { return kind == Kind::vo_norm ? x >= 0 && x <= kMaxAbsValue : in_range(x); }
+// A score (vo_norm, kvzip_score) is also never negative; kvzip_score is at most 1.
+bool in_range(Kind kind, float x) { return kind_is_score(kind) ? x >= 0 && x <= kind_max(kind) : in_range(x); }
 
 // f16 -> f32 of n words: the CPU's conversion instruction where the build has it (-march with F16C:
 // exact, as the table, for every finite, subnormal and infinite value; NaNs stay NaNs, refused
@@ -77,9 +78,10 @@ size_t count_out_of_range(const float* x, size_t n) {
   return bad;
 }
 size_t count_out_of_range(Kind kind, const float* x, size_t n) {
-  if (kind != Kind::vo_norm) return count_out_of_range(x, n);
+  if (!kind_is_score(kind)) return count_out_of_range(x, n);
+  const float hi = kind_max(kind);
   size_t bad = 0;
-  for (size_t i = 0; i < n; ++i) bad += !(x[i] >= 0 && x[i] <= kMaxAbsValue);
+  for (size_t i = 0; i < n; ++i) bad += !(x[i] >= 0 && x[i] <= hi);
   return bad;
 }
 
@@ -168,6 +170,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     s.prefill_len = h5::read_int_attr(g, "prefill_len", where);
     s.source = h5::has_attr(g, "source") ? h5::read_str_attr(g, "source", where) : "";
     if (h5::has_attr(g, "context_len")) s.context_len = h5::read_int_attr(g, "context_len", where);
+    if (h5::has_attr(g, "kvzip_context")) s.kvzip_context = h5::read_int_attr(g, "kvzip_context", where);
     const int64_t T = s.n_tokens, D = h.head_dim;
     if (T < 1) throw FormatError(where + ": n_tokens = " + std::to_string(T) + ": the sequence is empty");
     if (T > kMaxTokens)
@@ -182,6 +185,9 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     if (s.context_len != -1 && (s.context_len < 1 || s.context_len > s.prefill_len))
       throw FormatError(where + ": context_len = " + std::to_string(s.context_len) +
                         " is outside [1, prefill_len = " + std::to_string(s.prefill_len) + "]");
+    if (s.kvzip_context != -1 && (s.kvzip_context < 1 || s.kvzip_context >= T))
+      throw FormatError(where + ": kvzip_context = " + std::to_string(s.kvzip_context) +
+                        " is outside [1, n_tokens = " + std::to_string(T) + ")");
     if (!h5::has_link(g, "tokens")) throw FormatError(where + "/tokens: dataset missing");
     h5::require_hard_links(g, "tokens", where + "/tokens");
     {
@@ -234,7 +240,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
         auto dims = h5::dataset_dims(d);
         const int64_t heads = h.heads_of(kind);
         std::vector<hsize_t> want = {static_cast<hsize_t>(heads), static_cast<hsize_t>(T), static_cast<hsize_t>(D)};
-        if (kind_rank(kind) == 2) want.pop_back();  // vo_norm [H, T]
+        if (kind_rank(kind) == 2) want.pop_back();  // vo_norm [H, T], kvzip_score [Hkv, T]
         if (dims != want)
           throw ShapeMismatch(path + ": " + dp + ": shape " + shape_str(dims) + " but expected " + shape_str(want) +
                               " from " + (kind_is_query_shaped(kind) ? "n_heads" : "n_kv_heads") + " = " +
@@ -261,6 +267,9 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       }
       if (in_all) s.kinds.push_back(kind);
     }
+    const bool kvzip = std::find(s.kinds.begin(), s.kinds.end(), Kind::kvzip_score) != s.kinds.end();
+    if (kvzip && s.kvzip_context == -1)
+      throw FormatError(where + ": kvzip_score without the kvzip_context attribute (the tokens it scores)");
     sequences_.push_back(std::move(s));
   }
 }
@@ -385,6 +394,8 @@ void TraceReader::read_block(int64_t seq, int64_t layer, Kind kind, int64_t head
     if (kind == Kind::vo_norm)
       throw NumericError(where + "]: vo_norm holds L1 norms, finite with 0 <= x <= " + value_str(kMaxAbsValue) +
                          " (traces/FORMAT.md)");
+    if (kind == Kind::kvzip_score)
+      throw NumericError(where + "]: kvzip_score holds attention probabilities, 0 <= x <= 1 (traces/FORMAT.md)");
     throw NumericError(where + ", dim " + std::to_string(dim) +
                        "]: a trace holds finite values with |x| <= " + value_str(kMaxAbsValue) + " (traces/FORMAT.md)");
   }
@@ -401,6 +412,21 @@ xt::xtensor<float, 2> TraceReader::read_vo_norm(int64_t seq, int64_t layer) cons
   const int64_t T = sequence(seq).n_tokens, H = header_.n_heads;
   xt::xtensor<float, 2> out({static_cast<size_t>(H), static_cast<size_t>(T)});
   read_block(seq, layer, Kind::vo_norm, 0, H, 0, T, out.data());
+  return out;
+}
+
+xt::xtensor<float, 2> TraceReader::read_kvzip_score(int64_t seq, int64_t layer) const {
+  const SequenceInfo& si = sequence(seq);
+  const int64_t T = si.n_tokens, Hkv = header_.n_kv_heads, C = si.kvzip_context;
+  xt::xtensor<float, 2> out({static_cast<size_t>(Hkv), static_cast<size_t>(T)});
+  read_block(seq, layer, Kind::kvzip_score, 0, Hkv, 0, T, out.data());
+  for (int64_t kv = 0; kv < Hkv; ++kv)  // only the context is scored: a later token holds 0
+    for (int64_t i = C; i < T; ++i)
+      if (out(kv, i) != 0)
+        throw FormatError(path_ + ": " + dataset_path(si.name, layer, Kind::kvzip_score) + ": value " +
+                          value_str(out(kv, i)) + " at [head " + std::to_string(kv) + ", token " + std::to_string(i) +
+                          "] after the scored context of kvzip_context = " + std::to_string(C) +
+                          " tokens must be 0 (traces/FORMAT.md)");
   return out;
 }
 

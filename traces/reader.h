@@ -45,6 +45,9 @@ class TraceReader {
   xt::xtensor<float, 3> read_layer(int64_t seq, int64_t layer, Kind kind) const;
   // The layer's vo_norm [H, T] (present when has(seq, Kind::vo_norm)): finite, 0 <= x <= kMaxAbsValue.
   xt::xtensor<float, 2> read_vo_norm(int64_t seq, int64_t layer) const;
+  // The layer's kvzip_score [Hkv, T] (present when has(seq, Kind::kvzip_score)): 0 <= x <= 1, and 0 from
+  // the sequence's kvzip_context on (traces/FORMAT.md).
+  xt::xtensor<float, 2> read_kvzip_score(int64_t seq, int64_t layer) const;
   // Reads into a caller buffer: heads [head0, head0+n_heads) x tokens [t0, t0+n_tok) x D. Every read
   // refuses (NumericError naming the dataset, head, token and dim) a value that is NaN, inf or beyond
   // |x| <= kMaxAbsValue (traces/FORMAT.md "Values"), and for vo_norm ([n_heads, n_tok]) a negative one.

@@ -34,6 +34,7 @@ const char* kind_name(Kind k) {
     case Kind::k_pre: return "k_pre";
     case Kind::o: return "o";
     case Kind::vo_norm: return "vo_norm";
+    case Kind::kvzip_score: return "kvzip_score";
   }
   return "?";
 }

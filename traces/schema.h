@@ -30,16 +30,22 @@ const char* dtype_name(DType d);
 DType parse_dtype(const std::string& s);  // throws UsageError listing the choices
 int dtype_bytes(DType d);
 
-// Tensor kinds stored per layer. Every kind is [heads, T, D] except vo_norm, [H, T]: one
-// non-negative number per (query head, token), ||W_o,h v_i||_1 (traces/FORMAT.md).
-enum class Kind { q, k, v, q_pre, k_pre, o, vo_norm };
+// Tensor kinds stored per layer. Every kind is [heads, T, D] except the two per-token scores of rank 2:
+// vo_norm [H, T], one non-negative number per (query head, token), ||W_o,h v_i||_1, and kvzip_score
+// [Hkv, T], KVzip's reconstruction attention of each context token, in [0, 1] (traces/FORMAT.md).
+enum class Kind { q, k, v, q_pre, k_pre, o, vo_norm, kvzip_score };
 const char* kind_name(Kind k);
 inline bool kind_is_query_shaped(Kind k) {
   return k == Kind::q || k == Kind::q_pre || k == Kind::o || k == Kind::vo_norm;
 }
-// Values per (head, token): D, or 1 for vo_norm (whose dataset has rank 2).
-inline int64_t kind_width(Kind k, int64_t D) { return k == Kind::vo_norm ? 1 : D; }
-inline int kind_rank(Kind k) { return k == Kind::vo_norm ? 2 : 3; }
+inline bool kind_is_score(Kind k) { return k == Kind::vo_norm || k == Kind::kvzip_score; }
+// Values per (head, token): D, or 1 for a score (whose dataset has rank 2).
+inline int64_t kind_width(Kind k, int64_t D) { return kind_is_score(k) ? 1 : D; }
+inline int kind_rank(Kind k) { return kind_is_score(k) ? 2 : 3; }
+// The range a value of kind k must lie in: |x| <= kMaxAbsValue, a score >= 0 too, kvzip_score <= 1
+// (an attention probability).
+inline float kind_min(Kind k) { return kind_is_score(k) ? 0.0f : -kMaxAbsValue; }
+inline float kind_max(Kind k) { return k == Kind::kvzip_score ? 1.0f : kMaxAbsValue; }
 
 struct TraceHeader {
   std::string model = "unknown";
@@ -70,6 +76,8 @@ struct SequenceInfo {
   // Optional: where the context ends and the question starts (traces/FORMAT.md); -1 when absent.
   // A query-agnostic run compresses at context_len, a query-aware one at prefill_len.
   int64_t context_len = -1;
+  // Optional, with kvzip_score: the first kvzip_context tokens are the context its scores reconstruct.
+  int64_t kvzip_context = -1;
   std::string source;
   bool has_text = false;
   std::vector<Kind> kinds;  // tensors present in every layer (q, k, v always)

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -212,6 +213,11 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
   if (spec.context_len != -1 && (spec.context_len < 1 || spec.context_len > spec.prefill_len))
     throw UsageError(path_ + ": context_len = " + std::to_string(spec.context_len) +
                      " is outside [1, prefill_len = " + std::to_string(spec.prefill_len) + "]");
+  const bool kvzip = std::find(spec.kinds.begin(), spec.kinds.end(), Kind::kvzip_score) != spec.kinds.end();
+  if (kvzip != (spec.kvzip_context != -1) || (kvzip && (spec.kvzip_context < 1 || spec.kvzip_context >= T)))
+    throw UsageError(
+        path_ + ": kvzip_context = " + std::to_string(spec.kvzip_context) +
+        (kvzip ? " is outside [1, n_tokens = " + std::to_string(T) + ")" : " without a kvzip_score dataset"));
   if (static_cast<int64_t>(spec.tokens.size()) != T)
     throw UsageError(path_ + ": " + std::to_string(spec.tokens.size()) +
                      " token ids for n_tokens = " + std::to_string(T));
@@ -225,6 +231,7 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
   h5::write_int_attr(g, "n_tokens", T);
   h5::write_int_attr(g, "prefill_len", spec.prefill_len);
   if (spec.context_len != -1) h5::write_int_attr(g, "context_len", spec.context_len);
+  if (spec.kvzip_context != -1) h5::write_int_attr(g, "kvzip_context", spec.kvzip_context);
   h5::write_str_attr(g, "source", spec.source);
 
   {

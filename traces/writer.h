@@ -26,6 +26,8 @@ struct SequenceSpec {
   int64_t n_tokens = 0;
   int64_t prefill_len = 0;
   int64_t context_len = -1;  // -1: not written (traces/FORMAT.md); else 1 <= context_len <= prefill_len
+  // The tokens kvzip_score scores (written, and required, with Kind::kvzip_score): 1 <= kvzip_context < T.
+  int64_t kvzip_context = -1;
   std::string source;
   std::vector<int32_t> tokens;  // [T]
   std::string text;             // optional

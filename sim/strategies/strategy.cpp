@@ -84,6 +84,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"duoattention", make_duoattention},
       {"headkv", make_headkv},
       {"rkv", make_rkv},
+      {"kvzip", make_kvzip},
       {"oracle_topk", make_oracle_topk},
       {"quest", make_quest},
       {"sparq", make_sparq},
@@ -182,7 +183,15 @@ class Composed final : public Strategy {
   bool needs_pre_rope() const override { return base_->needs_pre_rope(); }
   bool needs_q_pre() const override { return base_->needs_q_pre(); }
   bool needs_vo_norm() const override { return base_->needs_vo_norm(); }
+  bool needs_kvzip_score() const override { return base_->needs_kvzip_score(); }
   bool needs_queries() const override { return base_->needs_queries(); }
+  bool needs_model_plan() const override { return base_->needs_model_plan(); }
+  std::vector<double> layer_profile(const LayerView& lv, int64_t P) const override {
+    return base_->layer_profile(lv, P);
+  }
+  std::vector<double> make_plan(const std::vector<std::vector<double>>& profiles, int64_t T, int64_t P) const override {
+    return base_->make_plan(profiles, T, P);
+  }
   const Codec& codec() const override { return *codec_; }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
     return base_->make_state(ctx);

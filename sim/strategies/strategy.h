@@ -61,6 +61,11 @@ struct LayerView {
   // ||W_o,h v_i||_1 per query head and token, or nullptr unless the strategy asked for it
   // (Strategy::needs_vo_norm()); recorded with kvsim record --record vo_norm (traces/FORMAT.md).
   const float* vo_norm = nullptr;  // [H, T]
+  // KVzip's context-reconstruction scores per KV head and token, or nullptr unless the strategy asked
+  // for them (Strategy::needs_kvzip_score()); recorded with kvsim record --record kvzip: they score the
+  // first kvzip_context tokens (the trace's context_len, else its prompt) and are 0 after them.
+  const float* kvzip_score = nullptr;  // [Hkv, T]
+  int64_t kvzip_context = 0;
   double rope_theta = 10000.0;
   RopeStyle rope_style = RopeStyle::none;
   int64_t G() const { return H / Hkv; }
@@ -202,6 +207,8 @@ class Strategy {
   virtual bool needs_q_pre() const { return false; }
   // Reads LayerView::vo_norm (recorded with kvsim record --record vo_norm).
   virtual bool needs_vo_norm() const { return false; }
+  // Reads LayerView::kvzip_score (recorded with kvsim record --record kvzip), in layer_profile only.
+  virtual bool needs_kvzip_score() const { return false; }
   // Its states implement StrategyState::prompt_scores with scores comparable across the KV heads
   // of a layer, so a budget allocator can wrap it (adakv.snapkv, chunkkv.h2o).
   virtual bool exposes_prompt_scores() const { return false; }

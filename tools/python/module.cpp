@@ -202,6 +202,7 @@ std::string strategies_json() {
     j["needs_k_pre"] = s->needs_pre_rope();
     j["needs_q_pre"] = s->needs_q_pre();
     j["needs_vo_norm"] = s->needs_vo_norm();
+    j["needs_kvzip_score"] = s->needs_kvzip_score();
     j["needs_queries"] = s->needs_queries();
     j["layer_coupled"] = s->layer_coupled();
     j["takes_codec"] = s->takes_codec();

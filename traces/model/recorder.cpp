@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "sim/base/error.h"
+#include "traces/model/kvzip.h"
 #include "traces/model/vo_norm.h"
 
 namespace kvsim::model {
@@ -85,11 +86,30 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   const int64_t T = static_cast<int64_t>(ids.size());
   st.tokens = T;
 
+  // The KVzip repeat passes run on the prompt's context before the recording pass resets the caches.
+  std::vector<std::vector<float>> kvzip;
+  const int64_t C = opt.kvzip_context >= 1 ? opt.kvzip_context : prompt.context_len >= 1 ? prompt.context_len : P;
+  if (opt.kvzip) {
+    const std::string what = prompt.name.empty() ? prompt.source : prompt.name;
+    if (C >= T)
+      throw UsageError(what + ": --record kvzip scores the first " + std::to_string(C) +
+                       " tokens, which must be fewer than the sequence's " + std::to_string(T) +
+                       " (a replay cuts there and decodes the rest): generate tokens or give --kvzip-context");
+    if (tok == nullptr)
+      throw UsageError(what +
+                       ": --record kvzip needs the model's tokenizer (its repeat prompts are text): give "
+                       "--tokenizer");
+    if (opt.kvzip_chunk < 1) throw UsageError("--kvzip-chunk = " + std::to_string(opt.kvzip_chunk) + " must be >= 1");
+    const std::vector<int32_t> context(ids.begin(), ids.begin() + C);
+    kvzip = kvzip_scores(runner, context, kvzip_chunks(context, *tok, opt.kvzip_chunk), what);
+  }
+
   traces::SequenceSpec spec;
   spec.name = prompt.name;
   spec.n_tokens = T;
   spec.prefill_len = P;
   spec.context_len = prompt.context_len;
+  if (opt.kvzip) spec.kvzip_context = C;
   spec.source = prompt.source;
   spec.tokens = ids;
   if (tok) spec.text = tok->decode(ids);
@@ -101,11 +121,21 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   const bool output = prompt.output >= 0 ? prompt.output == 1 : opt.output;
   if (output) spec.kinds.push_back(traces::Kind::o);
   if (opt.vo_norm) spec.kinds.push_back(traces::Kind::vo_norm);
+  if (opt.kvzip) spec.kinds.push_back(traces::Kind::kvzip_score);
 
   // pass 2: record. The tap transposes [T, heads, D] blocks to the trace's [heads, T, D].
   t0 = std::chrono::steady_clock::now();
   const auto b0 = t0;
   writer.begin_sequence(spec);
+  if (opt.kvzip) {  // [Hkv, T]: the context's scores, 0 after it
+    const int64_t Hkv = c.n_kv_heads;
+    std::vector<float> row(static_cast<size_t>(Hkv * T), 0.0f);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      for (int64_t kv = 0; kv < Hkv; ++kv)
+        std::copy_n(kvzip[static_cast<size_t>(l)].data() + kv * C, C, row.data() + kv * T);
+      writer.write(traces::Kind::kvzip_score, l, 0, Hkv, 0, T, row.data());
+    }
+  }
   st.write_s += seconds_since(b0);
   std::vector<float> buf, vo;
   const int64_t D = c.head_dim;

@@ -28,6 +28,13 @@ struct RecordOptions {
   // Also vo_norm [H, T]: ||W_o,h v_i||_1 from the recorded v and the model's o_proj, computed on the
   // host in double for every backend (traces/model/vo_norm.h; kvsim record --record vo_norm).
   bool vo_norm = false;
+  // Also kvzip_score [Hkv, T]: KVzip's context-reconstruction scores of the context (context_len, else
+  // the prompt), from its repeat passes in chunks of kvzip_chunk tokens (traces/model/kvzip.h; kvsim
+  // record --record kvzip). Needs the tokenizer (the repeat prompts are text).
+  bool kvzip = false;
+  int64_t kvzip_chunk = 2048;
+  int64_t kvzip_context = -1;  // the tokens scored: -1 = context_len, else the prompt; N = the first N
+
   int64_t block = 256;  // tokens per recording forward call
   // Called after each generated token and each recorded block with the units of work done in
   // this call (one per generated token, one per recorded token): for progress display.

@@ -309,6 +309,11 @@ void check_strategy_fits(const Strategy& strategy, const ModelConfig& config, in
   if (strategy.needs_vo_norm() && weights == nullptr)
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs vo_norm (||W_o,h v_i||_1), and no model weights were given to compute it from o_proj");
+  if (strategy.needs_kvzip_score())
+    throw UsageError("strategy cache: '" + strategy.spec_text() +
+                     "' needs KVzip's context-reconstruction scores, which come from extra repeat passes over the "
+                     "prompt that the live model cache does not run; replay it with kvsim run on a trace recorded "
+                     "with --record kvzip");
   if (strategy.needs_pre_rope())
     throw UsageError("strategy cache: '" + strategy.spec_text() +
                      "' needs pre-RoPE keys, which the live model cache does not keep; replay it with kvsim run on "
