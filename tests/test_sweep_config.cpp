@@ -52,6 +52,33 @@ strategies:
   CHECK(p.specs[1].line == 8);
 }
 
+TEST_CASE("sweep config: an entry's own prefill replaces the root's for its configurations") {
+  const char* text = R"(
+traces: [/data/a.h5]
+prefill: [trace, 64]
+strategies:
+  - name: h2o
+    grid: {budget: [8]}
+  - name: kvzip
+    grid: {budget: [8]}
+    prefill: 384
+  - name: h2o
+    grid: {budget: [8, 16]}
+    prefill: [context, 64]
+)";
+  SweepPlan p = parse_sweep_config(text, "/cfg/t.yaml");
+  // The root's list, then what the entries add, once each.
+  CHECK(p.prefills == std::vector<int64_t>{-1, 64, 384, -2});
+  REQUIRE(specs(p) == std::vector<std::string>{"h2o:budget=8", "kvzip:budget=8", "h2o:budget=16"});
+  CHECK(p.specs[0].prefills == std::vector<int64_t>{-1, 64, -2});  // the same spec twice: both lists
+  CHECK(p.specs[1].prefills == std::vector<int64_t>{384});
+  CHECK(p.specs[2].prefills == std::vector<int64_t>{-2, 64});
+  CHECK_THROWS_WITH_AS(parse_sweep_config("traces: [/a.h5]\nstrategies:\n  - {name: h2o, prefill: -3}\n", "t.yaml"),
+                       doctest::Contains("prefill = -3 must be >= 0"), UsageError);
+  CHECK_THROWS_WITH_AS(parse_sweep_config("traces: [/a.h5]\nstrategies:\n  - {name: h2o, prefill: []}\n", "t.yaml"),
+                       doctest::Contains("prefill is an empty list"), UsageError);
+}
+
 TEST_CASE("sweep config: relative trace paths and globs resolve against the config's folder") {
   test::TempDir dir;
   std::ofstream(dir.file("b.h5")) << "x";
@@ -83,7 +110,7 @@ TEST_CASE("sweep config: errors name the file, line and column") {
         "c.yaml:4:20: the range of 'budget' has to < from");
   CHECK(err("strategies: [{name: full}]\n") == "c.yaml:1:1: missing key 'traces'");
   CHECK(err("traces: [a.h5]\nstrategies:\n  - nme: h2o\n") ==
-        "c.yaml:3:5: unknown key 'nme' in a strategy entry (valid: name, grid, codecs)");
+        "c.yaml:3:5: unknown key 'nme' in a strategy entry (valid: name, grid, codecs, prefill)");
   CHECK(err("traces: ['/nonexistent-dir-kvsim/*.h5']\nstrategies: [{name: full}]\n") ==
         "c.yaml:1:10: glob '/nonexistent-dir-kvsim/*.h5' matches no file");
   CHECK(err("- a\n- b\n").find("must be a mapping") != std::string::npos);

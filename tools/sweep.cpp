@@ -97,6 +97,7 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
         SweepGroup g;
         g.trace = ti, g.seq_index = seq_index, g.sequence = seq, g.n_tokens = T, g.error = err;
         g.prefill = p == -1 ? own_P : p == -2 ? (err.empty() ? context_len : -2) : p;
+        g.prefill_code = p;
         g.protocol = parse_protocol(protocol);
         if (g.error.empty() && p == -2 && context_len < 0)
           g.error = path + ": sequence " + seq + " has no context_len (prefill: context needs one)";
@@ -130,9 +131,11 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
   }
 }
 
-// A selector runs under protocol sparse only, every other strategy under evict and prefill only.
-bool runs_under(const SweepConfigEntry& c, Protocol p) {
-  return c.strategy_obj->is_selector() == (p == Protocol::sparse);
+// A run of the sweep: a selector runs under protocol sparse only, every other strategy under evict and
+// prefill (kvzip under prefill only: Strategy::runs_under), each at the prefills its entry lists.
+bool runs_in(const SweepConfigEntry& c, const SweepGroup& g) {
+  return c.strategy_obj->runs_under(g.protocol) &&
+         std::find(c.prefills.begin(), c.prefills.end(), g.prefill_code) != c.prefills.end();
 }
 
 StoreRun base_run(const SweepWork& w, const SweepGroup& g) {
@@ -272,17 +275,24 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
   w.backend = parse_replay_backend(backend);
   if (opt.batch < 1) throw UsageError("--batch " + std::to_string(opt.batch) + " must be >= 1");
   w.max_memory = parse_memory(opt.max_memory, "--max-memory");
-  std::set<std::string> seen;
+  std::map<std::string, size_t> seen;  // canonical spec -> its index in w.configs
   for (const auto& s : w.plan.specs) {
     SweepConfigEntry e;
-    e.spec = s.spec, e.line = s.line;
+    e.spec = s.spec, e.line = s.line, e.prefills = s.prefills;
     try {
       e.strategy_obj = make_strategy(s.spec);
       canonicalize(e);
     } catch (const UsageError& err) {
       throw UsageError(opt.config + ":" + std::to_string(s.line) + ": " + err.what());
     }
-    if (seen.insert(e.canonical).second) w.configs.push_back(std::move(e));
+    if (auto it = seen.find(e.canonical); it != seen.end()) {  // one configuration spelled twice: both prefills
+      auto& have = w.configs[it->second].prefills;
+      for (int64_t p : e.prefills)
+        if (std::find(have.begin(), have.end(), p) == have.end()) have.push_back(p);
+    } else {
+      seen.emplace(e.canonical, w.configs.size());
+      w.configs.push_back(std::move(e));
+    }
   }
   std::set<std::string> hashes;
   for (const auto& p : w.plan.traces) open_trace(w, p, hashes);
@@ -292,7 +302,7 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
   if (!any_good) throw FormatError(w.traces.at(0).error);
   w.total_runs = 0;
   for (const auto& g : w.groups)
-    for (const auto& c : w.configs) w.total_runs += runs_under(c, g.protocol) ? 1 : 0;
+    for (const auto& c : w.configs) w.total_runs += runs_in(c, g) ? 1 : 0;
   if (w.total_runs == 0)
     throw UsageError(opt.config +
                      ": no configuration runs under the protocols given (selectors run under sparse "
@@ -317,7 +327,7 @@ std::vector<SweepBatch> pending_batches(const SweepWork& w, ResultsStore& store,
     SweepBatch b;
     b.group = static_cast<int64_t>(g);
     for (size_t c = 0; c < w.configs.size(); ++c) {
-      if (!runs_under(w.configs[c], grp.protocol)) continue;  // not a run of this sweep
+      if (!runs_in(w.configs[c], grp)) continue;  // not a run of this sweep
       if (r++ % n_shards != shard) continue;
       const RunKey key{(*config_ids)[c], (*trace_ids)[grp.trace], grp.sequence,
                        grp.prefill,      w.plan.stride,           protocol_name(grp.protocol)};

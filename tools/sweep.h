@@ -36,6 +36,7 @@ struct SweepConfigEntry {
   std::string strategy;   // name, or names joined by '+' for a composition
   std::string params_json;
   int line = 0;
+  std::vector<int64_t> prefills;  // the prefill codes it runs at (SweepSpec::prefills)
   std::unique_ptr<Strategy> strategy_obj;
 };
 
@@ -48,6 +49,7 @@ struct SweepTraceEntry {
 // configuration runs in the groups of the protocols it fits (selectors under sparse only).
 struct SweepGroup {
   int64_t trace = 0, seq_index = -1, prefill = 0, n_tokens = 0;
+  int64_t prefill_code = -1;  // what the config wrote (SweepPlan::prefills): the configs listing it run here
   Protocol protocol = Protocol::evict;
   std::string sequence, error;
 };

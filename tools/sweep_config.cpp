@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -215,6 +216,36 @@ std::vector<std::string> resolve_traces(const Ctx& c, const YAML::Node& n, const
 
 namespace {
 
+// A node as a list: its items, or the node itself when it is not a sequence (`prefill: 64`).
+std::vector<YAML::Node> as_list(const YAML::Node& n) {
+  std::vector<YAML::Node> items;
+  if (n.IsSequence())
+    for (const auto& x : n) items.push_back(x);
+  else
+    items.push_back(n);
+  return items;
+}
+
+// `prefill: trace | context | N` or a list of them, as codes (SweepPlan::prefills).
+std::vector<int64_t> parse_prefills(const Ctx& c, const YAML::Node& p) {
+  const std::vector<YAML::Node> items = as_list(p);
+  if (items.empty()) c.fail(p, "prefill is an empty list");
+  std::vector<int64_t> out;
+  for (const auto& x : items) {
+    int64_t v;
+    if (x.IsScalar() && x.Scalar() == "trace") {
+      v = -1;
+    } else if (x.IsScalar() && x.Scalar() == "context") {
+      v = -2;
+    } else {
+      v = c.integer(x, "prefill");
+      if (v < 0) c.fail(x, "prefill = " + std::to_string(v) + " must be >= 0");
+    }
+    if (std::find(out.begin(), out.end(), v) == out.end()) out.push_back(v);
+  }
+  return out;
+}
+
 SweepPlan parse_text(const std::string& text, const std::string& path) {
   Ctx c{path};
   YAML::Node root;
@@ -241,32 +272,13 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
       c.fail(s, "sequences must be 'all' or a list of sequence names");
     }
   }
-  if (const YAML::Node p = root["prefill"]) {
-    std::vector<YAML::Node> items;
-    if (p.IsSequence())
-      for (const auto& x : p) items.push_back(x);
-    else
-      items.push_back(p);
-    for (const auto& x : items) {
-      if (x.IsScalar() && x.Scalar() == "trace") {
-        plan.prefills.push_back(-1);
-      } else if (x.IsScalar() && x.Scalar() == "context") {
-        plan.prefills.push_back(-2);
-      } else {
-        const int64_t v = c.integer(x, "prefill");
-        if (v < 0) c.fail(x, "prefill = " + std::to_string(v) + " must be >= 0");
-        plan.prefills.push_back(v);
-      }
-    }
-  } else {
+  if (const YAML::Node p = root["prefill"])
+    plan.prefills = parse_prefills(c, p);
+  else
     plan.prefills.push_back(-1);
-  }
+  const std::vector<int64_t> root_prefills = plan.prefills;
   if (const YAML::Node p = root["protocol"]) {
-    std::vector<YAML::Node> items;
-    if (p.IsSequence())
-      for (const auto& x : p) items.push_back(x);
-    else
-      items.push_back(p);
+    const std::vector<YAML::Node> items = as_list(p);
     if (items.empty()) c.fail(p, "protocol: give evict, prefill, sparse or a list of them");
     for (const auto& x : items) {
       const std::string name = c.scalar(x, "protocol");
@@ -291,22 +303,18 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
   const YAML::Node strategies = root["strategies"];
   if (!strategies) c.fail(root, "missing key 'strategies'");
   if (!strategies.IsSequence() || strategies.size() == 0) c.fail(strategies, "strategies must be a non-empty list");
-  std::set<std::string> seen;
-  int64_t total = 0;  // configurations over all entries, before deduplication
+  std::map<std::string, size_t> seen;  // spec -> its index in plan.specs
+  int64_t total = 0;                   // configurations over all entries, before deduplication
   for (const auto& e : strategies) {
     if (!e.IsMap()) c.fail(e, "each strategy must be a mapping with name and grid");
-    c.only_keys(e, {"name", "grid", "codecs"}, "a strategy entry");
+    c.only_keys(e, {"name", "grid", "codecs", "prefill"}, "a strategy entry");
     if (!e["name"]) c.fail(e, "a strategy entry needs a name");
     const std::string name = c.scalar(e["name"], "strategy name");
     std::vector<std::string> base_specs = expand(c, name, e["grid"]);
     std::vector<std::string> codec_specs = {""};
     if (const YAML::Node cs = e["codecs"]) {
       codec_specs.clear();
-      std::vector<YAML::Node> items;
-      if (cs.IsSequence())
-        for (const auto& x : cs) items.push_back(x);
-      else
-        items.push_back(cs);
+      const std::vector<YAML::Node> items = as_list(cs);
       for (const auto& x : items) {
         if (x.IsScalar()) {
           codec_specs.push_back(x.Scalar() == "none" ? "" : x.Scalar());
@@ -328,10 +336,21 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
       c.fail(e, "the strategies expand to over " + std::to_string(kMaxConfigs) + " configurations (at '" + name +
                     "', entry at line " + std::to_string(e.Mark().line + 1) + ")");
     const int line = e.Mark().line + 1;
+    // An entry's own prefill replaces the root's for its configurations (kvzip at its scored context).
+    const std::vector<int64_t> prefills = e["prefill"] ? parse_prefills(c, e["prefill"]) : root_prefills;
+    for (int64_t p : prefills)
+      if (std::find(plan.prefills.begin(), plan.prefills.end(), p) == plan.prefills.end()) plan.prefills.push_back(p);
     for (const auto& b : base_specs)
       for (const auto& cdc : codec_specs) {
         std::string spec = cdc.empty() ? b : b + "+" + cdc;
-        if (seen.insert(spec).second) plan.specs.push_back({spec, line});
+        if (auto it = seen.find(spec); it != seen.end()) {  // the same spec twice: the union of its prefills
+          auto& have = plan.specs[it->second].prefills;
+          for (int64_t p : prefills)
+            if (std::find(have.begin(), have.end(), p) == have.end()) have.push_back(p);
+        } else {
+          seen.emplace(spec, plan.specs.size());
+          plan.specs.push_back({spec, line, prefills});
+        }
       }
   }
   return plan;

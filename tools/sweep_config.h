@@ -17,6 +17,9 @@
 //         recent: {from: 8, to: 32, step: 8}   # ... or a range: from/to (inclusive) with step or num,
 //         norm: sum                        #     or {pow2: [5, 8]} for 32, 64, 128, 256
 //       codecs: [none, {name: kivi, grid: {bits: [2, 4]}}]
+//     - name: kvzip
+//       grid: {budget: [64]}
+//       prefill: [384]                     # an entry's own prefill replaces the root's for its configurations
 //
 // Limits, checked before anything is expanded: 1,000,000 configurations per grid and over all
 // entries, 100,000 values per range; duplicate keys, nan/inf, ranges that overflow (or pass 2^53 as
@@ -32,13 +35,17 @@ namespace kvsim::tools {
 struct SweepSpec {
   std::string spec;
   int line = 0;  // line of the strategy entry in the config, for messages
+  // The prefills it runs at (codes as SweepPlan::prefills): the entry's own `prefill`, else the root's.
+  std::vector<int64_t> prefills;
 };
 
 struct SweepPlan {
   std::string path, name;
   std::vector<std::string> traces;     // resolved paths, in config order, globs sorted
   std::vector<std::string> sequences;  // empty: all
-  std::vector<int64_t> prefills;       // -1 (`trace`): the sequence's prefill_len; -2 (`context`): its context_len
+  // -1 (`trace`): the sequence's prefill_len; -2 (`context`): its context_len; the root's list, then what
+  // entries add with their own `prefill`
+  std::vector<int64_t> prefills;
   std::vector<std::string> protocols;  // evict | prefill | sparse, in config order (default: evict)
   int64_t stride = 1;
   std::string backend = "auto";

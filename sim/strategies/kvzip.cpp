@@ -52,6 +52,7 @@ class Kvzip final : public Strategy {
   }
   bool needs_model_plan() const override { return true; }
   bool needs_kvzip_score() const override { return true; }
+  bool runs_under(Protocol p) const override { return p == Protocol::prefill; }
   // The layer's scores [Hkv, P], the first `sinks` set to 1.
   std::vector<double> layer_profile(const LayerView& lv, int64_t P) const override {
     if (lv.kvzip_score == nullptr)

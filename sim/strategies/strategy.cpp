@@ -186,6 +186,7 @@ class Composed final : public Strategy {
   bool needs_kvzip_score() const override { return base_->needs_kvzip_score(); }
   bool needs_queries() const override { return base_->needs_queries(); }
   bool needs_model_plan() const override { return base_->needs_model_plan(); }
+  bool runs_under(Protocol p) const override { return base_->runs_under(p); }
   std::vector<double> layer_profile(const LayerView& lv, int64_t P) const override {
     return base_->layer_profile(lv, P);
   }

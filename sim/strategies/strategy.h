@@ -230,6 +230,9 @@ class Strategy {
     (void)profiles, (void)T, (void)P;
     return {};
   }
+  // The protocols it runs under: a selector under sparse only, every other strategy under evict and
+  // prefill (kvzip under prefill only). A sweep skips the other pairs; a run refuses them in one line.
+  virtual bool runs_under(Protocol p) const { return is_selector() == (p == Protocol::sparse); }
   // Whether `name+codec` is meaningful (false for a selector whose keys are not the cache's: shadowkv).
   virtual bool takes_codec() const { return true; }
   virtual const Codec& codec() const { return identity_codec(); }

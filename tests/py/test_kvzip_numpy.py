@@ -18,7 +18,8 @@
    all layers and heads (press_ratio=r), or L·Hkv·(P − B) (budget=B), or per layer (layerwise=1); ties drop
    the later (layer, head, position); protocol prefill (every later token appended). Every metric of every
    (layer, head) must agree to 2e-3, bytes exactly (4·D per slot plus a 4-byte length per head when a layer's
-   heads differ). Also checked: the global cut gives the layers different budgets on this trace.
+   heads differ), on the traces recorded here and on the embedded trace (its scores of the first 384 tokens).
+   Also checked: the global cut gives the layers different budgets on this trace.
 Skipped (exit 77) when ../shared/models is missing. Run:
     /usr/bin/python3 tests/py/test_kvzip_numpy.py --kvsim build/kvsim
 """
@@ -274,6 +275,12 @@ def main():
     try:
         trace = check_scores(a.kvsim, model, tok, tmp)
         check_cut(a.kvsim, trace)
+        # The embedded trace's scores of its first 384 tokens (traces/samples/regenerate.sh): the cut at 384.
+        embedded = os.path.join(ROOT, "traces", "samples", "stories260K.h5")
+        for spec, B, r in (("kvzip:budget=64", 64, None), ("kvzip:press_ratio=0.9,layerwise=1", None, 0.9)):
+            sparse_ref.agree(a.kvsim, embedded, spec,
+                             lambda lv: Kvzip(lv, embedded, budget=B, press_ratio=r, layerwise=r is not None),
+                             stride=9, P=384, protocol="prefill")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("ok")

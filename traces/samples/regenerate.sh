@@ -14,4 +14,5 @@ KVSIM=${1:-build/kvsim}
 MODELS=${KVSIM_MODELS:-../shared/models}
 "$KVSIM" record --model "$MODELS/stories260K/stories260K.bin" \
   --prompts traces/samples/stories260K_prompts.jsonl --generate -1 \
-  --dtype float32 --pre --record vo_norm --compress --backend cpu --force --out traces/samples/stories260K.h5
+  --dtype float32 --pre --record vo_norm,kvzip --kvzip-context 384 --kvzip-chunk 64 \
+  --compress --backend cpu --force --out traces/samples/stories260K.h5
