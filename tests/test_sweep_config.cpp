@@ -52,7 +52,7 @@ strategies:
   CHECK(p.specs[1].line == 8);
 }
 
-TEST_CASE("sweep config: an entry's own prefill replaces the root's for its configurations") {
+TEST_CASE("sweep config: an entry's own prefill and protocol replace the root's for its configurations") {
   const char* text = R"(
 traces: [/data/a.h5]
 prefill: [trace, 64]
@@ -62,9 +62,11 @@ strategies:
   - name: kvzip
     grid: {budget: [8]}
     prefill: 384
+    protocol: prefill
   - name: h2o
     grid: {budget: [8, 16]}
     prefill: [context, 64]
+    protocol: [evict, sparse]
 )";
   SweepPlan p = parse_sweep_config(text, "/cfg/t.yaml");
   // The root's list, then what the entries add, once each.
@@ -73,6 +75,13 @@ strategies:
   CHECK(p.specs[0].prefills == std::vector<int64_t>{-1, 64, -2});  // the same spec twice: both lists
   CHECK(p.specs[1].prefills == std::vector<int64_t>{384});
   CHECK(p.specs[2].prefills == std::vector<int64_t>{-2, 64});
+  // protocol: the same (the root's: evict).
+  CHECK(p.protocols == std::vector<std::string>{"evict", "prefill", "sparse"});
+  CHECK(p.specs[0].protocols == std::vector<std::string>{"evict", "sparse"});
+  CHECK(p.specs[1].protocols == std::vector<std::string>{"prefill"});
+  CHECK(p.specs[2].protocols == std::vector<std::string>{"evict", "sparse"});
+  CHECK_THROWS_WITH_AS(parse_sweep_config("traces: [/a.h5]\nstrategies:\n  - {name: h2o, protocol: grow}\n", "t.yaml"),
+                       doctest::Contains("grow"), UsageError);
   CHECK_THROWS_WITH_AS(parse_sweep_config("traces: [/a.h5]\nstrategies:\n  - {name: h2o, prefill: -3}\n", "t.yaml"),
                        doctest::Contains("prefill = -3 must be >= 0"), UsageError);
   CHECK_THROWS_WITH_AS(parse_sweep_config("traces: [/a.h5]\nstrategies:\n  - {name: h2o, prefill: []}\n", "t.yaml"),
@@ -110,7 +119,7 @@ TEST_CASE("sweep config: errors name the file, line and column") {
         "c.yaml:4:20: the range of 'budget' has to < from");
   CHECK(err("strategies: [{name: full}]\n") == "c.yaml:1:1: missing key 'traces'");
   CHECK(err("traces: [a.h5]\nstrategies:\n  - nme: h2o\n") ==
-        "c.yaml:3:5: unknown key 'nme' in a strategy entry (valid: name, grid, codecs, prefill)");
+        "c.yaml:3:5: unknown key 'nme' in a strategy entry (valid: name, grid, codecs, prefill, protocol)");
   CHECK(err("traces: ['/nonexistent-dir-kvsim/*.h5']\nstrategies: [{name: full}]\n") ==
         "c.yaml:1:10: glob '/nonexistent-dir-kvsim/*.h5' matches no file");
   CHECK(err("- a\n- b\n").find("must be a mapping") != std::string::npos);

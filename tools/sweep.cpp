@@ -135,7 +135,8 @@ void open_trace(SweepWork& w, const std::string& path, std::set<std::string>& se
 // prefill (kvzip under prefill only: Strategy::runs_under), each at the prefills its entry lists.
 bool runs_in(const SweepConfigEntry& c, const SweepGroup& g) {
   return c.strategy_obj->runs_under(g.protocol) &&
-         std::find(c.prefills.begin(), c.prefills.end(), g.prefill_code) != c.prefills.end();
+         std::find(c.prefills.begin(), c.prefills.end(), g.prefill_code) != c.prefills.end() &&
+         std::find(c.protocols.begin(), c.protocols.end(), g.protocol) != c.protocols.end();
 }
 
 StoreRun base_run(const SweepWork& w, const SweepGroup& g) {
@@ -279,6 +280,7 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
   for (const auto& s : w.plan.specs) {
     SweepConfigEntry e;
     e.spec = s.spec, e.line = s.line, e.prefills = s.prefills;
+    for (const auto& p : s.protocols) e.protocols.push_back(parse_protocol(p));
     try {
       e.strategy_obj = make_strategy(s.spec);
       canonicalize(e);
@@ -286,9 +288,8 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
       throw UsageError(opt.config + ":" + std::to_string(s.line) + ": " + err.what());
     }
     if (auto it = seen.find(e.canonical); it != seen.end()) {  // one configuration spelled twice: both prefills
-      auto& have = w.configs[it->second].prefills;
-      for (int64_t p : e.prefills)
-        if (std::find(have.begin(), have.end(), p) == have.end()) have.push_back(p);
+      add_new(w.configs[it->second].prefills, e.prefills);
+      add_new(w.configs[it->second].protocols, e.protocols);
     } else {
       seen.emplace(e.canonical, w.configs.size());
       w.configs.push_back(std::move(e));

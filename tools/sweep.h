@@ -36,7 +36,8 @@ struct SweepConfigEntry {
   std::string strategy;   // name, or names joined by '+' for a composition
   std::string params_json;
   int line = 0;
-  std::vector<int64_t> prefills;  // the prefill codes it runs at (SweepSpec::prefills)
+  std::vector<int64_t> prefills;  // the prefill codes and protocols it runs at (SweepSpec)
+  std::vector<Protocol> protocols;
   std::unique_ptr<Strategy> strategy_obj;
 };
 

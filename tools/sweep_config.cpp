@@ -226,6 +226,24 @@ std::vector<YAML::Node> as_list(const YAML::Node& n) {
   return items;
 }
 
+// `protocol: evict | prefill | sparse` or a list of them, each once.
+std::vector<std::string> parse_protocols(const Ctx& c, const YAML::Node& p) {
+  const std::vector<YAML::Node> items = as_list(p);
+  if (items.empty()) c.fail(p, "protocol: give evict, prefill, sparse or a list of them");
+  std::vector<std::string> out;
+  for (const auto& x : items) {
+    const std::string name = c.scalar(x, "protocol");
+    try {
+      (void)parse_protocol(name);
+    } catch (const UsageError& e) {
+      c.fail(x, e.what());
+    }
+    if (std::find(out.begin(), out.end(), name) != out.end()) c.fail(x, "protocol " + name + " is listed twice");
+    out.push_back(name);
+  }
+  return out;
+}
+
 // `prefill: trace | context | N` or a list of them, as codes (SweepPlan::prefills).
 std::vector<int64_t> parse_prefills(const Ctx& c, const YAML::Node& p) {
   const std::vector<YAML::Node> items = as_list(p);
@@ -277,23 +295,11 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
   else
     plan.prefills.push_back(-1);
   const std::vector<int64_t> root_prefills = plan.prefills;
-  if (const YAML::Node p = root["protocol"]) {
-    const std::vector<YAML::Node> items = as_list(p);
-    if (items.empty()) c.fail(p, "protocol: give evict, prefill, sparse or a list of them");
-    for (const auto& x : items) {
-      const std::string name = c.scalar(x, "protocol");
-      try {
-        (void)parse_protocol(name);
-      } catch (const UsageError& e) {
-        c.fail(x, e.what());
-      }
-      if (std::find(plan.protocols.begin(), plan.protocols.end(), name) != plan.protocols.end())
-        c.fail(x, "protocol " + name + " is listed twice");
-      plan.protocols.push_back(name);
-    }
-  } else {
+  if (const YAML::Node p = root["protocol"])
+    plan.protocols = parse_protocols(c, p);
+  else
     plan.protocols.push_back("evict");
-  }
+  const std::vector<std::string> root_protocols = plan.protocols;
   if (root["stride"]) {
     plan.stride = c.integer(root["stride"], "stride");
     if (plan.stride < 1) c.fail(root["stride"], "stride = " + std::to_string(plan.stride) + " must be >= 1");
@@ -307,7 +313,7 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
   int64_t total = 0;                   // configurations over all entries, before deduplication
   for (const auto& e : strategies) {
     if (!e.IsMap()) c.fail(e, "each strategy must be a mapping with name and grid");
-    c.only_keys(e, {"name", "grid", "codecs", "prefill"}, "a strategy entry");
+    c.only_keys(e, {"name", "grid", "codecs", "prefill", "protocol"}, "a strategy entry");
     if (!e["name"]) c.fail(e, "a strategy entry needs a name");
     const std::string name = c.scalar(e["name"], "strategy name");
     std::vector<std::string> base_specs = expand(c, name, e["grid"]);
@@ -336,20 +342,21 @@ SweepPlan parse_text(const std::string& text, const std::string& path) {
       c.fail(e, "the strategies expand to over " + std::to_string(kMaxConfigs) + " configurations (at '" + name +
                     "', entry at line " + std::to_string(e.Mark().line + 1) + ")");
     const int line = e.Mark().line + 1;
-    // An entry's own prefill replaces the root's for its configurations (kvzip at its scored context).
+    // An entry's own prefill and protocol replace the root's for its configurations (kvzip: at its scored
+    // context, under prefill).
     const std::vector<int64_t> prefills = e["prefill"] ? parse_prefills(c, e["prefill"]) : root_prefills;
-    for (int64_t p : prefills)
-      if (std::find(plan.prefills.begin(), plan.prefills.end(), p) == plan.prefills.end()) plan.prefills.push_back(p);
+    const std::vector<std::string> protocols = e["protocol"] ? parse_protocols(c, e["protocol"]) : root_protocols;
+    add_new(plan.prefills, prefills);
+    add_new(plan.protocols, protocols);
     for (const auto& b : base_specs)
       for (const auto& cdc : codec_specs) {
         std::string spec = cdc.empty() ? b : b + "+" + cdc;
-        if (auto it = seen.find(spec); it != seen.end()) {  // the same spec twice: the union of its prefills
-          auto& have = plan.specs[it->second].prefills;
-          for (int64_t p : prefills)
-            if (std::find(have.begin(), have.end(), p) == have.end()) have.push_back(p);
+        if (auto it = seen.find(spec); it != seen.end()) {  // the same spec twice: the union of its lists
+          add_new(plan.specs[it->second].prefills, prefills);
+          add_new(plan.specs[it->second].protocols, protocols);
         } else {
           seen.emplace(spec, plan.specs.size());
-          plan.specs.push_back({spec, line, prefills});
+          plan.specs.push_back({spec, line, prefills, protocols});
         }
       }
   }

@@ -19,13 +19,15 @@
 //       codecs: [none, {name: kivi, grid: {bits: [2, 4]}}]
 //     - name: kvzip
 //       grid: {budget: [64]}
-//       prefill: [384]                     # an entry's own prefill replaces the root's for its configurations
+//       prefill: [384]                     # an entry's own prefill and protocol replace the root's for its
+//       protocol: prefill                  #   configurations
 //
 // Limits, checked before anything is expanded: 1,000,000 configurations per grid and over all
 // entries, 100,000 values per range; duplicate keys, nan/inf, ranges that overflow (or pass 2^53 as
 // integers) and empty lists are errors.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -35,9 +37,18 @@ namespace kvsim::tools {
 struct SweepSpec {
   std::string spec;
   int line = 0;  // line of the strategy entry in the config, for messages
-  // The prefills it runs at (codes as SweepPlan::prefills): the entry's own `prefill`, else the root's.
+  // The prefills (codes as SweepPlan::prefills) and protocols it runs at: the entry's own `prefill` and
+  // `protocol`, else the root's.
   std::vector<int64_t> prefills;
+  std::vector<std::string> protocols;
 };
+
+// Appends to `to` the items of `from` it does not hold yet, in order.
+template <class T>
+void add_new(std::vector<T>& to, const std::vector<T>& from) {
+  for (const T& x : from)
+    if (std::find(to.begin(), to.end(), x) == to.end()) to.push_back(x);
+}
 
 struct SweepPlan {
   std::string path, name;
@@ -46,7 +57,7 @@ struct SweepPlan {
   // -1 (`trace`): the sequence's prefill_len; -2 (`context`): its context_len; the root's list, then what
   // entries add with their own `prefill`
   std::vector<int64_t> prefills;
-  std::vector<std::string> protocols;  // evict | prefill | sparse, in config order (default: evict)
+  std::vector<std::string> protocols;  // evict | prefill | sparse, in config order (default: evict), then entries' own
   int64_t stride = 1;
   std::string backend = "auto";
   std::vector<SweepSpec> specs;  // deduplicated, in grid order
