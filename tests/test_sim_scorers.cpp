@@ -12,6 +12,7 @@
 
 #include "sim/base/error.h"
 #include "sim/metrics.h"
+#include "sim/strategies/head_scores.h"
 #include "sim/strategies/strategy.h"
 #include "tests/sim_test_util.h"
 #include "tests/trace_helpers.h"
@@ -406,6 +407,40 @@ TEST_CASE("strategy headkv: capacities round(ŝ·floor(C/beta)·L·H + C − flo
       std::string::npos);
   CHECK(plan_error("headkv:budget=10,scores=" + write("m.json", R"({"0-0": [1], "1-1": [2]})"))
             .find("2 heads, not every LAYER-HEAD of 2 layers x 2 heads") != std::string::npos);
+}
+
+TEST_CASE("retrieval heads: a hit when the top-1 attention copies the predicted token from the needle") {
+  // T = 8, P = 5, tokens 1 7 8 9 3 | 8 9 2, the needle [1, 4) = 7 8 9. Key j is the unit vector e_j (D = 8),
+  // so a query 10·e_x puts the top-1 attention on position x. Decode steps t = 4, 5, 6 predict 8, 9, 2.
+  //   head 0 looks at 2 (8: hit), 3 (9: hit), 1 (7 != 2: miss)          -> 2/3
+  //   head 1 looks at 0 (outside), 3 (9: hit), 6 (outside the needle)   -> 1/3
+  Layer L(2, 1, 8, 8);
+  for (int64_t j = 0; j < 8; ++j) L.K(0, j, j) = 1.0f;
+  const int64_t look[2][3] = {{2, 3, 1}, {0, 3, 6}};
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t s = 0; s < 3; ++s) L.Q(h, 4 + s, look[h][s]) = 10.0f;
+  const std::vector<int32_t> tokens = {1, 7, 8, 9, 3, 8, 9, 2};
+  const LayerView lv = L.view();
+  std::vector<int32_t> gen;
+  auto r = retrieval_scores(lv, tokens, 5, 1, 4, 50, {}, &gen);
+  CHECK(r[0] == doctest::Approx(2.0 / 3));
+  CHECK(r[1] == doctest::Approx(1.0 / 3));
+  CHECK(gen == std::vector<int32_t>{8, 9, 2});
+  // 2 of the needle's 3 tokens are generated.
+  CHECK(needle_recall({7, 8, 9}, gen) == doctest::Approx(2.0 / 3));
+  CHECK(needle_recall({8, 8}, {8}) == doctest::Approx(0.5));  // each generated token recalls one needle token
+  // steps = 1: only t = 4; a stop id ends after the step that predicts it (9 at t = 5, counted).
+  r = retrieval_scores(lv, tokens, 5, 1, 4, 1, {});
+  CHECK(r[0] == doctest::Approx(1.0 / 3));
+  CHECK(r[1] == 0.0);
+  r = retrieval_scores(lv, tokens, 5, 1, 4, 50, {9}, &gen);
+  CHECK(r[0] == doctest::Approx(2.0 / 3));
+  CHECK(r[1] == doctest::Approx(1.0 / 3));
+  CHECK(gen == std::vector<int32_t>{8, 9});
+  // Equal logits: the top-1 is the lowest position (0, outside the needle).
+  Layer Z(1, 1, 8, 8);
+  const std::vector<int32_t> same = {7, 7, 7, 7, 7, 7, 7, 7};
+  CHECK(retrieval_scores(Z.view(), same, 5, 1, 4, 50, {})[0] == 0.0);
 }
 
 TEST_CASE("strategy kvzip: the lowest reconstruction scores dropped across every layer and head, or per layer") {

@@ -111,6 +111,16 @@ std::vector<model::PromptSpec> read_prompts(const RecordArgs& a, const model::To
         check_context_len(p, j.at("context_len").get<int64_t>(), where);
       else if (p.context_len < 0)
         check_context_len(p, a.context_len, where + " (--context-len)");
+      if (j.contains("needle")) {  // a needle in the prompt's haystack: its span (kvsim heads --method retrieval)
+        const std::string needle = j.at("needle").get<std::string>();
+        const auto span = model::find_needle(p.ids, tok ? tok->encode(needle, false) : std::vector<int32_t>{});
+        if (!tok) throw UsageError(where + ": \"needle\" is text: give the model's tokenizer");
+        if (span.first < 0)
+          throw UsageError(where + ": the needle \"" + needle +
+                           "\" is not in the prompt (no window holds over 90% of "
+                           "its token ids)");
+        p.needle_start = span.first, p.needle_end = span.second;
+      }
       p.name = j.value("name", std::string());
       p.source = j.value("source", where);
       if (j.contains("generate")) p.generate = j.at("generate").get<int64_t>();
@@ -207,7 +217,8 @@ void add_record(CLI::App& app) {
   c->add_option("--prompt", a->prompt, "one prompt (text; with --ids: token ids)");
   c->add_option("--prompts", a->prompts,
                 "JSON lines: {\"prompt\": TEXT}, {\"ids\": [...]} or {\"context\": TEXT, \"question\": TEXT}, optional "
-                "name, source, generate, with_o, context_len");
+                "name, source, generate, with_o, context_len, needle (a text inside the prompt: its span is stored for "
+                "kvsim heads --method retrieval)");
   c->add_option("--context-len", a->context_len,
                 "the prompt's first N tokens are context, the rest its question (stored as the sequence's context_len; "
                 "a JSON line's own context_len wins)");

@@ -171,6 +171,10 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     s.source = h5::has_attr(g, "source") ? h5::read_str_attr(g, "source", where) : "";
     if (h5::has_attr(g, "context_len")) s.context_len = h5::read_int_attr(g, "context_len", where);
     if (h5::has_attr(g, "kvzip_context")) s.kvzip_context = h5::read_int_attr(g, "kvzip_context", where);
+    if (h5::has_attr(g, "needle_start") || h5::has_attr(g, "needle_end")) {
+      s.needle_start = h5::read_int_attr(g, "needle_start", where);
+      s.needle_end = h5::read_int_attr(g, "needle_end", where);
+    }
     const int64_t T = s.n_tokens, D = h.head_dim;
     if (T < 1) throw FormatError(where + ": n_tokens = " + std::to_string(T) + ": the sequence is empty");
     if (T > kMaxTokens)
@@ -188,6 +192,10 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     if (s.kvzip_context != -1 && (s.kvzip_context < 1 || s.kvzip_context >= T))
       throw FormatError(where + ": kvzip_context = " + std::to_string(s.kvzip_context) +
                         " is outside [1, n_tokens = " + std::to_string(T) + ")");
+    if (s.needle_start != -1 &&
+        !(s.needle_start >= 0 && s.needle_start < s.needle_end && s.needle_end <= s.prefill_len))
+      throw FormatError(where + ": needle [" + std::to_string(s.needle_start) + ", " + std::to_string(s.needle_end) +
+                        ") is not a span inside the prompt [0, prefill_len = " + std::to_string(s.prefill_len) + ")");
     if (!h5::has_link(g, "tokens")) throw FormatError(where + "/tokens: dataset missing");
     h5::require_hard_links(g, "tokens", where + "/tokens");
     {

@@ -78,6 +78,8 @@ struct SequenceInfo {
   int64_t context_len = -1;
   // Optional, with kvzip_score: the first kvzip_context tokens are the context its scores reconstruct.
   int64_t kvzip_context = -1;
+  // Optional: a needle's tokens [needle_start, needle_end) inside the prompt; -1 when absent.
+  int64_t needle_start = -1, needle_end = -1;
   std::string source;
   bool has_text = false;
   std::vector<Kind> kinds;  // tensors present in every layer (q, k, v always)

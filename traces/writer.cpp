@@ -218,6 +218,10 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
     throw UsageError(
         path_ + ": kvzip_context = " + std::to_string(spec.kvzip_context) +
         (kvzip ? " is outside [1, n_tokens = " + std::to_string(T) + ")" : " without a kvzip_score dataset"));
+  if ((spec.needle_start != -1 || spec.needle_end != -1) &&
+      !(spec.needle_start >= 0 && spec.needle_start < spec.needle_end && spec.needle_end <= spec.prefill_len))
+    throw UsageError(path_ + ": needle [" + std::to_string(spec.needle_start) + ", " + std::to_string(spec.needle_end) +
+                     ") is not a span inside the prompt [0, prefill_len = " + std::to_string(spec.prefill_len) + ")");
   if (static_cast<int64_t>(spec.tokens.size()) != T)
     throw UsageError(path_ + ": " + std::to_string(spec.tokens.size()) +
                      " token ids for n_tokens = " + std::to_string(T));
@@ -232,6 +236,10 @@ std::string TraceWriter::begin_sequence(const SequenceSpec& spec) {
   h5::write_int_attr(g, "prefill_len", spec.prefill_len);
   if (spec.context_len != -1) h5::write_int_attr(g, "context_len", spec.context_len);
   if (spec.kvzip_context != -1) h5::write_int_attr(g, "kvzip_context", spec.kvzip_context);
+  if (spec.needle_start != -1) {
+    h5::write_int_attr(g, "needle_start", spec.needle_start);
+    h5::write_int_attr(g, "needle_end", spec.needle_end);
+  }
   h5::write_str_attr(g, "source", spec.source);
 
   {

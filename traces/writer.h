@@ -28,6 +28,9 @@ struct SequenceSpec {
   int64_t context_len = -1;  // -1: not written (traces/FORMAT.md); else 1 <= context_len <= prefill_len
   // The tokens kvzip_score scores (written, and required, with Kind::kvzip_score): 1 <= kvzip_context < T.
   int64_t kvzip_context = -1;
+  // A needle's tokens [needle_start, needle_end) inside the prompt (written when both >= 0): what
+  // kvsim heads --method retrieval scores the heads' copying of.
+  int64_t needle_start = -1, needle_end = -1;
   std::string source;
   std::vector<int32_t> tokens;  // [T]
   std::string text;             // optional

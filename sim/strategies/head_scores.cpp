@@ -1,5 +1,6 @@
 #include "sim/strategies/head_scores.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include <utility>
 
 #include "sim/base/error.h"
+#include "sim/strategies/strategy.h"
 
 namespace kvsim {
 
@@ -91,6 +93,44 @@ HeadScores read_head_scores(const std::string& path, const std::string& what) {
   }
   if (s.rows == 0) throw UsageError(what + ": " + path + " holds no head scores");
   return s;
+}
+
+std::vector<double> retrieval_scores(const LayerView& lv, const std::vector<int32_t>& tokens, int64_t P, int64_t ns,
+                                     int64_t ne, int64_t steps, const std::vector<int32_t>& stop,
+                                     std::vector<int32_t>* generated) {
+  KVSIM_ASSERT(P >= 1 && ns >= 0 && ns < ne && ne <= P && static_cast<int64_t>(tokens.size()) == lv.T);
+  std::vector<double> score(static_cast<size_t>(lv.H), 0.0);
+  if (generated) generated->clear();
+  const int64_t G = lv.G(), D = lv.D;
+  for (int64_t t = P - 1, n = 0; t + 1 < lv.T && n < steps; ++t, ++n) {
+    const int32_t next = tokens[static_cast<size_t>(t + 1)];
+    if (generated) generated->push_back(next);
+    for (int64_t h = 0; h < lv.H; ++h) {
+      const float* q = lv.q_head(h) + t * D;
+      const float* k = lv.k_head(h / G);
+      int64_t best = 0;
+      double top = -INFINITY;
+      for (int64_t j = 0; j <= t; ++j) {
+        double z = 0;
+        for (int64_t d = 0; d < D; ++d) z += static_cast<double>(q[d]) * static_cast<double>(k[j * D + d]);
+        if (z > top) top = z, best = j;
+      }
+      if (best >= ns && best < ne && tokens[static_cast<size_t>(best)] == next)
+        score[static_cast<size_t>(h)] += 1.0 / static_cast<double>(ne - ns);
+    }
+    if (std::find(stop.begin(), stop.end(), next) != stop.end()) break;
+  }
+  return score;
+}
+
+double needle_recall(const std::vector<int32_t>& needle, const std::vector<int32_t>& generated) {
+  if (needle.empty()) return 0.0;
+  std::map<int32_t, int64_t> have;
+  for (int32_t id : generated) ++have[id];
+  int64_t hit = 0;
+  for (int32_t id : needle)
+    if (auto it = have.find(id); it != have.end() && it->second > 0) --it->second, ++hit;
+  return static_cast<double>(hit) / static_cast<double>(needle.size());
 }
 
 }  // namespace kvsim

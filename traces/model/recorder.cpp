@@ -1,6 +1,8 @@
 #include "traces/model/recorder.h"
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "sim/base/error.h"
 #include "traces/model/kvzip.h"
@@ -43,6 +45,21 @@ traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, co
   h.device = device;
   h.synthetic = false;
   return h;
+}
+
+std::pair<int64_t, int64_t> find_needle(const std::vector<int32_t>& prompt, const std::vector<int32_t>& needle) {
+  const std::set<int32_t> want(needle.begin(), needle.end());
+  const size_t n = needle.size();
+  if (want.empty()) return {-1, -1};
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    std::set<int32_t> have(prompt.begin() + static_cast<std::ptrdiff_t>(i),
+                           prompt.begin() + static_cast<std::ptrdiff_t>(std::min(prompt.size(), i + n)));
+    size_t common = 0;
+    for (int32_t id : want) common += have.count(id);
+    if (static_cast<double>(common) / static_cast<double>(want.size()) > 0.9)
+      return {static_cast<int64_t>(i), static_cast<int64_t>(std::min(prompt.size(), i + n))};
+  }
+  return {-1, -1};
 }
 
 int64_t tokens_to_generate(const ModelConfig& c, const PromptSpec& prompt, const RecordOptions& opt) {
@@ -109,6 +126,7 @@ RecordStats record_sequence(Runner& runner, const Tokenizer* tok, const PromptSp
   spec.n_tokens = T;
   spec.prefill_len = P;
   spec.context_len = prompt.context_len;
+  spec.needle_start = prompt.needle_start, spec.needle_end = prompt.needle_end;
   if (opt.kvzip) spec.kvzip_context = C;
   spec.source = prompt.source;
   spec.tokens = ids;

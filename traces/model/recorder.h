@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "traces/model/runner.h"
@@ -48,6 +49,7 @@ struct PromptSpec {
   int64_t generate = -2;     // per-prompt override of RecordOptions::generate (-2: none)
   int output = -1;           // per-prompt override of RecordOptions::output (-1: none, 0/1)
   int64_t context_len = -1;  // the prompt's context tokens before its question (-1: none; traces/FORMAT.md)
+  int64_t needle_start = -1, needle_end = -1;  // a needle's span in the prompt (-1: none; traces/FORMAT.md)
 };
 
 struct RecordStats {
@@ -59,6 +61,11 @@ struct RecordStats {
 
 traces::TraceHeader trace_header_for(const Model& model, traces::DType dtype, const std::string& recorder,
                                      const std::string& device);
+
+// Where `needle` (token ids) sits in `prompt`, by the Retrieval Head reference's find_needle_idx: the
+// first i whose window prompt[i, i + |needle|) holds more than 90% of the needle's distinct ids; {-1, -1}
+// when none does.
+std::pair<int64_t, int64_t> find_needle(const std::vector<int32_t>& prompt, const std::vector<int32_t>& needle);
 
 // Tokens this prompt will generate (resolves -1 = fill and the per-prompt override); throws
 // UsageError when the prompt is empty or prompt + generation exceed the context.
