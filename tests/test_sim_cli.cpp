@@ -82,9 +82,9 @@ TEST_CASE("cli run: bad input is one line, exit 2, listing the valid choices") {
   // The list is the registry's (strategy_names(), tested in test_sim_strategies.cpp): its ends here.
   expect_usage_error("--strategy nope:budget=3",
                      "unknown strategy 'nope' (valid: full, window, streaming, h2o, tova, ");
-  expect_usage_error(
-      "--strategy nope:budget=3",
-      ", shadowkv; wrappers: adakv.BASE, chunkkv.BASE, criticalkv.BASE; codecs: quant, kivi, nf4, fp8, int8)");
+  expect_usage_error("--strategy nope:budget=3",
+                     ", shadowkv; wrappers: adakv.BASE, chunkkv.BASE, criticalkv.BASE, headkv.BASE; codecs: quant, "
+                     "kivi, nf4, fp8, int8)");
   expect_usage_error("--strategy adakv.nope:budget=3", "unknown strategy 'nope' (valid: full, window");
   expect_usage_error("--strategy adakv.knorm:budget=3", "adakv wraps a scorer, and knorm exposes no per-token scores");
   expect_usage_error("--strategy h2o:budget=16,bugdet=3", "unknown parameter 'bugdet' for h2o (valid: budget, ratio");

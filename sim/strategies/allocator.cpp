@@ -11,8 +11,10 @@ namespace kvsim {
 
 namespace {
 const std::vector<std::pair<std::string, WrapperFactory>>& wrappers() {
-  static const std::vector<std::pair<std::string, WrapperFactory>> w = {
-      {"adakv", make_adakv}, {"chunkkv", make_chunkkv}, {"criticalkv", make_criticalkv}};
+  static const std::vector<std::pair<std::string, WrapperFactory>> w = {{"adakv", make_adakv},
+                                                                        {"chunkkv", make_chunkkv},
+                                                                        {"criticalkv", make_criticalkv},
+                                                                        {"headkv", make_headkv_wrapper}};
   return w;
 }
 }  // namespace

@@ -73,15 +73,16 @@ class Allocator : public Strategy {
 std::unique_ptr<Strategy> make_adakv(ParamReader& p, std::unique_ptr<Strategy> base);
 std::unique_ptr<Strategy> make_chunkkv(ParamReader& p, std::unique_ptr<Strategy> base);
 std::unique_ptr<Strategy> make_criticalkv(ParamReader& p, std::unique_ptr<Strategy> base);
+std::unique_ptr<Strategy> make_headkv_wrapper(ParamReader& p, std::unique_ptr<Strategy> base);  // headkv.cpp
 using WrapperFactory = std::unique_ptr<Strategy> (*)(ParamReader&, std::unique_ptr<Strategy>);
 // AdaKV's kvpress form (adakv.BASE:form=kvpress; criticalkv's heads=adakv budgets): keep[h][i] = 1 for
 // head h's top int(n_kept·alpha) and forced tokens, then for the layer's best of the rest so that the
 // layer holds Hkv·n_kept (n_kept = min(ps[0].keep, P)); the higher score, position, head first.
 void adakv_kvpress_keep(const std::vector<PromptScores>& ps, int64_t P, double alpha,
                         std::vector<std::vector<uint8_t>>& keep);
-// The wrappers by name: adakv, chunkkv, criticalkv; nullptr for another name.
+// The wrappers by name: adakv, chunkkv, criticalkv, headkv; nullptr for another name.
 WrapperFactory find_wrapper(const std::string& name);
-// The wrappers' names, for listings: {"adakv", "chunkkv", "criticalkv"}.
+// The wrappers' names, for listings: {"adakv", "chunkkv", "criticalkv", "headkv"}.
 std::vector<std::string> allocator_names();
 
 }  // namespace kvsim

@@ -25,6 +25,13 @@ struct HeadScores {
 // `what` names the reader in errors ("strategy 'headkv:...'").
 HeadScores read_head_scores(const std::string& path, const std::string& what);
 
+// HeadKV's capacities (sim/strategies/headkv.cpp) per (layer, KV head), plan[l * Hkv + kv], from the head
+// scores and the layers' profiles {H, Hkv}: round(ŝ·⌊C/beta⌋·L·H + C − ⌊C/beta⌋) per query head (half to
+// even), the rounded mean over each KV head's group. UsageError (naming `spec` and `path`) when the scores'
+// shape is not L x H or they sum to 0.
+std::vector<double> headkv_capacities(const HeadScores& scores, const std::string& path, const std::string& spec,
+                                      const std::vector<std::vector<double>>& profiles, double C, double beta);
+
 // Retrieval Heads (Wu et al., "Retrieval Head Mechanistically Explains Long-Context Factuality", arXiv
 // 2404.15574; reference code nightdessert/Retrieval_Head retrieval_head_detection.py, retrieval_calculate):
 // one sequence's retrieval score of every query head of one layer. The decode steps are the queries at

@@ -14,18 +14,79 @@
 // every layer's shape, so headkv plans across layers (Strategy::needs_model_plan). Under protocol prefill every later
 // token is appended (the paper); under protocol evict the chosen prompt tokens stay and the window and new tokens slide
 // (as the allocators, sim/strategies/allocator.h). Bytes: one 4-byte length per head when a layer's heads hold
-// different lengths (the reference's cu_klen metadata; ../shared/methods.md §1.3).
+// different lengths (the reference's cu_klen metadata; ../shared/methods.md §1.3). headkv.BASE (below) puts
+// another scorer inside each head. The scores themselves: a file, or kvsim heads --method retrieval.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "sim/base/error.h"
+#include "sim/strategies/allocator.h"
 #include "sim/strategies/evict.h"
 #include "sim/strategies/head_scores.h"
 #include "sim/strategies/registry.h"
 
 namespace kvsim {
 
+std::vector<double> headkv_capacities(const HeadScores& scores, const std::string& path, const std::string& spec,
+                                      const std::vector<std::vector<double>>& profiles, double C, double beta) {
+  const int64_t L = static_cast<int64_t>(profiles.size()), H = static_cast<int64_t>(profiles.at(0)[0]),
+                Hkv = static_cast<int64_t>(profiles.at(0)[1]), G = H / Hkv;
+  if (scores.rows != L || scores.cols != H)
+    throw UsageError("strategy '" + spec + "': " + path + " holds " + std::to_string(scores.rows) + " x " +
+                     std::to_string(scores.cols) + " head scores, the model has " + std::to_string(L) + " layers x " +
+                     std::to_string(H) + " query heads");
+  double sum = 0;
+  for (double v : scores.value) sum += v;
+  if (!(sum > 0))
+    throw UsageError("strategy '" + spec + "': the head scores of " + path + " sum to " + std::to_string(sum) +
+                     "; they must sum to more than 0");
+  const double share = std::floor(C / beta);
+  const double pool = share * static_cast<double>(L * H), min_num = C - share;
+  std::vector<double> plan(static_cast<size_t>(L * Hkv));
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t kv = 0; kv < Hkv; ++kv) {
+      double mean = 0;
+      for (int64_t g = 0; g < G; ++g)
+        mean += std::nearbyint(scores.at(l, kv * G + g) / sum * pool + min_num) / static_cast<double>(G);
+      plan[l * Hkv + kv] = std::nearbyint(mean);
+    }
+  return plan;
+}
+
 namespace {
+
+// What headkv and headkv.BASE share: the budget C, beta and the head scores, and the capacities they give.
+struct HeadkvParams {
+  EvictionParams ev;
+  double beta = 1.01;
+  std::string path;
+  HeadScores scores;
+  void read(ParamReader& p) {
+    ev.read(p, {});  // for headkv.BASE the base's budget (the same parameters)
+    beta = p.get_double("beta", 1.01);
+    if (!(beta >= 1))
+      throw UsageError("strategy '" + p.spec().text + "': beta=" + p.resolved().at("beta") + " must be >= 1");
+    path = p.get_string("scores", "");
+    if (path.empty())
+      throw UsageError("strategy '" + p.spec().text +
+                       "': headkv needs scores=FILE, the head scores (L rows of H numbers, or the reference's JSON "
+                       "{\"LAYER-HEAD\": [scores]}; sim/strategies/STRATEGIES.md, headkv)");
+    scores = read_head_scores(path, "strategy '" + p.spec().text + "'");
+  }
+  // plan[l * Hkv + kv] = the KV head's capacity of past tokens.
+  std::vector<double> plan(const std::vector<std::vector<double>>& profiles, int64_t T, int64_t P,
+                           const std::string& spec) const {
+    return headkv_capacities(scores, path, spec, profiles, static_cast<double>(ev.resolve_budget(T, P)), beta);
+  }
+  void check_layers(const InstanceContext& ctx, const std::string& spec) const {
+    if (scores.rows != ctx.n_layers)
+      throw UsageError("strategy '" + spec + "': " + path + " has " + std::to_string(scores.rows) +
+                       " rows of head scores, the model has " + std::to_string(ctx.n_layers) + " layers");
+  }
+};
+
+std::vector<double> head_shape(const LayerView& lv) { return {static_cast<double>(lv.H), static_cast<double>(lv.Hkv)}; }
 
 class Headkv;
 
@@ -48,68 +109,30 @@ class HeadkvState final : public StrategyState {
 class Headkv final : public Strategy {
  public:
   explicit Headkv(ParamReader& p) {
-    ev_.read(p, {});
-    beta_ = p.get_double("beta", 1.01);
-    if (!(beta_ >= 1))
-      throw UsageError("strategy '" + p.spec().text + "': beta=" + p.resolved().at("beta") + " must be >= 1");
+    hp_.read(p);
     window_ = p.get_int("window", 8, IntRange{1, kMaxIntParam});
     kernel_ = p.get_int("kernel", 7, IntRange{1, kMaxIntParam});
     if (kernel_ % 2 == 0)
       throw UsageError("strategy '" + p.spec().text + "': kernel=" + std::to_string(kernel_) + " must be odd");
-    path_ = p.get_string("scores", "");
-    if (path_.empty())
-      throw UsageError("strategy '" + p.spec().text +
-                       "': headkv needs scores=FILE, the head scores (L rows of H numbers, or the reference's JSON "
-                       "{\"LAYER-HEAD\": [scores]}; sim/strategies/STRATEGIES.md, headkv)");
-    scores_ = read_head_scores(path_, "strategy '" + p.spec().text + "'");
     set_identity(p);
   }
   bool needs_model_plan() const override { return true; }
-  std::vector<double> layer_profile(const LayerView& lv, int64_t) const override {
-    return {static_cast<double>(lv.H), static_cast<double>(lv.Hkv)};
-  }
-  // plan[l * Hkv + kv] = the KV head's capacity of past tokens.
+  std::vector<double> layer_profile(const LayerView& lv, int64_t) const override { return head_shape(lv); }
   std::vector<double> make_plan(const std::vector<std::vector<double>>& profiles, int64_t T, int64_t P) const override {
-    const int64_t L = static_cast<int64_t>(profiles.size()), H = static_cast<int64_t>(profiles.at(0)[0]),
-                  Hkv = static_cast<int64_t>(profiles.at(0)[1]), G = H / Hkv;
-    if (scores_.rows != L || scores_.cols != H)
-      throw UsageError("strategy '" + spec_text() + "': " + path_ + " holds " + std::to_string(scores_.rows) + " x " +
-                       std::to_string(scores_.cols) + " head scores, the model has " + std::to_string(L) +
-                       " layers x " + std::to_string(H) + " query heads");
-    double sum = 0;
-    for (double v : scores_.value) sum += v;
-    if (!(sum > 0))
-      throw UsageError("strategy '" + spec_text() + "': the head scores of " + path_ + " sum to " +
-                       std::to_string(sum) + "; they must sum to more than 0");
-    const double C = static_cast<double>(ev_.resolve_budget(T, P)), share = std::floor(C / beta_);
-    const double pool = share * static_cast<double>(L * H), min_num = C - share;
-    std::vector<double> plan(static_cast<size_t>(L * Hkv));
-    for (int64_t l = 0; l < L; ++l)
-      for (int64_t kv = 0; kv < Hkv; ++kv) {
-        double mean = 0;
-        for (int64_t g = 0; g < G; ++g)
-          mean += std::nearbyint(scores_.at(l, kv * G + g) / sum * pool + min_num) / static_cast<double>(G);
-        plan[l * Hkv + kv] = std::nearbyint(mean);
-      }
-    return plan;
+    return hp_.plan(profiles, T, P, spec_text());
   }
   std::unique_ptr<StrategyState> make_state(const InstanceContext& ctx) const override {
-    if (scores_.rows != ctx.n_layers)
-      throw UsageError("strategy '" + spec_text() + "': " + path_ + " has " + std::to_string(scores_.rows) +
-                       " rows of head scores, the model has " + std::to_string(ctx.n_layers) + " layers");
-    (void)ev_.resolve_budget(ctx.T, ctx.P);
+    hp_.check_layers(ctx, spec_text());
+    (void)hp_.ev.resolve_budget(ctx.T, ctx.P);
     return std::make_unique<HeadkvState>(*this, ctx);
   }
-  int64_t budget(int64_t T, int64_t P) const { return ev_.resolve_budget(T, P); }
+  int64_t budget(int64_t T, int64_t P) const { return hp_.ev.resolve_budget(T, P); }
   int64_t window() const { return window_; }
   int64_t kernel() const { return kernel_; }
 
  private:
-  EvictionParams ev_;
-  double beta_ = 1.01;
+  HeadkvParams hp_;
   int64_t window_ = 8, kernel_ = 7;
-  std::string path_;
-  HeadScores scores_;
 };
 
 void HeadkvState::prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) {
@@ -142,8 +165,64 @@ void HeadkvState::evict(std::span<SlotCache> caches, int64_t t) {
   evict_lowest(c, keep_, t, 0, 0, [&](int64_t s) { return heavy_[c.pos(s)] ? INFINITY : double(c.pos(s)); });
 }
 
+// headkv.BASE: HeadKV's capacities around another scorer (an allocator, sim/strategies/allocator.h). The
+// base's budget is C; KV head h keeps the base's forced tokens (SnapKV's window, sinks, recent) and its best
+// min(capacity_h, P - forced) others, so headkv.snapkv:budget=C,window=w,kernel=7,pool=max is
+// headkv:budget=C,window=w.
+class HeadkvWrapState final : public AllocatorState {
+ public:
+  HeadkvWrapState(std::vector<std::unique_ptr<StrategyState>> base, const Strategy& s, const InstanceContext& ctx)
+      : AllocatorState(std::move(base)), s_(s), ctx_(ctx) {}
+
+ protected:
+  void choose(std::vector<PromptScores>& ps, int64_t P, std::vector<std::vector<uint8_t>>& keep) override {
+    std::vector<double> own;
+    const std::vector<double>& plan = model_plan(s_, ctx_, view(), P, own);
+    const auto Hkv = static_cast<int64_t>(ps.size());
+    for (int64_t h = 0; h < Hkv; ++h) {
+      std::fill(keep[h].begin(), keep[h].end(), 0);
+      int64_t forced = 0;
+      for (int64_t i = 0; i < P; ++i) forced += ps[h].forced[i] != 0;
+      const int64_t cap = std::min<int64_t>(static_cast<int64_t>(plan[ctx_.layer * Hkv + ctx_.kv0 + h]), P - forced);
+      const std::vector<int32_t> order = rank_positions(ps[h]);  // forced ones first
+      for (int64_t r = 0; r < forced + cap; ++r) keep[h][order[r]] = 1;
+    }
+  }
+
+ private:
+  const Strategy& s_;
+  InstanceContext ctx_;
+};
+
+class HeadkvWrap final : public Allocator {
+ public:
+  HeadkvWrap(ParamReader& p, std::unique_ptr<Strategy> base) : Allocator("headkv", std::move(base)) {
+    hp_.read(p);
+    finish_init(p);
+  }
+  bool needs_model_plan() const override { return true; }
+  std::vector<double> layer_profile(const LayerView& lv, int64_t) const override { return head_shape(lv); }
+  std::vector<double> make_plan(const std::vector<std::vector<double>>& profiles, int64_t T, int64_t P) const override {
+    return hp_.plan(profiles, T, P, spec_text());
+  }
+
+ protected:
+  std::unique_ptr<AllocatorState> make_allocator(std::vector<std::unique_ptr<StrategyState>> base,
+                                                 const InstanceContext& ctx) const override {
+    hp_.check_layers(ctx, spec_text());
+    return std::make_unique<HeadkvWrapState>(std::move(base), *this, ctx);
+  }
+
+ private:
+  HeadkvParams hp_;
+};
+
 }  // namespace
 
 std::unique_ptr<Strategy> make_headkv(ParamReader& p) { return std::make_unique<Headkv>(p); }
+
+std::unique_ptr<Strategy> make_headkv_wrapper(ParamReader& p, std::unique_ptr<Strategy> base) {
+  return std::make_unique<HeadkvWrap>(p, std::move(base));
+}
 
 }  // namespace kvsim

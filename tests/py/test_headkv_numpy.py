@@ -9,7 +9,9 @@ re-derived from ../shared/methods.md §3.3 and KVCache-Factory (`run_longbench.p
   min(cap, P − w) past tokens (ties: the lower position) and the window; P < C: not compressed. Under evict the
   chosen tokens stay and the rest slide within cap + w. Bytes: 4·D per slot, plus 4 per head of a layer whose
   heads differ in length.
-The head scores come from files written here: a random table and the reference's JSON format. Every metric of
+The head scores come from files written here: a random table and the reference's JSON format. headkv.snapkv
+(headkv.BASE around snapkv with HeadKV's window scoring: window 8, max-pool 7, group mean) must follow the same
+rule. Every metric of
 every (layer, head) must agree to 2e-3; bytes exactly.
 Run: /usr/bin/python3 tests/py/test_headkv_numpy.py --kvsim build/kvsim
 """
@@ -102,6 +104,9 @@ def main():
             ("headkv:budget=16,scores=" + tsv, 16, 1.01, 8, 7, None),
             ("headkv:budget=12,beta=2,window=4,kernel=3,scores=" + tsv, 12, 2.0, 4, 3, None),
             ("headkv:budget=64,beta=1.5,scores=" + js, 64, 1.5, 8, 7, 200),
+            # headkv.BASE around snapkv with HeadKV's window scoring is the same rule (the base's window forced)
+            ("headkv.snapkv:budget=16,window=8,kernel=7,pool=max,scores=" + tsv, 16, 1.01, 8, 7, None),
+            ("headkv.snapkv:budget=64,beta=1.5,window=8,kernel=7,pool=max,scores=" + js, 64, 1.5, 8, 7, 200),
         ]
         for spec, C, beta, w, kernel, Pc in cases:
             caps = capacities(scores, C, beta, G)

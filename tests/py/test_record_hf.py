@@ -68,6 +68,7 @@ def main():
         with open(heads, "w") as f:
             f.write("".join(" ".join(str(1 + (l * 8 + h) % 7) for h in range(8)) + "\n" for l in range(5)))
         SCALED["headkv"] = f"headkv:budget={BUDGET},scores={heads}"
+        SCALED["headkv.snapkv"] = f"headkv.snapkv:budget={BUDGET},scores={heads}"
         with open(os.path.join(MODELS, "greedy_from_bos_256.json")) as f:
             greedy_ids = json.load(f)["greedy_ids"]
         # 60 prompt tokens (BOS + the author's greedy story, so the prompt is text the model knows) + 68

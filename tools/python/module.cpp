@@ -220,7 +220,17 @@ std::string strategies_json() {
     if (s->exposes_prompt_scores()) bases.push_back(n);
   }
   for (const auto& w : allocator_names()) {
-    const auto s = make_strategy(w + ".snapkv:budget=64");
+    std::unique_ptr<Strategy> s;
+    try {
+      s = make_strategy(w + ".snapkv:budget=64");
+    } catch (const UsageError& e) {  // it needs more than a budget (headkv.BASE: scores=FILE)
+      out.push_back({{"name", w + ".BASE"},
+                     {"kind", "wrapper"},
+                     {"params", nlohmann::json::object()},
+                     {"bases", bases},
+                     {"required", e.what()}});
+      continue;
+    }
     auto params = s->params();
     params.erase("budget");
     out.push_back({{"name", w + ".BASE"},
