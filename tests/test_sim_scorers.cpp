@@ -397,9 +397,8 @@ TEST_CASE("strategy headkv: capacities round(ŝ·floor(C/beta)·L·H + C − flo
   CHECK(c[1][1].size() == 16);  // under protocol evict (kept_sets) the window slides over the new tokens
   // headkv.BASE around snapkv with headkv's window scoring (window 2, max-pool 7, the group's mean) is headkv,
   // at the cut and at every later step.
-  const auto w =
-      test::kept_sets(*make_strategy("headkv.snapkv:budget=10,window=2,kernel=7,pool=max,scores=" + q4), L, 30,
-                      Backend::ref);
+  const auto w = test::kept_sets(*make_strategy("headkv.snapkv:budget=10,window=2,kernel=7,pool=max,scores=" + q4), L,
+                                 30, Backend::ref);
   CHECK(w == c);
   // Around h2o without recent tokens (nothing forced): each KV head keeps its capacity, 6 and 14, of its best.
   const auto hz = test::kept_sets(*make_strategy("headkv.h2o:budget=10,recent=0,scores=" + q4), L, 30, Backend::ref);
