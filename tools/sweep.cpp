@@ -308,6 +308,14 @@ SweepWork prepare_sweep(const SweepOptions& opt) {
     throw UsageError(opt.config +
                      ": no configuration runs under the protocols given (selectors run under sparse "
                      "only, every other strategy under evict or prefill)");
+  for (const auto& c : w.configs) {
+    bool any = false;
+    for (const auto& g : w.groups) any = any || runs_in(c, g);
+    if (!any)
+      w.warnings.push_back(opt.config + ":" + std::to_string(c.line) + ": '" + c.spec +
+                           "' runs under none of its protocols in this sweep (selectors: sparse only; kvzip: prefill "
+                           "only); give its entry a protocol: that it runs under");
+  }
   return w;
 }
 
@@ -417,6 +425,7 @@ int run_sweep(const SweepOptions& opt) {
   install_stop_handler();
   const auto [shard, n_shards] = parse_shard(opt.shard);
   SweepWork w = prepare_sweep(opt);
+  for (const auto& line : w.warnings) std::fprintf(stderr, "kvsim sweep: warning: %s\n", one_line(line).c_str());
   const std::string db = opt.db.empty() ? default_db_path(opt.config) : opt.db;
   ResultsStore store(db);
   int64_t skipped = 0;

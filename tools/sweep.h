@@ -68,6 +68,9 @@ struct SweepWork {
   std::vector<SweepGroup> groups;
   int64_t total_runs = 0;                  // all runs of the sweep, every shard
   int64_t max_memory = kDefaultMaxMemory;  // ReplayOptions::max_memory of every replay
+  // One line per configuration that runs in no group (its protocols or prefills are not the sweep's):
+  // `kvsim sweep` prints them before it starts.
+  std::vector<std::string> warnings;
 };
 
 // The outcome of one run (ids are filled by whoever writes the store).

@@ -72,6 +72,24 @@ def main():
             one_line_error(run([k, "sweep", good, "--db", os.path.join(d, "no", "dir", "x.db")]), "does not exist")
         s.check("bad --shard, missing config, missing db folder: one line, exit 2", bad_options)
 
+        def entry_protocols():
+            # kvzip runs under prefill only, at its scored context: under the root's evict it would never run, so
+            # the sweep warns in one line; with the entry's own protocol and prefill it runs there alone.
+            body = f"traces: [{trace}]\nsequences: [cookies]\nstride: 16\nstrategies:\n  - {{name: h2o, grid: {{budget: [16]}}}}\n"
+            p = cfg("k1.yaml", body + "  - {name: kvzip, grid: {budget: [64]}}\n")
+            r = run([k, "sweep", p, "--db", os.path.join(d, "k1.db"), "--quiet"])
+            assert r.returncode == 0, r.stderr
+            warn = [x for x in r.stderr.splitlines() if "warning" in x]
+            assert len(warn) == 1 and "k1.yaml:6: 'kvzip:budget=64' runs under none of its protocols" in warn[0], r.stderr
+            p = cfg("k2.yaml", body + "  - {name: kvzip, grid: {budget: [64]}, prefill: 384, protocol: prefill}\n")
+            r = run([k, "sweep", p, "--db", os.path.join(d, "k2.db"), "--quiet"])
+            assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+            con = sqlite3.connect(os.path.join(d, "k2.db"))
+            rows = sorted(con.execute("SELECT DISTINCT strategy, prefill, protocol FROM results"))
+            con.close()
+            assert rows == [("h2o", 47, "evict"), ("kvzip", 384, "prefill")], rows
+        s.check("an entry's own protocol and prefill; a configuration that runs nowhere is warned about", entry_protocols)
+
         mixed_db = os.path.join(d, "mixed.db")
 
         def bad_trace_among_good():
