@@ -31,6 +31,10 @@ struct Seen {
 std::vector<Seen> run(const std::string& spec, Protocol protocol, Layer& L, int64_t P) {
   auto s = make_strategy(spec);
   if (s->needs_q_pre() && L.q_pre.empty()) L.q_pre = L.q;  // rope_style none: pre-RoPE = post-RoPE
+  if (s->needs_vo_norm() && L.vo_norm.empty()) {           // any positive value norms
+    L.vo_norm.resize(static_cast<size_t>(L.H * L.T));
+    for (size_t i = 0; i < L.vo_norm.size(); ++i) L.vo_norm[i] = 1.0f + static_cast<float>(i % 7);
+  }
   LayerView lv = L.view();
   std::vector<float> kz;  // kvzip's reconstruction scores: any values in [0, 1] over the prompt
   if (s->needs_kvzip_score()) {
@@ -230,7 +234,8 @@ TEST_CASE("protocols: every cache strategy runs under evict and prefill, under p
                                                     {"lagkv", ",sinks=2"},
                                                     {"expected_attention", ",sinks=2"},
                                                     {"rkv", ",window=2,buffer=1"},
-                                                    {"cake", ",window=2"}};
+                                                    {"cake", ",window=2"},
+                                                    {"defensivekv", ",window=2"}};
     if (auto it = fit.find(name); it != fit.end()) spec += it->second;
     if (make_strategy(spec)->is_selector()) continue;
     INFO(spec);

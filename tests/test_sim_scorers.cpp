@@ -527,6 +527,43 @@ TEST_CASE("strategy kvzip: the lowest reconstruction scores dropped across every
   CHECK_THROWS_WITH_AS(s->layer_profile(lv, 6), doctest::Contains("needs kvzip_score"), UsageError);
 }
 
+TEST_CASE("strategy defensivekv: defensive max, value norms across heads, a mass floor, the layer's best") {
+  // H = Hkv = 2 (G = 1), D = 1, every key 0: each query attends uniformly, query 4 over 5 keys (1/5 each),
+  // query 5 over 6 (1/6). P = 6, window 2: the past is 0..3; kernel 1 (no pooling): d_i = max(1/5, 1/6) = 1/5
+  // everywhere (and so the mean floor changes nothing). window_bias = the mean over 2 heads x 2 rows of the mass
+  // on the last 2 past columns = (2/5 + 2/6) / 2 = 11/30. vo_norm kv0 = 1 1 1 1, kv1 = 2 1 1 2: normalised
+  // across the heads n = kv0 (1/3, 1/2, 1/2, 1/3), kv1 (2/3, 1/2, 1/2, 2/3), scores d·n = kv0 (1/15, 1/10, 1/10,
+  // 1/15), kv1 (2/15, 1/10, 1/10, 2/15); the maximum 2/15 is what the window (and stage 1) score.
+  Layer L(2, 2, 8, 1);
+  L.vo_norm.assign(16, 1.0f);
+  L.vo_norm[8 + 0] = 2.0f, L.vo_norm[8 + 3] = 2.0f;
+  const auto cut = [&](const std::string& spec) { return test::kept_sets(*make_strategy(spec), L, 6, Backend::ref); };
+  // mass 0.3: the threshold 0.3 − 11/30 < 0 is reached at index 0, so no stage-1 token. B = 3: the layer keeps
+  // 6: the 4 window tokens (they win the tie at the maximum), then kv1's 0 and 3 (2/15).
+  const auto a = cut("defensivekv:budget=3,window=2,kernel=1,mass=0.3");
+  CHECK(a[0][0] == S{4, 5});
+  CHECK(a[0][1] == S{0, 3, 4, 5});
+  // Under protocol evict (kept_sets) the window and new tokens slide within each head's budget (2 and 4), the
+  // chosen 0 and 3 stay: after step 6, {5, 6} and {0, 3, 5, 6}.
+  CHECK(a[1][0] == S{5, 6});
+  CHECK(a[1][1] == S{0, 3, 5, 6});
+  // mass 0.9: the threshold 0.9 − 11/30 = 8/15; ā is uniform (1/4 each), its cumulative sum 1/4, 1/2, 3/4
+  // reaches it at index 2: count 2, capped at B − w. B = 3: position 0 (ties: the lower) joins the window;
+  // B = 4: 0 and 1. Each head then holds exactly its pinned tokens.
+  const auto b = cut("defensivekv:budget=3,window=2,kernel=1,mass=0.9");
+  CHECK(b[0][0] == S{0, 4, 5});
+  CHECK(b[0][1] == S{0, 4, 5});
+  const auto c = cut("defensivekv:budget=4,window=2,kernel=1,mass=0.9");
+  CHECK(c[0][0] == S{0, 1, 4, 5});
+  CHECK(c[0][1] == S{0, 1, 4, 5});
+  // vnorm=0: every past score is 1/5, the maximum: the window first, then the lower position, the lower head.
+  const auto d = cut("defensivekv:budget=3,window=2,kernel=1,mass=0.3,vnorm=0");
+  CHECK(d[0][0] == S{0, 4, 5});
+  CHECK(d[0][1] == S{0, 4, 5});
+  CHECK(plan_error("defensivekv:budget=4,kernel=2").find("must be odd") != std::string::npos);
+  CHECK(plan_error("defensivekv:budget=4,mass=1.5").find("must be in [0, 1]") != std::string::npos);
+}
+
 TEST_CASE("scorers compose with a codec: kivi stores the kept slots, bytes fall, keys are quantized") {
   Layer L(4, 2, 80, 8);
   L.fill_random(15);

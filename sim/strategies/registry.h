@@ -33,6 +33,7 @@ std::unique_ptr<Strategy> make_cake(ParamReader& p);
 std::unique_ptr<Strategy> make_duoattention(ParamReader& p);
 std::unique_ptr<Strategy> make_headkv(ParamReader& p);
 std::unique_ptr<Strategy> make_kvzip(ParamReader& p);
+std::unique_ptr<Strategy> make_defensivekv(ParamReader& p);
 std::unique_ptr<Strategy> make_rkv(ParamReader& p);
 // Selectors (protocol sparse).
 std::unique_ptr<Strategy> make_oracle_topk(ParamReader& p);

@@ -85,6 +85,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"headkv", make_headkv},
       {"rkv", make_rkv},
       {"kvzip", make_kvzip},
+      {"defensivekv", make_defensivekv},
       {"oracle_topk", make_oracle_topk},
       {"quest", make_quest},
       {"sparq", make_sparq},
