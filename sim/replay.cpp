@@ -479,7 +479,7 @@ ReplayResult replay_source(const LayerSource& src, std::span<const Strategy* con
   ExactStats rs;
   std::vector<float> k_norm, colsums;
   for (int64_t l = 0; l < res.L; ++l) {
-    LayerView lv = read_view(l, need_pre, need_q_pre, need_vo_norm, need_kvzip);
+    LayerView lv = read_view(l, need_pre, need_q_pre, need_vo_norm, false);  // kvzip_score: the plan pass's only
     k_norm.assign(lv.Hkv * lv.T, 0.0f);
     for (int64_t i = 0; i < lv.Hkv * lv.T; ++i) {
       double s = 0;

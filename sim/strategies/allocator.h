@@ -21,13 +21,11 @@
 
 namespace kvsim {
 
-class AllocatorState : public StrategyState {
+class AllocatorState : public VarlenState {
  public:
   explicit AllocatorState(std::vector<std::unique_ptr<StrategyState>> base) : base_(std::move(base)) {}
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) final;
   void evict(std::span<SlotCache> caches, int64_t t) final;
-  double state_bytes(int64_t) const final { return varlen_ ? 4.0 : 0.0; }
-  double frozen_state_bytes(int64_t) const final { return varlen_ ? 4.0 : 0.0; }
   // The budget head h holds after the cut (its kept prompt tokens, forced ones included).
   int64_t head_budget(int64_t h) const { return budget_[static_cast<size_t>(h)]; }
 
@@ -42,7 +40,6 @@ class AllocatorState : public StrategyState {
   std::vector<std::unique_ptr<StrategyState>> base_;  // [Hkv]
   std::vector<int64_t> budget_;                       // [Hkv] B_h
   std::vector<std::vector<uint8_t>> kept_;            // [Hkv][P] chosen prompt tokens (permanent)
-  bool varlen_ = false;
   const LayerView* lv_ = nullptr;
 };
 

@@ -34,7 +34,7 @@ namespace {
 
 class Duo;
 
-class DuoState final : public StrategyState {
+class DuoState final : public VarlenState {
  public:
   DuoState(const Duo& s, const InstanceContext& ctx) : s_(s), ctx_(ctx) {}
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override;
@@ -43,13 +43,11 @@ class DuoState final : public StrategyState {
     if (!streaming_) return {};  // a retrieval head keeps everything by design
     return StrategyState::degeneracies(cache, c);
   }
-  double state_bytes(int64_t) const override { return mixed_ ? 4.0 : 0.0; }
-  double frozen_state_bytes(int64_t) const override { return mixed_ ? 4.0 : 0.0; }
 
  private:
   const Duo& s_;
   InstanceContext ctx_;
-  bool streaming_ = false, mixed_ = false;
+  bool streaming_ = false;
 };
 
 class Duo final : public Strategy {
@@ -167,8 +165,8 @@ void DuoState::prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t
   const double* layer = plan.data() + ctx_.layer * Hkv;
   streaming_ = layer[ctx_.kv0] > 0.5;
   // Heads of both kinds in the layer hold different lengths once the streaming ones cut or slide.
-  mixed_ = std::find(layer, layer + Hkv, layer[0] > 0.5 ? 0.0 : 1.0) != layer + Hkv &&
-           (P > s_.sink() + s_.recent() || ctx_.protocol == Protocol::evict);
+  varlen_ = std::find(layer, layer + Hkv, layer[0] > 0.5 ? 0.0 : 1.0) != layer + Hkv &&
+            (P > s_.sink() + s_.recent() || ctx_.protocol == Protocol::evict);
   if (streaming_) evict(caches, P - 1);
 }
 

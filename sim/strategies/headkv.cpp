@@ -90,20 +90,17 @@ std::vector<double> head_shape(const LayerView& lv) { return {static_cast<double
 
 class Headkv;
 
-class HeadkvState final : public StrategyState {
+class HeadkvState final : public VarlenState {
  public:
   HeadkvState(const Headkv& s, const InstanceContext& ctx) : s_(s), ctx_(ctx) {}
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override;
   void evict(std::span<SlotCache> caches, int64_t t) override;
-  double state_bytes(int64_t) const override { return mixed_ ? 4.0 : 0.0; }
-  double frozen_state_bytes(int64_t) const override { return mixed_ ? 4.0 : 0.0; }
 
  private:
   const Headkv& s_;
   InstanceContext ctx_;
   int64_t keep_ = 0;            // slots this head holds: capacity + window (or the prompt)
   std::vector<uint8_t> heavy_;  // [T] chosen prompt tokens (they never slide)
-  bool mixed_ = false;
 };
 
 class Headkv final : public Strategy {
@@ -147,8 +144,8 @@ void HeadkvState::prefill(std::span<SlotCache> caches, const LayerView& lv, int6
   };
   const int64_t cap = cap_of(ctx_.kv0);
   keep_ = cap + w;
-  for (int64_t k = 0; k < Hkv; ++k) mixed_ = mixed_ || cap_of(k) != cap;
-  mixed_ = mixed_ && (cut || ctx_.protocol == Protocol::evict);
+  for (int64_t k = 0; k < Hkv; ++k) varlen_ = varlen_ || cap_of(k) != cap;
+  varlen_ = varlen_ && (cut || ctx_.protocol == Protocol::evict);
   // Not compressed (P < C): the head keeps the prompt; under evict it grows to its capacity + window
   // and then slides.
   if (!cut) return;

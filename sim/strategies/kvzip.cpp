@@ -28,18 +28,15 @@ namespace {
 
 class Kvzip;
 
-class KvzipState final : public StrategyState {
+class KvzipState final : public VarlenState {
  public:
   KvzipState(const Kvzip& s, const InstanceContext& ctx) : s_(s), ctx_(ctx) {}
   void prefill(std::span<SlotCache> caches, const LayerView& lv, int64_t P) override;
   void evict(std::span<SlotCache>, int64_t) override {}  // protocol prefill only: nothing after the cut
-  double state_bytes(int64_t) const override { return mixed_ ? 4.0 : 0.0; }
-  double frozen_state_bytes(int64_t) const override { return mixed_ ? 4.0 : 0.0; }
 
  private:
   const Kvzip& s_;
   InstanceContext ctx_;
-  bool mixed_ = false;
 };
 
 class Kvzip final : public Strategy {
@@ -116,7 +113,7 @@ void KvzipState::prefill(std::span<SlotCache> caches, const LayerView& lv, int64
   const int64_t Hkv = static_cast<int64_t>(plan.size()) / (ctx_.n_layers * P);
   const double* layer = plan.data() + ctx_.layer * Hkv * P;
   const auto kept = [&](int64_t kv) { return std::accumulate(layer + kv * P, layer + (kv + 1) * P, 0.0); };
-  for (int64_t kv = 0; kv < Hkv; ++kv) mixed_ = mixed_ || kept(kv) != kept(ctx_.kv0);
+  for (int64_t kv = 0; kv < Hkv; ++kv) varlen_ = varlen_ || kept(kv) != kept(ctx_.kv0);
   SlotCache& c = caches[0];
   const double* mine = layer + ctx_.kv0 * P;
   std::vector<uint8_t> keep(static_cast<size_t>(c.size()));

@@ -186,6 +186,18 @@ class StrategyState {
   }
 };
 
+// A state whose KV heads may hold different lengths (head- or layer-wise budgets): when they do
+// (varlen_), each cache counts one 4-byte length, the flattened variable-length layout of
+// ../shared/methods.md §1.3, before and after the cut.
+class VarlenState : public StrategyState {
+ public:
+  double state_bytes(int64_t) const final { return varlen_ ? 4.0 : 0.0; }
+  double frozen_state_bytes(int64_t) const final { return varlen_ ? 4.0 : 0.0; }
+
+ protected:
+  bool varlen_ = false;
+};
+
 class Strategy {
  public:
   virtual ~Strategy() = default;
